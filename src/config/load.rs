@@ -1,0 +1,663 @@
+//! Reading configuration files: parse each file (native YAML), merge them,
+//! validate the result. Each step reports problems with the file, the key
+//! path and the reason.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+use serde::Deserialize;
+
+use super::error::{ConfigError, ConfigErrors};
+use super::model::*;
+use super::raw::*;
+use super::units::{parse_duration, parse_size};
+
+/// Default listener address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin address.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+/// Reads, merges and validates the given files.
+pub fn load_files(paths: &[PathBuf]) -> Result<Config, ConfigErrors> {
+    let mut parsed = Vec::with_capacity(paths.len());
+    let mut errors = Vec::new();
+    for path in paths {
+        let file = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => match parse_text(&file, &text) {
+                Ok(raw) => parsed.push((file, raw)),
+                Err(e) => errors.extend(e.0),
+            },
+            Err(e) => errors.push(ConfigError::new(file, "", format!("cannot read: {e}"))),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let mut config = validate(parsed)?;
+    config.sources = paths.to_vec();
+    Ok(config)
+}
+
+/// Parses one file's text into the raw structs.
+pub fn parse_text(file: &str, text: &str) -> Result<RawConfig, ConfigErrors> {
+    if text.trim().is_empty() {
+        return Ok(RawConfig::default());
+    }
+    let de = serde_norway::Deserializer::from_str(text);
+    RawConfig::deserialize_with_path(de)
+        .map_err(|(path, reason)| ConfigError::new(file, path, reason).into())
+}
+
+trait DeserializeWithPath: Sized {
+    fn deserialize_with_path(de: serde_norway::Deserializer<'_>) -> Result<Self, (String, String)>;
+}
+
+impl<T: for<'de> Deserialize<'de>> DeserializeWithPath for T {
+    fn deserialize_with_path(de: serde_norway::Deserializer<'_>) -> Result<Self, (String, String)> {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            (path, e.into_inner().to_string())
+        })
+    }
+}
+
+/// Collects errors while validating one file's items.
+struct Check<'a> {
+    file: &'a str,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Check<'_> {
+    fn fail(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ConfigError::new(self.file, path, reason));
+    }
+
+    fn duration(&mut self, path: &str, raw: &Option<String>, default: Duration) -> Duration {
+        match raw {
+            None => default,
+            Some(t) => parse_duration(t).unwrap_or_else(|e| {
+                self.fail(path, e);
+                default
+            }),
+        }
+    }
+
+    fn size(&mut self, path: &str, raw: &Option<RawSize>, default: u64) -> u64 {
+        match raw {
+            None => default,
+            Some(s) => parse_size(s).unwrap_or_else(|e| {
+                self.fail(path, e);
+                default
+            }),
+        }
+    }
+
+    fn regex(&mut self, path: &str, pattern: &str) -> Option<Regex> {
+        match Regex::new(&format!("^(?:{pattern})$")) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.fail(path, format!("invalid regular expression: {e}"));
+                None
+            }
+        }
+    }
+
+    fn method(&mut self, path: &str, raw: &str) -> Option<Method> {
+        match Method::from_bytes(raw.to_ascii_uppercase().as_bytes()) {
+            Ok(m) => Some(m),
+            Err(_) => {
+                self.fail(path, format!("`{raw}` is not an HTTP method"));
+                None
+            }
+        }
+    }
+
+    fn header_name(&mut self, path: &str, raw: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(raw.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.fail(path, format!("`{raw}` is not a valid header name"));
+                None
+            }
+        }
+    }
+}
+
+/// Where a named item was defined, for duplicate errors.
+struct Origin {
+    file: String,
+    path: String,
+}
+
+/// Merges the parsed files and validates the whole.
+pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut config = Config {
+        listeners: Vec::new(),
+        admin: DEFAULT_ADMIN.parse().expect("default admin address parses"),
+        admin_token: None,
+        backends: BTreeMap::new(),
+        routes: Vec::new(),
+        access_log: true,
+        limits: Limits::default(),
+        shutdown_grace: Duration::from_secs(30),
+        watch_interval: Duration::from_secs(1),
+        sources: Vec::new(),
+    };
+    let mut scalar_origin: BTreeMap<&'static str, String> = BTreeMap::new();
+    let mut backend_origin: BTreeMap<String, Origin> = BTreeMap::new();
+    let mut route_origin: BTreeMap<String, Origin> = BTreeMap::new();
+    // Route references are checked after every file's backends are known.
+    let mut route_refs: Vec<(String, String, String)> = Vec::new(); // (file, path, backend)
+
+    for (file, raw) in &files {
+        let mut c = Check {
+            file,
+            errors: &mut errors,
+        };
+        let mut once = |key: &'static str, present: bool, c: &mut Check| -> bool {
+            if !present {
+                return false;
+            }
+            if let Some(first) = scalar_origin.get(key) {
+                c.fail(
+                    key,
+                    format!("is also set in {first}; set it in one file only"),
+                );
+                return false;
+            }
+            scalar_origin.insert(key, c.file.to_string());
+            true
+        };
+
+        if once("listen", raw.listen.is_some(), &mut c) {
+            config.listeners = listeners(&mut c, raw.listen.as_ref().expect("checked"));
+        }
+        if once("admin", raw.admin.is_some(), &mut c) {
+            if let Some(a) = socket_addr(&mut c, "admin", raw.admin.as_deref().unwrap_or_default())
+            {
+                config.admin = a;
+            }
+        }
+        if once("admin_token", raw.admin_token.is_some(), &mut c) {
+            let t = raw.admin_token.clone().unwrap_or_default();
+            if t.len() < 16 {
+                c.fail("admin_token", "must be at least 16 characters");
+            }
+            config.admin_token = Some(t);
+        }
+        if once("access_log", raw.access_log.is_some(), &mut c) {
+            match raw.access_log.as_deref() {
+                Some("stdout") => config.access_log = true,
+                Some("off") => config.access_log = false,
+                Some(other) => c.fail(
+                    "access_log",
+                    format!("`{other}` is not one of: stdout, off"),
+                ),
+                None => {}
+            }
+        }
+        if once("limits", raw.limits.is_some(), &mut c) {
+            let l = raw.limits.clone().unwrap_or_default();
+            let d = Limits::default();
+            config.limits = Limits {
+                header_read_timeout: c.duration(
+                    "limits.header_read_timeout",
+                    &l.header_read_timeout,
+                    d.header_read_timeout,
+                ),
+                max_header_bytes: c.size(
+                    "limits.max_header_bytes",
+                    &l.max_header_bytes,
+                    d.max_header_bytes as u64,
+                ) as usize,
+                max_headers: l.max_headers.unwrap_or(d.max_headers),
+            };
+            if config.limits.max_header_bytes < 8192 {
+                c.fail("limits.max_header_bytes", "must be at least 8KiB");
+            }
+            if config.limits.max_headers == 0 {
+                c.fail("limits.max_headers", "must be at least 1");
+            }
+        }
+        if once("shutdown_grace", raw.shutdown_grace.is_some(), &mut c) {
+            config.shutdown_grace =
+                c.duration("shutdown_grace", &raw.shutdown_grace, config.shutdown_grace);
+        }
+        if once("watch_interval", raw.watch_interval.is_some(), &mut c) {
+            config.watch_interval =
+                c.duration("watch_interval", &raw.watch_interval, config.watch_interval);
+        }
+
+        for (name, b) in &raw.backends {
+            let path = format!("backends.{name}");
+            if let Some(first) = backend_origin.get(name) {
+                c.fail(
+                    &path,
+                    format!(
+                        "backend `{name}` is also defined in {} at {}",
+                        first.file, first.path
+                    ),
+                );
+                continue;
+            }
+            backend_origin.insert(
+                name.clone(),
+                Origin {
+                    file: file.clone(),
+                    path: path.clone(),
+                },
+            );
+            if let Some(backend) = backend(&mut c, &path, name, b) {
+                config.backends.insert(name.clone(), backend);
+            }
+        }
+
+        for (i, r) in raw.routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if let Some(first) = route_origin.get(&r.name) {
+                c.fail(
+                    format!("{path}.name"),
+                    format!(
+                        "route `{}` is also defined in {} at {}",
+                        r.name, first.file, first.path
+                    ),
+                );
+                continue;
+            }
+            route_origin.insert(
+                r.name.clone(),
+                Origin {
+                    file: file.clone(),
+                    path: path.clone(),
+                },
+            );
+            route_refs.push((file.clone(), format!("{path}.backend"), r.backend.clone()));
+            for (j, m) in r.mirrors.iter().enumerate() {
+                route_refs.push((
+                    file.clone(),
+                    format!("{path}.mirrors[{j}].backend"),
+                    m.backend.clone(),
+                ));
+            }
+            if let Some(route) = route(&mut c, &path, r) {
+                config.routes.push(route);
+            }
+        }
+    }
+
+    for (file, path, name) in route_refs {
+        if !backend_origin.contains_key(&name) {
+            let known: Vec<&str> = backend_origin.keys().map(String::as_str).collect();
+            errors.push(ConfigError::new(
+                file,
+                path,
+                format!(
+                    "no backend named `{name}` (defined: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+
+    if config.listeners.is_empty() {
+        config.listeners.push(Listener {
+            address: DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
+            tls: None,
+        });
+    }
+    if !config.admin.ip().is_loopback() && config.admin_token.is_none() {
+        let file = scalar_origin
+            .get("admin")
+            .cloned()
+            .unwrap_or_else(|| "<defaults>".into());
+        errors.push(ConfigError::new(
+            file,
+            "admin",
+            format!(
+                "{} is not a loopback address; set admin_token to expose the admin server",
+                config.admin
+            ),
+        ));
+    }
+
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn socket_addr(c: &mut Check, path: &str, text: &str) -> Option<SocketAddr> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    match text.to_socket_addrs().map(|mut it| it.next()) {
+        Ok(Some(a)) => Some(a),
+        _ => {
+            c.fail(
+                path,
+                format!("`{text}` is not a socket address like 127.0.0.1:8080"),
+            );
+            None
+        }
+    }
+}
+
+fn listeners(c: &mut Check, raw: &RawListen) -> Vec<Listener> {
+    match raw {
+        RawListen::One(addr) => socket_addr(c, "listen", addr)
+            .map(|address| vec![Listener { address, tls: None }])
+            .unwrap_or_default(),
+        RawListen::Many(list) => {
+            if list.is_empty() {
+                c.fail("listen", "needs at least one listener");
+            }
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, l)| {
+                    let path = format!("listen[{i}]");
+                    let address = socket_addr(c, &format!("{path}.address"), &l.address)?;
+                    let tls = l.tls.as_ref().map(|t| TlsFiles {
+                        cert: PathBuf::from(&t.cert),
+                        key: PathBuf::from(&t.key),
+                    });
+                    if tls.is_some() {
+                        c.fail(
+                            format!("{path}.tls"),
+                            "TLS listeners are not supported yet by this build",
+                        );
+                    }
+                    Some(Listener { address, tls })
+                })
+                .collect()
+        }
+    }
+}
+
+/// Parses `host:port` or `http://host:port`.
+pub fn endpoint(text: &str) -> Result<Endpoint, String> {
+    let (scheme, rest) = match text.split_once("://") {
+        Some(("http", rest)) => (Scheme::Http, rest),
+        Some((other, _)) => return Err(format!("scheme `{other}` is not supported (use http)")),
+        None => (Scheme::Http, text),
+    };
+    let rest = rest.trim_end_matches('/');
+    let uri: http::uri::Authority = rest
+        .parse()
+        .map_err(|_| format!("`{text}` is not host:port"))?;
+    if uri.port_u16().is_none() {
+        return Err(format!("`{text}` has no port; write it as host:port"));
+    }
+    if rest.contains('@') {
+        return Err(format!("`{text}` must not carry user information"));
+    }
+    Ok(Endpoint {
+        scheme,
+        authority: uri.as_str().to_string(),
+    })
+}
+
+fn backend(c: &mut Check, path: &str, name: &str, raw: &RawBackend) -> Option<BackendConfig> {
+    if raw.endpoints.is_empty() {
+        c.fail(format!("{path}.endpoints"), "needs at least one endpoint");
+    }
+    let endpoints: Vec<Endpoint> = raw
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            endpoint(e)
+                .map_err(|reason| c.fail(format!("{path}.endpoints[{i}]"), reason))
+                .ok()
+        })
+        .collect();
+    let b = BackendConfig {
+        name: name.to_string(),
+        endpoints,
+        connect_timeout: c.duration(
+            &format!("{path}.connect_timeout"),
+            &raw.connect_timeout,
+            Duration::from_secs(1),
+        ),
+        timeout: c.duration(
+            &format!("{path}.timeout"),
+            &raw.timeout,
+            Duration::from_secs(30),
+        ),
+        eject_for: c.duration(
+            &format!("{path}.eject_for"),
+            &raw.eject_for,
+            Duration::from_secs(5),
+        ),
+        max_idle_per_endpoint: raw.max_idle_per_endpoint.unwrap_or(64),
+        retry: raw.retry.unwrap_or(true),
+    };
+    if b.connect_timeout.is_zero() {
+        c.fail(format!("{path}.connect_timeout"), "must be more than 0");
+    }
+    if b.timeout.is_zero() {
+        c.fail(format!("{path}.timeout"), "must be more than 0");
+    }
+    Some(b)
+}
+
+fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteConfig> {
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    {
+        c.fail(
+            format!("{path}.name"),
+            "must be non-empty and use only letters, digits, `-`, `_` and `.`",
+        );
+    }
+    let matcher = raw
+        .match_
+        .as_ref()
+        .map(|m| route_match(c, &format!("{path}.match"), m))
+        .unwrap_or_default();
+    let mirrors = raw
+        .mirrors
+        .iter()
+        .enumerate()
+        .map(|(i, m)| mirror(c, &format!("{path}.mirrors[{i}]"), m))
+        .collect();
+    Some(RouteConfig {
+        name: raw.name.clone(),
+        matcher,
+        backend: raw.backend.clone(),
+        mirrors,
+    })
+}
+
+fn route_match(c: &mut Check, path: &str, raw: &RawMatch) -> RouteMatch {
+    let host = raw.host.as_ref().map(|h| {
+        let h = h.to_ascii_lowercase();
+        match h.strip_prefix('*') {
+            Some(rest) if rest.starts_with('.') && rest.len() > 1 => {
+                HostMatch::Suffix(rest.to_string())
+            }
+            Some(_) => {
+                c.fail(
+                    format!("{path}.host"),
+                    "a wildcard host is written `*.example.com`",
+                );
+                HostMatch::Exact(h)
+            }
+            None => HostMatch::Exact(h),
+        }
+    });
+    let paths = [&raw.path_prefix, &raw.path_exact, &raw.path_regex]
+        .iter()
+        .filter(|p| p.is_some())
+        .count();
+    if paths > 1 {
+        c.fail(
+            path,
+            "use only one of path_prefix, path_exact and path_regex",
+        );
+    }
+    let path_match = if let Some(p) = &raw.path_prefix {
+        if !p.starts_with('/') {
+            c.fail(format!("{path}.path_prefix"), "must start with `/`");
+        }
+        Some(PathMatch::Prefix(p.clone()))
+    } else if let Some(p) = &raw.path_exact {
+        if !p.starts_with('/') {
+            c.fail(format!("{path}.path_exact"), "must start with `/`");
+        }
+        Some(PathMatch::Exact(p.clone()))
+    } else if let Some(p) = &raw.path_regex {
+        c.regex(&format!("{path}.path_regex"), p)
+            .map(PathMatch::Regex)
+    } else {
+        None
+    };
+    let method = raw
+        .method
+        .as_ref()
+        .and_then(|m| c.method(&format!("{path}.method"), m));
+    let mut headers = Vec::new();
+    for (name, rule) in &raw.headers {
+        let hpath = format!("{path}.headers.{name}");
+        let Some(h) = c.header_name(&hpath, name) else {
+            continue;
+        };
+        let value = match rule {
+            RawHeaderMatch::Exact(v) => Some(ValueMatch::Exact(v.clone())),
+            RawHeaderMatch::Rule(RawHeaderRule {
+                exact: Some(v),
+                regex: None,
+            }) => Some(ValueMatch::Exact(v.clone())),
+            RawHeaderMatch::Rule(RawHeaderRule {
+                exact: None,
+                regex: Some(r),
+            }) => c.regex(&format!("{hpath}.regex"), r).map(ValueMatch::Regex),
+            RawHeaderMatch::Rule(_) => {
+                c.fail(&hpath, "give exactly one of `exact` and `regex`");
+                None
+            }
+        };
+        if let Some(v) = value {
+            headers.push((h, v));
+        }
+    }
+    RouteMatch {
+        host,
+        path: path_match,
+        method,
+        headers,
+    }
+}
+
+fn mirror(c: &mut Check, path: &str, raw: &RawMirror) -> MirrorConfig {
+    let percent = raw.percent.unwrap_or(100.0);
+    if !(0.0..=100.0).contains(&percent) {
+        c.fail(
+            format!("{path}.percent"),
+            format!("{percent} is not between 0 and 100"),
+        );
+    }
+    let methods = raw.methods.as_ref().map(|ms| {
+        ms.iter()
+            .enumerate()
+            .filter_map(|(i, m)| c.method(&format!("{path}.methods[{i}]"), m))
+            .collect()
+    });
+    let mut set_headers = Vec::new();
+    let mut remove_headers = Vec::new();
+    if let Some(rules) = &raw.headers {
+        for (name, value) in &rules.set {
+            let hpath = format!("{path}.headers.set.{name}");
+            let Some(h) = c.header_name(&hpath, name) else {
+                continue;
+            };
+            match HeaderValue::from_str(value) {
+                Ok(v) => set_headers.push((h, v)),
+                Err(_) => c.fail(hpath, "is not a valid header value"),
+            }
+        }
+        for (i, name) in rules.remove.iter().enumerate() {
+            if let Some(h) = c.header_name(&format!("{path}.headers.remove[{i}]"), name) {
+                remove_headers.push(h);
+            }
+        }
+    }
+    let max_in_flight = raw.max_in_flight.unwrap_or(1024);
+    if max_in_flight == 0 {
+        c.fail(format!("{path}.max_in_flight"), "must be at least 1");
+    }
+    let host_suffix = raw
+        .host_suffix
+        .clone()
+        .unwrap_or_else(|| "-shadow".to_string());
+    if !host_suffix
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || "-._".contains(ch))
+    {
+        c.fail(
+            format!("{path}.host_suffix"),
+            "may use only letters, digits, `-`, `_` and `.`",
+        );
+    }
+    if let Some(k) = &raw.sample_key {
+        c.header_name(&format!("{path}.sample_key"), k);
+    }
+    let timeout = c.duration(
+        &format!("{path}.timeout"),
+        &raw.timeout,
+        Duration::from_secs(5),
+    );
+    if timeout.is_zero() {
+        c.fail(format!("{path}.timeout"), "must be more than 0");
+    }
+    MirrorConfig {
+        backend: raw.backend.clone(),
+        percent,
+        sample_key: raw.sample_key.as_ref().map(|k| k.to_ascii_lowercase()),
+        host_suffix,
+        methods,
+        set_headers,
+        remove_headers,
+        max_body_bytes: c.size(
+            &format!("{path}.max_body_bytes"),
+            &raw.max_body_bytes,
+            1 << 20,
+        ),
+        timeout,
+        max_in_flight,
+    }
+}
+
+/// Convenience for tests and the demo: validate one YAML text.
+pub fn from_yaml(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+    let raw = parse_text(file, text)?;
+    validate(vec![(file.to_string(), raw)])
+}
+
+/// Used by `check`: a short summary of what a valid config holds.
+pub fn summary(config: &Config) -> String {
+    let mirrors: usize = config.routes.iter().map(|r| r.mirrors.len()).sum();
+    format!(
+        "{} listener(s), {} backend(s), {} route(s), {} mirror(s)",
+        config.listeners.len(),
+        config.backends.len(),
+        config.routes.len(),
+        mirrors
+    )
+}

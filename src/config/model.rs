@@ -1,0 +1,143 @@
+//! The validated configuration: every value parsed, every reference checked.
+//! This is what the runtime is built from; it never holds raw strings that
+//! still need interpreting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+/// A whole, valid configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub admin: SocketAddr,
+    pub admin_token: Option<String>,
+    pub backends: BTreeMap<String, BackendConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub access_log: bool,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+    pub watch_interval: Duration,
+    /// The files this configuration was read from, in order.
+    pub sources: Vec<PathBuf>,
+}
+
+/// One client-facing listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of a TLS listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Limits on client requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// Scheme used to reach an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+}
+
+/// One instance of a backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub scheme: Scheme,
+    /// `host:port`
+    pub authority: String,
+}
+
+/// A named group of endpoints and how to talk to them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub eject_for: Duration,
+    pub max_idle_per_endpoint: usize,
+    pub retry: bool,
+}
+
+/// A route, validated.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub backend: String,
+    pub mirrors: Vec<MirrorConfig>,
+}
+
+/// Conditions for a route; all present ones must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    pub host: Option<HostMatch>,
+    pub path: Option<PathMatch>,
+    pub method: Option<Method>,
+    pub headers: Vec<(HeaderName, ValueMatch)>,
+}
+
+/// Host condition (compared without the port, case-insensitively).
+#[derive(Debug, Clone)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`.
+    Suffix(String),
+}
+
+/// Path condition.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(Regex),
+}
+
+/// Header value condition.
+#[derive(Debug, Clone)]
+pub enum ValueMatch {
+    Exact(String),
+    Regex(Regex),
+}
+
+/// A shadow target of a route, validated.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    pub backend: String,
+    /// 0.0 to 100.0
+    pub percent: f64,
+    /// Lower-case header or cookie name.
+    pub sample_key: Option<String>,
+    pub host_suffix: String,
+    pub methods: Option<Vec<Method>>,
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    pub remove_headers: Vec<HeaderName>,
+    pub max_body_bytes: u64,
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+}

@@ -1,0 +1,238 @@
+//! The configuration file as written: serde structs that mirror the YAML
+//! one to one. Nothing here is validated beyond its shape; `validate` turns
+//! these into runtime types. Every field's doc comment is user documentation.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One configuration file. Several files merge: backends and routes add up.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where the proxy accepts client traffic: one address (`127.0.0.1:8080`)
+    /// or a list of listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<RawListen>,
+    /// Address of the admin server (health, metrics, API, dashboard).
+    /// Default `127.0.0.1:9901`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    /// Bearer token the admin server requires on every endpoint except
+    /// `/healthz` and `/readyz`. Required when `admin` is not a loopback address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    /// Named groups of upstream endpoints.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, RawBackend>,
+    /// Routes, matched in order; the first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RawRoute>,
+    /// Access log: `stdout` (default) or `off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<String>,
+    /// Limits applied to every client connection and request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RawLimits>,
+    /// How long SIGTERM waits for in-flight requests before exiting. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<String>,
+    /// How often the config files are checked for changes (`0s` turns the
+    /// watch off; SIGHUP still reloads). Default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_interval: Option<String>,
+}
+
+/// `listen:` is either a single address or a list of listeners.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawListen {
+    /// `listen: 127.0.0.1:8080`
+    One(String),
+    /// `listen: [{ address: 127.0.0.1:8443, tls: {…} }]`
+    Many(Vec<RawListener>),
+}
+
+/// One listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// Socket address to bind, e.g. `0.0.0.0:8080`.
+    pub address: String,
+    /// TLS for this listener (PEM certificate chain and private key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+}
+
+/// PEM files for a TLS listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Path of the PEM certificate chain.
+    pub cert: String,
+    /// Path of the PEM private key.
+    pub key: String,
+}
+
+/// Limits on what clients may send.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Time a client has to send a complete request head. Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<String>,
+    /// Largest request head (request line and headers). Default `64KiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_header_bytes: Option<RawSize>,
+    /// Most header fields in one request. Default `100`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_headers: Option<usize>,
+}
+
+/// A named group of endpoints.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    /// `host:port` (or `http://host:port`) of each instance; requests are
+    /// spread round robin.
+    pub endpoints: Vec<String>,
+    /// Time allowed to open a connection. Default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+    /// Time allowed from sending a request to receiving its response head.
+    /// Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// How long an endpoint that refused a connection is passed over. Default `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eject_for: Option<String>,
+    /// Idle keep-alive connections kept per endpoint. Default `64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_per_endpoint: Option<usize>,
+    /// Retry a request that failed to connect once on another endpoint, for
+    /// idempotent methods without a body. Default `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<bool>,
+}
+
+/// A route: which requests it takes, where they go, what is mirrored.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique name, used in logs, metrics and the API.
+    pub name: String,
+    /// Which requests this route takes. Absent: every request.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub match_: Option<RawMatch>,
+    /// Name of the primary backend: its response is what the client gets.
+    pub backend: String,
+    /// Shadow copies of a share of this route's requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<RawMirror>,
+}
+
+/// Conditions a request must meet, all of them, for a route to take it.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Host, exact (`my-app.local`) or a wildcard (`*.example.com`). The port
+    /// of the Host header is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Path starts with this prefix, on segment boundaries (`/api` matches
+    /// `/api` and `/api/x`, not `/apix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Path equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_exact: Option<String>,
+    /// Path matches this regular expression (anchored at both ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    /// HTTP method, e.g. `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Headers the request must carry: name → value (exact), or name →
+    /// `{ regex: … }` / `{ exact: … }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, RawHeaderMatch>,
+}
+
+/// A header condition.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawHeaderMatch {
+    /// The header's value equals this.
+    Exact(String),
+    /// `{ exact: … }` or `{ regex: … }`.
+    Rule(RawHeaderRule),
+}
+
+/// `{ exact: … }` or `{ regex: … }`; exactly one of them.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderRule {
+    /// The header's value equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The header's value matches this regular expression (anchored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// A shadow copy of a route's traffic.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    /// Name of the backend that receives the copies.
+    pub backend: String,
+    /// Share of requests mirrored, 0 to 100, decimals allowed. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Header or cookie whose value decides sampling, so that all of one
+    /// user's requests are mirrored or none are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_key: Option<String>,
+    /// Appended to the Host (or `:authority`) of the copy. Default `-shadow`;
+    /// `""` keeps the Host as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_suffix: Option<String>,
+    /// Only these methods are mirrored (e.g. `[GET, HEAD]`). Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Header changes applied to the shadow copy only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<RawHeaderRules>,
+    /// Largest request body that is mirrored. Default `1MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<RawSize>,
+    /// Time the shadow has to answer completely. Default `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Most copies in flight at once; beyond it copies are dropped and
+    /// counted. Default 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
+}
+
+/// Header changes for a shadow copy.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderRules {
+    /// Headers set (replaced) on the copy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Headers removed from the copy, e.g. `authorization`, `cookie`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// A size: plain bytes (`65536`) or with a unit (`64KiB`, `1MiB`, `10MB`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawSize {
+    /// A number of bytes.
+    Bytes(u64),
+    /// A number with a unit.
+    Text(String),
+}
