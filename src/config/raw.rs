@@ -37,6 +37,11 @@ pub struct RawConfig {
     /// How long SIGTERM waits for in-flight requests before exiting. Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<String>,
+    /// Kubernetes service hosts as written in Istio / Gateway API manifests,
+    /// mapped to endpoints: a list, or a map from subset name to a list.
+    /// Overrides DNS; needed for subsets and for running outside a cluster.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, RawService>,
     /// How often the config files are checked for changes (`0s` turns the
     /// watch off; SIGHUP still reloads). Default `1s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,6 +131,11 @@ pub struct RawRoute {
     pub match_: Option<RawMatch>,
     /// Name of the primary backend: its response is what the client gets.
     pub backend: String,
+    /// Split of live traffic between backends by weight, e.g. a canary
+    /// (`[{backend: v1, weight: 90}, {backend: v2, weight: 10}]`). When set,
+    /// `backend` is still the route's primary for comparison and promotion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<RawSplit>,
     /// Shadow copies of a share of this route's requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<RawMirror>,
@@ -235,4 +245,24 @@ pub enum RawSize {
     Bytes(u64),
     /// A number with a unit.
     Text(String),
+}
+
+/// Endpoints of a Kubernetes service host in `services:`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawService {
+    /// `httpbin: ["127.0.0.1:18081"]`
+    Endpoints(Vec<String>),
+    /// `httpbin: { v1: ["127.0.0.1:18081"], v2: ["127.0.0.1:18082"] }`
+    Subsets(BTreeMap<String, Vec<String>>),
+}
+
+/// One share of a weighted split.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplit {
+    /// Backend answering this share.
+    pub backend: String,
+    /// Relative weight (shares are weight / sum of weights).
+    pub weight: u32,
 }
