@@ -62,7 +62,14 @@ impl<T: for<'de> Deserialize<'de>> DeserializeWithPath for T {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            (path, e.into_inner().to_string())
+            let mut reason = e.into_inner().to_string();
+            // The YAML library prefixes its own, coarser path: keep ours only.
+            if let Some((prefix, rest)) = reason.split_once(": ") {
+                if !prefix.contains(' ') && path.starts_with(prefix) {
+                    reason = rest.to_string();
+                }
+            }
+            (path, reason)
         })
     }
 }
