@@ -45,6 +45,19 @@ enum Command {
     /// The seeds' walkthrough on one machine: sample apps v1 and v2, the
     /// proxy routing my-app.local to v1 and mirroring 100% to v2.
     Demo(shadowgate::demo::DemoArgs),
+    /// Show each route's primary and mirrors side by side: request rate,
+    /// errors, latency percentiles, dropped and failed mirrors, diff rate.
+    Status {
+        /// Admin server address, e.g. http://127.0.0.1:9901
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// Admin token (or SHADOWGATE_ADMIN_TOKEN).
+        #[arg(long, env = "SHADOWGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Window: 1m, 5m or 15m.
+        #[arg(long, default_value = "1m", value_parser = ["1m", "5m", "15m"])]
+        window: String,
+    },
     /// Run the bench backend: a small fast HTTP server for benchmarks.
     BenchBackend(shadowgate::bench_backend::BenchBackendArgs),
 }
@@ -89,6 +102,22 @@ fn main() -> ExitCode {
             init_logging(cli.log_format);
             exit(rt.block_on(demo(args, cli.log_format)))
         }
+        Command::Status {
+            admin,
+            token,
+            window,
+        } => exit(rt.block_on(async {
+            let stats: shadowgate::admin::api::StatsResponse = shadowgate::admin::client::call(
+                &admin,
+                token.as_deref(),
+                http::Method::GET,
+                "/api/v1/stats",
+                None,
+            )
+            .await?;
+            print!("{}", shadowgate::admin::status::render(&stats, &window));
+            Ok(())
+        })),
         Command::BenchBackend(args) => exit(
             rt.block_on(shadowgate::bench_backend::run(args))
                 .context("bench-backend"),
