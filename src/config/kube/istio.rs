@@ -99,8 +99,8 @@ pub fn virtual_service(cx: &mut Cx, meta: &Meta, spec: &Obj, rules: &mut Vec<Rul
             }
         }
     }
-    if hosts.is_empty() && !spec.has("hosts") {
-        cx.fail(&spec.at("hosts"), "is required");
+    if hosts.is_empty() {
+        cx.fail(&spec.at("hosts"), "needs at least one host");
         return;
     }
     for (i, http) in spec.objs(cx, "http").into_iter().enumerate() {

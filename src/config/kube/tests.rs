@@ -236,6 +236,9 @@ rejected! {
     vs_undefined_subset: VS.replace("{host: reviews}", "{host: reviews, subset: v9}")
         => "(VirtualService reviews) spec.http[0].route[0].destination.subset",
         "no DestinationRule for `reviews.default.svc.cluster.local` defines subset `v9`";
+    vs_no_hosts: VS.replace("hosts: [reviews.example.com]", "hosts: []")
+        => "(VirtualService reviews) spec.hosts",
+        "needs at least one host";
     route_zero_weights: HTTPROUTE.replace("port: 8080}", "port: 8080, weight: 0}")
         => "(HTTPRoute store) spec.rules[0].backendRefs",
         "the weights add up to 0";
