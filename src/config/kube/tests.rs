@@ -89,6 +89,14 @@ unsupported! {
         => "(VirtualService reviews) spec.http[0].corsPolicy";
     vs_headers: vs_with("headers: {request: {set: {x-a: b}}}")
         => "(VirtualService reviews) spec.http[0].headers";
+    vs_redirect: vs_with("redirect: {uri: /v1/bookRatings}")
+        => "(VirtualService reviews) spec.http[0].redirect";
+    vs_direct_response: "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [a.example.com]\n  http:\n  - directResponse: {status: 503}\n"
+        => "(VirtualService reviews) spec.http[0].directResponse";
+    vs_delegate: "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [a.example.com]\n  http:\n  - delegate: {name: reviews-v2, namespace: nsb}\n"
+        => "(VirtualService reviews) spec.http[0].delegate";
+    vs_rate_limit: vs_with("rateLimit: {local: {tokenBucket: {maxTokens: 10}}}")
+        => "(VirtualService reviews) spec.http[0].rateLimit";
     vs_route_headers: VS.replace(
         "{destination: {host: reviews}}",
         "{destination: {host: reviews}, headers: {request: {set: {x-a: b}}}}",
@@ -109,6 +117,12 @@ unsupported! {
         => "(VirtualService reviews) spec.http[0].match[0].sourceLabels";
     vs_match_gateways: vs_match("gateways: [mesh]")
         => "(VirtualService reviews) spec.http[0].match[0].gateways";
+    vs_match_source_namespace: vs_match("sourceNamespace: web")
+        => "(VirtualService reviews) spec.http[0].match[0].sourceNamespace";
+    vs_match_stat_prefix: vs_match("statPrefix: reviews")
+        => "(VirtualService reviews) spec.http[0].match[0].statPrefix";
+    vs_match_method_prefix: vs_match("method: {prefix: G}")
+        => "(VirtualService reviews) spec.http[0].match[0].method.prefix";
     vs_match_method_regex: vs_match("method: {regex: \"GET|HEAD\"}")
         => "(VirtualService reviews) spec.http[0].match[0].method.regex";
     dr_traffic_policy: "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"
@@ -129,7 +143,20 @@ unsupported! {
         => "(HTTPRoute store) spec.rules[0].sessionPersistence";
     route_retry: route_with("retry: {attempts: 2}")
         => "(HTTPRoute store) spec.rules[0].retry";
+    grpc_timeouts: GRPCROUTE.replace("  - backendRefs", "  - timeouts: {request: 5s}\n    backendRefs")
+        => "(GRPCRoute greeter) spec.rules[0].timeouts";
+    grpc_session_persistence: GRPCROUTE.replace("  - backendRefs", "  - sessionPersistence: {sessionName: s}\n    backendRefs")
+        => "(GRPCRoute greeter) spec.rules[0].sessionPersistence";
 }
+
+const GRPCROUTE: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter}
+spec:
+  rules:
+  - backendRefs: [{name: greeter, port: 50051}]
+";
 
 macro_rules! rejected {
     ($($name:ident: $text:expr => $path:expr, $reason:expr;)*) => {$(
@@ -159,6 +186,21 @@ rejected! {
     route_backend_kind: HTTPROUTE.replace("{name: store-v1, port: 8080}", "{name: store, kind: Upstream, group: gloo.solo.io}")
         => "(HTTPRoute store) spec.rules[0].backendRefs[0].kind",
         "backends of kind `Upstream` of group `gloo.solo.io` are not supported by shadowgate; use a Kubernetes Service";
+    route_filter_response_header_modifier: route_with("filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {remove: [x-a]}}]")
+        => "(HTTPRoute store) spec.rules[0].filters[0].type",
+        "filter type `ResponseHeaderModifier` is not supported by shadowgate";
+    route_filter_cors: route_with("filters: [{type: CORS, cors: {allowOrigins: [\"*\"]}}]")
+        => "(HTTPRoute store) spec.rules[0].filters[0].type",
+        "filter type `CORS` is not supported by shadowgate";
+    grpc_filter_header_modifier: GRPCROUTE.replace("  - backendRefs", "  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: a, value: b}]}}]\n    backendRefs")
+        => "(GRPCRoute greeter) spec.rules[0].filters[0].type",
+        "filter type `RequestHeaderModifier` is not supported by shadowgate";
+    grpc_method_type: GRPCROUTE.replace("  - backendRefs", "  - matches: [{method: {type: Prefix, service: a.B}}]\n    backendRefs")
+        => "(GRPCRoute greeter) spec.rules[0].matches[0].method.type",
+        "method match type `Prefix` is not supported by shadowgate (use Exact or RegularExpression)";
+    vs_mirror_and_mirrors: vs_with("mirror: {host: a}\n    mirrors: [{destination: {host: b}}]")
+        => "(VirtualService reviews) spec.http[0]",
+        "give either mirror or mirrors, not both";
     route_path_type: route_with("matches: [{path: {type: Glob, value: /a}}]")
         => "(HTTPRoute store) spec.rules[0].matches[0].path.type",
         "path match type `Glob` is not supported by shadowgate (use PathPrefix, Exact or RegularExpression)";
@@ -514,4 +556,30 @@ fn unreadable_and_bad_files_are_reported_together_in_order() {
     assert_eq!(err.0[0].file, missing.display().to_string());
     assert!(err.0[0].reason.starts_with("cannot read: "));
     assert_eq!(err.0[1].file, bad.display().to_string());
+}
+
+#[test]
+fn grpc_method_matches() {
+    let text = GRPCROUTE.replace(
+        "  - backendRefs",
+        "  - matches:\n    - method: {method: Ping}\n    - method: {type: RegularExpression, service: \"a\\\\.B.*\"}\n    backendRefs",
+    );
+    let files = [("mesh.yaml".to_string(), text)];
+    let parsed = parse_texts(&files).expect("valid");
+    let routes: Vec<String> = parsed[0]
+        .1
+        .routes
+        .iter()
+        .map(|r| {
+            let m = r.match_.clone().unwrap_or_default();
+            format!("{} {:?} {:?}", r.name, m.path_regex, m.path_exact)
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        vec![
+            "greeter-0-1 Some(\"/(?:a\\\\.B.*)/(?:[^/]+)\") None",
+            "greeter-0-0 Some(\"/[^/]+/Ping\") None",
+        ]
+    );
 }
