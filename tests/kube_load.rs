@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use shadowgate::config::kube::parse_texts;
 use shadowgate::config::load::load_texts;
 use shadowgate::config::{load_files, Config, HostMatch, PathMatch, ValueMatch};
 
@@ -61,6 +60,10 @@ fn routes(config: &Config) -> Vec<String> {
                 }
             }
             parts.push(format!("-> {}", r.backend));
+            if !r.split.is_empty() {
+                let shares: Vec<String> = r.split.iter().map(|(b, w)| format!("{b}:{w}")).collect();
+                parts.push(format!("split {}", shares.join(" ")));
+            }
             for mi in &r.mirrors {
                 parts.push(format!(
                     "mirror {} {}% host+{}",
@@ -80,34 +83,6 @@ fn backends(config: &Config) -> Vec<String> {
         .map(|b| {
             let eps: Vec<&str> = b.endpoints.iter().map(|e| e.authority.as_str()).collect();
             format!("{} [{}] timeout={:?}", b.name, eps.join(", "), b.timeout)
-        })
-        .collect()
-}
-
-/// Splits of the converted routes (the validated model has no split yet).
-fn splits(scenario: &str) -> Vec<String> {
-    let files: Vec<(String, String)> = fixtures(scenario, &[])
-        .iter()
-        .map(|p| {
-            (
-                p.display().to_string(),
-                std::fs::read_to_string(p).expect("fixture"),
-            )
-        })
-        .collect();
-    let parsed = parse_texts(&files).expect("parses");
-    let (_, converted) = parsed.last().expect("converted config");
-    converted
-        .routes
-        .iter()
-        .filter(|r| !r.split.is_empty())
-        .map(|r| {
-            let shares: Vec<String> = r
-                .split
-                .iter()
-                .map(|s| format!("{}:{}", s.backend, s.weight))
-                .collect();
-            format!("{} {}", r.name, shares.join(" "))
         })
         .collect()
 }
@@ -279,6 +254,7 @@ fn gateway_api_request_mirror() {
 fn gateway_api_canary_with_mirrors() {
     let c = load("gateway-api-canary", &[]);
     let canary = "-> store-v1.default-8080-t90s \
+        split store-v1.default-8080-t90s:90 store-v2.default-8080-t90s:10 \
         mirror store-v3.default-8080 25% host+-shadow \
         mirror store-shadow.staging-8080 12.5% host+-shadow";
     let greeter = "-> greeter-v1.grpc-50051 mirror greeter-v2.grpc-50051 50% host+-shadow";
@@ -311,16 +287,6 @@ fn gateway_api_canary_with_mirrors() {
             "store-v3.default-8080 [127.0.0.1:18083] timeout=30s",
         ])
     );
-    let split = "store-v1.default-8080-t90s:90 store-v2.default-8080-t90s:10";
-    assert_eq!(
-        splits("gateway-api-canary"),
-        vec![
-            format!("store-1-1-0 {split}"),
-            format!("store-1-0-0 {split}"),
-            format!("store-1-1-1 {split}"),
-            format!("store-1-0-1 {split}"),
-        ]
-    );
 }
 
 #[test]
@@ -331,7 +297,9 @@ fn istio_canary_matches_weights_and_mirrors() {
         mirror reviews-shadow.staging-9080 100% host+-shadow";
     let first = "regex=^(?:/reviews.*)$ method=GET end-user==jason x-request-id~^(?:abc\\..*)$";
     let second = "regex=^(?:/ratings/[0-9]+)$ x-debug~^(?:.*)$";
-    let weighted = "-> reviews.bookinfo-v1-9080 mirror reviews.bookinfo-v2-9080 5% host+-shadow";
+    let weighted = "-> reviews.bookinfo-v1-9080 \
+        split reviews.bookinfo-v1-9080:75 reviews.bookinfo-v3-9080:25 \
+        mirror reviews.bookinfo-v2-9080 5% host+-shadow";
     assert_eq!(
         routes(&c),
         vec![
@@ -357,14 +325,6 @@ fn istio_canary_matches_weights_and_mirrors() {
             "reviews.bookinfo-v2-9080-t2500ms [127.0.0.1:19082] timeout=2.5s",
             "reviews.bookinfo-v3-9080 [127.0.0.1:19083] timeout=30s",
         ])
-    );
-    let split = "reviews.bookinfo-v1-9080:75 reviews.bookinfo-v3-9080:25";
-    assert_eq!(
-        splits("istio-canary"),
-        vec![
-            format!("reviews.bookinfo-1-0-1 {split}"),
-            format!("reviews.bookinfo-1-0-0 {split}"),
-        ]
     );
 }
 

@@ -491,7 +491,7 @@ routes:
             "routes: [{name: r, backend: v1, bogus: 1}]\n"
         )]),
         vec![
-            "native.yaml: routes[0].bogus: routes[0]: unknown field `bogus`, expected one of \
+            "native.yaml: routes[0].bogus: unknown field `bogus`, expected one of \
              `name`, `match`, `backend`, `split`, `mirrors` at line 1 column 33"
         ]
     );
