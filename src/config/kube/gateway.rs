@@ -151,7 +151,6 @@ fn route_rule(
     }
     Some(Rule {
         origin: meta.object,
-        path: r.path.clone(),
         base: meta.base(),
         index,
         hosts: hosts.to_vec(),

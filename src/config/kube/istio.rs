@@ -222,7 +222,6 @@ fn http_route(
     }
     Some(Rule {
         origin: meta.object,
-        path: http.path.clone(),
         base: meta.base(),
         index,
         hosts: hosts.to_vec(),

@@ -19,11 +19,11 @@ use super::error::{ConfigError, ConfigErrors};
 use super::load::{endpoint, parse_text};
 use super::raw::{RawConfig, RawService};
 
-pub mod build;
+mod build;
 mod gateway;
 mod istio;
-pub mod model;
-pub mod node;
+mod model;
+mod node;
 
 #[cfg(test)]
 mod tests;

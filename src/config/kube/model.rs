@@ -59,8 +59,6 @@ pub enum Family {
 pub struct Rule {
     /// Index of the object this rule comes from (file and label for errors).
     pub origin: usize,
-    /// Key path of the rule (`spec.http[0]`).
-    pub path: String,
     /// Name the routes are derived from: `<name>` or `<name>.<namespace>`.
     pub base: String,
     /// Position of the rule in its object.
