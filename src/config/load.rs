@@ -21,26 +21,19 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin address.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
-/// Reads, merges and validates the given files.
+/// Reads, merges and validates the given files. Files may hold Kubernetes
+/// manifests (Istio, Gateway API) beside native config: see [`super::kube`].
 pub fn load_files(paths: &[PathBuf]) -> Result<Config, ConfigErrors> {
-    let mut parsed = Vec::with_capacity(paths.len());
-    let mut errors = Vec::new();
-    for path in paths {
-        let file = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => match parse_text(&file, &text) {
-                Ok(raw) => parsed.push((file, raw)),
-                Err(e) => errors.extend(e.0),
-            },
-            Err(e) => errors.push(ConfigError::new(file, "", format!("cannot read: {e}"))),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
-    let mut config = validate(parsed)?;
+    let mut config = validate(super::kube::parse_files(paths)?)?;
     config.sources = paths.to_vec();
     Ok(config)
+}
+
+/// Like [`load_files`], for files already read: `(name, text)` pairs.
+/// Kubernetes objects of all files are converted together, with the
+/// `services:` map of all native documents, and merged as one more file.
+pub fn load_texts(files: &[(String, String)]) -> Result<Config, ConfigErrors> {
+    validate(super::kube::parse_texts(files)?)
 }
 
 /// Parses one file's text into the raw structs.
