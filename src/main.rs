@@ -42,6 +42,13 @@ enum Command {
         #[arg(long, short, required = true)]
         config: Vec<PathBuf>,
     },
+    /// Print the native configuration equivalent to Istio / Gateway API
+    /// manifests (and any native files given with them).
+    Convert {
+        /// Manifest or config files (YAML, multi-document).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// The seeds' walkthrough on one machine: sample apps v1 and v2, the
     /// proxy routing my-app.local to v1 and mirroring 100% to v2.
     Demo(shadowgate::demo::DemoArgs),
@@ -80,6 +87,16 @@ fn main() -> ExitCode {
         Command::Check { config } => match shadowgate::config::load_files(&config) {
             Ok(c) => {
                 println!("ok: {}", shadowgate::config::load::summary(&c));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Convert { files } => match shadowgate::config::kube::convert_files(&files) {
+            Ok(yaml) => {
+                print!("{yaml}");
                 ExitCode::SUCCESS
             }
             Err(e) => {

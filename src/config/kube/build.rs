@@ -276,6 +276,7 @@ impl<'a> Builder<'a> {
                             backend: backend.clone(),
                             split: split.clone(),
                             mirrors: mirrors.clone(),
+                            promotion: None,
                         },
                     ));
                 }
