@@ -15,13 +15,16 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, ConfigErrors};
 use crate::proxy::server::accept_loop;
-use crate::runtime::{Runtime, Shared};
+use crate::runtime::Shared;
+use crate::store::{Store, StoreError};
 use crate::telemetry::metrics::ResultLabels;
 use crate::telemetry::{AccessLog, LogFormat, Metrics, Telemetry};
 
 /// Starting failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -72,7 +75,9 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
     let limits = config.limits.clone();
     let admin = config.admin;
     let watch_interval = config.watch_interval;
-    let shared = Shared::new(Runtime::build(config, None, &metrics), telemetry);
+    let store = Arc::new(Store::open(&config.store)?);
+    let book = crate::promote::ops::load_book(&store, &config);
+    let shared = Shared::new(config, book, telemetry, store);
 
     let (stop, stop_rx) = watch::channel(false);
     let mut bound = Vec::new();
@@ -117,6 +122,11 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
             tracing::error!(error = %e, "admin server failed");
         }
     });
+
+    tokio::spawn(crate::promote::controller::run(
+        shared.clone(),
+        stop_rx.clone(),
+    ));
 
     if !sources.is_empty() && !watch_interval.is_zero() {
         tokio::spawn(watch_files(

@@ -104,6 +104,7 @@ pub async fn start(
         r#"
 listen: "{listen}"
 admin: "{admin}"
+store: memory
 backends:
   v1: {{ endpoints: ["{v1_addr}"] }}
   v2: {{ endpoints: ["{v2_addr}"] }}

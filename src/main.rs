@@ -65,8 +65,39 @@ enum Command {
         #[arg(long, default_value = "1m", value_parser = ["1m", "5m", "15m"])]
         window: String,
     },
+    /// Promote a route's mirror to primary (refused unless its gates pass, or --force).
+    Promote {
+        /// Route name.
+        route: String,
+        /// The mirror to promote (default: the route's candidate).
+        #[arg(long)]
+        to: Option<String>,
+        /// Promote even when the gates do not pass.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Roll a promoted route back to its configured primary.
+    Rollback {
+        /// Route name.
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Run the bench backend: a small fast HTTP server for benchmarks.
     BenchBackend(shadowgate::bench_backend::BenchBackendArgs),
+}
+
+/// Where the admin server is.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// Admin server address, e.g. http://127.0.0.1:9901
+    #[arg(long, default_value = "http://127.0.0.1:9901")]
+    admin: String,
+    /// Admin token (or SHADOWGATE_ADMIN_TOKEN).
+    #[arg(long, env = "SHADOWGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -133,6 +164,41 @@ fn main() -> ExitCode {
             )
             .await?;
             print!("{}", shadowgate::admin::status::render(&stats, &window));
+            Ok(())
+        })),
+        Command::Promote {
+            route,
+            to,
+            force,
+            admin,
+        } => exit(rt.block_on(async {
+            let body = serde_json::json!({ "to": to, "force": force });
+            let path = format!("/api/v1/routes/{route}/promote");
+            let s: shadowgate::promote::ops::PromotionStatus = shadowgate::admin::client::call(
+                &admin.admin,
+                admin.token.as_deref(),
+                http::Method::POST,
+                &path,
+                Some(body),
+            )
+            .await?;
+            println!(
+                "route {}: {} now answers {}% of traffic (state {})",
+                s.route, s.candidate, s.share, s.state
+            );
+            Ok(())
+        })),
+        Command::Rollback { route, admin } => exit(rt.block_on(async {
+            let path = format!("/api/v1/routes/{route}/rollback");
+            let s: shadowgate::promote::ops::PromotionStatus = shadowgate::admin::client::call(
+                &admin.admin,
+                admin.token.as_deref(),
+                http::Method::POST,
+                &path,
+                None,
+            )
+            .await?;
+            println!("route {}: rolled back; {} is primary", s.route, s.primary);
             Ok(())
         })),
         Command::BenchBackend(args) => exit(

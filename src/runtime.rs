@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::config::{
     Config, HostMatch, MirrorConfig, PathMatch, RouteConfig, RouteMatch, ValueMatch,
 };
+use crate::promote::switch::Book;
 use crate::proxy::upstream::Backend;
 use crate::telemetry::{Metrics, Role, TargetMetrics};
 
@@ -34,6 +35,8 @@ pub struct Route {
     /// Weighted answerers (backend, cumulative weight), when the route splits traffic.
     pub split: Vec<(Arc<Backend>, Arc<TargetMetrics>, u32)>,
     pub mirrors: Vec<Arc<Mirror>>,
+    /// The route as it serves now (switches applied).
+    pub config: RouteConfig,
 }
 
 /// A mirror of a route, with its bound on copies in flight.
@@ -48,8 +51,14 @@ pub struct Mirror {
 }
 
 impl Runtime {
-    /// Builds the runtime for `config`, reusing unchanged backends of `previous`.
-    pub fn build(config: Config, previous: Option<&Runtime>, metrics: &Arc<Metrics>) -> Runtime {
+    /// Builds the runtime for `config` with `book`'s switches applied,
+    /// reusing unchanged backends of `previous`.
+    pub fn build(
+        config: Config,
+        book: &Book,
+        previous: Option<&Runtime>,
+        metrics: &Arc<Metrics>,
+    ) -> Runtime {
         let mut backends: HashMap<String, Arc<Backend>> = HashMap::new();
         for (name, bc) in &config.backends {
             let reused = previous
@@ -61,9 +70,9 @@ impl Runtime {
                 reused.unwrap_or_else(|| Arc::new(Backend::new(bc.clone()))),
             );
         }
-        let routes = config
-            .routes
-            .iter()
+        let routes = book
+            .effective_routes(&config)
+            .into_iter()
             .map(|r| build_route(r, &backends, metrics))
             .collect();
         Runtime {
@@ -88,7 +97,7 @@ impl Runtime {
 }
 
 fn build_route(
-    r: &RouteConfig,
+    r: RouteConfig,
     backends: &HashMap<String, Arc<Backend>>,
     metrics: &Arc<Metrics>,
 ) -> Route {
@@ -127,6 +136,7 @@ fn build_route(
         primary,
         split,
         mirrors,
+        config: r,
     }
 }
 
@@ -205,7 +215,7 @@ mod tests {
 
     fn runtime(yaml: &str) -> Runtime {
         let c = from_yaml("test.yaml", yaml).unwrap();
-        Runtime::build(c, None, &Arc::new(Metrics::new()))
+        Runtime::build(c, &Book::default(), None, &Arc::new(Metrics::new()))
     }
 
     #[test]
@@ -275,9 +285,19 @@ backends:
 routes: [{ name: r, backend: a }]
 "#;
         let metrics = Arc::new(Metrics::new());
-        let first = Runtime::build(from_yaml("t", yaml).unwrap(), None, &metrics);
+        let first = Runtime::build(
+            from_yaml("t", yaml).unwrap(),
+            &Book::default(),
+            None,
+            &metrics,
+        );
         let changed = yaml.replace("127.0.0.1:2", "127.0.0.1:3");
-        let second = Runtime::build(from_yaml("t", &changed).unwrap(), Some(&first), &metrics);
+        let second = Runtime::build(
+            from_yaml("t", &changed).unwrap(),
+            &Book::default(),
+            Some(&first),
+            &metrics,
+        );
         assert!(Arc::ptr_eq(&first.backends["a"], &second.backends["a"]));
         assert!(!Arc::ptr_eq(&first.backends["b"], &second.backends["b"]));
     }
@@ -291,22 +311,44 @@ pub struct Shared {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Set once every listener is bound.
     pub ready: std::sync::atomic::AtomicBool,
+    /// Results and promotion state that survive a restart.
+    pub store: Arc<crate::store::Store>,
+    /// Promotions in force; applied whenever a runtime is built.
+    pub book: parking_lot::Mutex<Book>,
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime, telemetry: Arc<crate::telemetry::Telemetry>) -> Arc<Self> {
+    /// Builds the first runtime for `config` and the shared state around it.
+    pub fn new(
+        config: Config,
+        book: Book,
+        telemetry: Arc<crate::telemetry::Telemetry>,
+        store: Arc<crate::store::Store>,
+    ) -> Arc<Self> {
+        let runtime = Runtime::build(config, &book, None, &telemetry.metrics);
         Arc::new(Shared {
             runtime: arc_swap::ArcSwap::from_pointee(runtime),
             telemetry,
             ready: std::sync::atomic::AtomicBool::new(false),
+            store,
+            book: parking_lot::Mutex::new(book),
         })
     }
 
     /// Builds a runtime for `config` and swaps it in; in-flight requests
     /// finish on the generation they started with.
     pub fn apply(&self, config: Config) {
+        let book = self.book.lock();
         let previous = self.runtime.load_full();
-        let next = Runtime::build(config, Some(&previous), &self.telemetry.metrics);
+        let next = Runtime::build(config, &book, Some(&previous), &self.telemetry.metrics);
         self.runtime.store(Arc::new(next));
+    }
+
+    /// Rebuilds the runtime from the current configuration, e.g. after a
+    /// switch changed. The book lock is held across build and swap, so two
+    /// switches cannot interleave.
+    pub fn rebuild(&self) {
+        let config = self.runtime.load().config.as_ref().clone();
+        self.apply(config);
     }
 }

@@ -179,21 +179,15 @@ pub fn routes(shared: &Shared) -> RoutesResponse {
             .map(|r| RouteInfo {
                 name: r.name.to_string(),
                 backend: r.primary.name().to_string(),
-                split: rt
+                split: r
                     .config
-                    .routes
+                    .split
                     .iter()
-                    .find(|c| *c.name == *r.name)
-                    .map(|c| {
-                        c.split
-                            .iter()
-                            .map(|(backend, weight)| SplitInfo {
-                                backend: backend.clone(),
-                                weight: *weight,
-                            })
-                            .collect()
+                    .map(|(backend, weight)| SplitInfo {
+                        backend: backend.clone(),
+                        weight: *weight,
                     })
-                    .unwrap_or_default(),
+                    .collect(),
                 mirrors: r
                     .mirrors
                     .iter()

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod client;
+pub mod promotion;
 pub mod status;
 
 use std::sync::atomic::Ordering;
@@ -25,6 +26,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/routes", get(api::get_routes))
         .route("/api/v1/stats", get(api::get_stats))
+        .route(
+            "/api/v1/routes/{route}/promotion",
+            get(promotion::get_promotion),
+        )
+        .route(
+            "/api/v1/routes/{route}/promote",
+            axum::routing::post(promotion::post_promote),
+        )
+        .route(
+            "/api/v1/routes/{route}/rollback",
+            axum::routing::post(promotion::post_rollback),
+        )
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,

@@ -95,12 +95,18 @@ fn log_record<'a>(
 /// and logged here; requests merely not sampled are not.
 pub fn admit(
     route: &Route,
+    answerer: &str,
     head: RequestView<'_>,
     content_length: Option<u64>,
     telemetry: &Telemetry,
 ) -> Vec<MirrorJob> {
     let mut jobs = Vec::new();
     for mirror in &route.mirrors {
+        // While a split gives the candidate live traffic, the requests it
+        // answers itself are not copied to it again.
+        if !route.split.is_empty() && mirror.backend.name() == answerer {
+            continue;
+        }
         let cfg = &mirror.config;
         if !sampled(cfg.percent, cfg.sample_key.as_deref(), head.headers) {
             continue;

@@ -178,6 +178,7 @@ mod tests {
     #[test]
     fn table() {
         // (name, baseline, candidate, compared, different, verdict, failing gates)
+        #[allow(clippy::type_complexity)]
         let cases: Vec<(
             &str,
             WindowSummary,

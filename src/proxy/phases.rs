@@ -108,7 +108,7 @@ pub async fn handle(
     let jobs = if route.mirrors.is_empty() {
         Vec::new()
     } else {
-        mirror::admit(route, view, content_length, telemetry)
+        mirror::admit(route, backend.name(), view, content_length, telemetry)
     };
 
     // 5. body: tee a bounded copy for the mirrors while it streams to the primary

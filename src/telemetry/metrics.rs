@@ -68,6 +68,13 @@ pub struct KindLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PromotionLabels {
+    pub route: String,
+    pub action: String,
+    pub trigger: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -86,6 +93,7 @@ pub struct Metrics {
     pub mirror_errors: Family<KindLabels, Counter>,
     pub mirror_in_flight: Family<MirrorLabels, Gauge>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub promotions: Family<PromotionLabels, Counter>,
     pub access_log_dropped: Counter,
     /// Sliding windows per target; kept across reloads.
     windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
@@ -144,6 +152,12 @@ impl Metrics {
             "Configuration reloads, by result",
             config_reloads.clone(),
         );
+        let promotions = Family::<PromotionLabels, Counter>::default();
+        registry.register(
+            "promotions",
+            "Promotions, steps and rollbacks, by trigger",
+            promotions.clone(),
+        );
         let access_log_dropped = Counter::default();
         registry.register(
             "access_log_dropped_lines",
@@ -158,6 +172,7 @@ impl Metrics {
             mirror_errors,
             mirror_in_flight,
             config_reloads,
+            promotions,
             access_log_dropped,
             windows: parking_lot::Mutex::new(HashMap::new()),
         }

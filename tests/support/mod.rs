@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +96,8 @@ impl TestBackend {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
         let count = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(AtomicU16::new(self.status));
+        let status_now = status.clone();
         let this = Arc::new(self);
         let counter = count.clone();
         let task = tokio::spawn(async move {
@@ -108,10 +110,20 @@ impl TestBackend {
                     held.push(stream);
                     continue;
                 }
-                let (this, tx, counter) = (this.clone(), tx.clone(), counter.clone());
+                let (this, tx, counter, status_now) = (
+                    this.clone(),
+                    tx.clone(),
+                    counter.clone(),
+                    status_now.clone(),
+                );
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (this, tx, counter) = (this.clone(), tx.clone(), counter.clone());
+                        let (this, tx, counter, status_now) = (
+                            this.clone(),
+                            tx.clone(),
+                            counter.clone(),
+                            status_now.clone(),
+                        );
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -137,7 +149,8 @@ impl TestBackend {
                                 this.body.clone()
                             };
                             let mut resp = Response::new(Full::new(body));
-                            *resp.status_mut() = StatusCode::from_u16(this.status).unwrap();
+                            *resp.status_mut() =
+                                StatusCode::from_u16(status_now.load(Ordering::SeqCst)).unwrap();
                             for (k, v) in &this.headers {
                                 resp.headers_mut().append(k.clone(), v.clone());
                             }
@@ -155,6 +168,7 @@ impl TestBackend {
             rx,
             count,
             task,
+            status,
         }
     }
 }
@@ -162,6 +176,8 @@ impl TestBackend {
 /// A running test backend.
 pub struct BackendHandle {
     pub addr: SocketAddr,
+    /// The status answered now; change it to make the backend turn bad.
+    pub status: Arc<AtomicU16>,
     rx: mpsc::UnboundedReceiver<Recorded>,
     count: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
