@@ -164,6 +164,21 @@ fn main() -> ExitCode {
             )
             .await?;
             print!("{}", shadowgate::admin::status::render(&stats, &window));
+            for route in &stats.routes {
+                let path = format!("/api/v1/routes/{}/promotion", route.route);
+                let promotion: Result<shadowgate::promote::ops::PromotionStatus, _> =
+                    shadowgate::admin::client::call(
+                        &admin,
+                        token.as_deref(),
+                        http::Method::GET,
+                        &path,
+                        None,
+                    )
+                    .await;
+                if let Ok(p) = promotion {
+                    println!("{}", shadowgate::admin::status::render_promotion(&p));
+                }
+            }
             Ok(())
         })),
         Command::Promote {

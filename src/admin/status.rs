@@ -84,6 +84,34 @@ pub fn render(stats: &StatsResponse, window: &str) -> String {
     out
 }
 
+/// One line per route on promotion: state, share, verdict, gate figures, last change.
+pub fn render_promotion(p: &crate::promote::ops::PromotionStatus) -> String {
+    let verdict = serde_json::to_value(p.verdict)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut line = format!(
+        "promotion {}: {} (primary {}, candidate {} at {}%), verdict {} — {}",
+        p.route,
+        p.state,
+        p.primary,
+        p.candidate,
+        p.share,
+        verdict,
+        p.judgement.describe()
+    );
+    if let Some(last) = p.history.last() {
+        line.push_str(&format!(
+            "; last: {} {} -> {} ({}) at {}",
+            last.action, last.from, last.to, last.trigger, last.at
+        ));
+    }
+    if p.auto_held {
+        line.push_str("; automatic promotion paused after an automatic rollback");
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
