@@ -4,6 +4,7 @@
 //! turns failures into responses (`error`).
 
 pub mod error;
+pub mod guard;
 pub mod headers;
 pub mod phases;
 pub mod server;

@@ -82,7 +82,9 @@ fn serve_connection(
     let builder = builder.clone();
     let watcher = graceful.watcher();
     tokio::spawn(async move {
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        // The framing guard refuses smuggling shapes before hyper parses them.
+        let io = TokioIo::new(super::guard::FramingGuard::new(stream));
+        let conn = builder.serve_connection_with_upgrades(io, service);
         if let Err(e) = watcher.watch(conn.into_owned()).await {
             tracing::debug!(peer = %peer, error = %e, "client connection ended with error");
         }
