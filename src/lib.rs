@@ -16,6 +16,7 @@ pub mod admin;
 pub mod app;
 pub mod bench_backend;
 pub mod body;
+pub mod compare;
 pub mod config;
 pub mod demo;
 pub mod mirror;
