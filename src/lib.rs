@@ -17,6 +17,7 @@ pub mod app;
 pub mod bench_backend;
 pub mod body;
 pub mod compare;
+pub mod comparison;
 pub mod config;
 pub mod demo;
 pub mod mirror;

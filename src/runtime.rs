@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method};
 use tokio::sync::Semaphore;
 
+use crate::comparison::{Engine, RouteComparison};
 use crate::config::{
     Config, HostMatch, MirrorConfig, PathMatch, RouteConfig, RouteMatch, ValueMatch,
 };
@@ -35,6 +36,10 @@ pub struct Route {
     /// Weighted answerers (backend, cumulative weight), when the route splits traffic.
     pub split: Vec<(Arc<Backend>, Arc<TargetMetrics>, u32)>,
     pub mirrors: Vec<Arc<Mirror>>,
+    /// Comparison rules and endpoints, when a mirror compares.
+    pub comparison: Option<Arc<RouteComparison>>,
+    /// The secondary (noise learning), when configured.
+    pub secondary: Option<Arc<Mirror>>,
     /// The route as it serves now (switches applied).
     pub config: RouteConfig,
 }
@@ -116,20 +121,39 @@ fn build_route(
             )
         })
         .collect();
-    let mirrors = r
+    let make_mirror = |m: &MirrorConfig, role: Role| {
+        Arc::new(Mirror {
+            route: name.clone(),
+            config: m.clone(),
+            backend: backends[&m.backend].clone(),
+            metrics: metrics.target(&r.name, &m.backend, role),
+            in_flight: Arc::new(Semaphore::new(m.max_in_flight)),
+        })
+    };
+    let mirrors: Vec<Arc<Mirror>> = r
         .mirrors
         .iter()
-        .map(|m| {
-            Arc::new(Mirror {
-                route: name.clone(),
-                config: m.clone(),
-                backend: backends[&m.backend].clone(),
-                metrics: metrics.target(&r.name, &m.backend, Role::mirror),
-                in_flight: Arc::new(Semaphore::new(m.max_in_flight)),
-            })
-        })
+        .map(|m| make_mirror(m, Role::mirror))
         .collect();
+    let first_compared = r.mirrors.iter().find(|m| m.compare);
+    let comparison = first_compared
+        .and_then(|_| RouteComparison::new(&r.name, &r.compare))
+        .map(Arc::new);
+    // The secondary is sent what the compared mirrors are sent, with the
+    // same bounds, and never answers clients.
+    let secondary = match (&r.secondary, first_compared) {
+        (Some(backend), Some(template)) => {
+            let mut cfg = template.clone();
+            cfg.backend = backend.clone();
+            cfg.percent = 100.0;
+            cfg.methods = None;
+            Some(make_mirror(&cfg, Role::secondary))
+        }
+        _ => None,
+    };
     Route {
+        comparison,
+        secondary,
         primary_metrics: Arc::new(metrics.target(&r.name, &r.backend, Role::primary)),
         name,
         matcher: r.matcher.clone(),
@@ -315,6 +339,8 @@ pub struct Shared {
     pub store: Arc<crate::store::Store>,
     /// Promotions in force; applied whenever a runtime is built.
     pub book: parking_lot::Mutex<Book>,
+    /// Comparison workers and results.
+    pub comparison: Arc<Engine>,
 }
 
 impl Shared {
@@ -326,7 +352,13 @@ impl Shared {
         store: Arc<crate::store::Store>,
     ) -> Arc<Self> {
         let runtime = Runtime::build(config, &book, None, &telemetry.metrics);
+        let comparison = Engine::start(
+            &runtime.config.comparison,
+            telemetry.metrics.clone(),
+            &store,
+        );
         Arc::new(Shared {
+            comparison,
             runtime: arc_swap::ArcSwap::from_pointee(runtime),
             telemetry,
             ready: std::sync::atomic::AtomicBool::new(false),

@@ -149,6 +149,7 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         shutdown_grace: Duration::from_secs(30),
         watch_interval: Duration::from_secs(1),
         store: crate::store::StoreLocation::File("shadowgate.db".into()),
+        comparison: ComparisonSettings::default(),
         sources: Vec::new(),
     };
     let mut scalar_origin: BTreeMap<&'static str, String> = BTreeMap::new();
@@ -241,6 +242,21 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
                 .filter(|p| !p.as_os_str().is_empty());
             config.store = crate::store::location_from(&value, base);
         }
+        if once("comparison", raw.comparison.is_some(), &mut c) {
+            let r = raw.comparison.clone().unwrap_or_default();
+            let d = ComparisonSettings::default();
+            config.comparison = ComparisonSettings {
+                workers: r.workers.unwrap_or(d.workers),
+                queue: r.queue.unwrap_or(d.queue),
+                max_examples: r.max_examples.unwrap_or(d.max_examples),
+            };
+            if config.comparison.workers == 0 || config.comparison.workers > 64 {
+                c.fail("comparison.workers", "must be between 1 and 64");
+            }
+            if config.comparison.queue == 0 {
+                c.fail("comparison.queue", "must be at least 1");
+            }
+        }
         if once("watch_interval", raw.watch_interval.is_some(), &mut c) {
             config.watch_interval =
                 c.duration("watch_interval", &raw.watch_interval, config.watch_interval);
@@ -296,6 +312,9 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
                     format!("{path}.split[{j}].backend"),
                     s.backend.clone(),
                 ));
+            }
+            if let Some(s) = &r.secondary {
+                route_refs.push((file.clone(), format!("{path}.secondary"), s.clone()));
             }
             for (j, m) in r.mirrors.iter().enumerate() {
                 route_refs.push((
@@ -495,6 +514,7 @@ fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteConfig> {
         .enumerate()
         .map(|(i, m)| mirror(c, &format!("{path}.mirrors[{i}]"), m))
         .collect();
+    let compare = route_compare(c, path, raw);
     let promotion = raw
         .promotion
         .as_ref()
@@ -516,7 +536,57 @@ fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteConfig> {
             .collect(),
         mirrors,
         promotion,
+        compare,
+        secondary: raw.secondary.clone(),
     })
+}
+
+fn route_compare(c: &mut Check, path: &str, raw: &RawRoute) -> RouteCompareConfig {
+    let r = raw.compare.clone().unwrap_or_default();
+    let rules = crate::compare::RulesConfig {
+        ignore_headers: r.ignore_headers,
+        ignore_paths: r.ignore_paths,
+        unordered_paths: r.unordered_paths,
+        numeric_tolerance: r.numeric_tolerance,
+    };
+    if let Err(e) = crate::compare::CompareRules::new(&rules) {
+        c.fail(format!("{path}.compare"), e.to_string());
+    }
+    let max_endpoints = r
+        .max_endpoints
+        .unwrap_or(crate::compare::DEFAULT_MAX_ENDPOINTS);
+    if let Err(e) = crate::compare::EndpointTemplater::new(&r.endpoints, max_endpoints) {
+        c.fail(format!("{path}.compare.endpoints"), e.to_string());
+    }
+    let mut noise = crate::compare::NoiseThresholds::default();
+    if let Some(n) = &raw.noise {
+        for (key, value, slot) in [
+            ("relative", n.relative, &mut noise.relative),
+            ("absolute", n.absolute, &mut noise.absolute),
+        ] {
+            if let Some(v) = value {
+                if !(0.0..=100.0).contains(&v) {
+                    c.fail(
+                        format!("{path}.noise.{key}"),
+                        format!("{v} is not between 0 and 100"),
+                    );
+                }
+                *slot = v;
+            }
+        }
+    }
+    if raw.secondary.is_some() && !raw.mirrors.iter().any(|m| m.compare == Some(true)) {
+        c.fail(
+            format!("{path}.secondary"),
+            "is only used with a mirror that has `compare: true`",
+        );
+    }
+    RouteCompareConfig {
+        rules,
+        endpoints: r.endpoints,
+        max_endpoints,
+        noise,
+    }
 }
 
 fn promotion(
@@ -735,6 +805,11 @@ fn mirror(c: &mut Check, path: &str, raw: &RawMirror) -> MirrorConfig {
     if let Some(k) = &raw.sample_key {
         c.header_name(&format!("{path}.sample_key"), k);
     }
+    let compare_max_body_bytes = c.size(
+        &format!("{path}.compare_max_body_bytes"),
+        &raw.compare_max_body_bytes,
+        1 << 20,
+    );
     let timeout = c.duration(
         &format!("{path}.timeout"),
         &raw.timeout,
@@ -758,6 +833,8 @@ fn mirror(c: &mut Check, path: &str, raw: &RawMirror) -> MirrorConfig {
         ),
         timeout,
         max_in_flight,
+        compare: raw.compare.unwrap_or(false),
+        compare_max_body_bytes,
     }
 }
 

@@ -24,6 +24,7 @@ pub struct Config {
     pub watch_interval: Duration,
     /// Where results and promotion state are kept.
     pub store: crate::store::StoreLocation,
+    pub comparison: ComparisonSettings,
     /// The files this configuration was read from, in order.
     pub sources: Vec<PathBuf>,
 }
@@ -96,6 +97,37 @@ pub struct RouteConfig {
     pub split: Vec<(String, u32)>,
     pub mirrors: Vec<MirrorConfig>,
     pub promotion: Option<PromotionConfig>,
+    /// Comparison rules (used by mirrors with `compare`).
+    pub compare: RouteCompareConfig,
+    /// Backend of the secondary (noise learning), if any.
+    pub secondary: Option<String>,
+}
+
+/// Comparison rules of a route, checked at load.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RouteCompareConfig {
+    pub rules: crate::compare::RulesConfig,
+    pub endpoints: Vec<String>,
+    pub max_endpoints: usize,
+    pub noise: crate::compare::NoiseThresholds,
+}
+
+/// Comparison workers and retention.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComparisonSettings {
+    pub workers: usize,
+    pub queue: usize,
+    pub max_examples: usize,
+}
+
+impl Default for ComparisonSettings {
+    fn default() -> Self {
+        ComparisonSettings {
+            workers: 1,
+            queue: 1024,
+            max_examples: 5,
+        }
+    }
 }
 
 /// `manual` or `auto` promotion.
@@ -170,4 +202,6 @@ pub struct MirrorConfig {
     pub max_body_bytes: u64,
     pub timeout: Duration,
     pub max_in_flight: usize,
+    pub compare: bool,
+    pub compare_max_body_bytes: u64,
 }

@@ -37,6 +37,9 @@ pub struct RawConfig {
     /// How long SIGTERM waits for in-flight requests before exiting. Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<String>,
+    /// Comparison workers and retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<RawComparison>,
     /// Where results and promotion state are kept: a SQLite file path
     /// (default `shadowgate.db`, relative to the first config file) or `memory`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +146,16 @@ pub struct RawRoute {
     /// Shadow copies of a share of this route's requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<RawMirror>,
+    /// Comparison rules for this route's mirrors with `compare: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<RawCompareRules>,
+    /// A second instance of the primary's version: sampled requests also go
+    /// there, and fields that differ between primary and secondary are noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary: Option<String>,
+    /// Noise thresholds used with `secondary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<RawNoise>,
     /// When and how a mirror is promoted to primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion: Option<RawPromotion>,
@@ -269,6 +282,68 @@ pub struct RawMirror {
     /// counted. Default 1024.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
+    /// Compare each shadow response with the primary's. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<bool>,
+    /// Largest response body kept for comparison, on each side; larger ones
+    /// are compared on status and headers only (counted as truncated).
+    /// Default `1MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_max_body_bytes: Option<RawSize>,
+}
+
+/// What a route's comparison ignores, and how it groups endpoints.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompareRules {
+    /// Headers not compared, added to the defaults (`date`, `server`,
+    /// `content-length`, hop-by-hop, `x-request-id`, tracing headers…);
+    /// a trailing `*` matches a prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_headers: Vec<String>,
+    /// JSON paths not compared: `$.meta.timestamp`, `$..etag`, `$.items[*].id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_paths: Vec<String>,
+    /// JSON arrays compared without regard to order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unordered_paths: Vec<String>,
+    /// Relative tolerance for numbers, e.g. `0.001`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numeric_tolerance: Option<f64>,
+    /// Explicit endpoint templates (`/users/{id}/orders`); others are learned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Most endpoints per route; more are grouped as `other`. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_endpoints: Option<usize>,
+}
+
+/// Noise thresholds (Diffy's): a field is a real difference only when its
+/// primary-vs-shadow diff rate exceeds its primary-vs-secondary rate by both.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawNoise {
+    /// Percent. Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative: Option<f64>,
+    /// Percent. Default 0.03.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absolute: Option<f64>,
+}
+
+/// Settings of the comparison workers and their results.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawComparison {
+    /// Worker threads comparing pairs. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Pairs waiting for a worker; beyond it pairs are dropped and counted. Default 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<usize>,
+    /// Example pairs kept per endpoint. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_examples: Option<usize>,
 }
 
 /// Header changes for a shadow copy.

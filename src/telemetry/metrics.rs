@@ -21,6 +21,9 @@ pub enum Role {
     primary,
     #[allow(non_camel_case_types)]
     mirror,
+    /// A second instance of the primary's version, for noise learning.
+    #[allow(non_camel_case_types)]
+    secondary,
 }
 
 impl Role {
@@ -28,6 +31,7 @@ impl Role {
         match self {
             Role::primary => "primary",
             Role::mirror => "mirror",
+            Role::secondary => "secondary",
         }
     }
 }
@@ -68,6 +72,13 @@ pub struct KindLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CompareLabels {
+    pub route: String,
+    pub backend: String,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct PromotionLabels {
     pub route: String,
     pub action: String,
@@ -94,6 +105,7 @@ pub struct Metrics {
     pub mirror_in_flight: Family<MirrorLabels, Gauge>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub promotions: Family<PromotionLabels, Counter>,
+    pub compare: Family<CompareLabels, Counter>,
     pub access_log_dropped: Counter,
     /// Sliding windows per target; kept across reloads.
     windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
@@ -158,6 +170,12 @@ impl Metrics {
             "Promotions, steps and rollbacks, by trigger",
             promotions.clone(),
         );
+        let compare = Family::<CompareLabels, Counter>::default();
+        registry.register(
+            "compare",
+            "Shadow responses compared with the primary's, by result (compared, equal, different, noise_only, truncated, dropped, primary_failed)",
+            compare.clone(),
+        );
         let access_log_dropped = Counter::default();
         registry.register(
             "access_log_dropped_lines",
@@ -173,6 +191,7 @@ impl Metrics {
             mirror_in_flight,
             config_reloads,
             promotions,
+            compare,
             access_log_dropped,
             windows: parking_lot::Mutex::new(HashMap::new()),
         }
@@ -192,7 +211,7 @@ impl Metrics {
             backend: backend.to_string(),
             role,
         };
-        let in_flight = (role == Role::mirror).then(|| {
+        let in_flight = (role != Role::primary).then(|| {
             self.mirror_in_flight
                 .get_or_create(&MirrorLabels {
                     route: route.to_string(),

@@ -241,6 +241,8 @@ impl<'a> Builder<'a> {
                         max_body_bytes: None,
                         timeout: None,
                         max_in_flight: None,
+                        compare: None,
+                        compare_max_body_bytes: None,
                     })
                 })
                 .collect();
@@ -277,6 +279,9 @@ impl<'a> Builder<'a> {
                             split: split.clone(),
                             mirrors: mirrors.clone(),
                             promotion: None,
+                            compare: None,
+                            secondary: None,
+                            noise: None,
                         },
                     ));
                 }

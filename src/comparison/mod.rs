@@ -1,0 +1,268 @@
+//! Comparison at run time: the captured primary and shadow (or secondary)
+//! responses of one request meet here and are judged by a bounded pool of
+//! worker threads, off the request path. Results are tallied per route ×
+//! mirror × endpoint (`compare::Tally`), counted in metrics and the
+//! windows, and persisted to the store by a background task.
+//!
+//! Never on the request path: `submit` is a non-blocking `try_send`; when
+//! the queue is full the pair is dropped and counted.
+
+pub mod capture;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, Uri};
+use tokio::sync::watch;
+
+use crate::compare::{
+    self, Captured, CompareRules, EndpointTemplater, ExampleLimits, Tally, TallyLimits, TallyState,
+    Verdict,
+};
+use crate::config::{ComparisonSettings, RouteCompareConfig};
+use crate::store::Store;
+use crate::telemetry::metrics::CompareLabels;
+use crate::telemetry::window::Window;
+use crate::telemetry::Metrics;
+
+/// Store key of the persisted tally.
+const TALLY_KEY: &str = "compare:tally";
+
+/// A route's comparison rules and endpoint templater, built once per runtime.
+pub struct RouteComparison {
+    pub route: Arc<str>,
+    pub rules: CompareRules,
+    pub templater: parking_lot::Mutex<EndpointTemplater>,
+}
+
+impl std::fmt::Debug for RouteComparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteComparison")
+            .field("route", &self.route)
+            .finish()
+    }
+}
+
+impl RouteComparison {
+    /// Builds from a validated config (rules were checked at load).
+    pub fn new(route: &str, cfg: &RouteCompareConfig) -> Option<Self> {
+        Some(RouteComparison {
+            route: Arc::from(route),
+            rules: CompareRules::new(&cfg.rules).ok()?,
+            templater: parking_lot::Mutex::new(
+                EndpointTemplater::new(&cfg.endpoints, cfg.max_endpoints).ok()?,
+            ),
+        })
+    }
+}
+
+/// Which side the other response came from.
+#[derive(Debug)]
+pub enum Side {
+    /// A mirror (the candidate); its window records the comparison.
+    Shadow { mirror: String, window: Arc<Window> },
+    /// The secondary: a second instance of the primary's version (noise).
+    Secondary,
+}
+
+/// One pair to judge.
+#[derive(Debug)]
+pub struct Job {
+    pub route: Arc<RouteComparison>,
+    pub side: Side,
+    pub method: Method,
+    pub uri: Uri,
+    pub request_headers: HeaderMap,
+    pub primary: Arc<Captured>,
+    pub other: Captured,
+}
+
+/// The primary's response as captured for comparison, once it has ended.
+pub type PrimaryCapture = watch::Receiver<Option<Arc<Captured>>>;
+
+/// The comparison engine: queue, workers, tally.
+pub struct Engine {
+    tx: SyncSender<Job>,
+    pub tally: Arc<parking_lot::Mutex<Tally>>,
+    metrics: Arc<Metrics>,
+    dirty: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Engine")
+    }
+}
+
+impl Engine {
+    /// Starts the workers; restores the tally from the store.
+    pub fn start(
+        settings: &ComparisonSettings,
+        metrics: Arc<Metrics>,
+        store: &Store,
+    ) -> Arc<Engine> {
+        let limits = TallyLimits {
+            max_examples: settings.max_examples,
+            ..TallyLimits::default()
+        };
+        let thresholds = compare::NoiseThresholds::default();
+        let tally = match store.get::<TallyState>(TALLY_KEY) {
+            Ok(Some(state)) => Tally::restore(state, limits, thresholds),
+            Ok(None) => Tally::new(limits, thresholds),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read stored comparison results; starting empty");
+                Tally::new(limits, thresholds)
+            }
+        };
+        let tally = Arc::new(parking_lot::Mutex::new(tally));
+        let (tx, rx) = sync_channel::<Job>(settings.queue);
+        let rx = Arc::new(parking_lot::Mutex::new(rx));
+        let dirty = Arc::new(AtomicBool::new(false));
+        // Examples always have credentials redacted (see compare::tally).
+        let example_limits = ExampleLimits::default();
+        for i in 0..settings.workers.max(1) {
+            let (rx, tally, metrics, dirty) =
+                (rx.clone(), tally.clone(), metrics.clone(), dirty.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("compare-{i}"))
+                .spawn(move || worker(rx, tally, metrics, dirty, example_limits));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a comparison worker");
+            }
+        }
+        Arc::new(Engine {
+            tx,
+            tally,
+            metrics,
+            dirty,
+        })
+    }
+
+    /// Queues a pair; never blocks. A full queue drops the pair (counted).
+    pub fn submit(&self, job: Job) {
+        let (route, backend) = (job.route.route.to_string(), side_name(&job.side));
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.count(&route, &backend, "dropped");
+            }
+        }
+    }
+
+    /// Counts a comparison that could not happen (e.g. the primary failed).
+    pub fn count(&self, route: &str, backend: &str, result: &str) {
+        self.metrics
+            .compare
+            .get_or_create(&CompareLabels {
+                route: route.to_string(),
+                backend: backend.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Writes the tally to the store when it changed; called periodically
+    /// and at shutdown.
+    pub fn persist(&self, store: &Store) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let state = self.tally.lock().export();
+        if let Err(e) = store.put(TALLY_KEY, &state) {
+            tracing::error!(error = %e, "cannot store comparison results");
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+}
+
+fn side_name(side: &Side) -> String {
+    match side {
+        Side::Shadow { mirror, .. } => mirror.clone(),
+        Side::Secondary => "secondary".to_string(),
+    }
+}
+
+fn worker(
+    rx: Arc<parking_lot::Mutex<Receiver<Job>>>,
+    tally: Arc<parking_lot::Mutex<Tally>>,
+    metrics: Arc<Metrics>,
+    dirty: Arc<AtomicBool>,
+    example_limits: ExampleLimits,
+) {
+    loop {
+        let job = match rx.lock().recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        let endpoint = job
+            .route
+            .templater
+            .lock()
+            .endpoint(&job.method, job.uri.path());
+        let outcome = compare::compare(&job.primary, &job.other, &job.route.rules);
+        let route = &*job.route.route;
+        match &job.side {
+            Side::Shadow { mirror, window } => {
+                let verdict =
+                    tally
+                        .lock()
+                        .record_shadow(route, mirror, &endpoint, &outcome, || {
+                            compare::Example::new(
+                                &job.method,
+                                &job.uri.to_string(),
+                                &job.request_headers,
+                                &job.primary,
+                                &job.other,
+                                &outcome,
+                                &example_limits,
+                            )
+                        });
+                let result = match verdict {
+                    Verdict::Equal => "equal",
+                    Verdict::Different => "different",
+                    Verdict::NoiseOnly => "noise_only",
+                };
+                let count = |result: &str| {
+                    metrics
+                        .compare
+                        .get_or_create(&CompareLabels {
+                            route: route.to_string(),
+                            backend: mirror.clone(),
+                            result: result.to_string(),
+                        })
+                        .inc();
+                };
+                count("compared");
+                count(result);
+                if outcome.truncated {
+                    count("truncated");
+                }
+                window.record_compare(verdict == Verdict::Different);
+            }
+            Side::Secondary => tally.lock().record_secondary(route, &endpoint, &outcome),
+        }
+        dirty.store(true, Ordering::Release);
+    }
+}
+
+/// Persists the tally every `every` until `stop` turns true, and once more then.
+pub async fn persist_loop(
+    engine: Arc<Engine>,
+    store: Arc<Store>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.wait_for(|s| *s) => true,
+            _ = tokio::time::sleep(every) => false,
+        };
+        let (e, s) = (engine.clone(), store.clone());
+        let _ = tokio::task::spawn_blocking(move || e.persist(&s)).await;
+        if stopping {
+            return;
+        }
+    }
+}
