@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, ConfigErrors};
-use crate::proxy::server::accept_loop;
+use crate::proxy::server::{accept_loop, TlsSource};
 use crate::runtime::Shared;
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics::ResultLabels;
@@ -88,7 +88,11 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
                 address: l.address,
                 source,
             })?;
-        bound.push((listener, l.tls.is_some()));
+        let tls = l.tls.as_ref().map(|t| TlsSource {
+            configured: l.address,
+            last: t.server_config.clone(),
+        });
+        bound.push((listener, tls));
     }
     let admin_listener = TcpListener::bind(admin)
         .await
@@ -183,9 +187,17 @@ pub fn reload(shared: &Shared, sources: &[PathBuf]) -> Result<(), ConfigErrors> 
     match config::load_files(sources) {
         Ok(new) => {
             let old = shared.runtime.load();
-            if new.listeners != old.config.listeners || new.admin != old.config.admin {
+            // Certificates may change (they are re-read on every reload and
+            // used from the next handshake on); addresses and TLS on/off may not.
+            let shape = |c: &Config| -> Vec<(SocketAddr, bool)> {
+                c.listeners
+                    .iter()
+                    .map(|l| (l.address, l.tls.is_some()))
+                    .collect()
+            };
+            if shape(&new) != shape(&old.config) || new.admin != old.config.admin {
                 tracing::warn!(
-                    "listener and admin addresses change only on restart; keeping the current ones"
+                    "listener addresses, listener TLS on/off and the admin address change only on restart; keeping the current ones"
                 );
             }
             shared.apply(new);
@@ -213,26 +225,57 @@ pub fn reload(shared: &Shared, sources: &[PathBuf]) -> Result<(), ConfigErrors> 
 
 /// Polls the files' contents; any change triggers a reload. Reading the
 /// content (not just mtimes) also catches Kubernetes ConfigMap updates,
-/// which arrive as symlink swaps.
+/// which arrive as symlink swaps. The TLS files the current configuration
+/// names (listener certificates and keys, backend CA and client files) are
+/// watched too, so a rotated certificate is picked up without a SIGHUP.
 async fn watch_files(
     shared: Arc<Shared>,
     sources: Vec<PathBuf>,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let fingerprint = |paths: &[PathBuf]| -> Vec<Option<Vec<u8>>> {
-        paths.iter().map(|p| std::fs::read(p).ok()).collect()
+    let snapshot = |shared: &Shared| -> Vec<(PathBuf, Option<Vec<u8>>)> {
+        let mut paths = sources.clone();
+        paths.extend(tls_files(&shared.runtime.load().config));
+        paths
+            .into_iter()
+            .map(|p| {
+                let content = std::fs::read(&p).ok();
+                (p, content)
+            })
+            .collect()
     };
-    let mut last = fingerprint(&sources);
+    let mut last = snapshot(&shared);
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let now = fingerprint(&sources);
-        if now != last {
-            last = now;
+        if snapshot(&shared) != last {
             let _ = reload(&shared, &sources);
+            // The set of TLS files may have changed with the configuration.
+            last = snapshot(&shared);
         }
     }
+}
+
+/// Every TLS file a configuration names.
+fn tls_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for l in &config.listeners {
+        for c in l.tls.iter().flat_map(|t| &t.certificates) {
+            files.push(c.cert.clone());
+            files.push(c.key.clone());
+        }
+    }
+    for b in config.backends.values() {
+        if let Some(t) = &b.tls {
+            files.extend(t.ca_file.clone());
+            if let Some((cert, key)) = &t.client_cert {
+                files.push(cert.clone());
+                files.push(key.clone());
+            }
+        }
+    }
+    files
 }

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -15,6 +16,7 @@ use super::error::{ConfigError, ConfigErrors};
 use super::model::*;
 use super::raw::*;
 use super::units::{parse_duration, parse_size};
+use crate::proxy::tls;
 
 /// Default listener address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -95,6 +97,16 @@ impl Check<'_> {
                 self.fail(path, e);
                 default
             }),
+        }
+    }
+
+    /// A file named in the configuration: relative paths are relative to the
+    /// configuration file's directory.
+    fn resolve(&self, name: &str) -> PathBuf {
+        let p = Path::new(name);
+        match Path::new(self.file).parent() {
+            Some(dir) if p.is_relative() && !dir.as_os_str().is_empty() => dir.join(p),
+            _ => p.to_path_buf(),
         }
     }
 
@@ -407,16 +419,10 @@ fn listeners(c: &mut Check, raw: &RawListen) -> Vec<Listener> {
                 .filter_map(|(i, l)| {
                     let path = format!("listen[{i}]");
                     let address = socket_addr(c, &format!("{path}.address"), &l.address)?;
-                    let tls = l.tls.as_ref().map(|t| TlsFiles {
-                        cert: PathBuf::from(&t.cert),
-                        key: PathBuf::from(&t.key),
-                    });
-                    if tls.is_some() {
-                        c.fail(
-                            format!("{path}.tls"),
-                            "TLS listeners are not supported yet by this build",
-                        );
-                    }
+                    let tls = match &l.tls {
+                        Some(t) => Some(listener_tls(c, &format!("{path}.tls"), t)?),
+                        None => None,
+                    };
                     Some(Listener { address, tls })
                 })
                 .collect()
@@ -424,11 +430,116 @@ fn listeners(c: &mut Check, raw: &RawListen) -> Vec<Listener> {
     }
 }
 
-/// Parses `host:port` or `http://host:port`.
+/// Reads and parses a listener's certificates and keys now, so a bad file
+/// is reported at load (and on reload) instead of at the first handshake.
+fn listener_tls(c: &mut Check, path: &str, raw: &RawTls) -> Option<ListenerTls> {
+    let mut entries: Vec<(String, &str, &str, &[String])> = Vec::new();
+    match (&raw.cert, &raw.key, raw.certificates.is_empty()) {
+        (Some(cert), Some(key), true) => entries.push((path.to_string(), cert, key, &[])),
+        (None, None, false) => {
+            for (i, e) in raw.certificates.iter().enumerate() {
+                entries.push((
+                    format!("{path}.certificates[{i}]"),
+                    &e.cert,
+                    &e.key,
+                    &e.server_names,
+                ));
+            }
+        }
+        (None, None, true) => {
+            c.fail(path, "give `cert` and `key`, or a list of `certificates`");
+            return None;
+        }
+        (_, _, false) => {
+            c.fail(
+                path,
+                "give either `cert` and `key` or `certificates`, not both",
+            );
+            return None;
+        }
+        (Some(_), None, true) => {
+            c.fail(format!("{path}.key"), "`cert` needs a `key`");
+            return None;
+        }
+        (None, Some(_), true) => {
+            c.fail(format!("{path}.cert"), "`key` needs a `cert`");
+            return None;
+        }
+    }
+    let mut certificates = Vec::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for (i, (epath, cert, key, names)) in entries.into_iter().enumerate() {
+        let mut server_names = Vec::new();
+        for (j, n) in names.iter().enumerate() {
+            let n = n.trim_end_matches('.').to_ascii_lowercase();
+            let npath = format!("{epath}.server_names[{j}]");
+            if !tls::valid_server_name(&n) {
+                c.fail(
+                    npath,
+                    format!("`{n}` is not a DNS name like example.com or *.example.com"),
+                );
+            } else if let Some(first) = seen.get(&n) {
+                c.fail(npath, format!("`{n}` is already listed at {first}"));
+            } else {
+                seen.insert(n.clone(), npath);
+                server_names.push(n);
+            }
+        }
+        if i > 0 && names.is_empty() {
+            c.fail(
+                format!("{epath}.server_names"),
+                "every certificate but the first needs server_names",
+            );
+        }
+        let (cert, key) = (c.resolve(cert), c.resolve(key));
+        match tls::certified_key(&cert, &key) {
+            Ok(k) => certificates.push(ServerCertificate {
+                cert,
+                key,
+                server_names,
+                certified: Arc::new(k),
+            }),
+            Err((part, reason)) => {
+                let key = match part {
+                    tls::PairPart::Cert => "cert",
+                    tls::PairPart::Key => "key",
+                };
+                c.fail(format!("{epath}.{key}"), reason)
+            }
+        }
+    }
+    let sni: Vec<tls::SniCertificate> = certificates
+        .iter()
+        .map(|s| tls::SniCertificate {
+            server_names: s.server_names.clone(),
+            key: s.certified.clone(),
+        })
+        .collect();
+    if sni.is_empty() {
+        return None;
+    }
+    match tls::server_config(&sni) {
+        Ok(server_config) => Some(ListenerTls {
+            certificates,
+            server_config,
+        }),
+        Err(reason) => {
+            c.fail(path, reason);
+            None
+        }
+    }
+}
+
+/// Parses `host:port`, `http://host:port` or `https://host:port`.
 pub fn endpoint(text: &str) -> Result<Endpoint, String> {
     let (scheme, rest) = match text.split_once("://") {
         Some(("http", rest)) => (Scheme::Http, rest),
-        Some((other, _)) => return Err(format!("scheme `{other}` is not supported (use http)")),
+        Some(("https", rest)) => (Scheme::Https, rest),
+        Some((other, _)) => {
+            return Err(format!(
+                "scheme `{other}` is not supported (use http or https)"
+            ))
+        }
         None => (Scheme::Http, text),
     };
     let rest = rest.trim_end_matches('/');
@@ -481,7 +592,50 @@ fn backend(c: &mut Check, path: &str, name: &str, raw: &RawBackend) -> Option<Ba
         ),
         max_idle_per_endpoint: raw.max_idle_per_endpoint.unwrap_or(64),
         retry: raw.retry.unwrap_or(true),
+        protocol: match raw.protocol.as_deref() {
+            None | Some("http1") => UpstreamProtocol::Http1,
+            Some("h2") => UpstreamProtocol::H2,
+            Some("auto") => UpstreamProtocol::Auto,
+            Some(other) => {
+                c.fail(
+                    format!("{path}.protocol"),
+                    format!("`{other}` is not one of: http1, h2, auto"),
+                );
+                UpstreamProtocol::Http1
+            }
+        },
+        tls: None,
     };
+    let https = b
+        .endpoints
+        .iter()
+        .filter(|e| e.scheme == Scheme::Https)
+        .count();
+    if https > 0 && https < b.endpoints.len() {
+        c.fail(
+            format!("{path}.endpoints"),
+            "mixes http and https endpoints; use one scheme per backend",
+        );
+    }
+    let mut b = b;
+    if https > 0 {
+        b.tls = upstream_tls(c, path, raw);
+    } else {
+        for (key, set) in [
+            ("ca_file", raw.ca_file.is_some()),
+            ("client_cert", raw.client_cert.is_some()),
+            ("client_key", raw.client_key.is_some()),
+            ("insecure_skip_verify", raw.insecure_skip_verify.is_some()),
+            ("tls_server_name", raw.tls_server_name.is_some()),
+        ] {
+            if set {
+                c.fail(
+                    format!("{path}.{key}"),
+                    "applies to https:// endpoints only, and this backend has none",
+                );
+            }
+        }
+    }
     if b.connect_timeout.is_zero() {
         c.fail(format!("{path}.connect_timeout"), "must be more than 0");
     }
@@ -489,6 +643,112 @@ fn backend(c: &mut Check, path: &str, name: &str, raw: &RawBackend) -> Option<Ba
         c.fail(format!("{path}.timeout"), "must be more than 0");
     }
     Some(b)
+}
+
+/// TLS towards a backend: files read and checked now, client config built.
+fn upstream_tls(c: &mut Check, path: &str, raw: &RawBackend) -> Option<UpstreamTls> {
+    let insecure = raw.insecure_skip_verify.unwrap_or(false);
+    let mut ok = true;
+    if insecure && raw.ca_file.is_some() {
+        c.fail(
+            format!("{path}.ca_file"),
+            "has no effect with insecure_skip_verify: true; remove one of them",
+        );
+        ok = false;
+    }
+    let ca_file = raw.ca_file.as_deref().map(|f| c.resolve(f));
+    let ca = match &ca_file {
+        Some(f) => match tls::read_certificates(f) {
+            Ok(certs) => Some(certs),
+            Err(reason) => {
+                c.fail(format!("{path}.ca_file"), reason);
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let client_cert = match (&raw.client_cert, &raw.client_key) {
+        (Some(cert), Some(key)) => Some((c.resolve(cert), c.resolve(key))),
+        (Some(_), None) => {
+            c.fail(
+                format!("{path}.client_key"),
+                "`client_cert` needs a `client_key`",
+            );
+            ok = false;
+            None
+        }
+        (None, Some(_)) => {
+            c.fail(
+                format!("{path}.client_cert"),
+                "`client_key` needs a `client_cert`",
+            );
+            ok = false;
+            None
+        }
+        (None, None) => None,
+    };
+    let mut identity = None;
+    let mut key_fingerprint = 0;
+    if let Some((cert, key)) = &client_cert {
+        let read = tls::read_certificates(cert)
+            .map_err(|r| (format!("{path}.client_cert"), r))
+            .and_then(|chain| {
+                tls::read_private_key(key)
+                    .map(|k| (chain, k))
+                    .map_err(|r| (format!("{path}.client_key"), r))
+            });
+        match read {
+            Ok((chain, k)) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                k.secret_der().hash(&mut h);
+                key_fingerprint = h.finish();
+                identity = Some((chain, k));
+            }
+            Err((p, reason)) => {
+                c.fail(p, reason);
+                ok = false;
+            }
+        }
+    }
+    let server_name = raw.tls_server_name.as_ref().map(|n| n.trim().to_string());
+    if let Some(n) = &server_name {
+        if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+            c.fail(
+                format!("{path}.tls_server_name"),
+                format!("`{n}` is not a DNS name or IP address"),
+            );
+            ok = false;
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let mut material = ca.clone().unwrap_or_default();
+    if let Some((chain, _)) = &identity {
+        material.extend(chain.iter().cloned());
+    }
+    let params = tls::ClientTlsParams {
+        ca: ca.as_deref(),
+        identity,
+        insecure_skip_verify: insecure,
+    };
+    match tls::client_config(params) {
+        Ok(client_config) => Some(UpstreamTls {
+            ca_file,
+            client_cert,
+            server_name,
+            insecure_skip_verify: insecure,
+            material,
+            key_fingerprint,
+            client_config,
+        }),
+        Err((key, reason)) => {
+            c.fail(format!("{path}.{key}"), reason);
+            None
+        }
+    }
 }
 
 fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteConfig> {

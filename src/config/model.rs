@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -33,14 +34,41 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub address: SocketAddr,
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<ListenerTls>,
 }
 
-/// PEM files of a TLS listener.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TlsFiles {
+/// TLS of a listener: its certificates, read and parsed at load time, and
+/// the rustls configuration built from them.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// The first one is the default (no SNI, or a name no entry lists).
+    pub certificates: Vec<ServerCertificate>,
+    pub server_config: Arc<rustls::ServerConfig>,
+}
+
+impl PartialEq for ListenerTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.certificates == other.certificates
+    }
+}
+
+/// One listener certificate.
+#[derive(Debug, Clone)]
+pub struct ServerCertificate {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Lower-case names chosen by SNI (`*.example.com` allowed).
+    pub server_names: Vec<String>,
+    pub certified: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl PartialEq for ServerCertificate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert
+            && self.key == other.key
+            && self.server_names == other.server_names
+            && self.certified.cert == other.certified.cert
+    }
 }
 
 /// Limits on client requests.
@@ -65,6 +93,48 @@ impl Default for Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
     Http,
+    Https,
+}
+
+/// HTTP version spoken to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (over TLS: ALPN `http/1.1`).
+    #[default]
+    Http1,
+    /// HTTP/2: prior knowledge over cleartext, ALPN `h2` over TLS.
+    H2,
+    /// Over TLS, whatever ALPN settles on (h2 preferred); HTTP/1.1 over cleartext.
+    Auto,
+}
+
+/// TLS towards a backend's `https://` endpoints.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Trusted CA file; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key files (mTLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// SNI and verified name; `None`: the endpoint host.
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
+    /// The certificates of the files above and a fingerprint of the client
+    /// key, so a reload notices changed files.
+    pub material: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub key_fingerprint: u64,
+    /// Built at load time, without ALPN.
+    pub client_config: Arc<rustls::ClientConfig>,
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.ca_file == other.ca_file
+            && self.client_cert == other.client_cert
+            && self.server_name == other.server_name
+            && self.insecure_skip_verify == other.insecure_skip_verify
+            && self.material == other.material
+            && self.key_fingerprint == other.key_fingerprint
+    }
 }
 
 /// One instance of a backend.
@@ -85,6 +155,9 @@ pub struct BackendConfig {
     pub eject_for: Duration,
     pub max_idle_per_endpoint: usize,
     pub retry: bool,
+    pub protocol: UpstreamProtocol,
+    /// Present when the endpoints are `https://`.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// A route, validated.

@@ -76,14 +76,37 @@ pub struct RawListener {
     pub tls: Option<RawTls>,
 }
 
-/// PEM files for a TLS listener.
+/// PEM files for a TLS listener: `cert` and `key` for one certificate, or
+/// `certificates` for several chosen by SNI. Relative paths are relative to
+/// the configuration file. The files are re-read on every reload.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
-    /// Path of the PEM certificate chain.
+    /// Path of the PEM certificate chain (leaf first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// Path of the PEM private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Several certificates, chosen by the name the client asks for (SNI);
+    /// the first one also answers clients that ask for no name or an
+    /// unlisted one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<RawCertificate>,
+}
+
+/// One certificate of a TLS listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// Path of the PEM certificate chain (leaf first).
     pub cert: String,
     /// Path of the PEM private key.
     pub key: String,
+    /// Names this certificate answers for (`example.com`, `*.example.com`).
+    /// Needed on every certificate but the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<String>,
 }
 
 /// Limits on what clients may send.
@@ -105,9 +128,34 @@ pub struct RawLimits {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
-    /// `host:port` (or `http://host:port`) of each instance; requests are
-    /// spread round robin.
+    /// `host:port`, `http://host:port` or `https://host:port` of each
+    /// instance; requests are spread round robin. All endpoints of a backend
+    /// use the same scheme.
     pub endpoints: Vec<String>,
+    /// HTTP version towards the backend: `http1` (default), `h2` (prior
+    /// knowledge over cleartext, ALPN `h2` over TLS; needed for gRPC) or
+    /// `auto` (ALPN decides over TLS; HTTP/1.1 over cleartext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// PEM file of the CA certificates trusted for `https://` endpoints.
+    /// Default: the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// PEM client certificate chain presented to `https://` endpoints (mTLS);
+    /// needs `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    /// Accept any certificate from `https://` endpoints. For tests only:
+    /// logged as a warning whenever the backend is built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+    /// Name sent as SNI and checked against the certificate, instead of the
+    /// endpoint host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
     /// Time allowed to open a connection. Default `1s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<String>,

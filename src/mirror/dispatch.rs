@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::sample::sampled;
 use super::tee::{TeeFailure, TeeResult};
 use crate::body::UpstreamBody;
+use crate::proxy::grpc;
 use crate::proxy::headers::suffixed_authority;
 use crate::proxy::upstream::UpstreamError;
 use crate::runtime::{Mirror, Route};
@@ -205,15 +206,24 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
             .await
             .map_err(classify_upstream)?;
         let status = resp.status().as_u16();
+        // gRPC: the outcome is in the head (trailers-only) or the trailers.
+        let mut grpc_status = grpc::status(resp.headers());
         let mut body = resp.into_body();
         let mut bytes = 0u64;
         while let Some(frame) = body.frame().await {
             match frame {
-                Ok(f) => bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+                Ok(f) => match f.data_ref() {
+                    Some(d) => bytes += d.len() as u64,
+                    None => {
+                        if let Some(code) = f.trailers_ref().and_then(grpc::status) {
+                            grpc_status = Some(code);
+                        }
+                    }
+                },
                 Err(e) => return Err(classify_hyper(&e)),
             }
         }
-        Ok((status, bytes))
+        Ok((status, bytes, grpc_status))
     })
     .await
     .unwrap_or(Err(MirrorErrorKind::Timeout));
@@ -221,7 +231,12 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
         g.dec();
     }
     match outcome {
-        Ok((status, bytes)) if status >= 500 => {
+        Ok((status, bytes, Some(code))) if code != 0 && status < 500 => {
+            let reason = grpc::reason(code);
+            let rec = log_record(mirror, view, Some(status), bytes, started, Some(&reason));
+            telemetry.grpc_failed(&mirror.metrics, code, &rec);
+        }
+        Ok((status, bytes, _)) if status >= 500 => {
             let rec = log_record(
                 mirror,
                 view,
@@ -232,7 +247,7 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
             );
             telemetry.mirror_failed(&mirror.metrics, MirrorErrorKind::Status5xx, &rec);
         }
-        Ok((status, bytes)) => {
+        Ok((status, bytes, _)) => {
             let rec = log_record(mirror, view, Some(status), bytes, started, None);
             telemetry.answered(&mirror.metrics, &rec);
         }
@@ -273,14 +288,10 @@ fn classify_upstream(e: UpstreamError) -> MirrorErrorKind {
         UpstreamError::Connect { .. } => MirrorErrorKind::Connect,
         UpstreamError::Timeout { .. } => MirrorErrorKind::Timeout,
         UpstreamError::Uri { .. } | UpstreamError::Tunnel { .. } => MirrorErrorKind::Protocol,
-        UpstreamError::Exchange { source, .. } => {
-            let hyper_err =
-                std::error::Error::source(source).and_then(|s| s.downcast_ref::<hyper::Error>());
-            match hyper_err {
-                Some(h) => classify_hyper(h),
-                None => MirrorErrorKind::Reset,
-            }
-        }
+        UpstreamError::Exchange { .. } => match e.hyper_error() {
+            Some(h) => classify_hyper(h),
+            None => MirrorErrorKind::Reset,
+        },
     }
 }
 

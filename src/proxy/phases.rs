@@ -25,9 +25,10 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::error::ProxyError;
+use super::grpc;
 use super::headers::{add_forwarded, split_host_port, strip_hop_by_hop};
 use super::tunnel;
-use super::upstream::Backend;
+use super::upstream::{Backend, ResponseBody};
 use crate::body::{BoxError, ProxyBody, UpstreamBody};
 use crate::mirror::{self, tee::TeeBody, MirrorBody, MirrorHead, RequestView};
 use crate::runtime::{Route, Runtime, Shared};
@@ -224,8 +225,9 @@ fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, con
     if let Ok(v) = HeaderValue::from_str(&ctx.authority) {
         parts.headers.insert(header::HOST, v);
     }
-    // Origin-form upstream; the backend's client fills in the endpoint.
-    parts.version = Version::HTTP_11;
+    // Origin-form upstream; the backend fills in the endpoint (HTTP/1.1)
+    // or `:authority` from Host (HTTP/2), and sets the version to match the
+    // connection it picks.
     if let Some(pq) = ctx.uri.path_and_query() {
         let mut p = http::uri::Parts::default();
         p.path_and_query = Some(pq.clone());
@@ -298,7 +300,7 @@ fn retry_copy(
 /// Phase 8: the primary's response goes back untouched but for hop-by-hop
 /// fields; its body streams through an observer that logs at its end.
 fn response_filter(
-    resp: Response<Incoming>,
+    resp: Response<ResponseBody>,
     ctx: RequestContext,
     route: &Route,
     backend: &Arc<Backend>,
@@ -316,6 +318,8 @@ fn response_filter(
             route: route.name.clone(),
             backend: backend.clone(),
             status: parts.status.as_u16(),
+            // A trailers-only gRPC answer carries its status in the head.
+            grpc_status: grpc::status(&parts.headers),
             ctx,
         }),
     };
@@ -371,27 +375,32 @@ struct PrimaryLog {
     route: Arc<str>,
     backend: Arc<Backend>,
     status: u16,
+    /// `grpc-status` seen in the head or the trailers.
+    grpc_status: Option<u16>,
     ctx: RequestContext,
 }
 
 impl PrimaryLog {
     fn emit(self, bytes: u64, reason: Option<&str>) {
         let ctx = &self.ctx;
-        self.telemetry.answered(
-            &self.target,
-            &AccessRecord {
-                route: &self.route,
-                backend: self.backend.name(),
-                role: "primary",
-                method: ctx.method.as_str(),
-                path: ctx.uri.path(),
-                status: Some(self.status),
-                bytes,
-                duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
-                request_id: ctx.request_id.to_str().unwrap_or("-"),
-                reason,
-            },
-        );
+        let failed_call = self.grpc_status.filter(|c| *c != 0);
+        let grpc_reason = failed_call.map(grpc::reason);
+        let record = AccessRecord {
+            route: &self.route,
+            backend: self.backend.name(),
+            role: "primary",
+            method: ctx.method.as_str(),
+            path: ctx.uri.path(),
+            status: Some(self.status),
+            bytes,
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            request_id: ctx.request_id.to_str().unwrap_or("-"),
+            reason: reason.or(grpc_reason.as_deref()),
+        };
+        match failed_call {
+            Some(code) => self.telemetry.grpc_failed(&self.target, code, &record),
+            None => self.telemetry.answered(&self.target, &record),
+        }
     }
 }
 
@@ -400,7 +409,7 @@ pin_project_lite::pin_project! {
     /// logged once when it ends (or when the client goes away).
     struct ObservedBody {
         #[pin]
-        inner: Incoming,
+        inner: ResponseBody,
         bytes: u64,
         log: Option<PrimaryLog>,
     }
@@ -431,6 +440,10 @@ impl Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     *this.bytes += d.len() as u64;
+                } else if let (Some(t), Some(log)) = (frame.trailers_ref(), this.log.as_mut()) {
+                    if let Some(code) = grpc::status(t) {
+                        log.grpc_status = Some(code);
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => {

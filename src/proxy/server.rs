@@ -1,16 +1,23 @@
 //! Listeners: accept client connections, serve HTTP/1.1 and HTTP/2
-//! (prior knowledge) on each, and drain them on shutdown.
+//! (prior knowledge, or ALPN `h2` over TLS) on each, and drain them on
+//! shutdown. On a TLS listener the handshake runs in the connection's own
+//! task, bounded by `limits.header_read_timeout`, with the certificates of
+//! the current configuration generation (so a reload rotates them).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use super::phases::{handle, ConnInfo};
 use crate::config::Limits;
@@ -34,13 +41,41 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Where a TLS listener finds its certificates: the listener of the current
+/// configuration with the same address, or (when a reload dropped or moved
+/// it, which only takes effect on restart) the last one it had.
+#[derive(Debug, Clone)]
+pub struct TlsSource {
+    /// The address as configured (before binding; may have port 0).
+    pub configured: SocketAddr,
+    pub last: Arc<ServerConfig>,
+}
+
+impl TlsSource {
+    fn current(&mut self, shared: &Shared) -> TlsAcceptor {
+        let runtime = shared.runtime.load();
+        let found = runtime
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.address == self.configured)
+            .and_then(|l| l.tls.as_ref());
+        if let Some(tls) = found {
+            if !Arc::ptr_eq(&tls.server_config, &self.last) {
+                self.last = tls.server_config.clone();
+            }
+        }
+        TlsAcceptor::from(self.last.clone())
+    }
+}
+
 /// Accepts connections on `listener` until `stop` turns true; each
 /// connection is watched by `watcher` so shutdown can drain it.
 pub async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     limits: Limits,
-    tls: bool,
+    mut tls: Option<TlsSource>,
     mut stop: watch::Receiver<bool>,
     graceful: &GracefulShutdown,
 ) {
@@ -61,32 +96,68 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        serve_connection(stream, peer, tls, &shared, &builder, graceful);
+        let acceptor = tls.as_mut().map(|t| t.current(&shared));
+        let conn_info = ConnInfo {
+            peer,
+            tls: acceptor.is_some(),
+        };
+        let (shared, builder) = (shared.clone(), builder.clone());
+        let watcher = graceful.watcher();
+        let handshake_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve(stream, conn_info, shared, &builder, watcher).await,
+                Some(acceptor) => {
+                    let Some(stream) = handshake(acceptor, stream, peer, handshake_timeout).await
+                    else {
+                        return;
+                    };
+                    serve(stream, conn_info, shared, &builder, watcher).await
+                }
+            }
+        });
     }
 }
 
-fn serve_connection(
-    stream: tokio::net::TcpStream,
+/// The server side of a TLS handshake, bounded in time. Failures are the
+/// client's business (scanners, wrong names, old TLS versions): logged at
+/// debug level only.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
     peer: SocketAddr,
-    tls: bool,
-    shared: &Arc<Shared>,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
-) {
-    let conn_info = ConnInfo { peer, tls };
-    let shared = shared.clone();
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, ?timeout, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn serve<S>(
+    stream: S,
+    conn_info: ConnInfo,
+    shared: Arc<Shared>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(shared, conn_info, req).await) }
     });
-    let builder = builder.clone();
-    let watcher = graceful.watcher();
-    tokio::spawn(async move {
-        // The framing guard refuses smuggling shapes before hyper parses them.
-        let io = TokioIo::new(super::guard::FramingGuard::new(stream));
-        let conn = builder.serve_connection_with_upgrades(io, service);
-        if let Err(e) = watcher.watch(conn.into_owned()).await {
-            tracing::debug!(peer = %peer, error = %e, "client connection ended with error");
-        }
-    });
+    // The framing guard refuses smuggling shapes before hyper parses them.
+    let io = TokioIo::new(super::guard::FramingGuard::new(stream));
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(peer = %conn_info.peer, error = %e, "client connection ended with error");
+    }
 }

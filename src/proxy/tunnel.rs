@@ -11,7 +11,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::error::ProxyError;
 use super::headers::{add_forwarded, strip_hop_by_hop};
@@ -142,12 +141,12 @@ async fn open(
         endpoint: authority.to_string(),
         reason,
     };
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(authority.as_str())).await {
+    // TCP, or TLS (ALPN http/1.1) for https:// backends.
+    let stream = match tokio::time::timeout(timeout, backend.connect_dedicated(&authority)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(connect_err(format!("connect: {e}"))),
         Err(_) => return Err(connect_err("connect timed out".into())),
     };
-    let _ = stream.set_nodelay(true);
     let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

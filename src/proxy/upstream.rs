@@ -1,24 +1,51 @@
-//! Upstream backends: a pooled HTTP client per backend, round-robin over
-//! its endpoints, passive health (an endpoint that refuses connections is
-//! passed over for `eject_for`), per-request timeout, and one retry on
-//! another endpoint when a request never left the proxy.
+//! Upstream backends: round-robin over a backend's endpoints, passive
+//! health (an endpoint that refuses connections is passed over for
+//! `eject_for`), per-request timeout, and one retry on another endpoint
+//! when a request never left the proxy.
 //!
-//! The client is built from a connector so that TLS and HTTP/2 upstreams
-//! slot in by changing how `Backend::new` builds it.
+//! How requests travel, by the backend's `protocol` and endpoint scheme:
+//!
+//! * `http1` — hyper-util's pooled client (keep-alive, `max_idle_per_endpoint`),
+//!   over TCP or TLS (ALPN `http/1.1`). The client's `Host` is forwarded.
+//! * `h2` — a few multiplexed HTTP/2 connections per endpoint, kept here
+//!   (`H2Pool`): prior knowledge over TCP, ALPN `h2` over TLS. A new
+//!   connection is opened only when every open one carries
+//!   `STREAMS_PER_CONNECTION` streams. `:authority` is the client's
+//!   `Host` (so a mirror's suffixed authority arrives as such).
+//! * `auto` — over TLS, the first connection to an endpoint offers both
+//!   ALPN ids; the answer is remembered per endpoint until it is ejected or
+//!   the backend is rebuilt. Over TCP it is `http1`.
+//!
+//! TLS: SNI and certificate verification use the endpoint host, or
+//! `tls_server_name`; the `Host` / `:authority` the backend sees is still
+//! the client's, as for cleartext endpoints.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{header, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
-use crate::body::UpstreamBody;
-use crate::config::BackendConfig;
+use super::tls::{UpstreamStream, ALPN_H2, ALPN_HTTP11};
+use crate::body::{BoxError, UpstreamBody};
+use crate::config::{self, BackendConfig, UpstreamProtocol};
+
+/// Streams carried by one HTTP/2 connection before another is opened.
+const STREAMS_PER_CONNECTION: usize = 100;
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +54,7 @@ pub enum UpstreamError {
     Connect {
         backend: String,
         endpoint: String,
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     #[error("backend `{backend}`: no answer from {endpoint} within {timeout:?}")]
     Timeout {
@@ -39,7 +66,7 @@ pub enum UpstreamError {
     Exchange {
         backend: String,
         endpoint: String,
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     #[error("backend `{backend}`: tunnel to {endpoint} failed: {reason}")]
     Tunnel {
@@ -60,7 +87,27 @@ impl UpstreamError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, UpstreamError::Timeout { .. })
     }
+
+    /// The hyper error behind a failed exchange, if there is one.
+    pub fn hyper_error(&self) -> Option<&hyper::Error> {
+        let UpstreamError::Exchange { source, .. } = self else {
+            return None;
+        };
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = next {
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                return Some(h);
+            }
+            next = e.source();
+        }
+        None
+    }
 }
+
+/// What an endpoint answered over ALPN (`auto` over TLS).
+const MODE_UNKNOWN: u8 = 0;
+const MODE_H1: u8 = 1;
+const MODE_H2: u8 = 2;
 
 /// One endpoint and its health.
 #[derive(Debug)]
@@ -68,24 +115,45 @@ struct EndpointState {
     authority: Authority,
     /// Milliseconds since `Backend::epoch` until which the endpoint is passed over.
     ejected_until: AtomicU64,
+    /// HTTP/2 connections (protocols `h2` and `auto`).
+    h2: H2Pool,
+    /// `auto` over TLS: what ALPN settled on last time.
+    mode: AtomicU8,
 }
 
-/// A backend: endpoints, health, and a connection pool.
+/// A backend: endpoints, health, and connections.
 #[derive(Debug)]
 pub struct Backend {
     pub config: BackendConfig,
     endpoints: Vec<EndpointState>,
     next: AtomicUsize,
     epoch: Instant,
-    client: Client<HttpConnector, UpstreamBody>,
+    scheme: Scheme,
+    /// HTTP/1.1 (pooled by hyper-util), and its connector for dedicated
+    /// connections (tunnels).
+    client: Client<Connector, UpstreamBody>,
+    h1_connector: Connector,
+    /// Opens HTTP/2 connections (ALPN `h2`, or `h2` and `http/1.1` for `auto`).
+    h2_connector: Connector,
+    h2_builder: http2::Builder<TokioExecutor>,
 }
 
 impl Backend {
     pub fn new(config: BackendConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let tls = config.tls.as_ref();
+        if tls.is_some_and(|t| t.insecure_skip_verify) {
+            tracing::warn!(
+                backend = %config.name,
+                "INSECURE: insecure_skip_verify is set; this backend's TLS certificates are NOT verified. Use it for tests only."
+            );
+        }
+        let alpn_h1: &[&[u8]] = &[ALPN_HTTP11];
+        let alpn_h2: &[&[u8]] = match config.protocol {
+            UpstreamProtocol::Auto => &[ALPN_H2, ALPN_HTTP11],
+            _ => &[ALPN_H2],
+        };
+        let connector = Connector::new(&config, alpn_h1);
+        let h2_connector = Connector::new(&config, alpn_h2);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -93,7 +161,9 @@ impl Backend {
             .pool_max_idle_per_host(config.max_idle_per_endpoint)
             .set_host(false)
             .retry_canceled_requests(true)
-            .build(connector);
+            .build(connector.clone());
+        let mut h2_builder = http2::Builder::new(TokioExecutor::new());
+        h2_builder.timer(TokioTimer::new());
         let endpoints = config
             .endpoints
             .iter()
@@ -101,15 +171,25 @@ impl Backend {
                 Some(EndpointState {
                     authority: e.authority.parse().ok()?,
                     ejected_until: AtomicU64::new(0),
+                    h2: H2Pool::default(),
+                    mode: AtomicU8::new(MODE_UNKNOWN),
                 })
             })
             .collect();
+        let scheme = match config.endpoints.first().map(|e| e.scheme) {
+            Some(config::Scheme::Https) => Scheme::HTTPS,
+            _ => Scheme::HTTP,
+        };
         Backend {
             config,
             endpoints,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
+            scheme,
             client,
+            h1_connector: connector,
+            h2_connector,
+            h2_builder,
         }
     }
 
@@ -146,58 +226,71 @@ impl Backend {
 
     fn eject(&self, idx: usize) {
         let until = self.now_ms() + self.config.eject_for.as_millis() as u64;
-        self.endpoints[idx]
-            .ejected_until
-            .store(until, Ordering::Relaxed);
+        let endpoint = &self.endpoints[idx];
+        endpoint.ejected_until.store(until, Ordering::Relaxed);
+        endpoint.mode.store(MODE_UNKNOWN, Ordering::Relaxed);
         tracing::warn!(
             backend = %self.config.name,
-            endpoint = %self.endpoints[idx].authority,
+            endpoint = %endpoint.authority,
             eject_for = ?self.config.eject_for,
             "endpoint refused a connection; passing it over"
         );
     }
 
-    fn uri(&self, idx: usize, path: Option<&PathAndQuery>) -> Result<Uri, UpstreamError> {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.endpoints[idx].authority.clone());
-        parts.path_and_query = Some(
-            path.cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        Uri::from_parts(parts).map_err(|e| UpstreamError::Uri {
+    fn connect_error(&self, idx: usize, source: BoxError) -> UpstreamError {
+        self.eject(idx);
+        UpstreamError::Connect {
             backend: self.config.name.clone(),
-            reason: e.to_string(),
-        })
+            endpoint: self.endpoints[idx].authority.to_string(),
+            source,
+        }
     }
 
-    /// Sends `req` to an endpoint of this backend and waits (at most
-    /// `timeout`) for the response head. A request that failed to connect is
-    /// retried once on another endpoint when `retry_head` holds a copy of it
-    /// (idempotent, no body).
+    fn exchange_error(&self, idx: usize, source: impl Into<BoxError>) -> UpstreamError {
+        UpstreamError::Exchange {
+            backend: self.config.name.clone(),
+            endpoint: self.endpoints[idx].authority.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// Whether requests to endpoint `idx` go over HTTP/2 right now.
+    fn uses_h2(&self, idx: usize) -> bool {
+        match self.config.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::H2 => true,
+            UpstreamProtocol::Auto => {
+                self.scheme == Scheme::HTTPS
+                    && self.endpoints[idx].mode.load(Ordering::Relaxed) != MODE_H1
+            }
+        }
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to an endpoint of this
+    /// backend and waits (at most `timeout`) for the response head. A
+    /// request that failed to connect is retried once on another endpoint
+    /// when `retry_head` holds a copy of it (idempotent, no body). The
+    /// request's version is set here to match the connection.
     pub async fn send(
         &self,
-        mut req: Request<UpstreamBody>,
+        req: Request<UpstreamBody>,
         timeout: Duration,
         retry_head: Option<http::request::Parts>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let path = req.uri().path_and_query().cloned();
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         let idx = self.pick(None).ok_or_else(|| UpstreamError::Uri {
             backend: self.config.name.clone(),
             reason: "no endpoints".into(),
         })?;
-        *req.uri_mut() = self.uri(idx, path.as_ref())?;
         match self.exchange(idx, req, timeout).await {
             Err(e) if e.is_connect() && self.endpoints.len() > 1 => {
-                let Some(mut head) = retry_head else {
+                let Some(head) = retry_head else {
                     return Err(e);
                 };
                 let Some(other) = self.pick(Some(idx)) else {
                     return Err(e);
                 };
-                head.uri = self.uri(other, path.as_ref())?;
                 tracing::debug!(backend = %self.config.name, "retrying on another endpoint after connect failure");
-                let req = Request::from_parts(head, UpstreamBody::buffered(bytes::Bytes::new()));
+                let req = Request::from_parts(head, UpstreamBody::buffered(Bytes::new()));
                 self.exchange(other, req, timeout).await
             }
             other => other,
@@ -209,33 +302,468 @@ impl Backend {
         idx: usize,
         req: Request<UpstreamBody>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let endpoint = &self.endpoints[idx];
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => {
-                self.eject(idx);
-                Err(UpstreamError::Connect {
-                    backend: self.config.name.clone(),
-                    endpoint: endpoint.authority.to_string(),
-                    source: e,
-                })
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let exchange = async {
+            if self.uses_h2(idx) {
+                self.send_h2(idx, req).await
+            } else {
+                self.send_h1(idx, req).await
             }
-            Ok(Err(e)) => Err(UpstreamError::Exchange {
-                backend: self.config.name.clone(),
-                endpoint: endpoint.authority.to_string(),
-                source: e,
-            }),
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
                 backend: self.config.name.clone(),
-                endpoint: endpoint.authority.to_string(),
+                endpoint: self.endpoints[idx].authority.to_string(),
                 timeout,
             }),
         }
     }
 
+    /// HTTP/1.1 through the pooled client: absolute URI naming the
+    /// endpoint (the client connects there and sends origin-form).
+    async fn send_h1(
+        &self,
+        idx: usize,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        *req.uri_mut() = self.uri(
+            self.endpoints[idx].authority.clone(),
+            req.uri().path_and_query(),
+        )?;
+        *req.version_mut() = Version::HTTP_11;
+        match self.client.request(req).await {
+            Ok(resp) => Ok(resp.map(ResponseBody::h1)),
+            Err(e) if e.is_connect() => Err(self.connect_error(idx, e.into())),
+            Err(e) => Err(self.exchange_error(idx, e)),
+        }
+    }
+
+    /// HTTP/2 over one of the endpoint's connections, opening one if none
+    /// has room. A request refused by a connection that was closing (never
+    /// sent) is tried once more on a fresh connection.
+    async fn send_h2(
+        &self,
+        idx: usize,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let endpoint = &self.endpoints[idx];
+        let mut req = req;
+        for attempt in 0..2 {
+            let (mut sender, guard) = match endpoint.h2.pick() {
+                Some(found) => found,
+                None => {
+                    let opened = {
+                        let _one_at_a_time = endpoint.h2.connecting.lock().await;
+                        if !self.uses_h2(idx) {
+                            // `auto`: the connection opened while we waited found HTTP/1.1.
+                            None
+                        } else if let Some(found) = endpoint.h2.pick() {
+                            Some(Connected2::H2(found))
+                        } else {
+                            Some(self.connect_h2(idx).await?)
+                        }
+                    };
+                    match opened {
+                        Some(Connected2::H2(found)) => found,
+                        Some(Connected2::H1(stream)) => {
+                            return self.send_h1_once(idx, stream, back_to_h1(req)).await;
+                        }
+                        None => return self.send_h1(idx, back_to_h1(req)).await,
+                    }
+                }
+            };
+            let h2_req = self.to_h2(idx, req)?;
+            match sender.try_send_request(h2_req).await {
+                Ok(resp) => return Ok(resp.map(|b| ResponseBody::h2(b, guard))),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if attempt == 0 => {
+                        tracing::debug!(backend = %self.config.name, error = %e.error(), "HTTP/2 connection was closing; retrying on a new one");
+                        req = back_to_h1(back);
+                    }
+                    _ => return Err(self.exchange_error(idx, e.into_error())),
+                },
+            }
+        }
+        Err(self.exchange_error(idx, "HTTP/2 connections kept closing"))
+    }
+
+    /// Opens an HTTP/2 connection to endpoint `idx` and adds it to the
+    /// pool. With `auto`, the server may pick HTTP/1.1 instead: the endpoint
+    /// is then remembered as HTTP/1.1 and the fresh connection returned.
+    async fn connect_h2(&self, idx: usize) -> Result<Connected2, UpstreamError> {
+        let endpoint = &self.endpoints[idx];
+        let uri = self.uri(endpoint.authority.clone(), None)?;
+        let stream = self
+            .h2_connector
+            .connect(uri)
+            .await
+            .map_err(|e| self.connect_error(idx, e))?;
+        let auto = self.config.protocol == UpstreamProtocol::Auto;
+        if auto && !stream.negotiated_h2() {
+            endpoint.mode.store(MODE_H1, Ordering::Relaxed);
+            tracing::debug!(backend = %self.config.name, endpoint = %endpoint.authority, "ALPN chose HTTP/1.1");
+            return Ok(Connected2::H1(stream));
+        }
+        let (sender, connection) = self
+            .h2_builder
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.connect_error(idx, e.into()))?;
+        let (backend, authority) = (self.config.name.clone(), endpoint.authority.clone());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(backend = %backend, endpoint = %authority, error = %e, "HTTP/2 upstream connection ended with error");
+            }
+        });
+        if auto {
+            endpoint.mode.store(MODE_H2, Ordering::Relaxed);
+        }
+        Ok(Connected2::H2(endpoint.h2.add(sender)))
+    }
+
+    /// `auto`: the one request that found out an endpoint speaks HTTP/1.1
+    /// goes over the connection that found out; later ones use the pool.
+    async fn send_h1_once(
+        &self,
+        idx: usize,
+        stream: UpstreamStream,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.connect_error(idx, e.into()))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        *req.version_mut() = Version::HTTP_11;
+        sender
+            .send_request(req)
+            .await
+            .map(|resp| resp.map(ResponseBody::h1))
+            .map_err(|e| self.exchange_error(idx, e))
+    }
+
+    /// The HTTP/2 form of a request: `:authority` from `Host` (the endpoint
+    /// when there is none), `:scheme` from the endpoint, no `Host` field.
+    fn to_h2(
+        &self,
+        idx: usize,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Request<UpstreamBody>, UpstreamError> {
+        let authority = req
+            .headers_mut()
+            .remove(header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| self.endpoints[idx].authority.clone());
+        *req.uri_mut() = self.uri(authority, req.uri().path_and_query())?;
+        *req.version_mut() = Version::HTTP_2;
+        Ok(req)
+    }
+
+    fn uri(&self, authority: Authority, path: Option<&PathAndQuery>) -> Result<Uri, UpstreamError> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(authority);
+        parts.path_and_query = Some(
+            path.cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts).map_err(|e| UpstreamError::Uri {
+            backend: self.config.name.clone(),
+            reason: e.to_string(),
+        })
+    }
+
     /// An endpoint address for a dedicated connection (upgrades, CONNECT).
     pub fn pick_authority(&self) -> Option<Authority> {
         self.pick(None).map(|i| self.endpoints[i].authority.clone())
+    }
+
+    /// A dedicated HTTP/1.1 connection to `authority` (upgrades, CONNECT):
+    /// TCP, or TLS with ALPN `http/1.1` for `https://` backends.
+    pub async fn connect_dedicated(
+        &self,
+        authority: &Authority,
+    ) -> Result<UpstreamStream, BoxError> {
+        let uri = self
+            .uri(authority.clone(), None)
+            .map_err(|e| -> BoxError { e.to_string().into() })?;
+        self.h1_connector.connect(uri).await
+    }
+}
+
+/// Undoes `Backend::to_h2` for a request that must go over HTTP/1.1 after
+/// all: `Host` from the authority, origin-form URI. A request that never
+/// was in HTTP/2 form passes unchanged.
+fn back_to_h1(mut req: Request<UpstreamBody>) -> Request<UpstreamBody> {
+    if req.version() != Version::HTTP_2 {
+        return req;
+    }
+    if let Some(a) = req.uri().authority() {
+        if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = req.uri().path_and_query().cloned();
+    if let Ok(u) = Uri::from_parts(parts) {
+        *req.uri_mut() = u;
+    }
+    *req.version_mut() = Version::HTTP_11;
+    req
+}
+
+/// A new connection, by what it speaks.
+enum Connected2 {
+    H2((http2::SendRequest<UpstreamBody>, StreamGuard)),
+    H1(UpstreamStream),
+}
+
+/// The HTTP/2 connections of one endpoint.
+#[derive(Debug, Default)]
+struct H2Pool {
+    conns: parking_lot::Mutex<Vec<H2Conn>>,
+    /// Held while a connection is being opened, so a burst of requests to
+    /// a new endpoint shares one connection instead of opening one each.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct H2Conn {
+    sender: http2::SendRequest<UpstreamBody>,
+    /// Streams open on this connection (request sent, response not yet over).
+    active: Arc<AtomicUsize>,
+}
+
+impl H2Pool {
+    /// The open connection with the fewest streams, if it has room.
+    fn pick(&self) -> Option<(http2::SendRequest<UpstreamBody>, StreamGuard)> {
+        let mut conns = self.conns.lock();
+        conns.retain(|c| !c.sender.is_closed());
+        conns
+            .iter()
+            .min_by_key(|c| c.active.load(Ordering::Relaxed))
+            .filter(|c| c.active.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)
+            .map(|c| (c.sender.clone(), StreamGuard::new(c.active.clone())))
+    }
+
+    fn add(
+        &self,
+        sender: http2::SendRequest<UpstreamBody>,
+    ) -> (http2::SendRequest<UpstreamBody>, StreamGuard) {
+        let active = Arc::new(AtomicUsize::new(0));
+        let guard = StreamGuard::new(active.clone());
+        self.conns.lock().push(H2Conn {
+            sender: sender.clone(),
+            active,
+        });
+        (sender, guard)
+    }
+}
+
+/// Counts one open stream on an HTTP/2 connection until dropped.
+#[derive(Debug)]
+pub struct StreamGuard(Arc<AtomicUsize>);
+
+impl StreamGuard {
+    fn new(active: Arc<AtomicUsize>) -> Self {
+        active.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(active)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A backend's response body: hyper's, plus (over HTTP/2) the count of the
+/// stream it occupies, released when the body ends or is dropped.
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: Incoming,
+    stream: Option<StreamGuard>,
+}
+
+impl ResponseBody {
+    fn h1(inner: Incoming) -> Self {
+        ResponseBody {
+            inner,
+            stream: None,
+        }
+    }
+
+    fn h2(inner: Incoming, guard: StreamGuard) -> Self {
+        ResponseBody {
+            inner,
+            stream: Some(guard),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.stream = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Opens connections to endpoints: TCP (hyper-util's connector: connect
+/// timeout, nodelay, keep-alive), then TLS for `https://` backends. Also
+/// the connector of the pooled HTTP/1.1 client.
+#[derive(Clone)]
+struct Connector {
+    http: HttpConnector,
+    tls: Option<TlsSettings>,
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+struct TlsSettings {
+    connector: TlsConnector,
+    /// `tls_server_name`, else the endpoint host.
+    server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Connector {
+    fn new(config: &BackendConfig, alpn: &[&[u8]]) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        http.enforce_http(false);
+        let tls = config.tls.as_ref().map(|t| {
+            let mut client = (*t.client_config).clone();
+            client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            TlsSettings {
+                connector: TlsConnector::from(Arc::new(client)),
+                server_name: t
+                    .server_name
+                    .as_ref()
+                    .and_then(|n| ServerName::try_from(n.clone()).ok()),
+            }
+        });
+        Connector {
+            http,
+            tls,
+            timeout: config.connect_timeout,
+        }
+    }
+
+    async fn connect(&self, uri: Uri) -> Result<UpstreamStream, BoxError> {
+        let mut http = self.http.clone();
+        let tcp = tower::Service::call(&mut http, uri.clone())
+            .await?
+            .into_inner();
+        let Some(tls) = &self.tls else {
+            return Ok(UpstreamStream::Plain(tcp));
+        };
+        let name = match &tls.server_name {
+            Some(n) => n.clone(),
+            None => {
+                let host = uri.host().unwrap_or_default();
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                ServerName::try_from(host.to_string())
+                    .map_err(|e| format!("`{host}` cannot be a TLS server name: {e}"))?
+            }
+        };
+        match tokio::time::timeout(self.timeout, tls.connector.connect(name, tcp)).await {
+            Ok(Ok(s)) => Ok(UpstreamStream::Tls(Box::new(s))),
+            Ok(Err(e)) => Err(format!("TLS handshake: {e}").into()),
+            Err(_) => Err(format!("TLS handshake not done within {:?}", self.timeout).into()),
+        }
+    }
+}
+
+impl tower::Service<Uri> for Connector {
+    type Response = TokioIo<UpstreamStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.connect(uri).await.map(TokioIo::new) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> Backend {
+        let c = crate::config::from_yaml(
+            "t.yaml",
+            "backends: { b: { endpoints: [\"https://127.0.0.1:8443\"], protocol: h2, insecure_skip_verify: true } }\nroutes: [{ name: r, backend: b }]\n",
+        )
+        .unwrap();
+        Backend::new(c.backends["b"].clone())
+    }
+
+    fn request(host: Option<&str>) -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::buffered(Bytes::new()));
+        *req.uri_mut() = Uri::from_static("/p?q=1");
+        if let Some(h) = host {
+            req.headers_mut().insert(header::HOST, h.parse().unwrap());
+        }
+        req
+    }
+
+    #[test]
+    fn h2_form_carries_the_client_authority_and_undoes_cleanly() {
+        let b = backend();
+        let h2 = b.to_h2(0, request(Some("app.test-shadow"))).unwrap();
+        assert_eq!(h2.version(), Version::HTTP_2);
+        assert_eq!(h2.uri().to_string(), "https://app.test-shadow/p?q=1");
+        assert!(h2.headers().get(header::HOST).is_none());
+        let h1 = back_to_h1(h2);
+        assert_eq!(h1.version(), Version::HTTP_11);
+        assert_eq!(h1.uri().to_string(), "/p?q=1");
+        assert_eq!(h1.headers()[header::HOST], "app.test-shadow");
+        // Without a Host (HTTP/1.0 client), :authority is the endpoint.
+        let h2 = b.to_h2(0, request(None)).unwrap();
+        assert_eq!(h2.uri().authority().unwrap().as_str(), "127.0.0.1:8443");
+    }
+
+    #[test]
+    fn stream_guards_count_open_streams() {
+        let active = Arc::new(AtomicUsize::new(0));
+        let a = StreamGuard::new(active.clone());
+        let b = StreamGuard::new(active.clone());
+        assert_eq!(active.load(Ordering::Relaxed), 2);
+        drop(a);
+        assert_eq!(active.load(Ordering::Relaxed), 1);
+        drop(b);
+        assert_eq!(active.load(Ordering::Relaxed), 0);
     }
 }

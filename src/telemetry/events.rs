@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::access::{AccessLog, AccessRecord};
-use super::metrics::{Metrics, TargetMetrics};
+use super::metrics::{Metrics, Role, TargetMetrics};
 
 /// Why a mirror copy was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,8 @@ pub enum MirrorErrorKind {
     Protocol,
     /// The shadow answered 5xx.
     Status5xx,
+    /// The shadow answered a gRPC call with a non-zero `grpc-status`.
+    GrpcStatus,
 }
 
 impl MirrorErrorKind {
@@ -53,6 +55,7 @@ impl MirrorErrorKind {
             MirrorErrorKind::Reset => "reset",
             MirrorErrorKind::Protocol => "protocol",
             MirrorErrorKind::Status5xx => "status_5xx",
+            MirrorErrorKind::GrpcStatus => "grpc_status",
         }
     }
 }
@@ -104,6 +107,21 @@ impl Telemetry {
                 std::time::Duration::from_secs_f64((record.duration_ms / 1000.0).max(0.0)),
                 true,
             ),
+        }
+        self.access.write(record);
+    }
+
+    /// A gRPC call answered with a non-zero `grpc-status` (in the trailers,
+    /// or in the head of a trailers-only answer), whatever the HTTP status:
+    /// counted as an error in the windows and in `grpc_errors` by status,
+    /// and for a mirror as a mirror error of kind `grpc_status`.
+    pub fn grpc_failed(&self, target: &TargetMetrics, grpc_status: u16, record: &AccessRecord<'_>) {
+        if let Some(code) = record.status {
+            target.answered_as(code, record.duration_ms / 1000.0, true);
+        }
+        target.grpc_error(grpc_status);
+        if target.labels.role == Role::mirror {
+            target.failed(MirrorErrorKind::GrpcStatus.as_str());
         }
         self.access.write(record);
     }

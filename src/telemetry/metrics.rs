@@ -86,6 +86,14 @@ pub struct PromotionLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub route: String,
+    pub backend: String,
+    pub role: Role,
+    pub grpc_status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -103,6 +111,7 @@ pub struct Metrics {
     pub mirror_dropped: Family<ReasonLabels, Counter>,
     pub mirror_errors: Family<KindLabels, Counter>,
     pub mirror_in_flight: Family<MirrorLabels, Gauge>,
+    pub grpc_errors: Family<GrpcLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub promotions: Family<PromotionLabels, Counter>,
     pub compare: Family<CompareLabels, Counter>,
@@ -158,6 +167,12 @@ impl Metrics {
             "Mirror copies in flight",
             mirror_in_flight.clone(),
         );
+        let grpc_errors = Family::<GrpcLabels, Counter>::default();
+        registry.register(
+            "grpc_errors",
+            "gRPC calls answered with a non-zero grpc-status, by route, backend, role and status (above 16 counted as 2, UNKNOWN)",
+            grpc_errors.clone(),
+        );
         let config_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "config_reloads",
@@ -189,6 +204,7 @@ impl Metrics {
             mirror_dropped,
             mirror_errors,
             mirror_in_flight,
+            grpc_errors,
             config_reloads,
             promotions,
             compare,
@@ -260,9 +276,14 @@ impl std::fmt::Debug for TargetMetrics {
 impl TargetMetrics {
     /// Counts one answered request and its duration.
     pub fn answered(&self, code: u16, seconds: f64) {
+        self.answered_as(code, seconds, code >= 500);
+    }
+
+    /// Counts one answered request and its duration, `error` or not.
+    pub fn answered_as(&self, code: u16, seconds: f64, error: bool) {
         self.duration.observe(seconds);
         self.window
-            .record(Duration::from_secs_f64(seconds.max(0.0)), code >= 500);
+            .record(Duration::from_secs_f64(seconds.max(0.0)), error);
         let counter = match self.codes.get(code as usize) {
             Some(slot) => slot.get_or_init(|| self.code_counter(code)),
             None => &self.code_counter(code),
@@ -291,6 +312,19 @@ impl TargetMetrics {
                 route: self.labels.route.clone(),
                 backend: self.labels.backend.clone(),
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a gRPC call answered with a non-zero `grpc-status`.
+    pub fn grpc_error(&self, grpc_status: u16) {
+        self.metrics
+            .grpc_errors
+            .get_or_create(&GrpcLabels {
+                route: self.labels.route.clone(),
+                backend: self.labels.backend.clone(),
+                role: self.labels.role,
+                grpc_status: if grpc_status > 16 { 2 } else { grpc_status },
             })
             .inc();
     }

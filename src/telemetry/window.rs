@@ -26,7 +26,14 @@ const LATENCY_BUCKETS: usize = 48;
 /// Drop reasons tracked per slot (index = position).
 pub const DROP_REASONS: [&str; 4] = ["overload", "body_too_large", "method", "body_incomplete"];
 /// Mirror error kinds tracked per slot.
-pub const ERROR_KINDS: [&str; 5] = ["connect", "timeout", "reset", "protocol", "status_5xx"];
+pub const ERROR_KINDS: [&str; 6] = [
+    "connect",
+    "timeout",
+    "reset",
+    "protocol",
+    "status_5xx",
+    "grpc_status",
+];
 
 #[derive(Debug)]
 struct Slot {

@@ -352,3 +352,287 @@ pub async fn h2_get(addr: SocketAddr, uri: &str) -> Answer {
         body: body.collect().await.unwrap().to_bytes(),
     }
 }
+
+// ---- TLS: a test CA, certificates on disk, TLS clients and backends ----
+
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// A certificate authority made for one test, writing PEM files to a
+/// temporary directory.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca_cert: rcgen::Certificate,
+    ca_params: rcgen::CertificateParams,
+    ca_key: rcgen::KeyPair,
+}
+
+/// A certificate and key written to disk.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: CertificateDer<'static>,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "shadowgate test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = params.self_signed(&ca_key).unwrap();
+        let pki = TestPki {
+            dir: tempfile::tempdir().unwrap(),
+            ca_cert,
+            ca_params: params,
+            ca_key,
+        };
+        std::fs::write(pki.ca_path(), pki.ca_cert.pem()).unwrap();
+        pki
+    }
+
+    /// The CA certificate's PEM file.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses), signed by the
+    /// CA, written as `<stem>.pem` and `<stem>-key.pem`.
+    pub fn issue(&self, stem: &str, names: &[&str], client: bool) -> CertFiles {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or(stem),
+        );
+        params.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let files = CertFiles {
+            cert: self.path(&format!("{stem}.pem")),
+            key: self.path(&format!("{stem}-key.pem")),
+            der: cert.der().clone(),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+
+    pub fn roots(&self) -> Arc<rustls::RootCertStore> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_cert.der().clone()).unwrap();
+        Arc::new(roots)
+    }
+
+    /// A client configuration trusting this CA, offering `alpn`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(self.roots())
+        .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    }
+
+    /// A server configuration for `files`, offering `alpn`; with
+    /// `require_client_cert`, clients must present a certificate of this CA.
+    pub fn server_config(
+        &self,
+        files: &CertFiles,
+        alpn: &[&[u8]],
+        require_client_cert: bool,
+    ) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if require_client_cert {
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots(), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let chain = vec![files.der.clone()];
+        let key = read_key(&files.key);
+        let mut c = builder.with_single_cert(chain, key).unwrap();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn read_key(path: &Path) -> PrivateKeyDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    PrivateKeyDer::from_pem_file(path).unwrap()
+}
+
+/// Opens a TLS connection to `addr` asking for `server_name`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    server_name: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake took more than 10s")
+    .expect("TLS handshake failed")
+}
+
+/// One GET over an established connection (HTTP/2 when ALPN said `h2`).
+pub async fn get_over<S>(stream: S, host: &str, path: &str) -> Answer
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    get_over_as(stream, false, host, path).await
+}
+
+/// One GET over an established connection, HTTP/2 when `h2`.
+pub async fn get_over_as<S>(stream: S, h2: bool, host: &str, path: &str) -> Answer
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
+    let resp = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri(format!("https://{host}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        sender.send_request(req).await.unwrap()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        sender.send_request(req).await.unwrap()
+    };
+    let (parts, body) = resp.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// What a TLS test backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct TlsRecorded {
+    pub version: http::Version,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    /// ALPN the handshake settled on.
+    pub alpn: Option<Vec<u8>>,
+    /// Whether the client presented a certificate.
+    pub client_cert: bool,
+}
+
+/// A TLS backend answering 200 `tls-ok` to everything, recording requests.
+pub struct TlsBackend {
+    pub addr: SocketAddr,
+    rx: mpsc::UnboundedReceiver<TlsRecorded>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsBackend {
+    pub async fn spawn(config: Arc<rustls::ServerConfig>) -> TlsBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let (alpn, client_cert) = {
+                        let c = tls.get_ref().1;
+                        (
+                            c.alpn_protocol().map(|p| p.to_vec()),
+                            c.peer_certificates().is_some_and(|p| !p.is_empty()),
+                        )
+                    };
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let rec = TlsRecorded {
+                            version: req.version(),
+                            uri: req.uri().clone(),
+                            headers: req.headers().clone(),
+                            alpn: alpn.clone(),
+                            client_cert,
+                        };
+                        let _ = tx.send(rec);
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                b"tls-ok",
+                            ))))
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsBackend { addr, rx, task }
+    }
+
+    /// The next request received (waits up to 10 s).
+    pub async fn next(&mut self) -> TlsRecorded {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+            .await
+            .expect("TLS backend received nothing within 10s")
+            .expect("TLS backend channel closed")
+    }
+}

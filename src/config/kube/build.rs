@@ -499,6 +499,12 @@ impl<'a> Builder<'a> {
                 eject_for: None,
                 max_idle_per_endpoint: None,
                 retry: None,
+                protocol: None,
+                ca_file: None,
+                client_cert: None,
+                client_key: None,
+                insecure_skip_verify: None,
+                tls_server_name: None,
             },
         );
         Some(name)
