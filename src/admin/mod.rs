@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod client;
+pub mod dashboard;
 pub mod promotion;
 pub mod status;
 
@@ -46,6 +47,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(protected)
+        .merge(dashboard::router(shared.clone()))
         .with_state(shared)
 }
 
