@@ -47,6 +47,7 @@ pub struct Running {
     pub shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<GracefulShutdown>>,
+    persisting: JoinHandle<()>,
     grace: Duration,
     sources: Vec<PathBuf>,
 }
@@ -131,6 +132,12 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         shared.clone(),
         stop_rx.clone(),
     ));
+    let persisting = tokio::spawn(crate::comparison::persist_loop(
+        shared.comparison.clone(),
+        shared.store.clone(),
+        Duration::from_secs(5),
+        stop_rx.clone(),
+    ));
 
     if !sources.is_empty() && !watch_interval.is_zero() {
         tokio::spawn(watch_files(
@@ -149,6 +156,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         shared,
         stop,
         accept_tasks,
+        persisting,
         grace,
         sources,
     })
@@ -178,6 +186,8 @@ impl Running {
         } else {
             tracing::info!("drained; all in-flight requests finished");
         }
+        // The persist loop writes the comparison results once more on stop.
+        let _ = self.persisting.await;
     }
 }
 

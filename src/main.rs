@@ -65,6 +65,14 @@ enum Command {
         #[arg(long, default_value = "1m", value_parser = ["1m", "5m", "15m"])]
         window: String,
     },
+    /// Show what differs between primaries and mirrors, per endpoint and field.
+    Diffs {
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Promote a route's mirror to primary (refused unless its gates pass, or --force).
     Promote {
         /// Route name.
@@ -178,6 +186,41 @@ fn main() -> ExitCode {
                 if let Ok(p) = promotion {
                     println!("{}", shadowgate::admin::status::render_promotion(&p));
                 }
+            }
+            Ok(())
+        })),
+        Command::Diffs { route, admin } => exit(rt.block_on(async {
+            use shadowgate::admin::client::call;
+            let token = admin.token.as_deref();
+            let routes = match route {
+                Some(r) => vec![r],
+                None => {
+                    let totals: shadowgate::admin::diffs::DiffTotals = call(
+                        &admin.admin,
+                        token,
+                        http::Method::GET,
+                        "/api/v1/diffs",
+                        None,
+                    )
+                    .await?;
+                    let mut names: Vec<String> =
+                        totals.routes.into_iter().map(|t| t.route).collect();
+                    names.dedup();
+                    names
+                }
+            };
+            for r in routes {
+                let path = format!("/api/v1/diffs/{r}");
+                let report: shadowgate::compare::RouteReport =
+                    call(&admin.admin, token, http::Method::GET, &path, None).await?;
+                print!(
+                    "{}",
+                    shadowgate::compare::render_route(
+                        &r,
+                        &report,
+                        &shadowgate::compare::ReportOptions::default()
+                    )
+                );
             }
             Ok(())
         })),

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod client;
 pub mod dashboard;
+pub mod diffs;
 pub mod promotion;
 pub mod status;
 
@@ -27,6 +28,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/routes", get(api::get_routes))
         .route("/api/v1/stats", get(api::get_stats))
+        .route("/api/v1/diffs", get(diffs::get_totals))
+        .route("/api/v1/diffs/{route}", get(diffs::get_route))
+        .route("/api/v1/diffs/{route}/examples", get(diffs::get_examples))
         .route(
             "/api/v1/routes/{route}/promotion",
             get(promotion::get_promotion),

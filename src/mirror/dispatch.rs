@@ -14,10 +14,13 @@ use tokio::time::Instant;
 use super::sample::sampled;
 use super::tee::{TeeFailure, TeeResult};
 use crate::body::UpstreamBody;
+use crate::comparison::capture::Capturer;
+use crate::comparison::{Engine, Job, PrimaryCapture, RouteComparison, Side};
 use crate::proxy::grpc;
 use crate::proxy::headers::suffixed_authority;
 use crate::proxy::upstream::UpstreamError;
 use crate::runtime::{Mirror, Route};
+use crate::telemetry::Role;
 use crate::telemetry::{AccessRecord, DropReason, MirrorErrorKind, Telemetry};
 
 /// A copy admitted for one mirror; holds its in-flight permit.
@@ -38,6 +41,17 @@ pub struct MirrorHead {
     /// The authority the client addressed (`Host` / `:authority`).
     pub authority: String,
     pub request_id: HeaderValue,
+    /// Set when copies are compared with the primary's answer.
+    pub compare: Option<CompareLink>,
+}
+
+/// What a compared copy needs: the route's rules, the primary's capture
+/// (published when its body ends), and the engine to submit the pair to.
+#[derive(Debug, Clone)]
+pub struct CompareLink {
+    pub route: Arc<RouteComparison>,
+    pub primary: PrimaryCapture,
+    pub engine: Arc<Engine>,
 }
 
 /// A borrowed look at the request, for admission and logging.
@@ -139,6 +153,29 @@ pub fn admit(
             }
         }
     }
+    // The secondary (noise learning) gets what a compared mirror gets.
+    if let Some(secondary) = &route.secondary {
+        if jobs.iter().any(|j| j.mirror.config.compare) {
+            match secondary.in_flight.clone().try_acquire_owned() {
+                Ok(permit) => jobs.push(MirrorJob {
+                    mirror: secondary.clone(),
+                    _permit: permit,
+                }),
+                Err(_) => {
+                    let reason = DropReason::Overload;
+                    let rec = log_record(
+                        secondary,
+                        head,
+                        None,
+                        0,
+                        Instant::now(),
+                        Some(reason.as_str()),
+                    );
+                    telemetry.mirror_dropped(&secondary.metrics, reason, &rec);
+                }
+            }
+        }
+    }
     jobs
 }
 
@@ -199,6 +236,8 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
     if let Some(g) = &mirror.metrics.in_flight {
         g.inc();
     }
+    let compared = head.compare.as_ref().filter(|_| cfg.compare);
+    let mut capture = None;
     let outcome = tokio::time::timeout(cfg.timeout, async {
         let resp = mirror
             .backend
@@ -206,6 +245,10 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
             .await
             .map_err(classify_upstream)?;
         let status = resp.status().as_u16();
+        if compared.is_some() {
+            let cap = usize::try_from(cfg.compare_max_body_bytes).unwrap_or(usize::MAX);
+            capture = Some(Capturer::new(resp.status(), resp.headers().clone(), cap));
+        }
         // gRPC: the outcome is in the head (trailers-only) or the trailers.
         let mut grpc_status = grpc::status(resp.headers());
         let mut body = resp.into_body();
@@ -213,7 +256,12 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(f) => match f.data_ref() {
-                    Some(d) => bytes += d.len() as u64,
+                    Some(d) => {
+                        bytes += d.len() as u64;
+                        if let Some(c) = capture.as_mut() {
+                            c.data(d);
+                        }
+                    }
                     None => {
                         if let Some(code) = f.trailers_ref().and_then(grpc::status) {
                             grpc_status = Some(code);
@@ -230,6 +278,7 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
     if let Some(g) = &mirror.metrics.in_flight {
         g.dec();
     }
+    let answered = outcome.is_ok();
     match outcome {
         Ok((status, bytes, Some(code))) if code != 0 && status < 500 => {
             let reason = grpc::reason(code);
@@ -255,6 +304,9 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
             let rec = log_record(mirror, view, None, 0, started, Some(kind.as_str()));
             telemetry.mirror_failed(&mirror.metrics, kind, &rec);
         }
+    }
+    if let (Some(link), Some(capture)) = (compared, capture.filter(|_| answered)) {
+        submit_comparison(link, mirror, head, capture.finish()).await;
     }
 }
 
@@ -303,4 +355,45 @@ fn classify_hyper(e: &hyper::Error) -> MirrorErrorKind {
     } else {
         MirrorErrorKind::Reset
     }
+}
+
+/// Waits (bounded by the mirror's timeout) for the primary's capture, then
+/// queues the pair. The copy's in-flight permit is held meanwhile, so the
+/// waiting is bounded too.
+async fn submit_comparison(
+    link: &CompareLink,
+    mirror: &Mirror,
+    head: &MirrorHead,
+    other: crate::compare::Captured,
+) {
+    let backend = mirror.backend.name();
+    let mut primary = link.primary.clone();
+    let waited =
+        tokio::time::timeout(mirror.config.timeout, primary.wait_for(|p| p.is_some())).await;
+    let primary = match waited {
+        Ok(Ok(p)) => p.clone(),
+        _ => None,
+    };
+    let Some(primary) = primary else {
+        link.engine
+            .count(&link.route.route, backend, "primary_failed");
+        return;
+    };
+    let side = if mirror.metrics.labels.role == Role::secondary {
+        Side::Secondary
+    } else {
+        Side::Shadow {
+            mirror: backend.to_string(),
+            window: mirror.metrics.window.clone(),
+        }
+    };
+    link.engine.submit(Job {
+        route: link.route.clone(),
+        side,
+        method: head.method.clone(),
+        uri: head.uri.clone(),
+        request_headers: head.headers.clone(),
+        primary,
+        other,
+    });
 }

@@ -8,4 +8,4 @@ pub mod dispatch;
 pub mod sample;
 pub mod tee;
 
-pub use dispatch::{admit, dispatch, MirrorBody, MirrorHead, MirrorJob, RequestView};
+pub use dispatch::{admit, dispatch, CompareLink, MirrorBody, MirrorHead, MirrorJob, RequestView};

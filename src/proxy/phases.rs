@@ -30,7 +30,8 @@ use super::headers::{add_forwarded, split_host_port, strip_hop_by_hop};
 use super::tunnel;
 use super::upstream::{Backend, ResponseBody};
 use crate::body::{BoxError, ProxyBody, UpstreamBody};
-use crate::mirror::{self, tee::TeeBody, MirrorBody, MirrorHead, RequestView};
+use crate::comparison::capture::{Capturer, PrimaryCapturer};
+use crate::mirror::{self, tee::TeeBody, CompareLink, MirrorBody, MirrorHead, RequestView};
 use crate::runtime::{Route, Runtime, Shared};
 use crate::telemetry::{AccessRecord, TargetMetrics, Telemetry};
 
@@ -115,6 +116,9 @@ pub async fn handle(
     // 5. body: tee a bounded copy for the mirrors while it streams to the primary
     let (upstream_body, mirror_body) = tee_body(body, &jobs, content_length);
 
+    // Comparison: the primary's answer will be captured for the compared copies.
+    let (capture, compare_link) = compare_link(route, &jobs, &shared);
+
     // 6. dispatch: spawned and bounded; nothing below waits for it
     if !jobs.is_empty() {
         let head = MirrorHead {
@@ -123,6 +127,7 @@ pub async fn handle(
             headers: parts.headers.clone(),
             authority: ctx.authority.clone(),
             request_id: ctx.request_id.clone(),
+            compare: compare_link,
         };
         mirror::dispatch(telemetry.clone(), jobs, head, mirror_body);
     }
@@ -151,7 +156,47 @@ pub async fn handle(
     };
 
     // 8. response filter
-    response_filter(resp, ctx, route, backend, target, telemetry.clone())
+    response_filter(
+        resp,
+        ctx,
+        route,
+        backend,
+        target,
+        telemetry.clone(),
+        capture,
+    )
+}
+
+type CaptureSender = tokio::sync::watch::Sender<Option<Arc<crate::compare::Captured>>>;
+
+/// When an admitted copy is compared, a channel on which the primary's
+/// captured answer will be published, and the link the copies wait on.
+fn compare_link(
+    route: &Route,
+    jobs: &[mirror::MirrorJob],
+    shared: &Arc<Shared>,
+) -> (Option<(CaptureSender, usize)>, Option<CompareLink>) {
+    let Some(comparison) = &route.comparison else {
+        return (None, None);
+    };
+    let cap = jobs
+        .iter()
+        .filter(|j| j.mirror.config.compare)
+        .map(|j| j.mirror.config.compare_max_body_bytes)
+        .max();
+    let Some(cap) = cap else {
+        return (None, None);
+    };
+    let (tx, rx) = crate::comparison::capture::channel();
+    let link = CompareLink {
+        route: comparison.clone(),
+        primary: rx,
+        engine: shared.comparison.clone(),
+    };
+    (
+        Some((tx, usize::try_from(cap).unwrap_or(usize::MAX))),
+        Some(link),
+    )
 }
 
 /// Phase 1: requests a proxy must refuse. Returns the authority addressed.
@@ -306,12 +351,17 @@ fn response_filter(
     backend: &Arc<Backend>,
     target: &Arc<TargetMetrics>,
     telemetry: Arc<Telemetry>,
+    capture: Option<(CaptureSender, usize)>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
+    let capture = capture.map(|(tx, cap)| {
+        PrimaryCapturer::new(Capturer::new(parts.status, parts.headers.clone(), cap), tx)
+    });
     let observed = ObservedBody {
         inner: body,
         bytes: 0,
+        capture,
         log: Some(PrimaryLog {
             telemetry,
             target: target.clone(),
@@ -412,15 +462,23 @@ pin_project_lite::pin_project! {
         inner: ResponseBody,
         bytes: u64,
         log: Option<PrimaryLog>,
+        // A copy for comparison, published when the body has ended.
+        capture: Option<PrimaryCapturer>,
     }
 
     impl PinnedDrop for ObservedBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            let complete = this.inner.is_end_stream();
             if let Some(log) = this.log.take() {
                 // An empty body may never be polled: that is a complete answer.
-                let reason = (!this.inner.is_end_stream()).then_some("client_gone");
+                let reason = (!complete).then_some("client_gone");
                 log.emit(*this.bytes, reason);
+            }
+            if let Some(capture) = this.capture.take() {
+                if complete {
+                    capture.publish();
+                }
             }
         }
     }
@@ -440,6 +498,9 @@ impl Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     *this.bytes += d.len() as u64;
+                    if let Some(c) = this.capture.as_mut() {
+                        c.capturer.data(d);
+                    }
                 } else if let (Some(t), Some(log)) = (frame.trailers_ref(), this.log.as_mut()) {
                     if let Some(code) = grpc::status(t) {
                         log.grpc_status = Some(code);
@@ -455,12 +516,18 @@ impl Body for ObservedBody {
                 if let Some(log) = this.log.take() {
                     log.emit(*this.bytes, None);
                 }
+                if let Some(c) = this.capture.take() {
+                    c.publish();
+                }
             }
             Poll::Pending => {}
         }
         if this.inner.is_end_stream() {
             if let Some(log) = this.log.take() {
                 log.emit(*this.bytes, None);
+            }
+            if let Some(c) = this.capture.take() {
+                c.publish();
             }
         }
         polled.map_err(Into::into)

@@ -44,6 +44,7 @@ pub struct TestBackend {
     delay: Duration,
     blackhole: bool,
     echo_host: bool,
+    random_token: bool,
 }
 
 impl Default for TestBackend {
@@ -61,6 +62,7 @@ impl TestBackend {
             delay: Duration::ZERO,
             blackhole: false,
             echo_host: false,
+            random_token: false,
         }
     }
     pub fn status(mut self, s: u16) -> Self {
@@ -83,6 +85,11 @@ impl TestBackend {
     /// Accept connections, read nothing, never answer.
     pub fn blackhole(mut self) -> Self {
         self.blackhole = true;
+        self
+    }
+    /// Replace `{rand}` in the body with a fresh random number per request.
+    pub fn random_token(mut self) -> Self {
+        self.random_token = true;
         self
     }
     /// Answer with the Host header the request carried.
@@ -145,6 +152,10 @@ impl TestBackend {
                             }
                             let body = if this.echo_host {
                                 Bytes::from(host)
+                            } else if this.random_token {
+                                let text = String::from_utf8_lossy(&this.body)
+                                    .replace("{rand}", &fastrand::u64(..).to_string());
+                                Bytes::from(text)
                             } else {
                                 this.body.clone()
                             };
