@@ -55,6 +55,31 @@ pub struct RequestContext {
     pub authority: String,
 }
 
+impl RequestContext {
+    /// The access-log record of this request as answered by `backend`.
+    pub fn access_record<'a>(
+        &'a self,
+        route: &'a str,
+        backend: &'a str,
+        status: u16,
+        bytes: u64,
+        reason: Option<&'a str>,
+    ) -> AccessRecord<'a> {
+        AccessRecord {
+            route,
+            backend,
+            role: "primary",
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            status: Some(status),
+            bytes,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            reason,
+        }
+    }
+}
+
 /// Serves one client request.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -389,18 +414,7 @@ fn log_primary(
 ) {
     telemetry.answered(
         target,
-        &AccessRecord {
-            route: &route.name,
-            backend: backend.name(),
-            role: "primary",
-            method: ctx.method.as_str(),
-            path: ctx.uri.path(),
-            status: Some(status),
-            bytes,
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
-            request_id: ctx.request_id.to_str().unwrap_or("-"),
-            reason,
-        },
+        &ctx.access_record(&route.name, backend.name(), status, bytes, reason),
     );
 }
 
@@ -435,18 +449,13 @@ impl PrimaryLog {
         let ctx = &self.ctx;
         let failed_call = self.grpc_status.filter(|c| *c != 0);
         let grpc_reason = failed_call.map(grpc::reason);
-        let record = AccessRecord {
-            route: &self.route,
-            backend: self.backend.name(),
-            role: "primary",
-            method: ctx.method.as_str(),
-            path: ctx.uri.path(),
-            status: Some(self.status),
+        let record = ctx.access_record(
+            &self.route,
+            self.backend.name(),
+            self.status,
             bytes,
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
-            request_id: ctx.request_id.to_str().unwrap_or("-"),
-            reason: reason.or(grpc_reason.as_deref()),
-        };
+            reason.or(grpc_reason.as_deref()),
+        );
         match failed_call {
             Some(code) => self.telemetry.grpc_failed(&self.target, code, &record),
             None => self.telemetry.answered(&self.target, &record),

@@ -18,7 +18,7 @@ use super::phases::{ConnInfo, RequestContext};
 use super::upstream::{Backend, UpstreamError};
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::runtime::Route;
-use crate::telemetry::{AccessRecord, TargetMetrics, Telemetry};
+use crate::telemetry::{TargetMetrics, Telemetry};
 
 /// Whether the request asks for a tunnel.
 pub fn is_tunnel<B>(req: &Request<B>) -> bool {
@@ -68,18 +68,7 @@ pub async fn forward(
     let log = |status: u16, reason: Option<&str>| {
         telemetry.answered(
             target,
-            &AccessRecord {
-                route: &route.name,
-                backend: backend.name(),
-                role: "primary",
-                method: ctx.method.as_str(),
-                path: ctx.uri.path(),
-                status: Some(status),
-                bytes: 0,
-                duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
-                request_id: ctx.request_id.to_str().unwrap_or("-"),
-                reason,
-            },
+            &ctx.access_record(&route.name, backend.name(), status, 0, reason),
         )
     };
 
