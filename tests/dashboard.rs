@@ -986,6 +986,81 @@ return out.primary && out.shadow ? out : null;
     server.abort();
 }
 
+/// The diff explorer against a real proxy comparing real backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_explorer_renders_a_real_example_pair() {
+    require_chromium();
+    let _one_browser = BROWSER_LOCK.lock().await;
+    let v1 = TestBackend::new()
+        .header("content-type", "application/json")
+        .body(r#"{"id":7,"price":10,"name":"lamp"}"#)
+        .spawn()
+        .await;
+    let v2 = TestBackend::new()
+        .header("content-type", "application/json")
+        .body(r#"{"id":7,"price":12,"name":"lamp"}"#)
+        .spawn()
+        .await;
+    let proxy = start_proxy(&format!(
+        "backends:\n  v1: {{ endpoints: [\"{}\"] }}\n  v2: {{ endpoints: [\"{}\"] }}\nroutes:\n  - name: shop\n    backend: v1\n    mirrors: [{{ backend: v2, compare: true }}]\n",
+        v1.addr, v2.addr
+    ))
+    .await;
+    let c = client();
+    for i in 0..10 {
+        get(&c, proxy.listen_addrs[0], "shop", &format!("/items/{i}")).await;
+    }
+    // Wait until the engine has compared all ten.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let totals = admin_get(proxy.admin_addr, "/api/v1/diffs", None)
+            .await
+            .json();
+        if totals["routes"][0]["compared"] == 10 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{totals}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("http://{}/?interval=1000", proxy.admin_addr))
+        .await;
+    browser
+        .wait_for(
+            "the first poll",
+            "return Number(document.body.dataset.polls || 0) >= 1",
+            json!([]),
+        )
+        .await;
+    browser.click(".tab[data-view=\"diffs\"]").await;
+    let chips = browser
+        .wait_for(
+            "the endpoint list",
+            "var c = Array.from(document.querySelectorAll('.chip')).map(function (e) { return [e.dataset.endpoint, e.dataset.path, e.dataset.noise]; }); return c.length ? c : null",
+            json!([]),
+        )
+        .await;
+    assert_eq!(chips, json!([["GET /items/{id}", "$.price", "false"]]));
+    let marked = browser
+        .wait_for(
+            "highlighted lines",
+            "var out = {}; document.querySelectorAll('.side').forEach(function (side) { out[side.dataset.side] = Array.from(side.querySelectorAll('.ln.diff')).map(function (l) { return l.querySelector('.tx').textContent.trim(); }); }); return out.primary && out.shadow && out.primary.length ? out : null",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        marked,
+        json!({"primary": ["\"price\": 10,"], "shadow": ["\"price\": 12,"]})
+    );
+    let shot = browser.screenshot("dashboard-diffs-live.png").await;
+    eprintln!("screenshot: {}", shot.display());
+    let errors = browser.errors(&[]).await;
+    assert!(errors.is_empty(), "the page reported errors:\n{errors:#?}");
+    browser.quit().await;
+    proxy.shutdown().await;
+}
+
 fn fake_window(requests: u64, errors: u64, compared: u64, different: u64, mirror: bool) -> Value {
     json!({
         "seconds": 60.0, "requests": requests, "rate": requests as f64 / 60.0, "errors": errors,
