@@ -133,6 +133,8 @@ pub struct Example {
     pub primary: ExampleResponse,
     pub other: ExampleResponse,
     pub differences: Vec<Difference>,
+    /// When it was kept, seconds since the Unix epoch (for retention).
+    pub at: u64,
 }
 
 impl Example {
@@ -147,6 +149,10 @@ impl Example {
         limits: &ExampleLimits,
     ) -> Example {
         Example {
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             request: ExampleRequest {
                 method: method.as_str().chars().take(32).collect(),
                 uri: truncate_chars(uri.to_owned(), 2048),
@@ -603,6 +609,22 @@ impl Tally {
             .collect()
     }
 
+    /// Removes examples kept before `before` (seconds since the Unix
+    /// epoch), making room for fresh ones; returns how many went.
+    pub fn expire_examples(&mut self, before: u64) -> usize {
+        let mut removed = 0;
+        for rt in self.routes.values_mut() {
+            for endpoints in rt.mirrors.values_mut() {
+                for stats in endpoints.values_mut() {
+                    let n = stats.examples.len();
+                    stats.examples.retain(|e| e.at >= before);
+                    removed += n - stats.examples.len();
+                }
+            }
+        }
+        removed
+    }
+
     /// The examples kept for one endpoint of one mirror.
     pub fn examples(&self, route: &str, mirror: &str, endpoint: &str) -> &[Example] {
         self.routes
@@ -864,6 +886,42 @@ mod tests {
         assert_eq!(
             fields,
             vec![("$.items[*].p".into(), 1), ("$.items[*].q".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn old_examples_expire_and_make_room() {
+        let mut t = Tally::new(
+            TallyLimits {
+                max_examples: 2,
+                ..TallyLimits::default()
+            },
+            NoiseThresholds::default(),
+        );
+        let aged = |at: u64| {
+            move || Example {
+                at,
+                ..Example::default()
+            }
+        };
+        t.record_shadow("api", "v2", "GET /a", &outcome(&["$.a"]), aged(100));
+        t.record_shadow("api", "v2", "GET /a", &outcome(&["$.a"]), aged(200));
+        t.record_shadow("api", "v2", "GET /a", &outcome(&["$.a"]), aged(300));
+        assert_eq!(
+            t.examples("api", "v2", "GET /a")
+                .iter()
+                .map(|e| e.at)
+                .collect::<Vec<_>>(),
+            vec![100, 200]
+        );
+        assert_eq!(t.expire_examples(150), 1);
+        t.record_shadow("api", "v2", "GET /a", &outcome(&["$.a"]), aged(400));
+        assert_eq!(
+            t.examples("api", "v2", "GET /a")
+                .iter()
+                .map(|e| e.at)
+                .collect::<Vec<_>>(),
+            vec![200, 400]
         );
     }
 

@@ -85,6 +85,7 @@ pub type PrimaryCapture = watch::Receiver<Option<Arc<Captured>>>;
 /// The comparison engine: queue, workers, tally.
 pub struct Engine {
     tx: SyncSender<Job>,
+    example_max_age: Duration,
     pub tally: Arc<parking_lot::Mutex<Tally>>,
     metrics: Arc<Metrics>,
     dirty: Arc<AtomicBool>,
@@ -134,6 +135,7 @@ impl Engine {
         }
         Arc::new(Engine {
             tx,
+            example_max_age: settings.example_max_age,
             tally,
             metrics,
             dirty,
@@ -166,6 +168,17 @@ impl Engine {
     /// Writes the tally to the store when it changed; called periodically
     /// and at shutdown.
     pub fn persist(&self, store: &Store) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let expired = self
+            .tally
+            .lock()
+            .expire_examples(now.saturating_sub(self.example_max_age.as_secs()));
+        if expired > 0 {
+            self.dirty.store(true, Ordering::Release);
+        }
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return;
         }

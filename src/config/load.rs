@@ -261,6 +261,11 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
                 workers: r.workers.unwrap_or(d.workers),
                 queue: r.queue.unwrap_or(d.queue),
                 max_examples: r.max_examples.unwrap_or(d.max_examples),
+                example_max_age: c.duration(
+                    "comparison.example_max_age",
+                    &r.example_max_age,
+                    d.example_max_age,
+                ),
             };
             if config.comparison.workers == 0 || config.comparison.workers > 64 {
                 c.fail("comparison.workers", "must be between 1 and 64");

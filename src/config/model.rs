@@ -191,6 +191,7 @@ pub struct ComparisonSettings {
     pub workers: usize,
     pub queue: usize,
     pub max_examples: usize,
+    pub example_max_age: Duration,
 }
 
 impl Default for ComparisonSettings {
@@ -199,6 +200,7 @@ impl Default for ComparisonSettings {
             workers: 1,
             queue: 1024,
             max_examples: 5,
+            example_max_age: Duration::from_secs(24 * 3600),
         }
     }
 }

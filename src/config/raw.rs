@@ -392,6 +392,10 @@ pub struct RawComparison {
     /// Example pairs kept per endpoint. Default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_examples: Option<usize>,
+    /// Examples older than this are dropped, making room for fresh ones.
+    /// Default `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub example_max_age: Option<String>,
 }
 
 /// Header changes for a shadow copy.
