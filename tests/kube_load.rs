@@ -257,7 +257,7 @@ fn gateway_api_canary_with_mirrors() {
         split store-v1.default-8080-t90s:90 store-v2.default-8080-t90s:10 \
         mirror store-v3.default-8080 25% host+-shadow \
         mirror store-shadow.staging-8080 12.5% host+-shadow";
-    let greeter = "-> greeter-v1.grpc-50051 mirror greeter-v2.grpc-50051 50% host+-shadow";
+    let greeter = "-> greeter-v1.grpc-50051-h2 mirror greeter-v2.grpc-50051-h2 50% host+-shadow";
     let rest = "-> store-v1.default-8080 mirror store-v2.default-8080 100% host+-shadow";
     assert_eq!(
         routes(&c),
@@ -277,8 +277,8 @@ fn gateway_api_canary_with_mirrors() {
     assert_eq!(
         backends(&c),
         lines(&[
-            "greeter-v1.grpc-50051 [greeter-v1.grpc.svc.cluster.local:50051] timeout=30s",
-            "greeter-v2.grpc-50051 [greeter-v2.grpc.svc.cluster.local:50051] timeout=30s",
+            "greeter-v1.grpc-50051-h2 [greeter-v1.grpc.svc.cluster.local:50051] timeout=30s",
+            "greeter-v2.grpc-50051-h2 [greeter-v2.grpc.svc.cluster.local:50051] timeout=30s",
             "store-shadow.staging-8080 [store-shadow.staging.svc.cluster.local:8080] timeout=30s",
             "store-v1.default-8080 [127.0.0.1:18081] timeout=30s",
             "store-v1.default-8080-t90s [127.0.0.1:18081] timeout=90s",
@@ -287,6 +287,10 @@ fn gateway_api_canary_with_mirrors() {
             "store-v3.default-8080 [127.0.0.1:18083] timeout=30s",
         ])
     );
+    // gRPC backends speak HTTP/2 upstream.
+    for name in ["greeter-v1.grpc-50051-h2", "greeter-v2.grpc-50051-h2"] {
+        assert_eq!(format!("{:?}", c.backends[name].protocol), "H2", "{name}");
+    }
 }
 
 #[test]

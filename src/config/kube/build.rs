@@ -230,7 +230,7 @@ impl<'a> Builder<'a> {
                 .mirrors
                 .iter()
                 .filter_map(|m| {
-                    let name = self.resolve(rule.origin, &m.dest, None)?;
+                    let name = self.resolve(rule.origin, &m.dest, None, rule.grpc)?;
                     Some(RawMirror {
                         backend: name,
                         percent: m.percent,
@@ -325,7 +325,7 @@ impl<'a> Builder<'a> {
                 continue;
             }
             let timeout = rule.timeout.as_ref().map(|(_, t)| *t);
-            let Some(name) = self.resolve(rule.origin, &d.dest, timeout) else {
+            let Some(name) = self.resolve(rule.origin, &d.dest, timeout, rule.grpc) else {
                 ok = false;
                 continue;
             };
@@ -357,7 +357,13 @@ impl<'a> Builder<'a> {
     /// error. A destination reached with a request timeout gets a backend of
     /// its own (named with a `-t<timeout>` suffix), as timeouts are per
     /// backend in the native config.
-    fn resolve(&mut self, origin: usize, dest: &Dest, timeout: Option<Duration>) -> Option<String> {
+    fn resolve(
+        &mut self,
+        origin: usize,
+        dest: &Dest,
+        timeout: Option<Duration>,
+        grpc: bool,
+    ) -> Option<String> {
         let target = Target::parse(&dest.host, &dest.namespace);
         let registry = self.registry;
         if let Some(subset) = &dest.subset {
@@ -392,6 +398,9 @@ impl<'a> Builder<'a> {
         }
         if let Some(t) = timeout {
             name = format!("{name}-t{}", format_duration(t));
+        }
+        if grpc {
+            name = format!("{name}-h2");
         }
         let name: String = name
             .chars()
@@ -499,7 +508,8 @@ impl<'a> Builder<'a> {
                 eject_for: None,
                 max_idle_per_endpoint: None,
                 retry: None,
-                protocol: None,
+                // gRPC needs HTTP/2 to the backend (prior knowledge in cleartext).
+                protocol: grpc.then(|| "h2".to_string()),
                 ca_file: None,
                 client_cert: None,
                 client_key: None,

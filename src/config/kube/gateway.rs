@@ -158,6 +158,7 @@ fn route_rule(
         dests,
         mirrors,
         timeout,
+        grpc: matches!(kind, Kind::Grpc),
         family: Family::Gateway {
             object: format!("{}/{}", meta.namespace, meta.name),
         },

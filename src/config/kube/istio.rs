@@ -229,6 +229,7 @@ fn http_route(
         dests,
         mirrors,
         timeout,
+        grpc: false,
         family: Family::Istio {
             object: meta.object,
         },

@@ -71,5 +71,7 @@ pub struct Rule {
     pub mirrors: Vec<MirrorDest>,
     /// Request timeout and its key path.
     pub timeout: Option<(String, Duration)>,
+    /// gRPC (GRPCRoute): its backends speak HTTP/2.
+    pub grpc: bool,
     pub family: Family,
 }
