@@ -457,8 +457,9 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for FramingGuard<IO> {
                 }
             }
             // Read more from the socket.
-            let mut chunk = [0u8; 16 * 1024];
-            let mut rb = ReadBuf::new(&mut chunk);
+            // Uninitialised scratch space: no memset per read.
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
+            let mut rb = ReadBuf::uninit(&mut chunk);
             {
                 let this = self.as_mut().project();
                 ready!(this.io.poll_read(cx, &mut rb))?;
