@@ -8,8 +8,17 @@
 //! model), `runtime` (live state built from a config, swapped on reload),
 //! `proxy` (listeners and the request path), `mirror` (sampling, body tee,
 //! bounded shadow dispatch), `telemetry` (logs and metrics), `admin` (the
-//! admin server), `demo` and `bench_backend` (sample servers).
+//! admin server), `app` (start, reload, drain), `demo` and `bench_backend`
+//! (sample servers).
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
 pub mod bench_backend;
+pub mod body;
 pub mod config;
+pub mod demo;
+pub mod mirror;
+pub mod proxy;
+pub mod runtime;
+pub mod telemetry;

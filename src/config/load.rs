@@ -279,6 +279,13 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
                 },
             );
             route_refs.push((file.clone(), format!("{path}.backend"), r.backend.clone()));
+            for (j, s) in r.split.iter().enumerate() {
+                route_refs.push((
+                    file.clone(),
+                    format!("{path}.split[{j}].backend"),
+                    s.backend.clone(),
+                ));
+            }
             for (j, m) in r.mirrors.iter().enumerate() {
                 route_refs.push((
                     file.clone(),
@@ -477,10 +484,21 @@ fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteConfig> {
         .enumerate()
         .map(|(i, m)| mirror(c, &format!("{path}.mirrors[{i}]"), m))
         .collect();
+    if !raw.split.is_empty() && raw.split.iter().all(|s| s.weight == 0) {
+        c.fail(
+            format!("{path}.split"),
+            "at least one weight must be more than 0",
+        );
+    }
     Some(RouteConfig {
         name: raw.name.clone(),
         matcher,
         backend: raw.backend.clone(),
+        split: raw
+            .split
+            .iter()
+            .map(|s| (s.backend.clone(), s.weight))
+            .collect(),
         mirrors,
     })
 }

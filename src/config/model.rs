@@ -90,6 +90,8 @@ pub struct RouteConfig {
     pub name: String,
     pub matcher: RouteMatch,
     pub backend: String,
+    /// Weighted split of live traffic: (backend, weight). Empty: all to `backend`.
+    pub split: Vec<(String, u32)>,
     pub mirrors: Vec<MirrorConfig>,
 }
 

@@ -1,0 +1,87 @@
+//! Body types shared by the request path: what is sent upstream and what is
+//! returned to the client, plus small constructors.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+
+use crate::mirror::tee::TeeBody;
+
+/// Error type carried by boxed bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the client receives.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A body with nothing in it.
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A body holding `data`.
+pub fn full(data: impl Into<Bytes>) -> ProxyBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pin_project_lite::pin_project! {
+    /// The body of a request sent upstream: the client's body as it
+    /// streams in (possibly teed for mirrors), or a buffered copy (mirrors).
+    #[project = UpstreamBodyProj]
+    pub enum UpstreamBody {
+        /// The client's body, streamed.
+        Streamed { #[pin] inner: Incoming },
+        /// The client's body, streamed, with a copy kept for the mirrors.
+        Teed { #[pin] inner: TeeBody },
+        /// A body already in memory (a mirror's copy).
+        Buffered { #[pin] inner: Full<Bytes> },
+    }
+}
+
+impl UpstreamBody {
+    pub fn buffered(data: Bytes) -> Self {
+        UpstreamBody::Buffered {
+            inner: Full::new(data),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            UpstreamBodyProj::Streamed { inner } => inner.poll_frame(cx).map_err(Into::into),
+            UpstreamBodyProj::Teed { inner } => inner.poll_frame(cx),
+            UpstreamBodyProj::Buffered { inner } => {
+                inner.poll_frame(cx).map_err(|never| match never {})
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Streamed { inner } => inner.is_end_stream(),
+            UpstreamBody::Teed { inner } => inner.is_end_stream(),
+            UpstreamBody::Buffered { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Streamed { inner } => inner.size_hint(),
+            UpstreamBody::Teed { inner } => inner.size_hint(),
+            UpstreamBody::Buffered { inner } => inner.size_hint(),
+        }
+    }
+}

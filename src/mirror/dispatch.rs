@@ -1,0 +1,289 @@
+//! Shadow dispatch: admit a copy per mirror (sampling, method, body size,
+//! in-flight bound), then send the admitted copies from a spawned task.
+//! The shadow's response is read to its end and discarded so the
+//! connection goes back to the pool; it never reaches the client.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use http_body_util::BodyExt;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use super::sample::sampled;
+use super::tee::{TeeFailure, TeeResult};
+use crate::body::UpstreamBody;
+use crate::proxy::headers::suffixed_authority;
+use crate::proxy::upstream::UpstreamError;
+use crate::runtime::{Mirror, Route};
+use crate::telemetry::{AccessRecord, DropReason, MirrorErrorKind, Telemetry};
+
+/// A copy admitted for one mirror; holds its in-flight permit.
+#[derive(Debug)]
+pub struct MirrorJob {
+    pub mirror: Arc<Mirror>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What every copy of one request shares.
+#[derive(Debug, Clone)]
+pub struct MirrorHead {
+    pub method: Method,
+    pub uri: Uri,
+    /// The upstream request's headers (hop-by-hop removed, forwarding and
+    /// request id added), before the mirror's own header rules.
+    pub headers: HeaderMap,
+    /// The authority the client addressed (`Host` / `:authority`).
+    pub authority: String,
+    pub request_id: HeaderValue,
+}
+
+/// A borrowed look at the request, for admission and logging.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub request_id: &'a HeaderValue,
+}
+
+impl MirrorHead {
+    fn view(&self) -> RequestView<'_> {
+        RequestView {
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+            request_id: &self.request_id,
+        }
+    }
+}
+
+/// The body the copies will carry.
+#[derive(Debug)]
+pub enum MirrorBody {
+    /// The request has no body.
+    Empty,
+    /// The body is still streaming to the primary; its copy arrives here.
+    Pending(oneshot::Receiver<TeeResult>),
+}
+
+fn log_record<'a>(
+    mirror: &'a Mirror,
+    head: RequestView<'a>,
+    status: Option<u16>,
+    bytes: u64,
+    started: Instant,
+    reason: Option<&'a str>,
+) -> AccessRecord<'a> {
+    AccessRecord {
+        route: &mirror.route,
+        backend: mirror.backend.name(),
+        role: "mirror",
+        method: head.method.as_str(),
+        path: head.uri.path(),
+        status,
+        bytes,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        request_id: head.request_id.to_str().unwrap_or("-"),
+        reason,
+    }
+}
+
+/// Decides, for each mirror of `route`, whether this request is copied.
+/// Copies refused for a reason (method, body size, overload) are counted
+/// and logged here; requests merely not sampled are not.
+pub fn admit(
+    route: &Route,
+    head: RequestView<'_>,
+    content_length: Option<u64>,
+    telemetry: &Telemetry,
+) -> Vec<MirrorJob> {
+    let mut jobs = Vec::new();
+    for mirror in &route.mirrors {
+        let cfg = &mirror.config;
+        if !sampled(cfg.percent, cfg.sample_key.as_deref(), head.headers) {
+            continue;
+        }
+        let refused = if cfg
+            .methods
+            .as_ref()
+            .is_some_and(|ms| !ms.contains(&head.method))
+        {
+            Some(DropReason::Method)
+        } else if content_length.is_some_and(|n| n > cfg.max_body_bytes) {
+            Some(DropReason::BodyTooLarge)
+        } else {
+            None
+        };
+        let permit = match refused {
+            Some(_) => None,
+            None => mirror.in_flight.clone().try_acquire_owned().ok(),
+        };
+        match permit {
+            Some(permit) => jobs.push(MirrorJob {
+                mirror: mirror.clone(),
+                _permit: permit,
+            }),
+            None => {
+                let reason = refused.unwrap_or(DropReason::Overload);
+                let rec = log_record(mirror, head, None, 0, Instant::now(), Some(reason.as_str()));
+                telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+            }
+        }
+    }
+    jobs
+}
+
+/// Sends the admitted copies from a spawned task.
+///
+/// INVARIANT: this returns at once. The primary request path never waits
+/// for a shadow: the task below is detached, bounded by the permits held
+/// in `jobs` (max_in_flight per mirror), and each copy is bounded in time
+/// by its mirror's `timeout`.
+pub fn dispatch(
+    telemetry: Arc<Telemetry>,
+    jobs: Vec<MirrorJob>,
+    head: MirrorHead,
+    body: MirrorBody,
+) {
+    if jobs.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let body = match body {
+            MirrorBody::Empty => Ok(Bytes::new()),
+            MirrorBody::Pending(rx) => rx.await.unwrap_or(Err(TeeFailure::ClientError)),
+        };
+        let mut jobs = jobs;
+        let last = jobs.pop();
+        for job in jobs {
+            let (t, h, b) = (telemetry.clone(), head.clone(), body.clone());
+            tokio::spawn(async move { send_copy(&t, job, &h, b).await });
+        }
+        if let Some(job) = last {
+            send_copy(&telemetry, job, &head, body).await;
+        }
+    });
+}
+
+/// Sends one copy and reads the shadow's answer to its end.
+async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, body: TeeResult) {
+    let mirror = &*job.mirror;
+    let cfg = &mirror.config;
+    let started = Instant::now();
+    let view = head.view();
+    let body = match body {
+        Ok(b) if b.len() as u64 <= cfg.max_body_bytes => b,
+        Ok(_) | Err(TeeFailure::TooLarge) => {
+            let reason = DropReason::BodyTooLarge;
+            let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
+            telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+            return;
+        }
+        Err(TeeFailure::ClientError) => {
+            let reason = DropReason::BodyIncomplete;
+            let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
+            telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+            return;
+        }
+    };
+    let req = copy_request(mirror, head, body);
+    if let Some(g) = &mirror.metrics.in_flight {
+        g.inc();
+    }
+    let outcome = tokio::time::timeout(cfg.timeout, async {
+        let resp = mirror
+            .backend
+            .send(req, cfg.timeout, None)
+            .await
+            .map_err(classify_upstream)?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let mut bytes = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(e) => return Err(classify_hyper(&e)),
+            }
+        }
+        Ok((status, bytes))
+    })
+    .await
+    .unwrap_or(Err(MirrorErrorKind::Timeout));
+    if let Some(g) = &mirror.metrics.in_flight {
+        g.dec();
+    }
+    match outcome {
+        Ok((status, bytes)) if status >= 500 => {
+            let rec = log_record(
+                mirror,
+                view,
+                Some(status),
+                bytes,
+                started,
+                Some("status_5xx"),
+            );
+            telemetry.mirror_failed(&mirror.metrics, MirrorErrorKind::Status5xx, &rec);
+        }
+        Ok((status, bytes)) => {
+            let rec = log_record(mirror, view, Some(status), bytes, started, None);
+            telemetry.answered(&mirror.metrics, &rec);
+        }
+        Err(kind) => {
+            let rec = log_record(mirror, view, None, 0, started, Some(kind.as_str()));
+            telemetry.mirror_failed(&mirror.metrics, kind, &rec);
+        }
+    }
+}
+
+/// The shadow's request: same method, path, query, headers and body, with
+/// the mirror's header rules applied and the Host suffixed.
+fn copy_request(mirror: &Mirror, head: &MirrorHead, body: Bytes) -> Request<UpstreamBody> {
+    let cfg = &mirror.config;
+    let mut headers = head.headers.clone();
+    for name in &cfg.remove_headers {
+        headers.remove(name);
+    }
+    for (name, value) in &cfg.set_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    let authority = suffixed_authority(&head.authority, &cfg.host_suffix);
+    if let Ok(v) = HeaderValue::from_str(&authority) {
+        headers.insert(http::header::HOST, v);
+    }
+    if !body.is_empty() || headers.contains_key(http::header::CONTENT_LENGTH) {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let mut req = Request::new(UpstreamBody::buffered(body));
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.headers_mut() = headers;
+    req
+}
+
+fn classify_upstream(e: UpstreamError) -> MirrorErrorKind {
+    match &e {
+        UpstreamError::Connect { .. } => MirrorErrorKind::Connect,
+        UpstreamError::Timeout { .. } => MirrorErrorKind::Timeout,
+        UpstreamError::Uri { .. } | UpstreamError::Tunnel { .. } => MirrorErrorKind::Protocol,
+        UpstreamError::Exchange { source, .. } => {
+            let hyper_err =
+                std::error::Error::source(source).and_then(|s| s.downcast_ref::<hyper::Error>());
+            match hyper_err {
+                Some(h) => classify_hyper(h),
+                None => MirrorErrorKind::Reset,
+            }
+        }
+    }
+}
+
+fn classify_hyper(e: &hyper::Error) -> MirrorErrorKind {
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        MirrorErrorKind::Protocol
+    } else if e.is_timeout() {
+        MirrorErrorKind::Timeout
+    } else {
+        MirrorErrorKind::Reset
+    }
+}

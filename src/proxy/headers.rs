@@ -1,0 +1,198 @@
+//! A proxy's manners with headers: hop-by-hop fields removed both ways
+//! (RFC 9110 §7.6.1), forwarding fields added, Host handling.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Fields that describe one connection and never cross a proxy.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop fields: the fixed set and every field the
+/// `Connection` header names. `te: trailers` survives (gRPC needs it);
+/// with `keep_upgrade` the `Connection: upgrade` / `Upgrade` pair survives.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        if let Ok(list) = conn.to_str() {
+            let named: Vec<HeaderName> = list
+                .split(',')
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .filter(|h| !(keep_upgrade && h == header::UPGRADE))
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(u) = upgrade {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Adds `x-forwarded-for` (appended), `x-forwarded-proto`, `x-forwarded-host`
+/// (kept when a previous proxy set them) and `via` (appended).
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    tls: bool,
+    host: &str,
+    version: http::Version,
+) {
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {client}")),
+        None => HeaderValue::from_str(&client.to_string()),
+    };
+    if let Ok(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+    }
+    let hop = match version {
+        http::Version::HTTP_2 => "2 shadowgate",
+        http::Version::HTTP_10 => "1.0 shadowgate",
+        _ => "1.1 shadowgate",
+    };
+    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {hop}")).ok(),
+        None => Some(HeaderValue::from_static(hop)),
+    };
+    if let Some(v) = via {
+        headers.insert(header::VIA, v);
+    }
+}
+
+/// Splits `host[:port]` (IPv6 in brackets) into host and optional `:port`.
+pub fn split_host_port(authority: &str) -> (&str, &str) {
+    if authority.starts_with('[') {
+        if let Some(end) = authority.find(']') {
+            return authority.split_at(end + 1);
+        }
+        return (authority, "");
+    }
+    match authority.rfind(':') {
+        Some(i) if authority[i + 1..].bytes().all(|b| b.is_ascii_digit()) => authority.split_at(i),
+        _ => (authority, ""),
+    }
+}
+
+/// Appends `suffix` to the host part of `authority`, keeping any port:
+/// `my-app.local:8080` + `-shadow` → `my-app.local-shadow:8080`.
+pub fn suffixed_authority(authority: &str, suffix: &str) -> String {
+    let (host, port) = split_host_port(authority);
+    let mut out = String::with_capacity(authority.len() + suffix.len());
+    out.push_str(host);
+    out.push_str(suffix);
+    out.push_str(port);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_removed() {
+        let mut h = map(&[
+            ("connection", "close, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x-checksum"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn te_trailers_and_upgrade_survive_when_asked() {
+        let mut h = map(&[
+            ("te", "trailers"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_fields() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("via", "1.1 edge")]);
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            false,
+            "my-app.local",
+            http::Version::HTTP_11,
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "my-app.local");
+        assert_eq!(h["via"], "1.1 edge, 1.1 shadowgate");
+    }
+
+    #[test]
+    fn suffixes() {
+        assert_eq!(
+            suffixed_authority("my-app.local", "-shadow"),
+            "my-app.local-shadow"
+        );
+        assert_eq!(
+            suffixed_authority("my-app.local:8080", "-shadow"),
+            "my-app.local-shadow:8080"
+        );
+        assert_eq!(suffixed_authority("[::1]:80", "-shadow"), "[::1]-shadow:80");
+        assert_eq!(suffixed_authority("a", ""), "a");
+    }
+}

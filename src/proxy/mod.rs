@@ -1,0 +1,11 @@
+//! The proxy: listeners (`server`), the request path as named phases
+//! (`phases`), upstream clients (`upstream`), tunnels for Upgrade and
+//! CONNECT (`tunnel`), header manners (`headers`) and the one place that
+//! turns failures into responses (`error`).
+
+pub mod error;
+pub mod headers;
+pub mod phases;
+pub mod server;
+pub mod tunnel;
+pub mod upstream;

@@ -1,0 +1,463 @@
+//! The request path, as named phases called in order from `handle`:
+//!
+//! 1. `request_filter`  — reject malformed requests (never reach a backend)
+//! 2. `select_route`    — first matching route, or 404
+//! 3. `upstream_head`   — hop-by-hop removed, forwarding fields, request id
+//! 4. `admit_mirrors`   — sampling and bounds per mirror (no I/O)
+//! 5. `tee_body`        — the body streams on; mirrors get a bounded copy
+//! 6. `dispatch`        — mirrors spawned; never awaited from here
+//! 7. `forward`         — the primary exchange, with timeout and retry
+//! 8. `response_filter` — hop-by-hop removed; body observed for the log
+//!
+//! Per-request state lives in one `RequestContext`.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::error::ProxyError;
+use super::headers::{add_forwarded, split_host_port, strip_hop_by_hop};
+use super::tunnel;
+use super::upstream::Backend;
+use crate::body::{BoxError, ProxyBody, UpstreamBody};
+use crate::mirror::{self, tee::TeeBody, MirrorBody, MirrorHead, RequestView};
+use crate::runtime::{Route, Runtime, Shared};
+use crate::telemetry::{AccessRecord, TargetMetrics, Telemetry};
+
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// Facts about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Per-request state carried through the phases.
+#[derive(Debug)]
+pub struct RequestContext {
+    pub started: Instant,
+    pub request_id: HeaderValue,
+    pub method: Method,
+    pub uri: Uri,
+    /// The authority the client addressed, as sent (may carry a port).
+    pub authority: String,
+}
+
+/// Serves one client request.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let runtime = shared.runtime.load_full();
+    let telemetry = &shared.telemetry;
+    let request_id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .cloned()
+        .unwrap_or_else(new_request_id);
+
+    // 1. request filter
+    let authority = match request_filter(&req) {
+        Ok(a) => a,
+        Err(e) => return e.to_response(Some(&request_id)),
+    };
+    let mut ctx = RequestContext {
+        started: Instant::now(),
+        request_id,
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        authority,
+    };
+
+    // 2. route
+    let Some(route) = select_route(&runtime, &ctx, &req) else {
+        return ProxyError::NoRoute.to_response(Some(&ctx.request_id));
+    };
+    let (backend, target) = route.answerer();
+
+    // Upgrade and CONNECT go to the primary over a dedicated connection and
+    // are never mirrored.
+    if tunnel::is_tunnel(&req) {
+        return tunnel::forward(req, &ctx, conn, backend, target, route, telemetry).await;
+    }
+
+    // 3. upstream head
+    let (mut parts, body) = req.into_parts();
+    upstream_head(&mut parts, &mut ctx, conn);
+
+    // 4. mirrors: admission (sampling, methods, size, in-flight bound)
+    let content_length = declared_length(&parts.headers, &body);
+    let view = RequestView {
+        method: &parts.method,
+        uri: &ctx.uri,
+        headers: &parts.headers,
+        request_id: &ctx.request_id,
+    };
+    let jobs = if route.mirrors.is_empty() {
+        Vec::new()
+    } else {
+        mirror::admit(route, view, content_length, telemetry)
+    };
+
+    // 5. body: tee a bounded copy for the mirrors while it streams to the primary
+    let (upstream_body, mirror_body) = tee_body(body, &jobs, content_length);
+
+    // 6. dispatch: spawned and bounded; nothing below waits for it
+    if !jobs.is_empty() {
+        let head = MirrorHead {
+            method: parts.method.clone(),
+            uri: ctx.uri.clone(),
+            headers: parts.headers.clone(),
+            authority: ctx.authority.clone(),
+            request_id: ctx.request_id.clone(),
+        };
+        mirror::dispatch(telemetry.clone(), jobs, head, mirror_body);
+    }
+
+    // 7. forward to the primary
+    let retry_head = retry_copy(backend, &parts, content_length);
+    let req = Request::from_parts(parts, upstream_body);
+    let resp = match backend.send(req, backend.config.timeout, retry_head).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let e = ProxyError::from(e);
+            tracing::warn!(route = %route.name, request_id = ?ctx.request_id, error = %e, "primary failed");
+            let resp = e.to_response(Some(&ctx.request_id));
+            log_primary(
+                telemetry,
+                target,
+                route,
+                backend,
+                &ctx,
+                resp.status().as_u16(),
+                0,
+                Some(e.status_reason()),
+            );
+            return resp;
+        }
+    };
+
+    // 8. response filter
+    response_filter(resp, ctx, route, backend, target, telemetry.clone())
+}
+
+/// Phase 1: requests a proxy must refuse. Returns the authority addressed.
+fn request_filter(req: &Request<Incoming>) -> Result<String, ProxyError> {
+    let host_header = match req.headers().get_all(header::HOST).iter().count() {
+        0 => None,
+        1 => Some(
+            req.headers()[header::HOST]
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("invalid Host header"))?,
+        ),
+        _ => return Err(ProxyError::BadRequest("more than one Host header")),
+    };
+    let uri_authority = req.uri().authority().map(|a| a.as_str());
+    let authority = match (uri_authority, host_header) {
+        (Some(u), Some(h)) if req.method() != Method::CONNECT => {
+            let (uh, up) = split_host_port(u);
+            let (hh, hp) = split_host_port(h);
+            if !uh.eq_ignore_ascii_case(hh) || up != hp {
+                return Err(ProxyError::BadRequest(
+                    "request target authority and Host header differ",
+                ));
+            }
+            u
+        }
+        (Some(u), _) => u,
+        (None, Some(h)) => h,
+        (None, None) if req.version() == Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest(
+                "HTTP/1.1 request without Host header",
+            ))
+        }
+        (None, None) => "",
+    };
+    if authority.is_empty() && req.version() >= Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("empty Host header"));
+    }
+    if authority
+        .bytes()
+        .any(|b| b <= b' ' || b == b'/' || b == b'\\' || b == b'@' || b >= 0x7f)
+    {
+        return Err(ProxyError::BadRequest("invalid Host header"));
+    }
+    Ok(authority.to_string())
+}
+
+/// Phase 2.
+fn select_route<'r>(
+    runtime: &'r Runtime,
+    ctx: &RequestContext,
+    req: &Request<Incoming>,
+) -> Option<&'r Route> {
+    let (host, _) = split_host_port(&ctx.authority);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    runtime.select(host, ctx.uri.path(), &ctx.method, req.headers())
+}
+
+/// Phase 3: the head sent upstream (and copied to the mirrors).
+fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, conn: ConnInfo) {
+    strip_hop_by_hop(&mut parts.headers, false);
+    add_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        conn.tls,
+        &ctx.authority,
+        parts.version,
+    );
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    if let Ok(v) = HeaderValue::from_str(&ctx.authority) {
+        parts.headers.insert(header::HOST, v);
+    }
+    // Origin-form upstream; the backend's client fills in the endpoint.
+    parts.version = Version::HTTP_11;
+    if let Some(pq) = ctx.uri.path_and_query() {
+        let mut p = http::uri::Parts::default();
+        p.path_and_query = Some(pq.clone());
+        if let Ok(u) = Uri::from_parts(p) {
+            parts.uri = u;
+        }
+    }
+}
+
+/// The body length, when known up front.
+fn declared_length(headers: &http::HeaderMap, body: &Incoming) -> Option<u64> {
+    if body.is_end_stream() {
+        return Some(0);
+    }
+    body.size_hint().exact().or_else(|| {
+        headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// Phase 5.
+fn tee_body(
+    body: Incoming,
+    jobs: &[mirror::MirrorJob],
+    content_length: Option<u64>,
+) -> (UpstreamBody, MirrorBody) {
+    if jobs.is_empty() {
+        return (UpstreamBody::Streamed { inner: body }, MirrorBody::Empty);
+    }
+    if content_length == Some(0) {
+        return (UpstreamBody::Streamed { inner: body }, MirrorBody::Empty);
+    }
+    let cap = jobs
+        .iter()
+        .map(|j| j.mirror.config.max_body_bytes)
+        .max()
+        .unwrap_or(0);
+    let (tee, rx) = TeeBody::new(body, usize::try_from(cap).unwrap_or(usize::MAX));
+    (UpstreamBody::Teed { inner: tee }, MirrorBody::Pending(rx))
+}
+
+/// A copy of the head for one retry on another endpoint, only when a retry
+/// is possible: idempotent method, no body, several endpoints.
+fn retry_copy(
+    backend: &Backend,
+    parts: &http::request::Parts,
+    content_length: Option<u64>,
+) -> Option<http::request::Parts> {
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !backend.config.retry
+        || !idempotent
+        || content_length != Some(0)
+        || backend.config.endpoints.len() < 2
+    {
+        return None;
+    }
+    let mut copy = Request::new(());
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = parts.uri.clone();
+    *copy.version_mut() = parts.version;
+    *copy.headers_mut() = parts.headers.clone();
+    Some(copy.into_parts().0)
+}
+
+/// Phase 8: the primary's response goes back untouched but for hop-by-hop
+/// fields; its body streams through an observer that logs at its end.
+fn response_filter(
+    resp: Response<Incoming>,
+    ctx: RequestContext,
+    route: &Route,
+    backend: &Arc<Backend>,
+    target: &Arc<TargetMetrics>,
+    telemetry: Arc<Telemetry>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let observed = ObservedBody {
+        inner: body,
+        bytes: 0,
+        log: Some(PrimaryLog {
+            telemetry,
+            target: target.clone(),
+            route: route.name.clone(),
+            backend: backend.clone(),
+            status: parts.status.as_u16(),
+            ctx,
+        }),
+    };
+    Response::from_parts(parts, observed.boxed())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_primary(
+    telemetry: &Telemetry,
+    target: &TargetMetrics,
+    route: &Route,
+    backend: &Backend,
+    ctx: &RequestContext,
+    status: u16,
+    bytes: u64,
+    reason: Option<&str>,
+) {
+    telemetry.answered(
+        target,
+        &AccessRecord {
+            route: &route.name,
+            backend: backend.name(),
+            role: "primary",
+            method: ctx.method.as_str(),
+            path: ctx.uri.path(),
+            status: Some(status),
+            bytes,
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            request_id: ctx.request_id.to_str().unwrap_or("-"),
+            reason,
+        },
+    );
+}
+
+impl ProxyError {
+    fn status_reason(&self) -> &'static str {
+        match self.status().as_u16() {
+            504 => "upstream_timeout",
+            _ => "upstream_failed",
+        }
+    }
+}
+
+/// A fresh request id: 128 random bits in hex.
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+struct PrimaryLog {
+    telemetry: Arc<Telemetry>,
+    target: Arc<TargetMetrics>,
+    route: Arc<str>,
+    backend: Arc<Backend>,
+    status: u16,
+    ctx: RequestContext,
+}
+
+impl PrimaryLog {
+    fn emit(self, bytes: u64, reason: Option<&str>) {
+        let ctx = &self.ctx;
+        self.telemetry.answered(
+            &self.target,
+            &AccessRecord {
+                route: &self.route,
+                backend: self.backend.name(),
+                role: "primary",
+                method: ctx.method.as_str(),
+                path: ctx.uri.path(),
+                status: Some(self.status),
+                bytes,
+                duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+                request_id: ctx.request_id.to_str().unwrap_or("-"),
+                reason,
+            },
+        );
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The primary's response body on its way to the client: counted, and
+    /// logged once when it ends (or when the client goes away).
+    struct ObservedBody {
+        #[pin]
+        inner: Incoming,
+        bytes: u64,
+        log: Option<PrimaryLog>,
+    }
+
+    impl PinnedDrop for ObservedBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(log) = this.log.take() {
+                // An empty body may never be polled: that is a complete answer.
+                let reason = (!this.inner.is_end_stream()).then_some("client_gone");
+                log.emit(*this.bytes, reason);
+            }
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    *this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(log) = this.log.take() {
+                    log.emit(*this.bytes, Some("upstream_body_error"));
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(log) = this.log.take() {
+                    log.emit(*this.bytes, None);
+                }
+            }
+            Poll::Pending => {}
+        }
+        if this.inner.is_end_stream() {
+            if let Some(log) = this.log.take() {
+                log.emit(*this.bytes, None);
+            }
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,312 @@
+//! The live state built from a validated `Config`: routes with their
+//! backends and mirrors, ready for the request path. A reload builds a new
+//! `Runtime` and swaps it in atomically; requests in flight keep the one
+//! they started with. Backends whose settings did not change are carried
+//! over, so their connection pools and health survive a reload.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+use tokio::sync::Semaphore;
+
+use crate::config::{
+    Config, HostMatch, MirrorConfig, PathMatch, RouteConfig, RouteMatch, ValueMatch,
+};
+use crate::proxy::upstream::Backend;
+use crate::telemetry::{Metrics, Role, TargetMetrics};
+
+/// Everything the request path needs, for one configuration generation.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub routes: Vec<Route>,
+    pub backends: HashMap<String, Arc<Backend>>,
+}
+
+/// A route ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: RouteMatch,
+    pub primary: Arc<Backend>,
+    pub primary_metrics: Arc<TargetMetrics>,
+    /// Weighted answerers (backend, cumulative weight), when the route splits traffic.
+    pub split: Vec<(Arc<Backend>, Arc<TargetMetrics>, u32)>,
+    pub mirrors: Vec<Arc<Mirror>>,
+}
+
+/// A mirror of a route, with its bound on copies in flight.
+#[derive(Debug)]
+pub struct Mirror {
+    pub route: Arc<str>,
+    pub config: MirrorConfig,
+    pub backend: Arc<Backend>,
+    pub metrics: TargetMetrics,
+    /// Permits for copies in flight; `try_acquire` failing means overload.
+    pub in_flight: Arc<Semaphore>,
+}
+
+impl Runtime {
+    /// Builds the runtime for `config`, reusing unchanged backends of `previous`.
+    pub fn build(config: Config, previous: Option<&Runtime>, metrics: &Arc<Metrics>) -> Runtime {
+        let mut backends: HashMap<String, Arc<Backend>> = HashMap::new();
+        for (name, bc) in &config.backends {
+            let reused = previous
+                .and_then(|p| p.backends.get(name))
+                .filter(|b| b.config == *bc)
+                .cloned();
+            backends.insert(
+                name.clone(),
+                reused.unwrap_or_else(|| Arc::new(Backend::new(bc.clone()))),
+            );
+        }
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| build_route(r, &backends, metrics))
+            .collect();
+        Runtime {
+            config: Arc::new(config),
+            routes,
+            backends,
+        }
+    }
+
+    /// The first route whose conditions all hold.
+    pub fn select(
+        &self,
+        host: &str,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| matches(&r.matcher, host, path, method, headers))
+    }
+}
+
+fn build_route(
+    r: &RouteConfig,
+    backends: &HashMap<String, Arc<Backend>>,
+    metrics: &Arc<Metrics>,
+) -> Route {
+    let name: Arc<str> = Arc::from(r.name.as_str());
+    let primary = backends[&r.backend].clone();
+    let mut cumulative = 0;
+    let split = r
+        .split
+        .iter()
+        .map(|(backend, weight)| {
+            cumulative += weight;
+            (
+                backends[backend].clone(),
+                Arc::new(metrics.target(&r.name, backend, Role::primary)),
+                cumulative,
+            )
+        })
+        .collect();
+    let mirrors = r
+        .mirrors
+        .iter()
+        .map(|m| {
+            Arc::new(Mirror {
+                route: name.clone(),
+                config: m.clone(),
+                backend: backends[&m.backend].clone(),
+                metrics: metrics.target(&r.name, &m.backend, Role::mirror),
+                in_flight: Arc::new(Semaphore::new(m.max_in_flight)),
+            })
+        })
+        .collect();
+    Route {
+        primary_metrics: Arc::new(metrics.target(&r.name, &r.backend, Role::primary)),
+        name,
+        matcher: r.matcher.clone(),
+        primary,
+        split,
+        mirrors,
+    }
+}
+
+impl Route {
+    /// The backend that answers this request: the primary, or a weighted pick.
+    pub fn answerer(&self) -> (&Arc<Backend>, &Arc<TargetMetrics>) {
+        match self.split.last() {
+            Some((_, _, total)) if *total > 0 => {
+                let point = fastrand::u32(0..*total);
+                self.split
+                    .iter()
+                    .find(|(_, _, upto)| point < *upto)
+                    .map(|(b, m, _)| (b, m))
+                    .unwrap_or((&self.primary, &self.primary_metrics))
+            }
+            _ => (&self.primary, &self.primary_metrics),
+        }
+    }
+}
+
+/// Whether a request meets every condition of `m`.
+pub fn matches(
+    m: &RouteMatch,
+    host: &str,
+    path: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> bool {
+    if let Some(h) = &m.host {
+        let ok = match h {
+            HostMatch::Exact(e) => host.eq_ignore_ascii_case(e),
+            HostMatch::Suffix(s) => {
+                host.len() > s.len()
+                    && host.as_bytes()[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
+        };
+        if !ok {
+            return false;
+        }
+    }
+    if let Some(p) = &m.path {
+        let ok = match p {
+            PathMatch::Exact(e) => path == e,
+            PathMatch::Prefix(pre) => {
+                let pre = pre.trim_end_matches('/');
+                pre.is_empty()
+                    || (path.starts_with(pre)
+                        && matches!(path.as_bytes().get(pre.len()), None | Some(b'/')))
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    if let Some(want) = &m.method {
+        if want != method {
+            return false;
+        }
+    }
+    m.headers.iter().all(|(name, rule)| {
+        headers.get_all(name).iter().any(|v| {
+            let Ok(v) = v.to_str() else { return false };
+            match rule {
+                ValueMatch::Exact(e) => v == e,
+                ValueMatch::Regex(r) => r.is_match(v),
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::from_yaml;
+
+    fn runtime(yaml: &str) -> Runtime {
+        let c = from_yaml("test.yaml", yaml).unwrap();
+        Runtime::build(c, None, &Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn route_selection_table() {
+        let rt = runtime(
+            r#"
+backends: { a: { endpoints: ["127.0.0.1:1"] } }
+routes:
+  - { name: exact, match: { host: my-app.local, path_exact: /exact }, backend: a }
+  - { name: wild, match: { host: "*.example.com", path_prefix: /api }, backend: a }
+  - { name: regex, match: { path_regex: "/items/[0-9]+" }, backend: a }
+  - { name: method, match: { method: POST, headers: { x-env: { regex: "can.*" } } }, backend: a }
+  - { name: header, match: { headers: { x-env: prod } }, backend: a }
+"#,
+        );
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().unwrap());
+            }
+            m
+        };
+        let cases: &[(&str, &str, Method, HeaderMap, Option<&str>)] = &[
+            ("my-app.local", "/exact", Method::GET, h(&[]), Some("exact")),
+            ("MY-APP.local", "/exact", Method::GET, h(&[]), Some("exact")),
+            ("my-app.local", "/exact/x", Method::GET, h(&[]), None),
+            ("a.example.com", "/api", Method::GET, h(&[]), Some("wild")),
+            (
+                "a.b.example.com",
+                "/api/v1",
+                Method::GET,
+                h(&[]),
+                Some("wild"),
+            ),
+            ("a.example.com", "/apix", Method::GET, h(&[]), None),
+            ("example.com", "/api", Method::GET, h(&[]), None),
+            ("x", "/items/42", Method::GET, h(&[]), Some("regex")),
+            ("x", "/items/42/more", Method::GET, h(&[]), None),
+            (
+                "x",
+                "/",
+                Method::POST,
+                h(&[("x-env", "canary")]),
+                Some("method"),
+            ),
+            ("x", "/", Method::GET, h(&[("x-env", "canary")]), None),
+            (
+                "x",
+                "/",
+                Method::GET,
+                h(&[("x-env", "prod")]),
+                Some("header"),
+            ),
+        ];
+        for (host, path, method, headers, want) in cases {
+            let got = rt.select(host, path, method, headers).map(|r| &*r.name);
+            assert_eq!(got, *want, "{host} {method} {path} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn unchanged_backends_are_reused_on_reload() {
+        let yaml = r#"
+backends:
+  a: { endpoints: ["127.0.0.1:1"] }
+  b: { endpoints: ["127.0.0.1:2"] }
+routes: [{ name: r, backend: a }]
+"#;
+        let metrics = Arc::new(Metrics::new());
+        let first = Runtime::build(from_yaml("t", yaml).unwrap(), None, &metrics);
+        let changed = yaml.replace("127.0.0.1:2", "127.0.0.1:3");
+        let second = Runtime::build(from_yaml("t", &changed).unwrap(), Some(&first), &metrics);
+        assert!(Arc::ptr_eq(&first.backends["a"], &second.backends["a"]));
+        assert!(!Arc::ptr_eq(&first.backends["b"], &second.backends["b"]));
+    }
+}
+
+/// State shared by listeners, the admin server and the reloader.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current generation; swapped whole on reload.
+    pub runtime: arc_swap::ArcSwap<Runtime>,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Set once every listener is bound.
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime, telemetry: Arc<crate::telemetry::Telemetry>) -> Arc<Self> {
+        Arc::new(Shared {
+            runtime: arc_swap::ArcSwap::from_pointee(runtime),
+            telemetry,
+            ready: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Builds a runtime for `config` and swaps it in; in-flight requests
+    /// finish on the generation they started with.
+    pub fn apply(&self, config: Config) {
+        let previous = self.runtime.load_full();
+        let next = Runtime::build(config, Some(&previous), &self.telemetry.metrics);
+        self.runtime.store(Arc::new(next));
+    }
+}

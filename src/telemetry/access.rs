@@ -1,0 +1,191 @@
+//! The access log: one line per request and per mirror, written to stdout
+//! by a dedicated thread so no request ever waits on the terminal or a pipe.
+//! When the writer falls behind, lines are dropped and counted rather than
+//! queued without bound.
+
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+
+/// Lines queued for the writer before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// How lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    /// One JSON object per line (for machines).
+    #[default]
+    Json,
+    /// Plain words (for people).
+    Text,
+}
+
+/// One access-log line.
+#[derive(Debug, Serialize)]
+pub struct AccessRecord<'a> {
+    pub route: &'a str,
+    pub backend: &'a str,
+    /// `primary` or `mirror` (or `secondary`).
+    pub role: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub bytes: u64,
+    pub duration_ms: f64,
+    pub request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    #[serde(flatten)]
+    record: &'a AccessRecord<'a>,
+}
+
+/// Handle to the access log; cheap to share.
+#[derive(Debug)]
+pub struct AccessLog {
+    tx: Option<SyncSender<Vec<u8>>>,
+    format: LogFormat,
+    dropped: Counter,
+}
+
+impl AccessLog {
+    /// An access log writing to stdout, or a disabled one.
+    pub fn new(enabled: bool, format: LogFormat, dropped: Counter) -> Self {
+        let tx = enabled.then(|| {
+            let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
+            let spawned = std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(move || {
+                    // Lines are batched while more are queued; the stdout lock
+                    // is held per batch only, so other writers (the demo's
+                    // sample apps) interleave whole lines.
+                    let mut batch = Vec::with_capacity(64 * 1024);
+                    while let Ok(line) = rx.recv() {
+                        batch.extend_from_slice(&line);
+                        while batch.len() < 64 * 1024 {
+                            match rx.try_recv() {
+                                Ok(more) => batch.extend_from_slice(&more),
+                                Err(_) => break,
+                            }
+                        }
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(&batch);
+                        let _ = out.flush();
+                        batch.clear();
+                    }
+                });
+            spawned.ok().map(|_| tx)
+        });
+        AccessLog {
+            tx: tx.flatten(),
+            format,
+            dropped,
+        }
+    }
+
+    /// Whether lines are written at all.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues one line.
+    pub fn write(&self, record: &AccessRecord<'_>) {
+        let Some(tx) = &self.tx else { return };
+        let line = match self.format {
+            LogFormat::Json => {
+                let mut buf = Vec::with_capacity(256);
+                let line = Line {
+                    time: rfc3339_now(),
+                    record,
+                };
+                if serde_json::to_writer(&mut buf, &line).is_err() {
+                    return;
+                }
+                buf.push(b'\n');
+                buf
+            }
+            LogFormat::Text => {
+                let status = record
+                    .status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let mut s = format!(
+                    "{} {:<7} {} -> {} {} {} {} {}B {:.1}ms id={}",
+                    rfc3339_now(),
+                    record.role,
+                    record.route,
+                    record.backend,
+                    record.method,
+                    record.path,
+                    status,
+                    record.bytes,
+                    record.duration_ms,
+                    record.request_id
+                );
+                if let Some(r) = record.reason {
+                    s.push_str(" reason=");
+                    s.push_str(r);
+                }
+                s.push('\n');
+                s.into_bytes()
+            }
+        };
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.inc();
+            }
+        }
+    }
+}
+
+/// The current UTC time as `2026-11-22T03:17:43.123Z`.
+pub fn rfc3339_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(now.as_secs(), now.subsec_millis())
+}
+
+/// Formats seconds since the epoch (UTC) with milliseconds.
+pub fn rfc3339(secs: u64, millis: u32) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_317_463, 123), "2026-11-22T03:17:43.123Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+    }
+}

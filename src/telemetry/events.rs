@@ -1,0 +1,105 @@
+//! Request-path events. Each function here writes the access-log line and
+//! records the metric for one event, so logs and metrics always agree.
+
+use std::sync::Arc;
+
+use super::access::{AccessLog, AccessRecord};
+use super::metrics::{Metrics, TargetMetrics};
+
+/// Why a mirror copy was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// `max_in_flight` copies were already in flight.
+    Overload,
+    /// The request body was larger than `max_body_bytes`.
+    BodyTooLarge,
+    /// The method is not in the mirror's `methods` list.
+    Method,
+    /// The client's body ended early or failed, so there is no full copy.
+    BodyIncomplete,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Overload => "overload",
+            DropReason::BodyTooLarge => "body_too_large",
+            DropReason::Method => "method",
+            DropReason::BodyIncomplete => "body_incomplete",
+        }
+    }
+}
+
+/// How a mirror copy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorErrorKind {
+    /// The shadow refused or could not be reached.
+    Connect,
+    /// The shadow did not answer completely within the mirror timeout.
+    Timeout,
+    /// The connection was reset or closed mid-exchange.
+    Reset,
+    /// The shadow answered something that is not valid HTTP.
+    Protocol,
+    /// The shadow answered 5xx.
+    Status5xx,
+}
+
+impl MirrorErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorErrorKind::Connect => "connect",
+            MirrorErrorKind::Timeout => "timeout",
+            MirrorErrorKind::Reset => "reset",
+            MirrorErrorKind::Protocol => "protocol",
+            MirrorErrorKind::Status5xx => "status_5xx",
+        }
+    }
+}
+
+/// The access log and the metrics, together.
+#[derive(Debug)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub access: AccessLog,
+}
+
+impl Telemetry {
+    pub fn new(metrics: Arc<Metrics>, access: AccessLog) -> Self {
+        Telemetry { metrics, access }
+    }
+
+    /// A request answered by a backend (primary or mirror), or by the proxy
+    /// itself on the backend's behalf (502/504).
+    pub fn answered(&self, target: &TargetMetrics, record: &AccessRecord<'_>) {
+        if let Some(code) = record.status {
+            target.answered(code, record.duration_ms / 1000.0);
+        }
+        self.access.write(record);
+    }
+
+    /// A mirror copy that was not sent.
+    pub fn mirror_dropped(
+        &self,
+        target: &TargetMetrics,
+        reason: DropReason,
+        record: &AccessRecord<'_>,
+    ) {
+        target.dropped(reason.as_str());
+        self.access.write(record);
+    }
+
+    /// A mirror copy that failed (the reason is in the record).
+    pub fn mirror_failed(
+        &self,
+        target: &TargetMetrics,
+        kind: MirrorErrorKind,
+        record: &AccessRecord<'_>,
+    ) {
+        target.failed(kind.as_str());
+        if let Some(code) = record.status {
+            target.answered(code, record.duration_ms / 1000.0);
+        }
+        self.access.write(record);
+    }
+}

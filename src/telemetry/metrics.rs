@@ -1,0 +1,256 @@
+//! Prometheus metrics. Families are registered once; the request path holds
+//! pre-resolved handles (`TargetMetrics`) so recording is a few atomic adds.
+
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The part a backend plays for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum Role {
+    #[allow(non_camel_case_types)]
+    primary,
+    #[allow(non_camel_case_types)]
+    mirror,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::primary => "primary",
+            Role::mirror => "mirror",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub backend: String,
+    pub role: Role,
+    pub code: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub route: String,
+    pub backend: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub route: String,
+    pub backend: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub route: String,
+    pub backend: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabels {
+    pub route: String,
+    pub backend: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.25 ms … ~65 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 19))
+}
+
+/// Every metric family shadowgate exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<TargetLabels, Histogram, fn() -> Histogram>,
+    pub mirror_dropped: Family<ReasonLabels, Counter>,
+    pub mirror_errors: Family<KindLabels, Counter>,
+    pub mirror_in_flight: Family<MirrorLabels, Gauge>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub access_log_dropped: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("shadowgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route, backend, role and status code",
+            requests.clone(),
+        );
+        let duration = Family::<TargetLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to the end of the backend's response",
+            duration.clone(),
+        );
+        let mirror_dropped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "mirror_dropped",
+            "Mirror copies not sent, by reason",
+            mirror_dropped.clone(),
+        );
+        let mirror_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "mirror_errors",
+            "Mirror copies that failed, by kind",
+            mirror_errors.clone(),
+        );
+        let mirror_in_flight = Family::<MirrorLabels, Gauge>::default();
+        registry.register(
+            "mirror_in_flight",
+            "Mirror copies in flight",
+            mirror_in_flight.clone(),
+        );
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result",
+            config_reloads.clone(),
+        );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped_lines",
+            "Access-log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            mirror_dropped,
+            mirror_errors,
+            mirror_in_flight,
+            config_reloads,
+            access_log_dropped,
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handles for one (route, backend, role).
+    pub fn target(self: &Arc<Self>, route: &str, backend: &str, role: Role) -> TargetMetrics {
+        let labels = TargetLabels {
+            route: route.to_string(),
+            backend: backend.to_string(),
+            role,
+        };
+        let in_flight = (role == Role::mirror).then(|| {
+            self.mirror_in_flight
+                .get_or_create(&MirrorLabels {
+                    route: route.to_string(),
+                    backend: backend.to_string(),
+                })
+                .clone()
+        });
+        TargetMetrics {
+            duration: self.duration.get_or_create(&labels).clone(),
+            codes: (0..CODES).map(|_| OnceLock::new()).collect(),
+            in_flight,
+            labels,
+            metrics: self.clone(),
+        }
+    }
+}
+
+const CODES: usize = 600;
+
+/// Pre-resolved metric handles of one route × backend × role.
+pub struct TargetMetrics {
+    pub labels: TargetLabels,
+    duration: Histogram,
+    codes: Box<[OnceLock<Counter>]>,
+    pub in_flight: Option<Gauge>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for TargetMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetMetrics")
+            .field("labels", &self.labels)
+            .finish()
+    }
+}
+
+impl TargetMetrics {
+    /// Counts one answered request and its duration.
+    pub fn answered(&self, code: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        let counter = match self.codes.get(code as usize) {
+            Some(slot) => slot.get_or_init(|| self.code_counter(code)),
+            None => &self.code_counter(code),
+        };
+        counter.inc();
+    }
+
+    fn code_counter(&self, code: u16) -> Counter {
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: self.labels.route.clone(),
+                backend: self.labels.backend.clone(),
+                role: self.labels.role,
+                code,
+            })
+            .clone()
+    }
+
+    /// Counts a mirror copy not sent.
+    pub fn dropped(&self, reason: &str) {
+        self.metrics
+            .mirror_dropped
+            .get_or_create(&ReasonLabels {
+                route: self.labels.route.clone(),
+                backend: self.labels.backend.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a mirror copy that failed.
+    pub fn failed(&self, kind: &str) {
+        self.metrics
+            .mirror_errors
+            .get_or_create(&KindLabels {
+                route: self.labels.route.clone(),
+                backend: self.labels.backend.clone(),
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+}
