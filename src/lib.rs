@@ -19,6 +19,8 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod mirror;
+pub mod promote;
 pub mod proxy;
 pub mod runtime;
+pub mod store;
 pub mod telemetry;

@@ -42,9 +42,29 @@ enum Command {
         #[arg(long, short, required = true)]
         config: Vec<PathBuf>,
     },
+    /// Print the native configuration equivalent to Istio / Gateway API
+    /// manifests (and any native files given with them).
+    Convert {
+        /// Manifest or config files (YAML, multi-document).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// The seeds' walkthrough on one machine: sample apps v1 and v2, the
     /// proxy routing my-app.local to v1 and mirroring 100% to v2.
     Demo(shadowgate::demo::DemoArgs),
+    /// Show each route's primary and mirrors side by side: request rate,
+    /// errors, latency percentiles, dropped and failed mirrors, diff rate.
+    Status {
+        /// Admin server address, e.g. http://127.0.0.1:9901
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// Admin token (or SHADOWGATE_ADMIN_TOKEN).
+        #[arg(long, env = "SHADOWGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Window: 1m, 5m or 15m.
+        #[arg(long, default_value = "1m", value_parser = ["1m", "5m", "15m"])]
+        window: String,
+    },
     /// Run the bench backend: a small fast HTTP server for benchmarks.
     BenchBackend(shadowgate::bench_backend::BenchBackendArgs),
 }
@@ -74,6 +94,16 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Convert { files } => match shadowgate::config::kube::convert_files(&files) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Run { config } => {
             let loaded = match shadowgate::config::load_files(&config) {
                 Ok(c) => c,
@@ -89,6 +119,22 @@ fn main() -> ExitCode {
             init_logging(cli.log_format);
             exit(rt.block_on(demo(args, cli.log_format)))
         }
+        Command::Status {
+            admin,
+            token,
+            window,
+        } => exit(rt.block_on(async {
+            let stats: shadowgate::admin::api::StatsResponse = shadowgate::admin::client::call(
+                &admin,
+                token.as_deref(),
+                http::Method::GET,
+                "/api/v1/stats",
+                None,
+            )
+            .await?;
+            print!("{}", shadowgate::admin::status::render(&stats, &window));
+            Ok(())
+        })),
         Command::BenchBackend(args) => exit(
             rt.block_on(shadowgate::bench_backend::run(args))
                 .context("bench-backend"),

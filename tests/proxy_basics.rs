@@ -256,7 +256,7 @@ routes:
     assert_eq!(a.status, 502);
     assert_eq!(a.json()["error"], "upstream_unreachable");
     assert_eq!(a.headers["content-type"], "application/json");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let a = get(&client(), addr, "x", "/slow").await;
     assert_eq!(a.status, 504);
     assert_eq!(a.json()["error"], "upstream_timeout");

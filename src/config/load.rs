@@ -21,26 +21,19 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin address.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
-/// Reads, merges and validates the given files.
+/// Reads, merges and validates the given files. Files may hold Kubernetes
+/// manifests (Istio, Gateway API) beside native config: see [`super::kube`].
 pub fn load_files(paths: &[PathBuf]) -> Result<Config, ConfigErrors> {
-    let mut parsed = Vec::with_capacity(paths.len());
-    let mut errors = Vec::new();
-    for path in paths {
-        let file = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => match parse_text(&file, &text) {
-                Ok(raw) => parsed.push((file, raw)),
-                Err(e) => errors.extend(e.0),
-            },
-            Err(e) => errors.push(ConfigError::new(file, "", format!("cannot read: {e}"))),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
-    let mut config = validate(parsed)?;
+    let mut config = validate(super::kube::parse_files(paths)?)?;
     config.sources = paths.to_vec();
     Ok(config)
+}
+
+/// Like [`load_files`], for files already read: `(name, text)` pairs.
+/// Kubernetes objects of all files are converted together, with the
+/// `services:` map of all native documents, and merged as one more file.
+pub fn load_texts(files: &[(String, String)]) -> Result<Config, ConfigErrors> {
+    validate(super::kube::parse_texts(files)?)
 }
 
 /// Parses one file's text into the raw structs.
@@ -62,7 +55,14 @@ impl<T: for<'de> Deserialize<'de>> DeserializeWithPath for T {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            (path, e.into_inner().to_string())
+            let mut reason = e.into_inner().to_string();
+            // The YAML library prefixes its own, coarser path: keep ours only.
+            if let Some((prefix, rest)) = reason.split_once(": ") {
+                if !prefix.contains(' ') && path.starts_with(prefix) {
+                    reason = rest.to_string();
+                }
+            }
+            (path, reason)
         })
     }
 }
@@ -148,6 +148,7 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         limits: Limits::default(),
         shutdown_grace: Duration::from_secs(30),
         watch_interval: Duration::from_secs(1),
+        store: crate::store::StoreLocation::File("shadowgate.db".into()),
         sources: Vec::new(),
     };
     let mut scalar_origin: BTreeMap<&'static str, String> = BTreeMap::new();
@@ -229,6 +230,16 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         if once("shutdown_grace", raw.shutdown_grace.is_some(), &mut c) {
             config.shutdown_grace =
                 c.duration("shutdown_grace", &raw.shutdown_grace, config.shutdown_grace);
+        }
+        if once("store", raw.store.is_some(), &mut c) {
+            let value = raw.store.clone().unwrap_or_default();
+            if value.is_empty() {
+                c.fail("store", "give a file path or `memory`");
+            }
+            let base = std::path::Path::new(file)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty());
+            config.store = crate::store::location_from(&value, base);
         }
         if once("watch_interval", raw.watch_interval.is_some(), &mut c) {
             config.watch_interval =
@@ -484,6 +495,10 @@ fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteConfig> {
         .enumerate()
         .map(|(i, m)| mirror(c, &format!("{path}.mirrors[{i}]"), m))
         .collect();
+    let promotion = raw
+        .promotion
+        .as_ref()
+        .and_then(|p| promotion(c, &format!("{path}.promotion"), p, raw));
     if !raw.split.is_empty() && raw.split.iter().all(|s| s.weight == 0) {
         c.fail(
             format!("{path}.split"),
@@ -500,6 +515,90 @@ fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteConfig> {
             .map(|s| (s.backend.clone(), s.weight))
             .collect(),
         mirrors,
+        promotion,
+    })
+}
+
+fn promotion(
+    c: &mut Check,
+    path: &str,
+    raw: &RawPromotion,
+    route: &RawRoute,
+) -> Option<PromotionConfig> {
+    let mirror = match &raw.mirror {
+        Some(m) => m.clone(),
+        None => match route.mirrors.first() {
+            Some(m) => m.backend.clone(),
+            None => {
+                c.fail(path, "needs a mirror to promote; the route has none");
+                return None;
+            }
+        },
+    };
+    if !route.mirrors.iter().any(|m| m.backend == mirror) {
+        c.fail(
+            format!("{path}.mirror"),
+            format!("`{mirror}` is not a mirror of this route"),
+        );
+    }
+    let window = c.duration(
+        &format!("{path}.window"),
+        &raw.window,
+        Duration::from_secs(600),
+    );
+    if window > Duration::from_secs(900) || window < Duration::from_secs(10) {
+        c.fail(format!("{path}.window"), "must be between 10s and 15m");
+    }
+    for (key, value) in [
+        ("max_error_rate_delta", raw.max_error_rate_delta),
+        ("max_p99_ratio", raw.max_p99_ratio),
+        ("max_diff_rate", raw.max_diff_rate),
+    ] {
+        if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+            c.fail(format!("{path}.{key}"), "must be a number of 0 or more");
+        }
+    }
+    let mode = match raw.mode.as_deref() {
+        None | Some("manual") => PromotionMode::Manual,
+        Some("auto") => PromotionMode::Auto,
+        Some(other) => {
+            c.fail(
+                format!("{path}.mode"),
+                format!("`{other}` is not one of: manual, auto"),
+            );
+            PromotionMode::Manual
+        }
+    };
+    let steps = raw.steps.clone().unwrap_or_default();
+    if !steps.is_empty()
+        && (steps.windows(2).any(|w| w[0] >= w[1])
+            || steps.iter().any(|s| *s == 0 || *s > 100)
+            || steps.last() != Some(&100))
+    {
+        c.fail(
+            format!("{path}.steps"),
+            "must rise strictly from above 0 and end at 100, e.g. [10, 50, 100]",
+        );
+    }
+    Some(PromotionConfig {
+        mirror,
+        window,
+        min_requests: raw.min_requests.unwrap_or(100),
+        max_error_rate_delta: raw.max_error_rate_delta,
+        max_p99_ratio: raw.max_p99_ratio,
+        max_diff_rate: raw.max_diff_rate,
+        mode,
+        steps,
+        step_interval: c.duration(
+            &format!("{path}.step_interval"),
+            &raw.step_interval,
+            Duration::from_secs(300),
+        ),
+        evaluate_every: c.duration(
+            &format!("{path}.evaluate_every"),
+            &raw.evaluate_every,
+            Duration::from_secs(5),
+        ),
     })
 }
 

@@ -2,6 +2,7 @@
 //! the running proxy; the runtime is built from a validated `Config` only.
 
 pub mod error;
+pub mod kube;
 pub mod load;
 pub mod model;
 pub mod raw;

@@ -22,6 +22,8 @@ pub struct Config {
     pub limits: Limits,
     pub shutdown_grace: Duration,
     pub watch_interval: Duration,
+    /// Where results and promotion state are kept.
+    pub store: crate::store::StoreLocation,
     /// The files this configuration was read from, in order.
     pub sources: Vec<PathBuf>,
 }
@@ -93,6 +95,32 @@ pub struct RouteConfig {
     /// Weighted split of live traffic: (backend, weight). Empty: all to `backend`.
     pub split: Vec<(String, u32)>,
     pub mirrors: Vec<MirrorConfig>,
+    pub promotion: Option<PromotionConfig>,
+}
+
+/// `manual` or `auto` promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromotionMode {
+    Manual,
+    Auto,
+}
+
+/// Promotion gates of a route, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromotionConfig {
+    /// The candidate: a backend that is a mirror of the route.
+    pub mirror: String,
+    pub window: Duration,
+    pub min_requests: u64,
+    pub max_error_rate_delta: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
+    pub max_diff_rate: Option<f64>,
+    pub mode: PromotionMode,
+    /// Percent of live traffic per step; empty: switch at once.
+    pub steps: Vec<u32>,
+    pub step_interval: Duration,
+    pub evaluate_every: Duration,
 }
 
 /// Conditions for a route; all present ones must hold.

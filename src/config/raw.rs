@@ -37,6 +37,10 @@ pub struct RawConfig {
     /// How long SIGTERM waits for in-flight requests before exiting. Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<String>,
+    /// Where results and promotion state are kept: a SQLite file path
+    /// (default `shadowgate.db`, relative to the first config file) or `memory`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     /// Kubernetes service hosts as written in Istio / Gateway API manifests,
     /// mapped to endpoints: a list, or a map from subset name to a list.
     /// Overrides DNS; needed for subsets and for running outside a cluster.
@@ -139,6 +143,48 @@ pub struct RawRoute {
     /// Shadow copies of a share of this route's requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<RawMirror>,
+    /// When and how a mirror is promoted to primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<RawPromotion>,
+}
+
+/// Promotion gates of a route. Every gate is optional.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawPromotion {
+    /// The mirror (backend name) that may become primary. Default: the first mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
+    /// Span the gates are judged over, at most `15m`. Default `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Requests each side needs in the window before a verdict. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// Largest allowed error rate of the candidate minus the baseline's, in
+    /// percentage points (errors: 5xx and failed exchanges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate_delta: Option<f64>,
+    /// Largest allowed p99 latency of the candidate over the baseline's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_ratio: Option<f64>,
+    /// Largest allowed rate of real differences (after noise), in percent of compared pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_diff_rate: Option<f64>,
+    /// `manual` (default): promote on request. `auto`: promote when every
+    /// gate passes, and roll back by itself when one fails afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Progressive switch: shares of live traffic (percent) answered by the
+    /// candidate, each step gated, e.g. `[10, 50, 100]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<u32>>,
+    /// Time between steps. Default `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_interval: Option<String>,
+    /// How often `auto` mode judges the gates. Default `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluate_every: Option<String>,
 }
 
 /// Conditions a request must meet, all of them, for a route to take it.

@@ -108,7 +108,7 @@ pub fn admit(
         let refused = if cfg
             .methods
             .as_ref()
-            .is_some_and(|ms| !ms.contains(&head.method))
+            .is_some_and(|ms| !ms.contains(head.method))
         {
             Some(DropReason::Method)
         } else if content_length.is_some_and(|n| n > cfg.max_body_bytes) {

@@ -69,6 +69,11 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(self, ProxyError::BadRequest(_)) {
+            // After a malformed request the connection's framing can't be trusted.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(id) = request_id {
             resp.headers_mut().insert("x-request-id", id.clone());
         }

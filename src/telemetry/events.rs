@@ -97,8 +97,13 @@ impl Telemetry {
         record: &AccessRecord<'_>,
     ) {
         target.failed(kind.as_str());
-        if let Some(code) = record.status {
-            target.answered(code, record.duration_ms / 1000.0);
+        match record.status {
+            Some(code) => target.answered(code, record.duration_ms / 1000.0),
+            // No answer at all: an error in the windows, with the time it took.
+            None => target.window.record(
+                std::time::Duration::from_secs_f64((record.duration_ms / 1000.0).max(0.0)),
+                true,
+            ),
         }
         self.access.write(record);
     }

@@ -1,7 +1,9 @@
 //! Prometheus metrics. Families are registered once; the request path holds
 //! pre-resolved handles (`TargetMetrics`) so recording is a few atomic adds.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -9,6 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use super::window::Window;
 
 /// The part a backend plays for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -83,6 +87,8 @@ pub struct Metrics {
     pub mirror_in_flight: Family<MirrorLabels, Gauge>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub access_log_dropped: Counter,
+    /// Sliding windows per target; kept across reloads.
+    windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -153,6 +159,7 @@ impl Metrics {
             mirror_in_flight,
             config_reloads,
             access_log_dropped,
+            windows: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -178,7 +185,14 @@ impl Metrics {
                 })
                 .clone()
         });
+        let window = self
+            .windows
+            .lock()
+            .entry(labels.clone())
+            .or_default()
+            .clone();
         TargetMetrics {
+            window,
             duration: self.duration.get_or_create(&labels).clone(),
             codes: (0..CODES).map(|_| OnceLock::new()).collect(),
             in_flight,
@@ -193,6 +207,8 @@ const CODES: usize = 600;
 /// Pre-resolved metric handles of one route × backend × role.
 pub struct TargetMetrics {
     pub labels: TargetLabels,
+    /// Sliding-window statistics for the API and dashboard.
+    pub window: Arc<Window>,
     duration: Histogram,
     codes: Box<[OnceLock<Counter>]>,
     pub in_flight: Option<Gauge>,
@@ -211,6 +227,8 @@ impl TargetMetrics {
     /// Counts one answered request and its duration.
     pub fn answered(&self, code: u16, seconds: f64) {
         self.duration.observe(seconds);
+        self.window
+            .record(Duration::from_secs_f64(seconds.max(0.0)), code >= 500);
         let counter = match self.codes.get(code as usize) {
             Some(slot) => slot.get_or_init(|| self.code_counter(code)),
             None => &self.code_counter(code),
@@ -232,6 +250,7 @@ impl TargetMetrics {
 
     /// Counts a mirror copy not sent.
     pub fn dropped(&self, reason: &str) {
+        self.window.record_drop(reason);
         self.metrics
             .mirror_dropped
             .get_or_create(&ReasonLabels {
@@ -244,6 +263,7 @@ impl TargetMetrics {
 
     /// Counts a mirror copy that failed.
     pub fn failed(&self, kind: &str) {
+        self.window.record_failure(kind);
         self.metrics
             .mirror_errors
             .get_or_create(&KindLabels {

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod events;
 pub mod metrics;
+pub mod window;
 
 pub use access::{AccessLog, AccessRecord, LogFormat};
 pub use events::{DropReason, MirrorErrorKind, Telemetry};

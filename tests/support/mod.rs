@@ -198,7 +198,8 @@ pub async fn dead_addr() -> SocketAddr {
 
 /// Starts the proxy with `body` (backends and routes) plus test defaults.
 pub async fn start_proxy(body: &str) -> Running {
-    let yaml = format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\n{body}");
+    let yaml =
+        format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\n{body}");
     let config =
         shadowgate::config::from_yaml("test.yaml", &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     app::start(config, StartOptions::default()).await.unwrap()

@@ -1,0 +1,218 @@
+//! The admin JSON API: `/api/v1/routes` and `/api/v1/stats`. The response
+//! types are shared with the `shadowgate status` command, which parses them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::Shared;
+use crate::telemetry::window::{WindowSummary, DROP_REASONS, ERROR_KINDS};
+use crate::telemetry::TargetMetrics;
+
+/// The windows reported, with their names.
+pub const WINDOWS: [(&str, Duration); 3] = [
+    ("1m", Duration::from_secs(60)),
+    ("5m", Duration::from_secs(300)),
+    ("15m", Duration::from_secs(900)),
+];
+
+/// `GET /api/v1/routes`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoutesResponse {
+    pub routes: Vec<RouteInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RouteInfo {
+    pub name: String,
+    /// The primary backend.
+    pub backend: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<SplitInfo>,
+    pub mirrors: Vec<MirrorInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SplitInfo {
+    pub backend: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MirrorInfo {
+    pub backend: String,
+    pub percent: f64,
+    pub max_in_flight: usize,
+    pub in_flight: usize,
+}
+
+/// `GET /api/v1/stats`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatsResponse {
+    pub routes: Vec<RouteStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RouteStats {
+    pub route: String,
+    /// The primary first, then each mirror in config order.
+    pub targets: Vec<TargetStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetStats {
+    pub backend: String,
+    /// `primary` or `mirror`.
+    pub role: String,
+    /// Keyed `1m`, `5m`, `15m`.
+    pub windows: BTreeMap<String, WindowStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WindowStats {
+    /// Seconds the window covers (less than its span while the process is young).
+    pub seconds: f64,
+    pub requests: u64,
+    /// Requests per second over the window.
+    pub rate: f64,
+    /// 5xx answers and failed exchanges.
+    pub errors: u64,
+    /// Errors in percent of requests; null without requests.
+    pub error_percent: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Mirror copies not sent, by reason (mirrors only).
+    #[serde(default)]
+    pub dropped: BTreeMap<String, u64>,
+    /// Mirror copies that failed, by kind (mirrors only).
+    #[serde(default)]
+    pub failed: BTreeMap<String, u64>,
+    /// Compared pairs and real differences (mirrors with compare on).
+    #[serde(default)]
+    pub compared: u64,
+    #[serde(default)]
+    pub different: u64,
+    #[serde(default)]
+    pub diff_percent: Option<f64>,
+}
+
+impl From<&WindowSummary> for WindowStats {
+    fn from(s: &WindowSummary) -> Self {
+        let named = |names: &[&str], values: &[u64]| -> BTreeMap<String, u64> {
+            names
+                .iter()
+                .zip(values)
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect()
+        };
+        WindowStats {
+            seconds: s.seconds,
+            requests: s.requests,
+            rate: s.rate_per_sec(),
+            errors: s.errors,
+            error_percent: s.error_percent(),
+            p50_ms: s.p50_ms,
+            p90_ms: s.p90_ms,
+            p99_ms: s.p99_ms,
+            dropped: named(&DROP_REASONS, &s.dropped),
+            failed: named(&ERROR_KINDS, &s.failed),
+            compared: s.compared,
+            different: s.different,
+            diff_percent: s.diff_percent(),
+        }
+    }
+}
+
+fn target_stats(t: &TargetMetrics) -> TargetStats {
+    TargetStats {
+        backend: t.labels.backend.clone(),
+        role: t.labels.role.as_str().to_string(),
+        windows: WINDOWS
+            .iter()
+            .map(|(name, span)| {
+                (
+                    name.to_string(),
+                    WindowStats::from(&t.window.summary(*span)),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Current statistics of every route.
+pub fn stats(shared: &Shared) -> StatsResponse {
+    let rt = shared.runtime.load();
+    StatsResponse {
+        routes: rt
+            .routes
+            .iter()
+            .map(|r| {
+                let mut targets = vec![target_stats(&r.primary_metrics)];
+                for (_, m, _) in &r.split {
+                    if m.labels.backend != r.primary_metrics.labels.backend {
+                        targets.push(target_stats(m));
+                    }
+                }
+                targets.extend(r.mirrors.iter().map(|m| target_stats(&m.metrics)));
+                RouteStats {
+                    route: r.name.to_string(),
+                    targets,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The routes as configured now.
+pub fn routes(shared: &Shared) -> RoutesResponse {
+    let rt = shared.runtime.load();
+    RoutesResponse {
+        routes: rt
+            .routes
+            .iter()
+            .map(|r| RouteInfo {
+                name: r.name.to_string(),
+                backend: r.primary.name().to_string(),
+                split: rt
+                    .config
+                    .routes
+                    .iter()
+                    .find(|c| *c.name == *r.name)
+                    .map(|c| {
+                        c.split
+                            .iter()
+                            .map(|(backend, weight)| SplitInfo {
+                                backend: backend.clone(),
+                                weight: *weight,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                mirrors: r
+                    .mirrors
+                    .iter()
+                    .map(|m| MirrorInfo {
+                        backend: m.backend.name().to_string(),
+                        percent: m.config.percent,
+                        max_in_flight: m.config.max_in_flight,
+                        in_flight: m.config.max_in_flight - m.in_flight.available_permits(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+pub async fn get_stats(State(shared): State<Arc<Shared>>) -> Json<StatsResponse> {
+    Json(stats(&shared))
+}
+
+pub async fn get_routes(State(shared): State<Arc<Shared>>) -> Json<RoutesResponse> {
+    Json(routes(&shared))
+}

@@ -1,0 +1,374 @@
+//! Gateway API `HTTPRoute` and `GRPCRoute` (gateway.networking.k8s.io).
+
+use crate::config::raw::{RawHeaderMatch, RawHeaderRule, RawMatch};
+
+use super::build::parse_k8s_duration;
+use super::model::{Dest, Family, MatchEntry, MirrorDest, Rule, WeightedDest};
+use super::node::{Cx, Obj, NOT_SUPPORTED};
+use super::{check_header, check_method, check_regex, Meta};
+
+/// Which route kind is being read.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Kind {
+    Http,
+    Grpc,
+}
+
+/// Reads an HTTPRoute or a GRPCRoute.
+pub fn route(cx: &mut Cx, meta: &Meta, spec: &Obj, kind: Kind, rules: &mut Vec<Rule>) {
+    spec.fields(cx, &["hostnames", "rules"], &["parentRefs"]);
+    let mut hosts: Vec<Option<String>> = Vec::new();
+    for (path, h) in spec.strs(cx, "hostnames") {
+        let h = h.to_ascii_lowercase();
+        let valid = !h.is_empty()
+            && h.strip_prefix("*.")
+                .unwrap_or(&h)
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if !valid {
+            cx.fail(
+                &path,
+                format!("`{h}` is not a hostname like `example.com` or `*.example.com`"),
+            );
+            continue;
+        }
+        if !hosts.contains(&Some(h.clone())) {
+            hosts.push(Some(h));
+        }
+    }
+    if hosts.is_empty() {
+        hosts.push(None);
+    }
+    for (i, r) in spec.objs(cx, "rules").into_iter().enumerate() {
+        if let Some(rule) = route_rule(cx, meta, &r, i, &hosts, kind) {
+            rules.push(rule);
+        }
+    }
+}
+
+fn route_rule(
+    cx: &mut Cx,
+    meta: &Meta,
+    r: &Obj,
+    index: usize,
+    hosts: &[Option<String>],
+    kind: Kind,
+) -> Option<Rule> {
+    match kind {
+        Kind::Http => r.fields(
+            cx,
+            &["name", "matches", "filters", "backendRefs", "timeouts"],
+            &[],
+        ),
+        Kind::Grpc => r.fields(cx, &["name", "matches", "filters", "backendRefs"], &[]),
+    }
+    let before = cx.errors.len();
+
+    let mut matches = Vec::new();
+    for (j, m) in r.objs(cx, "matches").into_iter().enumerate() {
+        let raw = match kind {
+            Kind::Http => http_match(cx, &m),
+            Kind::Grpc => grpc_match(cx, &m),
+        };
+        if let Some(raw) = raw {
+            matches.push(MatchEntry { index: j, raw });
+        }
+    }
+
+    let mut mirrors = Vec::new();
+    for f in r.objs(cx, "filters") {
+        let Some(t) = f.req_str(cx, "type") else {
+            continue;
+        };
+        if t != "RequestMirror" {
+            cx.fail(
+                &f.at("type"),
+                format!("filter type `{t}` is {NOT_SUPPORTED}"),
+            );
+            continue;
+        }
+        f.fields(cx, &["type", "requestMirror"], &[]);
+        let Some(rm) = f.obj(cx, "requestMirror") else {
+            cx.fail(&f.at("requestMirror"), "is required");
+            continue;
+        };
+        rm.fields(cx, &["backendRef", "percent", "fraction"], &[]);
+        let percent = mirror_percent(cx, &rm);
+        let Some(b) = rm.obj(cx, "backendRef") else {
+            cx.fail(&rm.at("backendRef"), "is required");
+            continue;
+        };
+        b.fields(cx, &["group", "kind", "name", "namespace", "port"], &[]);
+        if let Some(dest) = backend_ref(cx, meta, &b) {
+            mirrors.push(MirrorDest { dest, percent });
+        }
+    }
+
+    let mut dests = Vec::new();
+    let refs = r.objs(cx, "backendRefs");
+    if refs.is_empty() {
+        cx.fail(
+            &r.at("backendRefs"),
+            "needs at least one backend (rules that only answer with an error are not supported)",
+        );
+    }
+    for b in &refs {
+        b.fields(
+            cx,
+            &["group", "kind", "name", "namespace", "port", "weight"],
+            &[],
+        );
+        let weight = b
+            .uint(cx, "weight", 1_000_000)
+            .map(|w| w as u32)
+            .unwrap_or(1);
+        if let Some(dest) = backend_ref(cx, meta, b) {
+            dests.push(WeightedDest { dest, weight });
+        }
+    }
+    if !refs.is_empty() && dests.len() == refs.len() && dests.iter().all(|d| d.weight == 0) {
+        cx.fail(&r.at("backendRefs"), "the weights add up to 0");
+    }
+
+    let mut timeout = None;
+    if let Some(t) = r.obj(cx, "timeouts") {
+        t.fields(cx, &["request"], &[]);
+        if let Some(text) = t.str(cx, "request") {
+            let path = t.at("request");
+            match parse_k8s_duration(&text) {
+                Ok(d) if d.is_zero() => cx.fail(
+                    &path,
+                    "0s (no timeout) is not supported by shadowgate; give a duration",
+                ),
+                Ok(d) => timeout = Some((path, d)),
+                Err(e) => cx.fail(&path, e),
+            }
+        }
+    }
+
+    if cx.errors.len() > before {
+        return None;
+    }
+    Some(Rule {
+        origin: meta.object,
+        base: meta.base(),
+        index,
+        hosts: hosts.to_vec(),
+        matches,
+        dests,
+        mirrors,
+        timeout,
+        family: Family::Gateway {
+            object: format!("{}/{}", meta.namespace, meta.name),
+        },
+    })
+}
+
+/// `percent: 0..100` or `fraction: {numerator, denominator}`; absent = 100.
+fn mirror_percent(cx: &mut Cx, rm: &Obj) -> Option<f64> {
+    if rm.has("percent") && rm.has("fraction") {
+        cx.fail(&rm.path, "give either percent or fraction, not both");
+        return None;
+    }
+    if rm.has("percent") {
+        return rm.uint(cx, "percent", 100).map(|p| p as f64);
+    }
+    let f = rm.obj(cx, "fraction")?;
+    f.fields(cx, &["numerator", "denominator"], &[]);
+    let numerator = f.uint(cx, "numerator", u32::MAX as u64);
+    if numerator.is_none() && !f.has("numerator") {
+        cx.fail(&f.at("numerator"), "is required");
+    }
+    let denominator = f.uint(cx, "denominator", u32::MAX as u64).or(
+        // The Gateway API's default denominator.
+        (!f.has("denominator")).then_some(100),
+    );
+    let (n, d) = (numerator?, denominator?);
+    if d == 0 {
+        cx.fail(&f.at("denominator"), "must be at least 1");
+        return None;
+    }
+    if n > d {
+        cx.fail(
+            &f.path,
+            format!("numerator {n} is larger than denominator {d}"),
+        );
+        return None;
+    }
+    Some(n as f64 * 100.0 / d as f64)
+}
+
+/// A `backendRef` to a Kubernetes Service.
+fn backend_ref(cx: &mut Cx, meta: &Meta, b: &Obj) -> Option<Dest> {
+    let group = b.str(cx, "group").unwrap_or_default();
+    let kind = b.str(cx, "kind").unwrap_or_else(|| "Service".into());
+    if !(group.is_empty() || group == "core") || kind != "Service" {
+        let what = if group.is_empty() {
+            format!("kind `{kind}`")
+        } else {
+            format!("kind `{kind}` of group `{group}`")
+        };
+        cx.fail(
+            &b.at("kind"),
+            format!("backends of {what} are {NOT_SUPPORTED}; use a Kubernetes Service"),
+        );
+        return None;
+    }
+    let name = b.req_str(cx, "name")?;
+    let namespace = b.str(cx, "namespace").filter(|n| !n.is_empty());
+    let port = b.uint(cx, "port", 65535).map(|p| p as u16);
+    let host = match &namespace {
+        Some(ns) => format!("{name}.{ns}"),
+        None => name,
+    };
+    Some(Dest {
+        path: b.path.clone(),
+        host,
+        namespace: meta.namespace.clone(),
+        subset: None,
+        port,
+    })
+}
+
+/// Header matches shared by HTTPRoute and GRPCRoute. The first entry of a
+/// name wins, as the Gateway API specifies.
+fn header_matches(cx: &mut Cx, m: &Obj, raw: &mut RawMatch) {
+    for h in m.objs(cx, "headers") {
+        h.fields(cx, &["type", "name", "value"], &[]);
+        let t = h.str(cx, "type").unwrap_or_else(|| "Exact".into());
+        let (Some(name), Some(value)) = (h.req_str(cx, "name"), h.str(cx, "value")) else {
+            if !h.has("value") {
+                cx.fail(&h.at("value"), "is required");
+            }
+            continue;
+        };
+        let Some(name) = check_header(cx, &h.at("name"), &name) else {
+            continue;
+        };
+        let rule = match t.as_str() {
+            "Exact" => RawHeaderMatch::Exact(value),
+            "RegularExpression" => {
+                if !check_regex(cx, &h.at("value"), &value) {
+                    continue;
+                }
+                RawHeaderMatch::Rule(RawHeaderRule {
+                    exact: None,
+                    regex: Some(value),
+                })
+            }
+            other => {
+                cx.fail(
+                    &h.at("type"),
+                    format!("header match type `{other}` is {NOT_SUPPORTED} (use Exact or RegularExpression)"),
+                );
+                continue;
+            }
+        };
+        if raw.headers.contains_key(&name) {
+            tracing::info!(
+                file = %cx.file,
+                object = %cx.label,
+                field = %h.path,
+                "header `{name}` is matched more than once; the first match applies"
+            );
+            continue;
+        }
+        raw.headers.insert(name, rule);
+    }
+}
+
+/// An `HTTPRouteMatch` → native match conditions (ANDed).
+fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
+    m.fields(cx, &["path", "headers", "queryParams", "method"], &[]);
+    let before = cx.errors.len();
+    let mut raw = RawMatch::default();
+    if let Some(p) = m.obj(cx, "path") {
+        p.fields(cx, &["type", "value"], &[]);
+        let t = p.str(cx, "type").unwrap_or_else(|| "PathPrefix".into());
+        let value = p.str(cx, "value").unwrap_or_else(|| "/".into());
+        match t.as_str() {
+            "PathPrefix" | "Exact" if !value.starts_with('/') => {
+                cx.fail(&p.at("value"), "must start with `/`")
+            }
+            // A trailing slash does not count in a Gateway API prefix.
+            "PathPrefix" if value.len() > 1 => {
+                let v = value.trim_end_matches('/');
+                raw.path_prefix = Some(if v.is_empty() { "/".into() } else { v.into() });
+            }
+            "PathPrefix" => raw.path_prefix = Some(value),
+            "Exact" => raw.path_exact = Some(value),
+            "RegularExpression" => {
+                if check_regex(cx, &p.at("value"), &value) {
+                    raw.path_regex = Some(value);
+                }
+            }
+            other => cx.fail(
+                &p.at("type"),
+                format!("path match type `{other}` is {NOT_SUPPORTED} (use PathPrefix, Exact or RegularExpression)"),
+            ),
+        }
+    }
+    header_matches(cx, m, &mut raw);
+    if !m.list(cx, "queryParams").is_empty() {
+        cx.unsupported(&m.at("queryParams"));
+    }
+    if let Some(method) = m.str(cx, "method") {
+        raw.method = check_method(cx, &m.at("method"), &method);
+    }
+    (cx.errors.len() == before).then_some(raw)
+}
+
+/// A `GRPCRouteMatch`: service and method become the request path
+/// `/<service>/<method>`.
+fn grpc_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
+    m.fields(cx, &["method", "headers"], &[]);
+    let before = cx.errors.len();
+    let mut raw = RawMatch::default();
+    if let Some(gm) = m.obj(cx, "method") {
+        gm.fields(cx, &["type", "service", "method"], &[]);
+        let t = gm.str(cx, "type").unwrap_or_else(|| "Exact".into());
+        let service = gm.str(cx, "service").filter(|s| !s.is_empty());
+        let method = gm.str(cx, "method").filter(|s| !s.is_empty());
+        if service.is_none() && method.is_none() {
+            cx.fail(&gm.path, "give a service, a method or both");
+        }
+        match t.as_str() {
+            "Exact" => {
+                for (key, v) in [("service", &service), ("method", &method)] {
+                    if v.as_deref().is_some_and(|v| v.contains('/')) {
+                        cx.fail(&gm.at(key), "must not contain `/`");
+                    }
+                }
+                match (&service, &method) {
+                    (Some(s), Some(me)) => raw.path_exact = Some(format!("/{s}/{me}")),
+                    (Some(s), None) => raw.path_prefix = Some(format!("/{s}")),
+                    (None, Some(me)) => {
+                        raw.path_regex = Some(format!("/[^/]+/{}", regex::escape(me)))
+                    }
+                    (None, None) => {}
+                }
+            }
+            "RegularExpression" => {
+                let mut ok = true;
+                for (key, v) in [("service", &service), ("method", &method)] {
+                    if let Some(v) = v {
+                        ok &= check_regex(cx, &gm.at(key), v);
+                    }
+                }
+                if ok {
+                    raw.path_regex = Some(format!(
+                        "/(?:{})/(?:{})",
+                        service.as_deref().unwrap_or("[^/]+"),
+                        method.as_deref().unwrap_or("[^/]+")
+                    ));
+                }
+            }
+            other => cx.fail(
+                &gm.at("type"),
+                format!("method match type `{other}` is {NOT_SUPPORTED} (use Exact or RegularExpression)"),
+            ),
+        }
+    }
+    header_matches(cx, m, &mut raw);
+    (cx.errors.len() == before).then_some(raw)
+}

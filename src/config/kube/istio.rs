@@ -1,0 +1,355 @@
+//! Istio `VirtualService` and `DestinationRule` (networking.istio.io
+//! v1, v1beta1 and v1alpha3).
+
+use std::collections::BTreeMap;
+
+use crate::config::raw::{RawHeaderMatch, RawHeaderRule, RawMatch};
+
+use super::build::{istio_hosts, parse_k8s_duration, Registry, Target};
+use super::model::{Dest, Family, MatchEntry, MirrorDest, Rule, WeightedDest};
+use super::node::{join, Cx, Obj};
+use super::{check_header, check_method, check_regex, Meta};
+
+/// An Istio `StringMatch`.
+enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+    /// `{}`: for headers, the header is present.
+    Present,
+}
+
+fn string_match(cx: &mut Cx, o: &Obj) -> Option<StringMatch> {
+    o.fields(cx, &["exact", "prefix", "regex"], &[]);
+    let exact = o.str(cx, "exact");
+    let prefix = o.str(cx, "prefix");
+    let regex = o.str(cx, "regex");
+    let given = [&exact, &prefix, &regex]
+        .iter()
+        .filter(|v| v.is_some())
+        .count();
+    if given > 1 {
+        cx.fail(&o.path, "give only one of exact, prefix and regex");
+        return None;
+    }
+    if let Some(r) = &regex {
+        if !check_regex(cx, &o.at("regex"), r) {
+            return None;
+        }
+    }
+    Some(match (exact, prefix, regex) {
+        (Some(e), _, _) => StringMatch::Exact(e),
+        (_, Some(p), _) => StringMatch::Prefix(p),
+        (_, _, Some(r)) => StringMatch::Regex(r),
+        _ => StringMatch::Present,
+    })
+}
+
+/// Reads a DestinationRule into the registry of subsets.
+pub fn destination_rule(cx: &mut Cx, meta: &Meta, spec: &Obj, registry: &mut Registry) {
+    spec.fields(cx, &["host", "subsets"], &["exportTo"]);
+    let Some(host) = spec.req_str(cx, "host") else {
+        return;
+    };
+    let target = Target::parse(&host, &meta.namespace);
+    let mut found = BTreeMap::new();
+    for s in spec.objs(cx, "subsets") {
+        s.fields(cx, &["name", "labels"], &[]);
+        let Some(name) = s.req_str(cx, "name") else {
+            continue;
+        };
+        let labels = match s.obj(cx, "labels") {
+            Some(l) => l
+                .map
+                .iter()
+                .map(|(k, v)| {
+                    let show = |v: &serde_norway::Value| match v {
+                        serde_norway::Value::String(s) => s.clone(),
+                        other => serde_norway::to_string(other)
+                            .unwrap_or_default()
+                            .trim()
+                            .to_string(),
+                    };
+                    format!("{}={}", show(k), show(v))
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => String::new(),
+        };
+        if found.contains_key(&name) {
+            cx.fail(&s.at("name"), format!("subset `{name}` is defined twice"));
+            continue;
+        }
+        found.insert(name, labels);
+    }
+    let all = registry.subsets.entry(target).or_default();
+    for (name, labels) in found {
+        all.entry(name).or_insert(labels);
+    }
+}
+
+/// Reads a VirtualService's HTTP rules.
+pub fn virtual_service(cx: &mut Cx, meta: &Meta, spec: &Obj, rules: &mut Vec<Rule>) {
+    spec.fields(cx, &["hosts", "http"], &["gateways", "exportTo"]);
+    let mut hosts: Vec<Option<String>> = Vec::new();
+    for (_, h) in spec.strs(cx, "hosts") {
+        for form in istio_hosts(&h, &meta.namespace) {
+            if !hosts.contains(&form) {
+                hosts.push(form);
+            }
+        }
+    }
+    if hosts.is_empty() {
+        cx.fail(&spec.at("hosts"), "needs at least one host");
+        return;
+    }
+    for (i, http) in spec.objs(cx, "http").into_iter().enumerate() {
+        if let Some(rule) = http_route(cx, meta, &http, i, &hosts) {
+            rules.push(rule);
+        }
+    }
+}
+
+fn http_route(
+    cx: &mut Cx,
+    meta: &Meta,
+    http: &Obj,
+    index: usize,
+    hosts: &[Option<String>],
+) -> Option<Rule> {
+    http.fields(
+        cx,
+        &[
+            "name",
+            "match",
+            "route",
+            "timeout",
+            "mirror",
+            "mirrors",
+            "mirrorPercentage",
+            "mirror_percent",
+            "mirrorPercent",
+        ],
+        &[],
+    );
+    let before = cx.errors.len();
+    let mut matches = Vec::new();
+    for (j, m) in http.objs(cx, "match").into_iter().enumerate() {
+        if let Some(raw) = http_match(cx, &m) {
+            matches.push(MatchEntry { index: j, raw });
+        }
+    }
+
+    let mut dests = Vec::new();
+    let routes = http.objs(cx, "route");
+    if routes.is_empty() {
+        let other_action = ["redirect", "directResponse", "delegate"]
+            .iter()
+            .any(|k| http.has(k));
+        if !other_action {
+            cx.fail(&http.at("route"), "needs at least one destination");
+        }
+    }
+    let single = routes.len() == 1;
+    for r in &routes {
+        r.fields(cx, &["destination", "weight"], &[]);
+        let weight = r.uint(cx, "weight", u32::MAX as u64).map(|w| w as u32);
+        let Some(d) = r.obj(cx, "destination") else {
+            cx.fail(&r.at("destination"), "is required");
+            continue;
+        };
+        let Some(dest) = destination(cx, meta, &d) else {
+            continue;
+        };
+        // One destination takes all traffic whatever its weight; with
+        // several, an unset weight is 0.
+        let weight = if single { 100 } else { weight.unwrap_or(0) };
+        dests.push(WeightedDest { dest, weight });
+    }
+    if routes.len() > 1 && dests.len() == routes.len() && dests.iter().all(|d| d.weight == 0) {
+        cx.fail(&http.at("route"), "the weights add up to 0");
+    }
+
+    let mut mirrors = Vec::new();
+    if http.has("mirror") && http.has("mirrors") {
+        cx.fail(&http.path, "give either mirror or mirrors, not both");
+    }
+    if let Some(m) = http.obj(cx, "mirror") {
+        let percent = mirror_percent(cx, http);
+        if let Some(dest) = destination(cx, meta, &m) {
+            mirrors.push(MirrorDest { dest, percent });
+        }
+    } else {
+        for key in ["mirrorPercentage", "mirror_percent", "mirrorPercent"] {
+            if http.has(key) {
+                cx.fail(&http.at(key), "has no effect without `mirror`");
+            }
+        }
+    }
+    for m in http.objs(cx, "mirrors") {
+        m.fields(cx, &["destination", "percentage"], &[]);
+        let percent = m.obj(cx, "percentage").and_then(|p| percentage(cx, &p));
+        match m.obj(cx, "destination") {
+            Some(d) => {
+                if let Some(dest) = destination(cx, meta, &d) {
+                    mirrors.push(MirrorDest { dest, percent });
+                }
+            }
+            None => cx.fail(&m.at("destination"), "is required"),
+        }
+    }
+
+    let timeout = http.str(cx, "timeout").and_then(|t| {
+        let path = http.at("timeout");
+        match parse_k8s_duration(&t) {
+            Ok(d) if d.is_zero() => {
+                cx.fail(
+                    &path,
+                    "0s (no timeout) is not supported by shadowgate; give a duration",
+                );
+                None
+            }
+            Ok(d) => Some((path, d)),
+            Err(e) => {
+                cx.fail(&path, e);
+                None
+            }
+        }
+    });
+
+    if cx.errors.len() > before {
+        return None;
+    }
+    Some(Rule {
+        origin: meta.object,
+        base: meta.base(),
+        index,
+        hosts: hosts.to_vec(),
+        matches,
+        dests,
+        mirrors,
+        timeout,
+        family: Family::Istio {
+            object: meta.object,
+        },
+    })
+}
+
+/// `mirrorPercentage: {value: 12.5}`, or the deprecated integer
+/// `mirror_percent` / `mirrorPercent`.
+fn mirror_percent(cx: &mut Cx, http: &Obj) -> Option<f64> {
+    let keys: Vec<&str> = ["mirrorPercentage", "mirror_percent", "mirrorPercent"]
+        .into_iter()
+        .filter(|k| http.has(k))
+        .collect();
+    if keys.len() > 1 {
+        cx.fail(&http.path, format!("give only one of {}", keys.join(", ")));
+        return None;
+    }
+    match keys.first() {
+        Some(&"mirrorPercentage") => http
+            .obj(cx, "mirrorPercentage")
+            .and_then(|p| percentage(cx, &p)),
+        Some(key) => http.uint(cx, key, 100).map(|v| v as f64),
+        None => None,
+    }
+}
+
+/// An Istio `Percent`: `{value: 0..100}`.
+fn percentage(cx: &mut Cx, p: &Obj) -> Option<f64> {
+    p.fields(cx, &["value"], &[]);
+    let v = p.f64(cx, "value")?;
+    if !(0.0..=100.0).contains(&v) {
+        cx.fail(&p.at("value"), format!("{v} is not between 0 and 100"));
+        return None;
+    }
+    Some(v)
+}
+
+/// An Istio `Destination`: `{host, subset, port: {number}}`.
+fn destination(cx: &mut Cx, meta: &Meta, d: &Obj) -> Option<Dest> {
+    d.fields(cx, &["host", "subset", "port"], &[]);
+    let host = d.req_str(cx, "host");
+    let subset = d.str(cx, "subset").filter(|s| !s.is_empty());
+    let mut port = None;
+    if let Some(p) = d.obj(cx, "port") {
+        p.fields(cx, &["number"], &[]);
+        port = p.uint(cx, "number", 65535).map(|n| n as u16);
+        if p.map.is_empty() {
+            cx.fail(&p.at("number"), "is required");
+        }
+    }
+    Some(Dest {
+        path: d.path.clone(),
+        host: host?,
+        namespace: meta.namespace.clone(),
+        subset,
+        port,
+    })
+}
+
+/// An Istio `HTTPMatchRequest` → native match conditions (ANDed).
+fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
+    m.fields(
+        cx,
+        &["name", "uri", "method", "headers", "ignoreUriCase"],
+        &[],
+    );
+    let before = cx.errors.len();
+    let mut raw = RawMatch::default();
+    let ignore_case = m.bool(cx, "ignoreUriCase").unwrap_or(false);
+    if let Some(u) = m.obj(cx, "uri") {
+        let case = if ignore_case { "(?i)" } else { "" };
+        match string_match(cx, &u) {
+            Some(StringMatch::Exact(p)) if !ignore_case => raw.path_exact = Some(p),
+            Some(StringMatch::Exact(p)) => {
+                raw.path_regex = Some(format!("{case}{}", regex::escape(&p)))
+            }
+            // Istio's prefix is a plain string prefix (`/api` also takes
+            // `/apix`); the native prefix works on path segments, so only
+            // `/` maps to it directly.
+            Some(StringMatch::Prefix(p)) if p == "/" && !ignore_case => raw.path_prefix = Some(p),
+            Some(StringMatch::Prefix(p)) => {
+                raw.path_regex = Some(format!("{case}{}.*", regex::escape(&p)))
+            }
+            Some(StringMatch::Regex(r)) => raw.path_regex = Some(format!("{case}{r}")),
+            Some(StringMatch::Present) => cx.fail(&u.path, "give one of exact, prefix and regex"),
+            None => {}
+        }
+    }
+    if let Some(meth) = m.obj(cx, "method") {
+        match string_match(cx, &meth) {
+            Some(StringMatch::Exact(v)) => raw.method = check_method(cx, &meth.at("exact"), &v),
+            Some(StringMatch::Prefix(_)) => cx.unsupported(&meth.at("prefix")),
+            Some(StringMatch::Regex(_)) => cx.unsupported(&meth.at("regex")),
+            Some(StringMatch::Present) => cx.fail(&meth.path, "give the method with `exact`"),
+            None => {}
+        }
+    }
+    for (name, h) in m.entries(cx, "headers") {
+        let path = join(&m.at("headers"), &name);
+        let Some(name) = check_header(cx, &path, &name) else {
+            continue;
+        };
+        let rule = match string_match(cx, &h) {
+            Some(StringMatch::Exact(v)) => RawHeaderMatch::Exact(v),
+            Some(StringMatch::Prefix(p)) => RawHeaderMatch::Rule(RawHeaderRule {
+                exact: None,
+                regex: Some(format!("{}.*", regex::escape(&p))),
+            }),
+            Some(StringMatch::Regex(r)) => RawHeaderMatch::Rule(RawHeaderRule {
+                exact: None,
+                regex: Some(r),
+            }),
+            Some(StringMatch::Present) => RawHeaderMatch::Rule(RawHeaderRule {
+                exact: None,
+                regex: Some(".*".into()),
+            }),
+            None => continue,
+        };
+        if raw.headers.insert(name.clone(), rule).is_some() {
+            cx.fail(&path, format!("header `{name}` is matched twice"));
+        }
+    }
+    (cx.errors.len() == before).then_some(raw)
+}

@@ -1,0 +1,75 @@
+//! What the importer reads from Istio and Gateway API objects before it
+//! resolves destinations and writes native routes: routing rules with their
+//! matches, weighted destinations and mirrors, each with its key path.
+
+use std::time::Duration;
+
+use crate::config::raw::RawMatch;
+
+/// A destination as written in a manifest: a Kubernetes service host (or
+/// another host given in `services:`), an optional subset and port.
+#[derive(Debug, Clone)]
+pub struct Dest {
+    /// Key path of the destination, for errors (`spec.http[0].route[1].destination`).
+    pub path: String,
+    /// Host as written: `httpbin`, `httpbin.shadow`, `httpbin.shadow.svc.cluster.local`.
+    pub host: String,
+    /// Namespace short names are relative to (the object's own).
+    pub namespace: String,
+    /// Istio subset (resolved through DestinationRules and `services:`).
+    pub subset: Option<String>,
+    /// Port number, when written.
+    pub port: Option<u16>,
+}
+
+/// A weighted destination of a rule.
+#[derive(Debug, Clone)]
+pub struct WeightedDest {
+    pub dest: Dest,
+    pub weight: u32,
+}
+
+/// A mirror of a rule.
+#[derive(Debug, Clone)]
+pub struct MirrorDest {
+    pub dest: Dest,
+    /// Share mirrored, 0 to 100; absent means 100.
+    pub percent: Option<f64>,
+}
+
+/// One entry of a rule's match list (the conditions are ANDed).
+#[derive(Debug, Clone)]
+pub struct MatchEntry {
+    /// Position in the rule's match list (used in the route name).
+    pub index: usize,
+    pub raw: RawMatch,
+}
+
+/// How routes of one kind of object are ordered among themselves.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Family {
+    /// Istio: rules in the order written, objects in the order read.
+    Istio { object: usize },
+    /// Gateway API: by match precedence, then `namespace/name`.
+    Gateway { object: String },
+}
+
+/// A routing rule: an Istio `http[]` entry or a Gateway API `rules[]` entry.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Index of the object this rule comes from (file and label for errors).
+    pub origin: usize,
+    /// Name the routes are derived from: `<name>` or `<name>.<namespace>`.
+    pub base: String,
+    /// Position of the rule in its object.
+    pub index: usize,
+    /// Host conditions; `None` means any host. One native route per host.
+    pub hosts: Vec<Option<String>>,
+    /// Match entries, ORed; empty means every request.
+    pub matches: Vec<MatchEntry>,
+    pub dests: Vec<WeightedDest>,
+    pub mirrors: Vec<MirrorDest>,
+    /// Request timeout and its key path.
+    pub timeout: Option<(String, Duration)>,
+    pub family: Family,
+}

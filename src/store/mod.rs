@@ -1,0 +1,322 @@
+//! The embedded store: a SQLite file (or memory) holding what must survive
+//! a restart — comparison results and examples, who is primary, and the
+//! history of promotions. Only background tasks and the admin API touch it;
+//! no request ever waits on disk.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A store failure, naming what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: cannot open: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("store: {what}: {source}")]
+    Sql {
+        what: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error("store: {what}: {source}")]
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite file.
+    File(PathBuf),
+    /// Nothing kept on disk.
+    Memory,
+}
+
+/// The store. Cheap operations, called from background tasks and the admin API.
+pub struct Store {
+    conn: parking_lot::Mutex<Connection>,
+    location: StoreLocation,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_subject ON events(kind, subject, id);
+";
+
+impl Store {
+    /// Opens (creating if needed) the store.
+    pub fn open(location: &StoreLocation) -> Result<Store, StoreError> {
+        let conn = match location {
+            StoreLocation::File(p) => Connection::open(p),
+            StoreLocation::Memory => Connection::open_in_memory(),
+        }
+        .map_err(|source| StoreError::Open {
+            path: describe(location),
+            source,
+        })?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=2000;",
+        )
+        .map_err(|source| StoreError::Open {
+            path: describe(location),
+            source,
+        })?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|source| StoreError::Open {
+                path: describe(location),
+                source,
+            })?;
+        Ok(Store {
+            conn: parking_lot::Mutex::new(conn),
+            location: location.clone(),
+        })
+    }
+
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// Writes a JSON value under `key`.
+    pub fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let text = serde_json::to_string(value).map_err(|source| StoreError::Json {
+            what: "encode",
+            source,
+        })?;
+        self.conn
+            .lock()
+            .execute(
+                "INSERT INTO kv(key, value, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![key, text, now_secs()],
+            )
+            .map_err(|source| StoreError::Sql { what: "put", source })?;
+        Ok(())
+    }
+
+    /// Reads the JSON value under `key`.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .lock()
+            .query_row("SELECT value FROM kv WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|source| StoreError::Sql {
+                what: "get",
+                source,
+            })?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|source| StoreError::Json {
+                what: "decode",
+                source,
+            })
+        })
+        .transpose()
+    }
+
+    /// Removes `key`.
+    pub fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.conn
+            .lock()
+            .execute("DELETE FROM kv WHERE key = ?1", params![key])
+            .map_err(|source| StoreError::Sql {
+                what: "delete",
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Keys starting with `prefix`.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare("SELECT key FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key")
+            .map_err(|source| StoreError::Sql {
+                what: "keys",
+                source,
+            })?;
+        let upper = format!("{prefix}\u{10ffff}");
+        let rows = stmt
+            .query_map(params![prefix, upper], |r| r.get::<_, String>(0))
+            .map_err(|source| StoreError::Sql {
+                what: "keys",
+                source,
+            })?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|source| StoreError::Sql {
+                what: "keys",
+                source,
+            })
+    }
+
+    /// Appends an event (e.g. a promotion) about `subject`; keeps the newest `keep`.
+    pub fn append_event<T: Serialize>(
+        &self,
+        kind: &str,
+        subject: &str,
+        body: &T,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(body).map_err(|source| StoreError::Json {
+            what: "encode",
+            source,
+        })?;
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT INTO events(kind, subject, at, body) VALUES (?1, ?2, ?3, ?4)",
+            params![kind, subject, now_secs(), text],
+        )
+        .map_err(|source| StoreError::Sql {
+            what: "append event",
+            source,
+        })?;
+        conn.execute(
+            "DELETE FROM events WHERE kind = ?1 AND subject = ?2 AND id NOT IN
+               (SELECT id FROM events WHERE kind = ?1 AND subject = ?2 ORDER BY id DESC LIMIT ?3)",
+            params![kind, subject, keep as i64],
+        )
+        .map_err(|source| StoreError::Sql {
+            what: "trim events",
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Events about `subject`, oldest first.
+    pub fn events<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        subject: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare("SELECT body FROM events WHERE kind = ?1 AND subject = ?2 ORDER BY id")
+            .map_err(|source| StoreError::Sql {
+                what: "events",
+                source,
+            })?;
+        let rows = stmt
+            .query_map(params![kind, subject], |r| r.get::<_, String>(0))
+            .map_err(|source| StoreError::Sql {
+                what: "events",
+                source,
+            })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let text = row.map_err(|source| StoreError::Sql {
+                what: "events",
+                source,
+            })?;
+            out.push(
+                serde_json::from_str(&text).map_err(|source| StoreError::Json {
+                    what: "decode event",
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn describe(location: &StoreLocation) -> String {
+    match location {
+        StoreLocation::File(p) => p.display().to_string(),
+        StoreLocation::Memory => "memory".into(),
+    }
+}
+
+/// Interprets the `store:` config value.
+pub fn location_from(value: &str, base: Option<&Path>) -> StoreLocation {
+    if value == "memory" {
+        return StoreLocation::Memory;
+    }
+    let p = PathBuf::from(value);
+    match base {
+        Some(dir) if p.is_relative() => StoreLocation::File(dir.join(p)),
+        _ => StoreLocation::File(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_and_events_survive_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = StoreLocation::File(dir.path().join("s.db"));
+        {
+            let s = Store::open(&loc).unwrap();
+            s.put("promotion:shop", &serde_json::json!({"primary": "v2"}))
+                .unwrap();
+            s.put("tally", &vec![1, 2, 3]).unwrap();
+            for i in 0..5 {
+                s.append_event("promotion", "shop", &serde_json::json!({ "n": i }), 3)
+                    .unwrap();
+            }
+        }
+        let s = Store::open(&loc).unwrap();
+        let v: serde_json::Value = s.get("promotion:shop").unwrap().unwrap();
+        assert_eq!(v["primary"], "v2");
+        assert_eq!(s.get::<Vec<i32>>("tally").unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(
+            s.keys("promotion:").unwrap(),
+            vec!["promotion:shop".to_string()]
+        );
+        let events: Vec<serde_json::Value> = s.events("promotion", "shop").unwrap();
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e["n"].as_i64().unwrap())
+                .collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        s.delete("tally").unwrap();
+        assert_eq!(s.get::<Vec<i32>>("tally").unwrap(), None);
+    }
+
+    #[test]
+    fn memory_store_keeps_nothing_on_disk() {
+        let s = Store::open(&StoreLocation::Memory).unwrap();
+        s.put("k", &1).unwrap();
+        assert_eq!(s.get::<i32>("k").unwrap(), Some(1));
+        assert_eq!(location_from("memory", None), StoreLocation::Memory);
+        assert_eq!(
+            location_from("x.db", Some(Path::new("/etc/sg"))),
+            StoreLocation::File(PathBuf::from("/etc/sg/x.db"))
+        );
+    }
+}
