@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use parking_lot::RwLock;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -91,13 +92,13 @@ impl Stats {
     fn count_host(&self, host: &str) {
         let host = cut(host, MAX_HOST_LEN);
         {
-            let map = self.hosts.read().unwrap_or_else(|e| e.into_inner());
+            let map = self.hosts.read();
             if let Some(n) = map.get(host) {
                 n.fetch_add(1, Relaxed);
                 return;
             }
         }
-        let mut map = self.hosts.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.hosts.write();
         if let Some(n) = map.get(host) {
             n.fetch_add(1, Relaxed);
         } else if map.len() < MAX_HOSTS {
@@ -108,10 +109,7 @@ impl Stats {
     }
 
     fn reset(&self) {
-        self.hosts
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.hosts.write().clear();
         self.requests.store(0, Relaxed);
         self.request_body_bytes.store(0, Relaxed);
         self.connections.store(0, Relaxed);
@@ -123,7 +121,6 @@ impl Stats {
         let mut hosts: BTreeMap<String, u64> = self
             .hosts
             .read()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(k, v)| (k.to_string(), v.load(Relaxed)))
             .collect();
@@ -415,7 +412,7 @@ mod tests {
     #[tokio::test]
     async fn delay_is_applied() {
         let (la, _) = start(Mode::Normal, Duration::from_millis(150)).await;
-        let t = std::time::Instant::now();
+        let t = tokio::time::Instant::now();
         let req = Request::get(format!("http://{la}/"))
             .body(Full::default())
             .unwrap();
