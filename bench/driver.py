@@ -328,11 +328,12 @@ HZ = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_busy_ticks():
+    """(busy, niced) ticks over all CPUs since boot."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:9]]
     # user nice system idle iowait irq softirq steal. Interrupt time is left
     # out: loopback traffic is mostly softirq work that no process is billed for.
-    return v[0] + v[1] + v[2] + v[7]
+    return v[0] + v[1] + v[2] + v[7], v[1]
 
 
 def proc_ticks(pids):
@@ -361,18 +362,22 @@ class ForeignCpu:
 
     def start(self):
         self.t = time.monotonic()
-        self.busy = cpu_busy_ticks()
+        self.busy, self.nice = cpu_busy_ticks()
         self.ours = proc_ticks(self.pids_fn())
         self.kids = children_cpu_s()
 
     def stop(self):
+        """(share of all CPUs used by others, the niced part of it), in %."""
         wall = time.monotonic() - self.t
-        busy = (cpu_busy_ticks() - self.busy) / HZ
+        busy, nice = cpu_busy_ticks()
+        busy = (busy - self.busy) / HZ
+        nice = (nice - self.nice) / HZ
         ours = (proc_ticks(self.pids_fn()) - self.ours) / HZ
         kids = children_cpu_s() - self.kids
         if wall <= 0:
-            return None
-        return max(0.0, 100.0 * (busy - ours - kids) / (wall * (os.cpu_count() or 1)))
+            return None, None
+        cap = wall * (os.cpu_count() or 1)
+        return max(0.0, 100.0 * (busy - ours - kids) / cap), 100.0 * nice / cap
 
 
 # --------------------------------------------------------------------------
@@ -777,10 +782,13 @@ http {{
         port = self.target_port(row)
         for _ in range(n):
             http_req("GET", port, "/check", timeout=5)
-        wait_until(lambda: (backend_stats("v2") or {}).get("requests", 0) >= n, 3)
+        want_mirror = row in MIRRORING_ROWS
+        if want_mirror:
+            wait_until(lambda: (backend_stats("v2") or {}).get("requests", 0) >= n, 3)
+        else:
+            time.sleep(0.3)
         s = backend_stats("v2") or {}
         seen = s.get("requests", 0)
-        want_mirror = row in MIRRORING_ROWS
         ok = seen >= n if want_mirror else seen == 0
         return ok, seen, s.get("hosts", {})
 
@@ -825,7 +833,7 @@ http {{
                 sampler = RssSampler(proxy.pid)
                 sampler.start()
             out = self.finish(p, seconds)
-            res["foreign_cpu_pct"] = foreign.stop()
+            res["foreign_cpu_pct"], res["foreign_nice_pct"] = foreign.stop()
             if sampler:
                 sampler.stop_ev.set()
                 sampler.join()
@@ -910,7 +918,8 @@ def brief(key, r):
     if c.get("failed"):
         parts.append(f"failed {c['failed']:.0f}")
     if r.get("foreign_cpu_pct") is not None:
-        parts.append(f"other load {r['foreign_cpu_pct']:.0f}%")
+        parts.append(f"other load {r['foreign_cpu_pct']:.0f}% "
+                     f"(niced {r.get('foreign_nice_pct') or 0:.0f}%)")
     if "rss_peak_mib" in r:
         parts.append(f"peak RSS {r['rss_peak_mib']:.1f} MiB")
     if r.get("mirror_check") not in (None, "ok"):
@@ -1088,12 +1097,15 @@ class Report:
         return out
 
     def foreign_range(self):
-        vals = [r["foreign_cpu_pct"] for runs in self.res.values() for rr in runs.values()
-                for r in rr if r.get("foreign_cpu_pct") is not None]
-        if not vals:
+        runs = [r for rs in self.res.values() for rr in rs.values() for r in rr
+                if r.get("foreign_cpu_pct") is not None]
+        if not runs:
             return "n/a"
-        return (f"median {statistics.median(vals):.0f}%, max {max(vals):.0f}% "
-                f"over {len(vals)} runs")
+        vals = [r["foreign_cpu_pct"] for r in runs]
+        nice = [r.get("foreign_nice_pct") or 0.0 for r in runs]
+        return (f"median {statistics.median(vals):.0f}%, max {max(vals):.0f}% over "
+                f"{len(vals)} runs, of which niced (background) processes: median "
+                f"{statistics.median(nice):.0f}%")
 
     def hosts_line(self):
         seen = {}
