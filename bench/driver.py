@@ -1329,6 +1329,9 @@ def main(argv):
     os.makedirs(run_dir, exist_ok=True)
     os.chmod(run_dir, 0o755)
 
+    # Also SIGINT explicitly: a shell that starts us in the background
+    # leaves it ignored, and Ctrl-C must still stop everything.
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     bench = Bench(args, run_dir)
