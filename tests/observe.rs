@@ -19,7 +19,7 @@ async fn metrics_and_api_count_known_traffic_exactly() {
 backends:
   v1: {{ endpoints: ["{}"] }}
   v2: {{ endpoints: ["{}"] }}
-  v3: {{ endpoints: ["{dead}"] }}
+  v3: {{ endpoints: ["{dead}"], eject_for: 0s }}
 routes:
   - name: shop
     backend: v1

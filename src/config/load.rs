@@ -595,7 +595,7 @@ fn backend(c: &mut Check, path: &str, name: &str, raw: &RawBackend) -> Option<Ba
             &raw.eject_for,
             Duration::from_secs(5),
         ),
-        max_idle_per_endpoint: raw.max_idle_per_endpoint.unwrap_or(64),
+        max_idle_per_endpoint: raw.max_idle_per_endpoint.unwrap_or(256),
         retry: raw.retry.unwrap_or(true),
         protocol: match raw.protocol.as_deref() {
             None | Some("http1") => UpstreamProtocol::Http1,

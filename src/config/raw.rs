@@ -166,7 +166,7 @@ pub struct RawBackend {
     /// How long an endpoint that refused a connection is passed over. Default `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eject_for: Option<String>,
-    /// Idle keep-alive connections kept per endpoint. Default `64`.
+    /// Idle keep-alive connections kept per endpoint. Default `256`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_per_endpoint: Option<usize>,
     /// Retry a request that failed to connect once on another endpoint, for

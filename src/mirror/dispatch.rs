@@ -232,6 +232,14 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
             return;
         }
     };
+    // A backend whose every endpoint refused connections lately is skipped
+    // (counted) until its ejection lapses; then one copy probes it again.
+    if mirror.backend.all_ejected() {
+        let reason = DropReason::Unhealthy;
+        let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
+        telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+        return;
+    }
     let req = copy_request(mirror, head, body);
     if let Some(g) = &mirror.metrics.in_flight {
         g.inc();

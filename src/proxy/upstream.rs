@@ -203,6 +203,17 @@ impl Backend {
 
     /// Picks the next healthy endpoint round robin, skipping `avoid`; when
     /// every endpoint is ejected, the next one is tried anyway.
+    /// True when every endpoint is being passed over after refusing
+    /// connections. Mirrors skip such a backend rather than knock again.
+    pub fn all_ejected(&self) -> bool {
+        let now = self.now_ms();
+        !self.endpoints.is_empty()
+            && self
+                .endpoints
+                .iter()
+                .all(|e| e.ejected_until.load(Ordering::Relaxed) > now)
+    }
+
     fn pick(&self, avoid: Option<usize>) -> Option<usize> {
         let n = self.endpoints.len();
         if n == 0 {

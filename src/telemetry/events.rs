@@ -17,6 +17,9 @@ pub enum DropReason {
     Method,
     /// The client's body ended early or failed, so there is no full copy.
     BodyIncomplete,
+    /// Every endpoint of the mirror's backend refused connections lately
+    /// (passed over for `eject_for`); one copy per period probes it again.
+    Unhealthy,
 }
 
 impl DropReason {
@@ -26,6 +29,7 @@ impl DropReason {
             DropReason::BodyTooLarge => "body_too_large",
             DropReason::Method => "method",
             DropReason::BodyIncomplete => "body_incomplete",
+            DropReason::Unhealthy => "backend_unhealthy",
         }
     }
 }

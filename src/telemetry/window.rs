@@ -24,7 +24,13 @@ const FIRST_BOUND_MS: f64 = 0.1;
 const LATENCY_BUCKETS: usize = 48;
 
 /// Drop reasons tracked per slot (index = position).
-pub const DROP_REASONS: [&str; 4] = ["overload", "body_too_large", "method", "body_incomplete"];
+pub const DROP_REASONS: [&str; 5] = [
+    "overload",
+    "body_too_large",
+    "method",
+    "body_incomplete",
+    "backend_unhealthy",
+];
 /// Mirror error kinds tracked per slot.
 pub const ERROR_KINDS: [&str; 6] = [
     "connect",
