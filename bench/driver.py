@@ -62,11 +62,11 @@ SCENARIOS = {
     ],
     "4": [("post", "4. POST with 256 KiB bodies, mirrored", "fast")],
     "5": [("rss", "5. Peak memory during scenario 2 (slow v2)", "slow")],
-    # HOOK (scenario 6, HTTP/2): implemented, but not in the default list
-    # until the protocols issue lands; run it explicitly with --scenarios 6.
+    # Scenario 6, HTTP/2 (h2c through h2load); in the default list since the
+    # protocols work landed.
     "6": [("h2", "6. HTTP/2 (h2c, h2load), mirror 100% to a fast v2", "fast")],
 }
-DEFAULT_SCENARIOS = "1,2,3,4,5"
+DEFAULT_SCENARIOS = "1,2,3,4,5,6"
 
 
 # --------------------------------------------------------------------------

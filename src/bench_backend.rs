@@ -58,6 +58,10 @@ pub struct BenchBackendArgs {
     /// Size of every response body in bytes.
     #[arg(long, default_value_t = 64)]
     pub body_bytes: usize,
+    /// Answer a JSON document of about `--body-bytes` (content-type
+    /// `application/json`) instead of plain bytes, for comparison benchmarks.
+    #[arg(long)]
+    pub json: bool,
     /// `normal` answers; `blackhole` accepts connections and never answers.
     #[arg(long, value_enum, default_value_t = Mode::Normal)]
     pub mode: Mode,
@@ -76,6 +80,8 @@ pub struct BackendOptions {
     pub body_bytes: usize,
     /// Answer, or hold connections silently.
     pub mode: Mode,
+    /// JSON bodies instead of plain bytes.
+    pub json: bool,
 }
 
 /// Counters of what arrived, shared by every connection.
@@ -152,6 +158,7 @@ fn cut(s: &str, max: usize) -> &str {
 struct Shared {
     stats: Arc<Stats>,
     body: Bytes,
+    content_type: http::HeaderValue,
     delay: Duration,
 }
 
@@ -176,6 +183,7 @@ pub async fn run(args: BenchBackendArgs) -> io::Result<()> {
     let opts = BackendOptions {
         delay: args.delay,
         body_bytes: args.body_bytes,
+        json: args.json,
         mode: args.mode,
     };
     serve(listener, stats_listener, opts).await
@@ -200,7 +208,16 @@ pub async fn serve(
     }
     let shared = Arc::new(Shared {
         stats,
-        body: Bytes::from(vec![b'x'; opts.body_bytes]),
+        body: if opts.json {
+            json_body(opts.body_bytes)
+        } else {
+            Bytes::from(vec![b'x'; opts.body_bytes])
+        },
+        content_type: http::HeaderValue::from_static(if opts.json {
+            "application/json"
+        } else {
+            "text/plain"
+        }),
         delay: opts.delay,
     });
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -284,8 +301,26 @@ async fn handle(
     }
     let mut resp = Response::new(Full::new(shared.body.clone()));
     resp.headers_mut()
-        .insert(CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+        .insert(CONTENT_TYPE, shared.content_type.clone());
     Ok(resp)
+}
+
+/// A JSON document of at least `n` bytes: a list of small items.
+fn json_body(n: usize) -> Bytes {
+    let mut out = String::from("{\"items\":[");
+    let mut i = 0;
+    while out.len() + 2 < n || i == 0 {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            "{{\"id\":{i},\"name\":\"item-{i}\",\"price\":{}.5,\"tags\":[\"a\",\"b\"]}}",
+            10 + i % 7
+        ));
+        i += 1;
+    }
+    out.push_str("]}");
+    Bytes::from(out)
 }
 
 async fn serve_stats(listener: TcpListener, stats: Arc<Stats>) {
@@ -329,6 +364,19 @@ async fn stats_handle(
 }
 
 #[cfg(test)]
+mod json_tests {
+    #[test]
+    fn json_bodies_parse_and_have_the_asked_size() {
+        for n in [10, 1000, 4096] {
+            let b = super::json_body(n);
+            assert!(b.len() >= n && b.len() < n + 80, "{n}: {}", b.len());
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            assert!(v["items"].as_array().unwrap().len() >= 1);
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use hyper_util::client::legacy::Client;
@@ -342,6 +390,7 @@ mod tests {
             delay,
             body_bytes: 10,
             mode,
+            json: false,
         };
         tokio::spawn(serve(l, Some(s), opts));
         (la, sa)
