@@ -1288,7 +1288,7 @@ def parse_args(argv):
     p.add_argument("--warmup", type=duration_s, default=1, help="warm-up before each (1s)")
     p.add_argument("--settle", type=float, default=1.0, help="pause around each run, seconds")
     p.add_argument("--scenarios", default=DEFAULT_SCENARIOS,
-                   help=f"comma list of 1-6 (default {DEFAULT_SCENARIOS}; 6 = HTTP/2 hook)")
+                   help=f"comma list of 1-6 (default {DEFAULT_SCENARIOS}; 6 = HTTP/2)")
     p.add_argument("--rows", default=",".join(ROWS), help="comma list of " + ",".join(ROWS))
     p.add_argument("--rss-duration", type=duration_s, default=60, help="scenario 5 load (60s)")
     p.add_argument("--rss-rounds", type=int, default=1, help="scenario 5 rounds (1)")
