@@ -17,7 +17,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Largest head the guard buffers; hyper's own limit answers 431 below it.
+/// Largest head the guard buffers when no limit is given.
 const MAX_HEAD: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,9 @@ pin_project_lite::pin_project! {
         scanned: usize,
         first_message: bool,
         chunk_size: u64,
+        // Past this many bytes without a complete head, the bytes go on to
+        // hyper, whose own limit (`limits.max_header_bytes`) answers 431.
+        max_head: usize,
     }
 }
 
@@ -82,6 +85,13 @@ const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: applicati
 
 impl<IO> FramingGuard<IO> {
     pub fn new(io: IO) -> Self {
+        Self::with_max_head(io, MAX_HEAD)
+    }
+
+    /// A guard that buffers at most `max_head` bytes of an incomplete head
+    /// (the configured `limits.max_header_bytes`), so a connection holds no
+    /// more than that before hyper refuses the head.
+    pub fn with_max_head(io: IO, max_head: usize) -> Self {
         FramingGuard {
             io,
             state: State::Head,
@@ -90,6 +100,7 @@ impl<IO> FramingGuard<IO> {
             scanned: 0,
             first_message: true,
             chunk_size: 0,
+            max_head,
         }
     }
 }
@@ -183,7 +194,7 @@ impl<IO: AsyncRead + AsyncWrite> FramingGuard<IO> {
                     }
                     // Leading empty lines before a request are allowed (RFC 9112 §2.2).
                     let Some(end) = find_head_end(&this.pending[start..]) else {
-                        if this.pending.len() - start > MAX_HEAD {
+                        if this.pending.len() - start > *this.max_head {
                             // Let hyper answer 431 for what it has.
                             *this.state = State::Passthrough;
                             continue;
