@@ -10,11 +10,14 @@
 //! To tell where the next head starts on a keep-alive connection, the
 //! guard follows each message's framing (fixed length or chunked).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Largest head the guard buffers when no limit is given.
@@ -78,6 +81,13 @@ pin_project_lite::pin_project! {
         // Past this many bytes without a complete head, the bytes go on to
         // hyper, whose own limit (`limits.max_header_bytes`) answers 431.
         max_head: usize,
+        // Time for the first request head (or the HTTP/2 preface), armed on
+        // the first read and dropped once bytes are handed on: until then
+        // neither hyper's `header_read_timeout` nor anything else runs
+        // (hyper-util waits for enough bytes to tell the version).
+        head_timeout: Option<Duration>,
+        deadline: Option<Pin<Box<Sleep>>>,
+        handed_on: bool,
     }
 }
 
@@ -85,13 +95,16 @@ const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: applicati
 
 impl<IO> FramingGuard<IO> {
     pub fn new(io: IO) -> Self {
-        Self::with_max_head(io, MAX_HEAD)
+        Self::with_limits(io, MAX_HEAD, None)
     }
 
     /// A guard that buffers at most `max_head` bytes of an incomplete head
     /// (the configured `limits.max_header_bytes`), so a connection holds no
-    /// more than that before hyper refuses the head.
-    pub fn with_max_head(io: IO, max_head: usize) -> Self {
+    /// more than that before hyper refuses the head, and that closes the
+    /// connection when its first head (or HTTP/2 preface) is not complete
+    /// within `head_timeout` (`limits.header_read_timeout`; later heads are
+    /// timed by hyper).
+    pub fn with_limits(io: IO, max_head: usize, head_timeout: Option<Duration>) -> Self {
         FramingGuard {
             io,
             state: State::Head,
@@ -101,6 +114,9 @@ impl<IO> FramingGuard<IO> {
             first_message: true,
             chunk_size: 0,
             max_head,
+            head_timeout,
+            deadline: None,
+            handed_on: false,
         }
     }
 }
@@ -413,6 +429,8 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for FramingGuard<IO> {
             {
                 let this = self.as_mut().project();
                 if *this.released > 0 {
+                    *this.handed_on = true;
+                    *this.deadline = None;
                     let n = (*this.released).min(buf.remaining());
                     buf.put_slice(&this.pending[..n]);
                     this.pending.drain(..n);
@@ -445,6 +463,8 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for FramingGuard<IO> {
             {
                 let this = self.as_mut().project();
                 if matches!(this.state, State::Passthrough) && this.pending.is_empty() {
+                    *this.handed_on = true;
+                    *this.deadline = None;
                     return this.io.poll_read(cx, buf);
                 }
                 // Inside a fixed-length body: read straight into hyper's
@@ -473,7 +493,22 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for FramingGuard<IO> {
             let mut rb = ReadBuf::uninit(&mut chunk);
             {
                 let this = self.as_mut().project();
-                ready!(this.io.poll_read(cx, &mut rb))?;
+                if this.io.poll_read(cx, &mut rb)?.is_pending() {
+                    if !*this.handed_on {
+                        if let Some(timeout) = *this.head_timeout {
+                            let deadline = this
+                                .deadline
+                                .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                            if deadline.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(Err(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    "no complete request head within limits.header_read_timeout",
+                                )));
+                            }
+                        }
+                    }
+                    return Poll::Pending;
+                }
             }
             if rb.filled().is_empty() {
                 // EOF: hand over whatever is left so hyper sees the truncation.

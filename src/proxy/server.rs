@@ -104,16 +104,16 @@ pub async fn accept_loop(
         let (shared, builder) = (shared.clone(), builder.clone());
         let watcher = graceful.watcher();
         let handshake_timeout = limits.header_read_timeout;
-        let max_head = limits.max_header_bytes;
+        let head_limits = limits.clone();
         tokio::spawn(async move {
             match acceptor {
-                None => serve(stream, conn_info, shared, &builder, watcher, max_head).await,
+                None => serve(stream, conn_info, shared, &builder, watcher, &head_limits).await,
                 Some(acceptor) => {
                     let Some(stream) = handshake(acceptor, stream, peer, handshake_timeout).await
                     else {
                         return;
                     };
-                    serve(stream, conn_info, shared, &builder, watcher, max_head).await
+                    serve(stream, conn_info, shared, &builder, watcher, &head_limits).await
                 }
             }
         });
@@ -148,7 +148,7 @@ async fn serve<S>(
     shared: Arc<Shared>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
-    max_head: usize,
+    limits: &Limits,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -157,7 +157,11 @@ async fn serve<S>(
         async move { Ok::<_, Infallible>(handle(shared, conn_info, req).await) }
     });
     // The framing guard refuses smuggling shapes before hyper parses them.
-    let io = TokioIo::new(super::guard::FramingGuard::with_max_head(stream, max_head));
+    let io = TokioIo::new(super::guard::FramingGuard::with_limits(
+        stream,
+        limits.max_header_bytes,
+        Some(limits.header_read_timeout),
+    ));
     let conn = builder.serve_connection_with_upgrades(io, service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(peer = %conn_info.peer, error = %e, "client connection ended with error");
