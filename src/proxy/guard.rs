@@ -556,6 +556,71 @@ impl<IO: AsyncWrite> AsyncWrite for FramingGuard<IO> {
     }
 }
 
+/// What the guard made of a byte stream: how many leading bytes it let
+/// through (checked requests), and whether it refused what came next.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inspection {
+    pub released: usize,
+    pub refused: bool,
+}
+
+/// Runs the guard's framing state machine over `bytes` as if they arrived
+/// `step` bytes at a time, with no I/O. For fuzzing and tests: the verdict
+/// must not depend on `step`.
+#[doc(hidden)]
+pub fn inspect(bytes: &[u8], step: usize) -> Inspection {
+    let mut guard = FramingGuard::new(NoIo);
+    let mut guard = Pin::new(&mut guard);
+    let mut released = 0;
+    for piece in bytes.chunks(step.max(1)) {
+        guard.as_mut().project().pending.extend_from_slice(piece);
+        let ok = guard.as_mut().advance();
+        // Hand the checked bytes on, as `poll_read` does.
+        let this = guard.as_mut().project();
+        let n = *this.released;
+        this.pending.drain(..n);
+        *this.scanned -= n;
+        *this.released = 0;
+        released += n;
+        if !ok {
+            return Inspection {
+                released,
+                refused: true,
+            };
+        }
+    }
+    Inspection {
+        released,
+        refused: false,
+    }
+}
+
+/// A transport that is never read or written (for `inspect`).
+struct NoIo;
+
+impl AsyncRead for NoIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for NoIo {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(b.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,6 +726,28 @@ POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
                 "step {step}: only the first request passes"
             );
         }
+    }
+
+    #[test]
+    fn inspect_gives_the_same_verdict_however_the_bytes_are_split() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+GET /b HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let whole = inspect(stream, stream.len());
+        assert!(whole.refused);
+        assert_eq!(&stream[whole.released..whole.released + 6], b"GET /b");
+        for step in 1..40 {
+            assert_eq!(inspect(stream, step), whole, "step {step}");
+        }
+        // An incomplete head is held back, not refused.
+        let partial = inspect(b"GET / HTTP/1.1\r\nHost: a\r\n", 3);
+        assert_eq!(
+            partial,
+            Inspection {
+                released: 0,
+                refused: false
+            }
+        );
     }
 
     #[tokio::test]
