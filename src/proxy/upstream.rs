@@ -143,6 +143,15 @@ impl UpstreamError {
     }
 }
 
+/// Which failures pass an endpoint over (see `Backend::send`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ejection {
+    /// Any failure the endpoint is to blame for (the primary path).
+    AnyFailure,
+    /// Refused connections only (mirror copies).
+    ConnectOnly,
+}
+
 /// What an endpoint answered over ALPN (`auto` over TLS).
 const MODE_UNKNOWN: u8 = 0;
 const MODE_H1: u8 = 1;
@@ -322,23 +331,32 @@ impl Backend {
     /// request that failed to connect is retried once on another endpoint
     /// when `retry_head` holds a copy of it (idempotent, no body). The
     /// request's version is set here to match the connection.
+    ///
+    /// An endpoint that refuses the connection is always passed over for
+    /// `eject_for`. With `Ejection::AnyFailure` (the primary path), so is
+    /// one that took the request and then failed it: reset, garbage, no
+    /// head in time. Mirror copies use `Ejection::ConnectOnly`: a shadow
+    /// that fails is counted per copy, and skipped only once it refuses
+    /// connections.
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
         timeout: Duration,
         retry_head: Option<http::request::Parts>,
+        ejection: Ejection,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let idx = self.pick(None).ok_or_else(|| UpstreamError::Uri {
             backend: self.config.name.clone(),
             reason: "no endpoints".into(),
         })?;
+        let fault = |e: &UpstreamError| match ejection {
+            Ejection::AnyFailure => e.endpoint_fault(),
+            Ejection::ConnectOnly => None,
+        };
         let result = self.exchange(idx, req, timeout).await;
-        if let Err(e) = &result {
-            // Connect failures eject where they happen; an endpoint that
-            // took the request and then failed it is passed over too.
-            if let Some(why) = e.endpoint_fault() {
-                self.eject(idx, why);
-            }
+        if let Some(why) = result.as_ref().err().and_then(fault) {
+            // Connect failures eject where they happen.
+            self.eject(idx, why);
         }
         match result {
             Err(e) if e.is_connect() && self.endpoints.len() > 1 => {
@@ -351,7 +369,7 @@ impl Backend {
                 tracing::debug!(backend = %self.config.name, "retrying on another endpoint after connect failure");
                 let req = Request::from_parts(head, UpstreamBody::buffered(Bytes::new()));
                 let retried = self.exchange(other, req, timeout).await;
-                if let Some(why) = retried.as_ref().err().and_then(|e| e.endpoint_fault()) {
+                if let Some(why) = retried.as_ref().err().and_then(fault) {
                     self.eject(other, why);
                 }
                 retried
