@@ -113,8 +113,9 @@ pub async fn accept_loop(
     let mut stopped = false;
     loop {
         let accepted = if stopped {
-            // Shutting down: only what is queued already, without waiting.
-            match listener.accept().now_or_never() {
+            // Shutting down: only what is queued already, without waiting
+            // (and without tokio's cooperative budget cutting it short).
+            match tokio::task::unconstrained(listener.accept()).now_or_never() {
                 Some(a) => a,
                 None => break,
             }
@@ -215,9 +216,15 @@ async fn serve<S>(
     ));
     let conn = builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
+    let stopping = async {
+        if stop.wait_for(|s| *s).await.is_err() {
+            // The proxy was dropped without a shutdown: serve on.
+            std::future::pending::<()>().await;
+        }
+    };
     let ended = tokio::select! {
         ended = conn.as_mut() => Some(ended),
-        _ = stop.wait_for(|s| *s) => None,
+        _ = stopping => None,
     };
     let ended = match ended {
         Some(ended) => ended,
