@@ -8,13 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{self, Config, ConfigErrors};
-use crate::proxy::server::{accept_loop, TlsSource};
+use crate::proxy::server::{accept_loop, drain_pair, Drained, TlsSource};
 use crate::runtime::Shared;
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics::ResultLabels;
@@ -46,7 +45,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    accept_tasks: Vec<JoinHandle<GracefulShutdown>>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    drained: Drained,
     persisting: JoinHandle<()>,
     grace: Duration,
     sources: Vec<PathBuf>,
@@ -105,15 +105,16 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
 
     let mut listen_addrs = Vec::new();
     let mut accept_tasks = Vec::new();
+    let (drain, drained) = drain_pair();
     for (listener, tls) in bound {
         listen_addrs.push(listener.local_addr().unwrap_or(listeners[0].address));
         let (shared, limits, stop_rx) = (shared.clone(), limits.clone(), stop_rx.clone());
+        let drain = drain.clone();
         accept_tasks.push(tokio::spawn(async move {
-            let graceful = GracefulShutdown::new();
-            accept_loop(listener, shared, limits, tls, stop_rx, &graceful).await;
-            graceful
+            accept_loop(listener, shared, limits, tls, stop_rx, drain).await;
         }));
     }
+    drop(drain);
 
     let router = crate::admin::router(shared.clone());
     let mut admin_stop = stop_rx.clone();
@@ -156,6 +157,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         shared,
         stop,
         accept_tasks,
+        drained,
         persisting,
         grace,
         sources,
@@ -169,19 +171,19 @@ impl Running {
         reload(&self.shared, &self.sources)
     }
 
-    /// Stops accepting, lets in-flight requests finish (at most the grace
-    /// period), and returns.
+    /// Stops accepting (the listeners close, so new connections are
+    /// refused), lets every connection finish its requests (at most the
+    /// grace period), and returns.
     pub async fn shutdown(self) {
         self.shared.ready.store(false, Ordering::Release);
         let _ = self.stop.send(true);
-        let mut drains = Vec::new();
         for task in self.accept_tasks {
-            if let Ok(graceful) = task.await {
-                drains.push(graceful.shutdown());
-            }
+            let _ = task.await;
         }
-        let all = futures_util::future::join_all(drains);
-        if tokio::time::timeout(self.grace, all).await.is_err() {
+        if tokio::time::timeout(self.grace, self.drained.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?self.grace, "grace period over; closing remaining connections");
         } else {
             tracing::info!("drained; all in-flight requests finished");

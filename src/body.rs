@@ -30,13 +30,90 @@ pub fn full(data: impl Into<Bytes>) -> ProxyBody {
         .boxed()
 }
 
+/// The client's request body went over the route's `max_body_bytes`.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("request body larger than the route's max_body_bytes ({limit} bytes)")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+pin_project_lite::pin_project! {
+    /// The client's request body as it streams in, cut with `BodyTooLarge`
+    /// at the first frame that takes it over the route's limit (the frame
+    /// is not passed on, so no byte over the limit reaches a backend).
+    pub struct ClientBody {
+        #[pin]
+        inner: Incoming,
+        limit: Option<u64>,
+        seen: u64,
+        failed: bool,
+    }
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+        ClientBody {
+            inner,
+            limit,
+            seen: 0,
+            failed: false,
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if *this.failed {
+            return Poll::Ready(None);
+        }
+        let polled = this.inner.poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(limit)) = (&polled, *this.limit) {
+            if let Some(d) = frame.data_ref() {
+                *this.seen += d.len() as u64;
+                if *this.seen > limit {
+                    *this.failed = true;
+                    return Poll::Ready(Some(Err(BodyTooLarge { limit }.into())));
+                }
+            }
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether `e` (or an error behind it) is a `BodyTooLarge`.
+pub fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<BodyTooLarge>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 pin_project_lite::pin_project! {
     /// The body of a request sent upstream: the client's body as it
     /// streams in (possibly teed for mirrors), or a buffered copy (mirrors).
     #[project = UpstreamBodyProj]
     pub enum UpstreamBody {
         /// The client's body, streamed.
-        Streamed { #[pin] inner: Incoming },
+        Streamed { #[pin] inner: ClientBody },
         /// The client's body, streamed, with a copy kept for the mirrors.
         Teed { #[pin] inner: TeeBody },
         /// A body already in memory (a mirror's copy).
@@ -61,7 +138,7 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            UpstreamBodyProj::Streamed { inner } => inner.poll_frame(cx).map_err(Into::into),
+            UpstreamBodyProj::Streamed { inner } => inner.poll_frame(cx),
             UpstreamBodyProj::Teed { inner } => inner.poll_frame(cx),
             UpstreamBodyProj::Buffered { inner } => {
                 inner.poll_frame(cx).map_err(|never| match never {})

@@ -76,7 +76,11 @@ async fn a_differing_json_field_is_reported_per_endpoint_with_examples() {
             Method::GET,
             "shop",
             &format!("/items/{i}"),
-            &[("authorization", "Bearer secret")],
+            &[
+                ("authorization", "Bearer secret"),
+                ("cookie", "session=secret-cookie"),
+                ("x-api-key", "secret-key"),
+            ],
             Bytes::new(),
         )
         .await;
@@ -128,6 +132,10 @@ async fn a_differing_json_field_is_reported_per_endpoint_with_examples() {
     assert!(
         !stored_auth.contains("secret"),
         "credentials never reach stored examples: {stored_auth}"
+    );
+    assert!(
+        !examples.to_string().contains("secret"),
+        "no credential (authorization, cookie, x-api-key) anywhere in the examples: {examples}"
     );
 
     let totals = api(&proxy, "/api/v1/diffs").await.json();

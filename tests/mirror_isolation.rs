@@ -4,71 +4,17 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::time::Instant;
 
 use bytes::Bytes;
-use futures_util::future::join_all;
 use http::Method;
 use support::*;
-
-fn config(v1: SocketAddr, mirrors: &[(SocketAddr, &str)]) -> String {
-    let mut backends = format!("backends:\n  v1: {{ endpoints: [\"{v1}\"] }}\n");
-    let mut ms = String::new();
-    for (i, (addr, extra)) in mirrors.iter().enumerate() {
-        backends.push_str(&format!(
-            "  m{i}: {{ endpoints: [\"{addr}\"], connect_timeout: 200ms }}\n"
-        ));
-        ms.push_str(&format!("      - {{ backend: m{i}{extra} }}\n"));
-    }
-    if ms.is_empty() {
-        format!("{backends}routes:\n  - name: r\n    backend: v1\n")
-    } else {
-        format!("{backends}routes:\n  - name: r\n    backend: v1\n    mirrors:\n{ms}")
-    }
-}
-
-/// Sends `n` GETs with `concurrency` workers; returns each latency in ms.
-async fn load(
-    addr: SocketAddr,
-    n: usize,
-    concurrency: usize,
-    headers: fn(usize) -> Vec<(String, String)>,
-) -> Vec<f64> {
-    let per = n / concurrency;
-    let tasks = (0..concurrency).map(|w| {
-        tokio::spawn(async move {
-            let c = client();
-            let mut lat = Vec::with_capacity(per);
-            for i in 0..per {
-                let hs = headers(w * per + i);
-                let hs: Vec<(&str, &str)> =
-                    hs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                let t = Instant::now();
-                let a = send(&c, addr, Method::GET, "app", "/x", &hs, Bytes::new()).await;
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                assert_eq!(a.status, 200, "client saw {} : {}", a.status, a.text());
-            }
-            lat
-        })
-    });
-    join_all(tasks)
-        .await
-        .into_iter()
-        .flat_map(|r| r.unwrap())
-        .collect()
-}
-
-fn no_headers(_: usize) -> Vec<(String, String)> {
-    Vec::new()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn percent_sampling_is_within_a_statistical_bound() {
     let v1 = TestBackend::new().spawn().await;
     let v2 = TestBackend::new().spawn().await;
-    let proxy = start_proxy(&config(v1.addr, &[(v2.addr, ", percent: 12.5")])).await;
+    let proxy = start_proxy(&shadow_config(v1.addr, &[(v2.addr, ", percent: 12.5")])).await;
     load(proxy.listen_addrs[0], 10_000, 16, no_headers).await;
     mirrors_settled(&proxy).await;
     let got = v2.received();
@@ -86,7 +32,7 @@ async fn sample_key_mirrors_all_or_none_of_a_users_requests() {
     let v1 = TestBackend::new().spawn().await;
     let mut a = TestBackend::new().spawn().await;
     let mut b = TestBackend::new().spawn().await;
-    let proxy = start_proxy(&config(
+    let proxy = start_proxy(&shadow_config(
         v1.addr,
         &[
             (a.addr, ", percent: 30, sample_key: x-user"),
@@ -123,18 +69,6 @@ async fn sample_key_mirrors_all_or_none_of_a_users_requests() {
     proxy.shutdown().await;
 }
 
-/// p99 of the primary with `shadow` configured as mirror vs. without mirror.
-async fn primary_p99_with(shadow_cfg: &str, shadow: SocketAddr) -> (f64, f64) {
-    let v1 = TestBackend::new().spawn().await;
-    let base = start_proxy(&config(v1.addr, &[])).await;
-    let mut without = load(base.listen_addrs[0], 1000, 4, no_headers).await;
-    base.shutdown().await;
-    let with_proxy = start_proxy(&config(v1.addr, &[(shadow, shadow_cfg)])).await;
-    let mut with = load(with_proxy.listen_addrs[0], 1000, 4, no_headers).await;
-    with_proxy.shutdown().await;
-    (percentile(&mut without, 99.0), percentile(&mut with, 99.0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_shadow_adds_no_latency() {
     let slow = TestBackend::new()
@@ -157,7 +91,7 @@ async fn down_shadow_adds_no_latency_and_is_counted() {
         with <= 2.0 * without + 5.0,
         "p99 {with:.2}ms with down shadow vs {without:.2}ms without"
     );
-    let proxy = start_proxy(&config(v1.addr, &[(dead, "")])).await;
+    let proxy = start_proxy(&shadow_config(v1.addr, &[(dead, "")])).await;
     load(proxy.listen_addrs[0], 20, 2, no_headers).await;
     mirrors_settled(&proxy).await;
     let m = metrics(&proxy).await;
@@ -193,7 +127,7 @@ async fn black_holed_shadow_adds_no_latency_and_overload_is_bounded() {
     );
 
     let v1 = TestBackend::new().spawn().await;
-    let proxy = start_proxy(&config(
+    let proxy = start_proxy(&shadow_config(
         v1.addr,
         &[(hole.addr, ", timeout: 300ms, max_in_flight: 8")],
     ))
@@ -223,7 +157,7 @@ async fn black_holed_shadow_adds_no_latency_and_overload_is_bounded() {
 async fn bodies_over_the_cap_reach_the_primary_but_not_the_mirror() {
     let mut v1 = TestBackend::new().spawn().await;
     let mut v2 = TestBackend::new().spawn().await;
-    let proxy = start_proxy(&config(v1.addr, &[(v2.addr, ", max_body_bytes: 1KiB")])).await;
+    let proxy = start_proxy(&shadow_config(v1.addr, &[(v2.addr, ", max_body_bytes: 1KiB")])).await;
     let addr = proxy.listen_addrs[0];
     let c = client();
 

@@ -803,6 +803,10 @@ fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteConfig> {
         promotion,
         compare,
         secondary: raw.secondary.clone(),
+        max_body_bytes: raw
+            .max_body_bytes
+            .as_ref()
+            .map(|_| c.size(&format!("{path}.max_body_bytes"), &raw.max_body_bytes, 0)),
     })
 }
 

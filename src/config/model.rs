@@ -174,6 +174,8 @@ pub struct RouteConfig {
     pub compare: RouteCompareConfig,
     /// Backend of the secondary (noise learning), if any.
     pub secondary: Option<String>,
+    /// Largest request body accepted (`None`: no limit).
+    pub max_body_bytes: Option<u64>,
 }
 
 /// Comparison rules of a route, checked at load.

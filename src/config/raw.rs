@@ -207,6 +207,11 @@ pub struct RawRoute {
     /// When and how a mirror is promoted to primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion: Option<RawPromotion>,
+    /// Largest request body this route accepts. A larger declared
+    /// `Content-Length` is answered 413 before anything reaches a backend; a
+    /// chunked body is cut at the first byte over it. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<RawSize>,
 }
 
 /// Promotion gates of a route. Every gate is optional.

@@ -18,7 +18,7 @@ use crate::comparison::capture::Capturer;
 use crate::comparison::{Engine, Job, PrimaryCapture, RouteComparison, Side};
 use crate::proxy::grpc;
 use crate::proxy::headers::suffixed_authority;
-use crate::proxy::upstream::UpstreamError;
+use crate::proxy::upstream::{Ejection, UpstreamError};
 use crate::runtime::{Mirror, Route};
 use crate::telemetry::Role;
 use crate::telemetry::{AccessRecord, DropReason, MirrorErrorKind, Telemetry};
@@ -249,7 +249,7 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
     let outcome = tokio::time::timeout(cfg.timeout, async {
         let resp = mirror
             .backend
-            .send(req, cfg.timeout, None)
+            .send(req, cfg.timeout, None, Ejection::ConnectOnly)
             .await
             .map_err(classify_upstream)?;
         let status = resp.status().as_u16();

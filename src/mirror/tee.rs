@@ -9,10 +9,9 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use crate::body::BoxError;
+use crate::body::{is_body_too_large, BoxError, ClientBody};
 
 /// Why the mirrors got no body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +29,7 @@ pin_project_lite::pin_project! {
     /// A request body that copies what passes through it, up to a cap.
     pub struct TeeBody {
         #[pin]
-        inner: Incoming,
+        inner: ClientBody,
         copy: BytesMut,
         cap: usize,
         done: Option<oneshot::Sender<TeeResult>>,
@@ -40,7 +39,7 @@ pin_project_lite::pin_project! {
 impl TeeBody {
     /// Wraps `inner`; the copy (or the failure) is sent on the returned receiver.
     /// If the body is dropped before its end, the receiver sees the sender dropped.
-    pub fn new(inner: Incoming, cap: usize) -> (Self, oneshot::Receiver<TeeResult>) {
+    pub fn new(inner: ClientBody, cap: usize) -> (Self, oneshot::Receiver<TeeResult>) {
         let (tx, rx) = oneshot::channel();
         let initial = inner
             .size_hint()
@@ -83,9 +82,15 @@ impl Body for TeeBody {
                     }
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(e))) => {
                 if let Some(tx) = this.done.take() {
-                    let _ = tx.send(Err(TeeFailure::ClientError));
+                    // Over the route's limit: as large for the mirrors too.
+                    let failure = if is_body_too_large(e.as_ref()) {
+                        TeeFailure::TooLarge
+                    } else {
+                        TeeFailure::ClientError
+                    };
+                    let _ = tx.send(Err(failure));
                 }
             }
             Poll::Ready(None) => {
@@ -102,7 +107,7 @@ impl Body for TeeBody {
                 let _ = tx.send(Ok(std::mem::take(this.copy).freeze()));
             }
         }
-        polled.map_err(Into::into)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

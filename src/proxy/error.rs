@@ -14,6 +14,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("no route matches this request")]
     NoRoute,
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
 }
@@ -23,6 +25,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -32,6 +35,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoRoute => "no_route",
+            ProxyError::PayloadTooLarge { .. } => "body_too_large",
             ProxyError::Upstream(e) if e.is_timeout() => "upstream_timeout",
             ProxyError::Upstream(e) if e.is_connect() => "upstream_unreachable",
             ProxyError::Upstream(_) => "upstream_failed",
@@ -42,6 +46,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(why) => (*why).to_string(),
             ProxyError::NoRoute => "no route matches this request".to_string(),
+            ProxyError::PayloadTooLarge { limit } => {
+                format!("request body larger than this route allows ({limit} bytes)")
+            }
             ProxyError::Upstream(UpstreamError::Timeout { backend, .. }) => {
                 format!("backend {backend} did not answer in time")
             }
@@ -69,8 +76,12 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if matches!(self, ProxyError::BadRequest(_)) {
-            // After a malformed request the connection's framing can't be trusted.
+        if matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::PayloadTooLarge { .. }
+        ) {
+            // After a malformed request the connection's framing can't be
+            // trusted; after a refused body, the rest of it is not read.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -10,14 +10,17 @@
 //! To tell where the next head starts on a keep-alive connection, the
 //! guard follows each message's framing (fixed length or chunked).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Largest head the guard buffers; hyper's own limit answers 431 below it.
+/// Largest head the guard buffers when no limit is given.
 const MAX_HEAD: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +78,16 @@ pin_project_lite::pin_project! {
         scanned: usize,
         first_message: bool,
         chunk_size: u64,
+        // Past this many bytes without a complete head, the bytes go on to
+        // hyper, whose own limit (`limits.max_header_bytes`) answers 431.
+        max_head: usize,
+        // Time for the first request head (or the HTTP/2 preface), armed on
+        // the first read and dropped once bytes are handed on: until then
+        // neither hyper's `header_read_timeout` nor anything else runs
+        // (hyper-util waits for enough bytes to tell the version).
+        head_timeout: Option<Duration>,
+        deadline: Option<Pin<Box<Sleep>>>,
+        handed_on: bool,
     }
 }
 
@@ -82,6 +95,16 @@ const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: applicati
 
 impl<IO> FramingGuard<IO> {
     pub fn new(io: IO) -> Self {
+        Self::with_limits(io, MAX_HEAD, None)
+    }
+
+    /// A guard that buffers at most `max_head` bytes of an incomplete head
+    /// (the configured `limits.max_header_bytes`), so a connection holds no
+    /// more than that before hyper refuses the head, and that closes the
+    /// connection when its first head (or HTTP/2 preface) is not complete
+    /// within `head_timeout` (`limits.header_read_timeout`; later heads are
+    /// timed by hyper).
+    pub fn with_limits(io: IO, max_head: usize, head_timeout: Option<Duration>) -> Self {
         FramingGuard {
             io,
             state: State::Head,
@@ -90,6 +113,10 @@ impl<IO> FramingGuard<IO> {
             scanned: 0,
             first_message: true,
             chunk_size: 0,
+            max_head,
+            head_timeout,
+            deadline: None,
+            handed_on: false,
         }
     }
 }
@@ -183,7 +210,7 @@ impl<IO: AsyncRead + AsyncWrite> FramingGuard<IO> {
                     }
                     // Leading empty lines before a request are allowed (RFC 9112 §2.2).
                     let Some(end) = find_head_end(&this.pending[start..]) else {
-                        if this.pending.len() - start > MAX_HEAD {
+                        if this.pending.len() - start > *this.max_head {
                             // Let hyper answer 431 for what it has.
                             *this.state = State::Passthrough;
                             continue;
@@ -402,6 +429,8 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for FramingGuard<IO> {
             {
                 let this = self.as_mut().project();
                 if *this.released > 0 {
+                    *this.handed_on = true;
+                    *this.deadline = None;
                     let n = (*this.released).min(buf.remaining());
                     buf.put_slice(&this.pending[..n]);
                     this.pending.drain(..n);
@@ -434,6 +463,8 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for FramingGuard<IO> {
             {
                 let this = self.as_mut().project();
                 if matches!(this.state, State::Passthrough) && this.pending.is_empty() {
+                    *this.handed_on = true;
+                    *this.deadline = None;
                     return this.io.poll_read(cx, buf);
                 }
                 // Inside a fixed-length body: read straight into hyper's
@@ -462,7 +493,22 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for FramingGuard<IO> {
             let mut rb = ReadBuf::uninit(&mut chunk);
             {
                 let this = self.as_mut().project();
-                ready!(this.io.poll_read(cx, &mut rb))?;
+                if this.io.poll_read(cx, &mut rb)?.is_pending() {
+                    if !*this.handed_on {
+                        if let Some(timeout) = *this.head_timeout {
+                            let deadline = this
+                                .deadline
+                                .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                            if deadline.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(Err(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    "no complete request head within limits.header_read_timeout",
+                                )));
+                            }
+                        }
+                    }
+                    return Poll::Pending;
+                }
             }
             if rb.filled().is_empty() {
                 // EOF: hand over whatever is left so hyper sees the truncation.
@@ -507,6 +553,71 @@ impl<IO: AsyncWrite> AsyncWrite for FramingGuard<IO> {
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+/// What the guard made of a byte stream: how many leading bytes it let
+/// through (checked requests), and whether it refused what came next.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inspection {
+    pub released: usize,
+    pub refused: bool,
+}
+
+/// Runs the guard's framing state machine over `bytes` as if they arrived
+/// `step` bytes at a time, with no I/O. For fuzzing and tests: the verdict
+/// must not depend on `step`.
+#[doc(hidden)]
+pub fn inspect(bytes: &[u8], step: usize) -> Inspection {
+    let mut guard = FramingGuard::new(NoIo);
+    let mut guard = Pin::new(&mut guard);
+    let mut released = 0;
+    for piece in bytes.chunks(step.max(1)) {
+        guard.as_mut().project().pending.extend_from_slice(piece);
+        let ok = guard.as_mut().advance();
+        // Hand the checked bytes on, as `poll_read` does.
+        let this = guard.as_mut().project();
+        let n = *this.released;
+        this.pending.drain(..n);
+        *this.scanned -= n;
+        *this.released = 0;
+        released += n;
+        if !ok {
+            return Inspection {
+                released,
+                refused: true,
+            };
+        }
+    }
+    Inspection {
+        released,
+        refused: false,
+    }
+}
+
+/// A transport that is never read or written (for `inspect`).
+struct NoIo;
+
+impl AsyncRead for NoIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for NoIo {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(b.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -615,6 +726,28 @@ POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
                 "step {step}: only the first request passes"
             );
         }
+    }
+
+    #[test]
+    fn inspect_gives_the_same_verdict_however_the_bytes_are_split() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+GET /b HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let whole = inspect(stream, stream.len());
+        assert!(whole.refused);
+        assert_eq!(&stream[whole.released..whole.released + 6], b"GET /b");
+        for step in 1..40 {
+            assert_eq!(inspect(stream, step), whole, "step {step}");
+        }
+        // An incomplete head is held back, not refused.
+        let partial = inspect(b"GET / HTTP/1.1\r\nHost: a\r\n", 3);
+        assert_eq!(
+            partial,
+            Inspection {
+                released: 0,
+                refused: false
+            }
+        );
     }
 
     #[tokio::test]

@@ -28,8 +28,8 @@ use super::error::ProxyError;
 use super::grpc;
 use super::headers::{add_forwarded, split_host_port, strip_hop_by_hop};
 use super::tunnel;
-use super::upstream::{Backend, ResponseBody};
-use crate::body::{BoxError, ProxyBody, UpstreamBody};
+use super::upstream::{Backend, Ejection, ResponseBody};
+use crate::body::{BoxError, ClientBody, ProxyBody, UpstreamBody};
 use crate::comparison::capture::{Capturer, PrimaryCapturer};
 use crate::mirror::{self, tee::TeeBody, CompareLink, MirrorBody, MirrorHead, RequestView};
 use crate::runtime::{Route, Runtime, Shared};
@@ -124,8 +124,29 @@ pub async fn handle(
     let (mut parts, body) = req.into_parts();
     upstream_head(&mut parts, &mut ctx, conn);
 
-    // 4. mirrors: admission (sampling, methods, size, in-flight bound)
+    // The route's body limit: a declared length over it is refused before
+    // anything is sent anywhere; a streamed body is cut by `ClientBody`.
     let content_length = declared_length(&parts.headers, &body);
+    let body_limit = route.config.max_body_bytes;
+    if let (Some(limit), Some(len)) = (body_limit, content_length) {
+        if len > limit {
+            let e = ProxyError::PayloadTooLarge { limit };
+            log_primary(
+                telemetry,
+                target,
+                route,
+                backend,
+                &ctx,
+                413,
+                0,
+                Some("body_too_large"),
+            );
+            return e.to_response(Some(&ctx.request_id));
+        }
+    }
+    let body = ClientBody::new(body, body_limit);
+
+    // 4. mirrors: admission (sampling, methods, size, in-flight bound)
     let view = RequestView {
         method: &parts.method,
         uri: &ctx.uri,
@@ -160,10 +181,23 @@ pub async fn handle(
     // 7. forward to the primary
     let retry_head = retry_copy(backend, &parts, content_length);
     let req = Request::from_parts(parts, upstream_body);
-    let resp = match backend.send(req, backend.config.timeout, retry_head).await {
+    let resp = match backend
+        .send(
+            req,
+            backend.config.timeout,
+            retry_head,
+            Ejection::AnyFailure,
+        )
+        .await
+    {
         Ok(resp) => resp,
         Err(e) => {
-            let e = ProxyError::from(e);
+            let e = match body_limit {
+                Some(limit) if crate::body::is_body_too_large(&e) => {
+                    ProxyError::PayloadTooLarge { limit }
+                }
+                _ => ProxyError::from(e),
+            };
             tracing::warn!(route = %route.name, request_id = ?ctx.request_id, error = %e, "primary failed");
             let resp = e.to_response(Some(&ctx.request_id));
             log_primary(
@@ -308,7 +342,7 @@ fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, con
 }
 
 /// The body length, when known up front.
-fn declared_length(headers: &http::HeaderMap, body: &Incoming) -> Option<u64> {
+fn declared_length(headers: &http::HeaderMap, body: &impl Body) -> Option<u64> {
     if body.is_end_stream() {
         return Some(0);
     }
@@ -322,7 +356,7 @@ fn declared_length(headers: &http::HeaderMap, body: &Incoming) -> Option<u64> {
 
 /// Phase 5.
 fn tee_body(
-    body: Incoming,
+    body: ClientBody,
     jobs: &[mirror::MirrorJob],
     content_length: Option<u64>,
 ) -> (UpstreamBody, MirrorBody) {
@@ -422,6 +456,7 @@ impl ProxyError {
     fn status_reason(&self) -> &'static str {
         match self.status().as_u16() {
             504 => "upstream_timeout",
+            413 => "body_too_large",
             _ => "upstream_failed",
         }
     }

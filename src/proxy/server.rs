@@ -3,20 +3,28 @@
 //! shutdown. On a TLS listener the handshake runs in the connection's own
 //! task, bounded by `limits.header_read_timeout`, with the certificates of
 //! the current configuration generation (so a reload rotates them).
+//!
+//! Shutdown, so that no client sees a reset: the accept loop takes what is
+//! already in the listen queue (those clients completed a handshake and are
+//! sending a request) and then closes the socket, so later connections are
+//! refused by the kernel. Each connection then finishes: in-flight requests
+//! are answered with keep-alive off, idle keep-alive connections close, and
+//! a connection that has not delivered its first request yet gets up to
+//! `limits.header_read_timeout` to do so and is answered before it closes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use super::phases::{handle, ConnInfo};
@@ -69,25 +77,64 @@ impl TlsSource {
     }
 }
 
-/// Accepts connections on `listener` until `stop` turns true; each
-/// connection is watched by `watcher` so shutdown can drain it.
+/// Held by every connection task; shutdown waits until all are dropped.
+#[derive(Debug, Clone)]
+pub struct DrainToken(#[allow(dead_code)] mpsc::Sender<()>);
+
+/// Waits for every `DrainToken` to be dropped.
+#[derive(Debug)]
+pub struct Drained(mpsc::Receiver<()>);
+
+impl Drained {
+    pub async fn wait(mut self) {
+        let _ = self.0.recv().await;
+    }
+}
+
+/// A token for connection tasks and the waiter for all of them.
+pub fn drain_pair() -> (DrainToken, Drained) {
+    let (tx, rx) = mpsc::channel(1);
+    (DrainToken(tx), Drained(rx))
+}
+
+/// Accepts connections on `listener` until `stop` turns true, then takes
+/// the connections already queued and closes the listener. Every
+/// connection task holds a clone of `drain` until it ends.
 pub async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     limits: Limits,
     mut tls: Option<TlsSource>,
-    mut stop: watch::Receiver<bool>,
-    graceful: &GracefulShutdown,
+    stop: watch::Receiver<bool>,
+    drain: DrainToken,
 ) {
     let builder = Arc::new(connection_builder(&limits));
+    let mut stopping = stop.clone();
+    let mut stopped = false;
     loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => break,
-            a = listener.accept() => a,
+        let accepted = if stopped {
+            // Shutting down: only what is queued already, without waiting
+            // (and without tokio's cooperative budget cutting it short).
+            match tokio::task::unconstrained(listener.accept()).now_or_never() {
+                Some(a) => a,
+                None => break,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = stopping.wait_for(|s| *s) => {
+                    stopped = true;
+                    continue;
+                }
+                a = listener.accept() => a,
+            }
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
+            Err(e) if stopped => {
+                tracing::debug!(error = %e, "accept failed while shutting down");
+                break;
+            }
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly.
                 tracing::warn!(error = %e, "accept failed");
@@ -102,21 +149,23 @@ pub async fn accept_loop(
             tls: acceptor.is_some(),
         };
         let (shared, builder) = (shared.clone(), builder.clone());
-        let watcher = graceful.watcher();
         let handshake_timeout = limits.header_read_timeout;
+        let (limits, stop, drain) = (limits.clone(), stop.clone(), drain.clone());
         tokio::spawn(async move {
+            let _drain = drain;
             match acceptor {
-                None => serve(stream, conn_info, shared, &builder, watcher).await,
+                None => serve(stream, conn_info, shared, &builder, stop, &limits).await,
                 Some(acceptor) => {
                     let Some(stream) = handshake(acceptor, stream, peer, handshake_timeout).await
                     else {
                         return;
                     };
-                    serve(stream, conn_info, shared, &builder, watcher).await
+                    serve(stream, conn_info, shared, &builder, stop, &limits).await
                 }
             }
         });
     }
+    // The listener is closed here: from now on connections are refused.
 }
 
 /// The server side of a TLS handshake, bounded in time. Failures are the
@@ -146,18 +195,60 @@ async fn serve<S>(
     conn_info: ConnInfo,
     shared: Arc<Shared>,
     builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut stop: watch::Receiver<bool>,
+    limits: &Limits,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Told when the connection's first request has arrived.
+    let first_request = Arc::new(Notify::new());
+    let arrived = first_request.clone();
     let service = service_fn(move |req| {
         let shared = shared.clone();
+        arrived.notify_one();
         async move { Ok::<_, Infallible>(handle(shared, conn_info, req).await) }
     });
     // The framing guard refuses smuggling shapes before hyper parses them.
-    let io = TokioIo::new(super::guard::FramingGuard::new(stream));
+    let io = TokioIo::new(super::guard::FramingGuard::with_limits(
+        stream,
+        limits.max_header_bytes,
+        Some(limits.header_read_timeout),
+    ));
     let conn = builder.serve_connection_with_upgrades(io, service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
+    let mut conn = std::pin::pin!(conn);
+    let stopping = async {
+        if stop.wait_for(|s| *s).await.is_err() {
+            // The proxy was dropped without a shutdown: serve on.
+            std::future::pending::<()>().await;
+        }
+    };
+    let ended = tokio::select! {
+        ended = conn.as_mut() => Some(ended),
+        _ = stopping => None,
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => {
+            // Shutting down. A connection that has not delivered its first
+            // request yet (it may be on its way) gets the time a head may
+            // take; closing it now would reset a client that did nothing wrong.
+            let first = tokio::time::timeout(limits.header_read_timeout, first_request.notified());
+            let ended = tokio::select! {
+                ended = conn.as_mut() => Some(ended),
+                _ = first => None,
+            };
+            match ended {
+                Some(ended) => ended,
+                None => {
+                    // In-flight requests finish with keep-alive off; an idle
+                    // connection closes.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(peer = %conn_info.peer, error = %e, "client connection ended with error");
     }
 }

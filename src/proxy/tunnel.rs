@@ -63,7 +63,12 @@ pub async fn forward(
         parts.headers.insert(header::HOST, v);
     }
     parts.version = http::Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, UpstreamBody::Streamed { inner: body });
+    let upstream_req = Request::from_parts(
+        parts,
+        UpstreamBody::Streamed {
+            inner: crate::body::ClientBody::new(body, None),
+        },
+    );
 
     let log = |status: u16, reason: Option<&str>| {
         telemetry.answered(

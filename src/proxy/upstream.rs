@@ -88,6 +88,45 @@ impl UpstreamError {
         matches!(self, UpstreamError::Timeout { .. })
     }
 
+    /// Why the endpoint itself is to blame for a failed exchange (it took
+    /// the request, then reset, closed, answered garbage or timed out);
+    /// `None` for connect failures (ejected where they happen) and for
+    /// failures of our side, such as the client's request body failing.
+    pub fn endpoint_fault(&self) -> Option<&'static str> {
+        match self {
+            UpstreamError::Timeout { .. } => Some("no answer in time"),
+            UpstreamError::Exchange { .. } => match self.hyper_error() {
+                Some(h) if h.is_user() || h.is_canceled() || h.is_body_write_aborted() => None,
+                Some(h) if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() => {
+                    Some("invalid response")
+                }
+                _ if self.request_body_failed() => None,
+                _ => Some("exchange failed"),
+            },
+            _ => None,
+        }
+    }
+
+    /// True when the request body sent upstream failed (the client's side).
+    pub fn request_body_failed(&self) -> bool {
+        let UpstreamError::Exchange { source, .. } = self else {
+            return false;
+        };
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = next {
+            if e.is::<crate::body::BodyTooLarge>() {
+                return true;
+            }
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                if h.is_user() {
+                    return true;
+                }
+            }
+            next = e.source();
+        }
+        false
+    }
+
     /// The hyper error behind a failed exchange, if there is one.
     pub fn hyper_error(&self) -> Option<&hyper::Error> {
         let UpstreamError::Exchange { source, .. } = self else {
@@ -102,6 +141,15 @@ impl UpstreamError {
         }
         None
     }
+}
+
+/// Which failures pass an endpoint over (see `Backend::send`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ejection {
+    /// Any failure the endpoint is to blame for (the primary path).
+    AnyFailure,
+    /// Refused connections only (mirror copies).
+    ConnectOnly,
 }
 
 /// What an endpoint answered over ALPN (`auto` over TLS).
@@ -235,7 +283,7 @@ impl Backend {
         fallback
     }
 
-    fn eject(&self, idx: usize) {
+    fn eject(&self, idx: usize, why: &str) {
         let until = self.now_ms() + self.config.eject_for.as_millis() as u64;
         let endpoint = &self.endpoints[idx];
         endpoint.ejected_until.store(until, Ordering::Relaxed);
@@ -244,12 +292,13 @@ impl Backend {
             backend = %self.config.name,
             endpoint = %endpoint.authority,
             eject_for = ?self.config.eject_for,
-            "endpoint refused a connection; passing it over"
+            why,
+            "endpoint failed; passing it over"
         );
     }
 
     fn connect_error(&self, idx: usize, source: BoxError) -> UpstreamError {
-        self.eject(idx);
+        self.eject(idx, "connection failed");
         UpstreamError::Connect {
             backend: self.config.name.clone(),
             endpoint: self.endpoints[idx].authority.to_string(),
@@ -282,17 +331,34 @@ impl Backend {
     /// request that failed to connect is retried once on another endpoint
     /// when `retry_head` holds a copy of it (idempotent, no body). The
     /// request's version is set here to match the connection.
+    ///
+    /// An endpoint that refuses the connection is always passed over for
+    /// `eject_for`. With `Ejection::AnyFailure` (the primary path), so is
+    /// one that took the request and then failed it: reset, garbage, no
+    /// head in time. Mirror copies use `Ejection::ConnectOnly`: a shadow
+    /// that fails is counted per copy, and skipped only once it refuses
+    /// connections.
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
         timeout: Duration,
         retry_head: Option<http::request::Parts>,
+        ejection: Ejection,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let idx = self.pick(None).ok_or_else(|| UpstreamError::Uri {
             backend: self.config.name.clone(),
             reason: "no endpoints".into(),
         })?;
-        match self.exchange(idx, req, timeout).await {
+        let fault = |e: &UpstreamError| match ejection {
+            Ejection::AnyFailure => e.endpoint_fault(),
+            Ejection::ConnectOnly => None,
+        };
+        let result = self.exchange(idx, req, timeout).await;
+        if let Some(why) = result.as_ref().err().and_then(fault) {
+            // Connect failures eject where they happen.
+            self.eject(idx, why);
+        }
+        match result {
             Err(e) if e.is_connect() && self.endpoints.len() > 1 => {
                 let Some(head) = retry_head else {
                     return Err(e);
@@ -302,7 +368,11 @@ impl Backend {
                 };
                 tracing::debug!(backend = %self.config.name, "retrying on another endpoint after connect failure");
                 let req = Request::from_parts(head, UpstreamBody::buffered(Bytes::new()));
-                self.exchange(other, req, timeout).await
+                let retried = self.exchange(other, req, timeout).await;
+                if let Some(why) = retried.as_ref().err().and_then(fault) {
+                    self.eject(other, why);
+                }
+                retried
             }
             other => other,
         }

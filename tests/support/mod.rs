@@ -647,3 +647,299 @@ impl TlsBackend {
             .expect("TLS backend channel closed")
     }
 }
+
+// ---- Mirror isolation: the primary's latency with and without a shadow ----
+
+/// A config with primary `v1` on route `r` and one mirror per entry, on
+/// backends `m0`, `m1`, …; each entry's text is appended inside the
+/// mirror's braces (e.g. `", timeout: 1s"`).
+pub fn shadow_config(v1: SocketAddr, mirrors: &[(SocketAddr, &str)]) -> String {
+    let mut backends = format!("backends:\n  v1: {{ endpoints: [\"{v1}\"] }}\n");
+    let mut ms = String::new();
+    for (i, (addr, extra)) in mirrors.iter().enumerate() {
+        backends.push_str(&format!(
+            "  m{i}: {{ endpoints: [\"{addr}\"], connect_timeout: 200ms }}\n"
+        ));
+        ms.push_str(&format!("      - {{ backend: m{i}{extra} }}\n"));
+    }
+    if ms.is_empty() {
+        format!("{backends}routes:\n  - name: r\n    backend: v1\n")
+    } else {
+        format!("{backends}routes:\n  - name: r\n    backend: v1\n    mirrors:\n{ms}")
+    }
+}
+
+/// Sends `n` GETs for `app/x` with `concurrency` workers, each asserting a
+/// 200; returns each latency in ms.
+pub async fn load(
+    addr: SocketAddr,
+    n: usize,
+    concurrency: usize,
+    headers: fn(usize) -> Vec<(String, String)>,
+) -> Vec<f64> {
+    let per = n / concurrency;
+    let tasks = (0..concurrency).map(|w| {
+        tokio::spawn(async move {
+            let c = client();
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let hs = headers(w * per + i);
+                let hs: Vec<(&str, &str)> =
+                    hs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let t = tokio::time::Instant::now();
+                let a = send(&c, addr, Method::GET, "app", "/x", &hs, Bytes::new()).await;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                assert_eq!(a.status, 200, "client saw {} : {}", a.status, a.text());
+            }
+            lat
+        })
+    });
+    futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect()
+}
+
+pub fn no_headers(_: usize) -> Vec<(String, String)> {
+    Vec::new()
+}
+
+/// The primary's p99 without a mirror and with `shadow` as mirror (with
+/// `shadow_cfg` appended to its settings), and the metrics of the second
+/// proxy once every copy has settled.
+#[derive(Debug)]
+pub struct Isolation {
+    pub without_p99: f64,
+    pub with_p99: f64,
+    pub requests: usize,
+    pub metrics: String,
+}
+
+impl Isolation {
+    /// The isolation bound: p99 with the shadow within 2× + 5 ms of without.
+    pub fn assert_isolated(&self, what: &str) {
+        assert!(
+            self.with_p99 <= 2.0 * self.without_p99 + 5.0,
+            "p99 {:.2}ms with {what} vs {:.2}ms without",
+            self.with_p99,
+            self.without_p99
+        );
+    }
+}
+
+/// Measures the primary's p99 over 1000 requests (4 workers) without and
+/// with `shadow` as route `r`'s mirror `m0`.
+pub async fn isolation(shadow_cfg: &str, shadow: SocketAddr) -> Isolation {
+    let requests = 1000;
+    let v1 = TestBackend::new().spawn().await;
+    let base = start_proxy(&shadow_config(v1.addr, &[])).await;
+    let mut without = load(base.listen_addrs[0], requests, 4, no_headers).await;
+    base.shutdown().await;
+    let with_proxy = start_proxy(&shadow_config(v1.addr, &[(shadow, shadow_cfg)])).await;
+    let mut with = load(with_proxy.listen_addrs[0], requests, 4, no_headers).await;
+    mirrors_settled(&with_proxy).await;
+    let metrics = metrics(&with_proxy).await;
+    with_proxy.shutdown().await;
+    Isolation {
+        without_p99: percentile(&mut without, 99.0),
+        with_p99: percentile(&mut with, 99.0),
+        requests,
+        metrics,
+    }
+}
+
+/// p99 of the primary with `shadow` configured as mirror vs. without mirror.
+pub async fn primary_p99_with(shadow_cfg: &str, shadow: SocketAddr) -> (f64, f64) {
+    let i = isolation(shadow_cfg, shadow).await;
+    (i.without_p99, i.with_p99)
+}
+
+// ---- Misbehaving backends over raw TCP ----
+
+/// How a `FaultyBackend` answers each request it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A head promising 1000 bytes and 100 of them, a short pause, then a
+    /// TCP reset (SO_LINGER 0 and close).
+    ResetMidBody,
+    /// A TCP reset right after the request is read: nothing is answered.
+    ResetBeforeAnswer,
+    /// A status line that is not HTTP.
+    GarbageStatus,
+    /// A valid answer, one byte a second (its head alone takes ~40 s).
+    Trickle,
+    /// A complete head promising 100 bytes, then a clean close (FIN).
+    CloseAfterHeaders,
+}
+
+/// A raw-TCP backend that reads each request head (and a declared body)
+/// and then misbehaves as told. Every connection ends after one request.
+pub struct FaultyBackend {
+    pub addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultyBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultyBackend {
+    pub async fn spawn(fault: Fault) -> FaultyBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                // Connection tasks end with the backend (the set aborts them).
+                conns.spawn(misbehave(stream, fault, counter));
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        FaultyBackend {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// Request heads read so far.
+    pub fn received(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads one request (head, and a body declared by Content-Length); false
+/// when the peer went away first.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 1 << 20 {
+            return false;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut have = buf.len() - head_end;
+    while have < length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => have += n,
+        }
+    }
+    true
+}
+
+async fn misbehave(mut stream: tokio::net::TcpStream, fault: Fault, requests: Arc<AtomicUsize>) {
+    use tokio::io::AsyncWriteExt;
+    if !read_request(&mut stream).await {
+        return;
+    }
+    requests.fetch_add(1, Ordering::SeqCst);
+    match fault {
+        Fault::ResetMidBody => {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+                .await;
+            let _ = stream.write_all(&[b'x'; 100]).await;
+            let _ = stream.flush().await;
+            // Let the head and the first bytes be read before the reset.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = stream.set_zero_linger();
+            drop(stream);
+        }
+        Fault::ResetBeforeAnswer => {
+            let _ = stream.set_zero_linger();
+            drop(stream);
+        }
+        Fault::GarbageStatus => {
+            let _ = stream
+                .write_all(b"HELLO THERE \x01\x02 not http\r\n\r\n")
+                .await;
+            let _ = stream.shutdown().await;
+        }
+        Fault::Trickle => {
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            for b in answer {
+                if stream.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        Fault::CloseAfterHeaders => {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+                .await;
+            let _ = stream.shutdown().await;
+        }
+    }
+}
+
+/// How a bounded request failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// No response head (connect, reset, closed).
+    Request(hyper_util::client::legacy::Error),
+    /// The head arrived but the body was cut.
+    Body { status: StatusCode, error: String },
+    /// Nothing within the bound.
+    TimedOut,
+}
+
+/// A GET bounded by `within`, reporting how it failed instead of panicking.
+pub async fn try_get(
+    client: &TestClient,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    within: Duration,
+) -> Result<Answer, Failure> {
+    let req = Request::builder()
+        .uri(format!("http://{addr}{path}"))
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let exchange = async {
+        let resp = client.request(req).await.map_err(Failure::Request)?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| Failure::Body {
+                status: parts.status,
+                error: e.to_string(),
+            })?
+            .to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(within, exchange)
+        .await
+        .unwrap_or(Err(Failure::TimedOut))
+}

@@ -282,6 +282,7 @@ impl<'a> Builder<'a> {
                             compare: None,
                             secondary: None,
                             noise: None,
+                            max_body_bytes: None,
                         },
                     ));
                 }
