@@ -157,7 +157,11 @@ async fn black_holed_shadow_adds_no_latency_and_overload_is_bounded() {
 async fn bodies_over_the_cap_reach_the_primary_but_not_the_mirror() {
     let mut v1 = TestBackend::new().spawn().await;
     let mut v2 = TestBackend::new().spawn().await;
-    let proxy = start_proxy(&shadow_config(v1.addr, &[(v2.addr, ", max_body_bytes: 1KiB")])).await;
+    let proxy = start_proxy(&shadow_config(
+        v1.addr,
+        &[(v2.addr, ", max_body_bytes: 1KiB")],
+    ))
+    .await;
     let addr = proxy.listen_addrs[0];
     let c = client();
 
