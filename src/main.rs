@@ -277,9 +277,11 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 }
 
 async fn run(config: shadowgate::config::Config, log_format: LogFormat) -> anyhow::Result<()> {
-    let running = app::start(config, StartOptions { log_format }).await?;
+    // Handlers first: "serving" is logged inside `start`, and a SIGTERM or
+    // SIGHUP right after it must drain or reload, not kill the process.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let running = app::start(config, StartOptions { log_format }).await?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -296,10 +298,10 @@ async fn run(config: shadowgate::config::Config, log_format: LogFormat) -> anyho
 }
 
 async fn demo(args: shadowgate::demo::DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let running = shadowgate::demo::start(&args, log_format)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -34,8 +34,13 @@ fn mirror_errors(metrics: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The latency comparisons run one at a time: a p99 measured while another
+/// test floods the same two cores says little.
+static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A shadow misbehaving as `fault`: isolated, bounded, counted as `kind`.
 async fn shadow_fault(fault: Fault, mirror_settings: &str, kind: &str) {
+    let _alone = MEASURING.lock().await;
     let shadow = FaultyBackend::spawn(fault).await;
     let run = isolation(mirror_settings, shadow.addr).await;
     run.assert_isolated(&format!("a shadow doing {fault:?}"));

@@ -215,3 +215,23 @@ async fn malformed_requests_get_4xx_and_reach_no_backend() {
     assert_eq!(v2.received(), 0, "no malformed request reached the shadow");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn empty_lines_before_a_request_are_allowed() {
+    let mut v1 = TestBackend::new().spawn().await;
+    let proxy = start_proxy(&format!(
+        "backends: {{ v1: {{ endpoints: [\"{}\"] }} }}\nroutes: [{{ name: r, backend: v1 }}]\n",
+        v1.addr
+    ))
+    .await;
+    // RFC 9112 §2.2: a server should ignore at least one empty line before
+    // the request line (old clients sent CRLF after a POST body).
+    let out = raw(
+        proxy.listen_addrs[0],
+        b"\r\n\r\nGET /after-empty-lines HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(v1.next().await.uri.path(), "/after-empty-lines");
+    proxy.shutdown().await;
+}

@@ -9,8 +9,9 @@
 //! sending a request) and then closes the socket, so later connections are
 //! refused by the kernel. Each connection then finishes: in-flight requests
 //! are answered with keep-alive off, idle keep-alive connections close, and
-//! a connection that has not delivered its first request yet gets up to
-//! `limits.header_read_timeout` to do so and is answered before it closes.
+//! a connection that has not delivered its first request yet gets up to a
+//! second (at most `limits.header_read_timeout`) to do so and is answered
+//! before it closes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -76,6 +77,10 @@ impl TlsSource {
         TlsAcceptor::from(self.last.clone())
     }
 }
+
+/// At shutdown, how long a connection that has not sent its first request
+/// yet is given to send it (at most `limits.header_read_timeout`).
+const FIRST_REQUEST_AT_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// Held by every connection task; shutdown waits until all are dropped.
 #[derive(Debug, Clone)]
@@ -230,9 +235,12 @@ async fn serve<S>(
         Some(ended) => ended,
         None => {
             // Shutting down. A connection that has not delivered its first
-            // request yet (it may be on its way) gets the time a head may
-            // take; closing it now would reset a client that did nothing wrong.
-            let first = tokio::time::timeout(limits.header_read_timeout, first_request.notified());
+            // request yet may have one on its way: closing it now would reset
+            // a client that did nothing wrong. It gets a moment (a request
+            // sent just before SIGTERM arrives within a round trip); a pooled
+            // connection that a client opened ahead of need is not kept long.
+            let wait = limits.header_read_timeout.min(FIRST_REQUEST_AT_SHUTDOWN);
+            let first = tokio::time::timeout(wait, first_request.notified());
             let ended = tokio::select! {
                 ended = conn.as_mut() => Some(ended),
                 _ = first => None,

@@ -334,8 +334,8 @@ impl Backend {
     ///
     /// An endpoint that refuses the connection is always passed over for
     /// `eject_for`. With `Ejection::AnyFailure` (the primary path), so is
-    /// one that took the request and then failed it: reset, garbage, no
-    /// head in time. Mirror copies use `Ejection::ConnectOnly`: a shadow
+    /// one that took the request and then failed it: reset, garbage, or no
+    /// head in time for a request without body. Mirror copies use `Ejection::ConnectOnly`: a shadow
     /// that fails is counted per copy, and skipped only once it refuses
     /// connections.
     pub async fn send(
@@ -349,7 +349,11 @@ impl Backend {
             backend: self.config.name.clone(),
             reason: "no endpoints".into(),
         })?;
+        // A request with a body may time out because the client uploads
+        // slowly; only a bodiless one times out for the endpoint alone.
+        let bodiless = req.body().is_end_stream();
         let fault = |e: &UpstreamError| match ejection {
+            Ejection::AnyFailure if e.is_timeout() && !bodiless => None,
             Ejection::AnyFailure => e.endpoint_fault(),
             Ejection::ConnectOnly => None,
         };
