@@ -8,7 +8,7 @@
 //! model), `runtime` (live state built from a config, swapped on reload),
 //! `proxy` (listeners and the request path), `mirror` (sampling, body tee,
 //! bounded shadow dispatch), `telemetry` (logs and metrics), `admin` (the
-//! admin server), `app` (start, reload, drain), `demo` and `bench_backend`
+//! admin server), `app` (start, reload, drain), `process` (descriptor table set-up), `demo` and `bench_backend`
 //! (sample servers).
 #![forbid(unsafe_code)]
 
@@ -21,6 +21,7 @@ pub mod comparison;
 pub mod config;
 pub mod demo;
 pub mod mirror;
+pub mod process;
 pub mod promote;
 pub mod proxy;
 pub mod runtime;

@@ -110,6 +110,8 @@ struct AdminArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists (see `process`).
+    let fds = shadowgate::process::prepare_file_descriptors(shadowgate::process::FD_TABLE_SLOTS);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = cli.workers {
@@ -152,10 +154,12 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(cli.log_format);
+            log_fd_setup(fds);
             exit(rt.block_on(run(loaded, cli.log_format)))
         }
         Command::Demo(args) => {
             init_logging(cli.log_format);
+            log_fd_setup(fds);
             exit(rt.block_on(demo(args, cli.log_format)))
         }
         Command::Status {
@@ -273,6 +277,17 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
             eprintln!("shadowgate: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn log_fd_setup(fds: shadowgate::process::FdSetup) {
+    let soft = fds
+        .soft_limit
+        .map_or("unlimited".to_string(), |l| l.to_string());
+    if fds.table_slots == 0 {
+        tracing::warn!(soft_limit = %soft, "could not pre-size the file descriptor table");
+    } else {
+        tracing::debug!(soft_limit = %soft, table_slots = fds.table_slots, "file descriptors ready");
     }
 }
 

@@ -225,6 +225,12 @@ pub async fn dead_addr() -> SocketAddr {
 
 /// Starts the proxy with `body` (backends and routes) plus test defaults.
 pub async fn start_proxy(body: &str) -> Running {
+    // The binary sizes its descriptor table before it starts (see
+    // `shadowgate::process`); the in-process proxy gets the same set-up.
+    static FDS: std::sync::Once = std::sync::Once::new();
+    FDS.call_once(|| {
+        shadowgate::process::prepare_file_descriptors(shadowgate::process::FD_TABLE_SLOTS);
+    });
     let yaml =
         format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\n{body}");
     let config =
@@ -729,15 +735,21 @@ impl Isolation {
 }
 
 /// Measures the primary's p99 over 1000 requests (4 workers) without and
-/// with `shadow` as route `r`'s mirror `m0`.
+/// with `shadow` as route `r`'s mirror `m0`. Both proxies run at once and
+/// the load alternates between them in rounds of 100 requests, so a burst of
+/// foreign load on the shared machine weighs on both sides alike.
 pub async fn isolation(shadow_cfg: &str, shadow: SocketAddr) -> Isolation {
     let requests = 1000;
+    let rounds = 10;
     let v1 = TestBackend::new().spawn().await;
     let base = start_proxy(&shadow_config(v1.addr, &[])).await;
-    let mut without = load(base.listen_addrs[0], requests, 4, no_headers).await;
-    base.shutdown().await;
     let with_proxy = start_proxy(&shadow_config(v1.addr, &[(shadow, shadow_cfg)])).await;
-    let mut with = load(with_proxy.listen_addrs[0], requests, 4, no_headers).await;
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        without.extend(load(base.listen_addrs[0], requests / rounds, 4, no_headers).await);
+        with.extend(load(with_proxy.listen_addrs[0], requests / rounds, 4, no_headers).await);
+    }
+    base.shutdown().await;
     mirrors_settled(&with_proxy).await;
     let metrics = metrics(&with_proxy).await;
     with_proxy.shutdown().await;
