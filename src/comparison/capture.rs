@@ -34,16 +34,32 @@ impl Capturer {
 
     /// Notes a body chunk.
     pub fn data(&mut self, data: &Bytes) {
-        if self.truncated {
-            return;
+        if self.admit(data.len()) {
+            self.chunks.push(data.clone());
         }
-        if self.len + data.len() > self.cap {
+    }
+
+    /// Notes a body chunk that lives in someone else's buffer (copied only
+    /// while under the cap).
+    pub fn data_slice(&mut self, data: &[u8]) {
+        if self.admit(data.len()) {
+            self.chunks.push(Bytes::copy_from_slice(data));
+        }
+    }
+
+    /// Counts `n` more bytes; false (and the capture truncated) once over
+    /// the cap.
+    fn admit(&mut self, n: usize) -> bool {
+        if self.truncated {
+            return false;
+        }
+        if self.len + n > self.cap {
             self.truncated = true;
             self.chunks = Vec::new();
-            return;
+            return false;
         }
-        self.len += data.len();
-        self.chunks.push(data.clone());
+        self.len += n;
+        true
     }
 
     /// The captured response.

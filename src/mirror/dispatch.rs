@@ -6,19 +6,18 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Uri};
-use http_body_util::BodyExt;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::sample::sampled;
 use super::tee::{TeeFailure, TeeResult};
-use crate::body::UpstreamBody;
 use crate::comparison::capture::Capturer;
 use crate::comparison::{Engine, Job, PrimaryCapture, RouteComparison, Side};
 use crate::proxy::grpc;
 use crate::proxy::headers::suffixed_authority;
-use crate::proxy::upstream::{Ejection, UpstreamError};
+use crate::proxy::upstream::{CopyRequest, UpstreamError};
+use crate::proxy::wire::Sink;
 use crate::runtime::{Mirror, Route};
 use crate::telemetry::Role;
 use crate::telemetry::{AccessRecord, DropReason, MirrorErrorKind, Telemetry};
@@ -240,49 +239,25 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
         telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
         return;
     }
-    let req = copy_request(mirror, head, body);
+    let copy = copy_request(mirror, head, body);
     if let Some(g) = &mirror.metrics.in_flight {
         g.inc();
     }
     let compared = head.compare.as_ref().filter(|_| cfg.compare);
-    let mut capture = None;
-    let outcome = tokio::time::timeout(cfg.timeout, async {
-        let resp = mirror
-            .backend
-            .send(req, cfg.timeout, None, Ejection::ConnectOnly)
-            .await
-            .map_err(classify_upstream)?;
-        let status = resp.status().as_u16();
-        if compared.is_some() {
-            let cap = usize::try_from(cfg.compare_max_body_bytes).unwrap_or(usize::MAX);
-            capture = Some(Capturer::new(resp.status(), resp.headers().clone(), cap));
-        }
-        // gRPC: the outcome is in the head (trailers-only) or the trailers.
-        let mut grpc_status = grpc::status(resp.headers());
-        let mut body = resp.into_body();
-        let mut bytes = 0u64;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => match f.data_ref() {
-                    Some(d) => {
-                        bytes += d.len() as u64;
-                        if let Some(c) = capture.as_mut() {
-                            c.data(d);
-                        }
-                    }
-                    None => {
-                        if let Some(code) = f.trailers_ref().and_then(grpc::status) {
-                            grpc_status = Some(code);
-                        }
-                    }
-                },
-                Err(e) => return Err(classify_hyper(&e)),
-            }
-        }
-        Ok((status, bytes, grpc_status))
-    })
+    let mut sink = CopySink {
+        capture_cap: compared
+            .map(|_| usize::try_from(cfg.compare_max_body_bytes).unwrap_or(usize::MAX)),
+        capture: None,
+        grpc_status: None,
+    };
+    let outcome = tokio::time::timeout(
+        cfg.timeout,
+        mirror.backend.send_copy(copy, cfg.timeout, &mut sink),
+    )
     .await
-    .unwrap_or(Err(MirrorErrorKind::Timeout));
+    .map_err(|_| MirrorErrorKind::Timeout)
+    .and_then(|sent| sent.map_err(classify_upstream))
+    .map(|a| (a.status.as_u16(), a.body_bytes, sink.grpc_status));
     if let Some(g) = &mirror.metrics.in_flight {
         g.dec();
     }
@@ -313,14 +288,49 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
             telemetry.mirror_failed(&mirror.metrics, kind, &rec);
         }
     }
-    if let (Some(link), Some(capture)) = (compared, capture.filter(|_| answered)) {
+    if let (Some(link), Some(capture)) = (compared, sink.capture.filter(|_| answered)) {
         submit_comparison(link, mirror, head, capture.finish()).await;
+    }
+}
+
+/// What a copy keeps of the shadow's answer: the capture for comparison
+/// (when compared) and a gRPC status (head or trailers).
+struct CopySink {
+    /// `Some(cap)` when the answer is compared.
+    capture_cap: Option<usize>,
+    capture: Option<Capturer>,
+    grpc_status: Option<u16>,
+}
+
+impl Sink for CopySink {
+    fn wants_headers(&self) -> bool {
+        self.capture_cap.is_some()
+    }
+
+    fn head(&mut self, status: StatusCode, headers: &HeaderMap) {
+        if let Some(cap) = self.capture_cap {
+            self.capture = Some(Capturer::new(status, headers.clone(), cap));
+        }
+        // gRPC: a trailers-only answer carries its status in the head.
+        self.grpc_status = grpc::status(headers);
+    }
+
+    fn data(&mut self, chunk: &[u8]) {
+        if let Some(c) = self.capture.as_mut() {
+            c.data_slice(chunk);
+        }
+    }
+
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(code) = grpc::status(trailers) {
+            self.grpc_status = Some(code);
+        }
     }
 }
 
 /// The shadow's request: same method, path, query, headers and body, with
 /// the mirror's header rules applied and the Host suffixed.
-fn copy_request(mirror: &Mirror, head: &MirrorHead, body: Bytes) -> Request<UpstreamBody> {
+fn copy_request(mirror: &Mirror, head: &MirrorHead, body: Bytes) -> CopyRequest {
     let cfg = &mirror.config;
     let mut headers = head.headers.clone();
     for name in &cfg.remove_headers {
@@ -336,11 +346,12 @@ fn copy_request(mirror: &Mirror, head: &MirrorHead, body: Bytes) -> Request<Upst
     if !body.is_empty() || headers.contains_key(http::header::CONTENT_LENGTH) {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
-    let mut req = Request::new(UpstreamBody::buffered(body));
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = head.uri.clone();
-    *req.headers_mut() = headers;
-    req
+    CopyRequest {
+        method: head.method.clone(),
+        uri: head.uri.clone(),
+        headers,
+        body,
+    }
 }
 
 fn classify_upstream(e: UpstreamError) -> MirrorErrorKind {
@@ -348,20 +359,11 @@ fn classify_upstream(e: UpstreamError) -> MirrorErrorKind {
         UpstreamError::Connect { .. } => MirrorErrorKind::Connect,
         UpstreamError::Timeout { .. } => MirrorErrorKind::Timeout,
         UpstreamError::Uri { .. } | UpstreamError::Tunnel { .. } => MirrorErrorKind::Protocol,
-        UpstreamError::Exchange { .. } => match e.hyper_error() {
-            Some(h) => classify_hyper(h),
-            None => MirrorErrorKind::Reset,
-        },
-    }
-}
-
-fn classify_hyper(e: &hyper::Error) -> MirrorErrorKind {
-    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-        MirrorErrorKind::Protocol
-    } else if e.is_timeout() {
-        MirrorErrorKind::Timeout
-    } else {
-        MirrorErrorKind::Reset
+        UpstreamError::Exchange { .. } if e.is_protocol() => MirrorErrorKind::Protocol,
+        UpstreamError::Exchange { .. } if e.hyper_error().is_some_and(|h| h.is_timeout()) => {
+            MirrorErrorKind::Timeout
+        }
+        UpstreamError::Exchange { .. } => MirrorErrorKind::Reset,
     }
 }
 

@@ -16,6 +16,10 @@
 //!   ALPN ids; the answer is remembered per endpoint until it is ejected or
 //!   the backend is rebuilt. Over TCP it is `http1`.
 //!
+//! Mirror copies over HTTP/1.1 (TCP or TLS) skip hyper's client: the copy's
+//! task owns a connection for its exchange (`wire`), and idle connections
+//! wait in the endpoint's list (`max_idle_per_endpoint`, 90 s at most).
+//!
 //! TLS: SNI and certificate verification use the endpoint host, or
 //! `tls_server_name`; the `Host` / `:authority` the backend sees is still
 //! the client's, as for cleartext endpoints.
@@ -31,6 +35,7 @@ use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -41,11 +46,15 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::tls::{UpstreamStream, ALPN_H2, ALPN_HTTP11};
+use super::wire::{self, Answered, IdleConns, Sink, WireError};
 use crate::body::{BoxError, UpstreamBody};
 use crate::config::{self, BackendConfig, UpstreamProtocol};
 
 /// Streams carried by one HTTP/2 connection before another is opened.
 const STREAMS_PER_CONNECTION: usize = 100;
+
+/// How long an idle keep-alive connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +136,22 @@ impl UpstreamError {
         false
     }
 
+    /// True when the endpoint answered something that is not HTTP.
+    pub fn is_protocol(&self) -> bool {
+        if let Some(h) = self.hyper_error() {
+            return h.is_parse() || h.is_parse_status() || h.is_parse_too_large();
+        }
+        matches!(self.wire_error(), Some(WireError::Protocol(_)))
+    }
+
+    /// The error of a copy's HTTP/1.1 exchange, if that is what failed.
+    pub fn wire_error(&self) -> Option<&WireError> {
+        match self {
+            UpstreamError::Exchange { source, .. } => source.downcast_ref::<WireError>(),
+            _ => None,
+        }
+    }
+
     /// The hyper error behind a failed exchange, if there is one.
     pub fn hyper_error(&self) -> Option<&hyper::Error> {
         let UpstreamError::Exchange { source, .. } = self else {
@@ -167,6 +192,8 @@ struct EndpointState {
     h2: H2Pool,
     /// `auto` over TLS: what ALPN settled on last time.
     mode: AtomicU8,
+    /// Idle HTTP/1.1 connections of mirror copies.
+    idle: IdleConns,
 }
 
 /// A backend: endpoints, health, and connections.
@@ -205,7 +232,7 @@ impl Backend {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(config.max_idle_per_endpoint)
             .set_host(false)
             .retry_canceled_requests(true)
@@ -221,6 +248,7 @@ impl Backend {
                     ejected_until: AtomicU64::new(0),
                     h2: H2Pool::default(),
                     mode: AtomicU8::new(MODE_UNKNOWN),
+                    idle: IdleConns::default(),
                 })
             })
             .collect();
@@ -380,6 +408,103 @@ impl Backend {
             }
             other => other,
         }
+    }
+
+    /// Sends a mirror copy and reads its whole answer into `sink` (the
+    /// caller bounds it in time). Only a refused connection passes the
+    /// endpoint over; there is no retry on another endpoint.
+    pub async fn send_copy(
+        &self,
+        copy: CopyRequest,
+        timeout: Duration,
+        sink: &mut (dyn Sink + Send),
+    ) -> Result<Answered, UpstreamError> {
+        let idx = self.pick(None).ok_or_else(|| UpstreamError::Uri {
+            backend: self.config.name.clone(),
+            reason: "no endpoints".into(),
+        })?;
+        if self.copies_over_wire() {
+            return self.copy_over_wire(idx, copy, sink).await;
+        }
+        let resp = self.exchange(idx, copy.into_request(), timeout).await?;
+        let status = resp.status();
+        sink.head(status, resp.headers());
+        let mut body = resp.into_body();
+        let mut body_bytes = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.exchange_error(idx, e))?;
+            match frame.into_data() {
+                Ok(data) => {
+                    body_bytes += data.len() as u64;
+                    sink.data(&data);
+                }
+                Err(frame) => {
+                    if let Some(t) = frame.trailers_ref() {
+                        sink.trailers(t);
+                    }
+                }
+            }
+        }
+        Ok(Answered {
+            status,
+            body_bytes,
+            reusable: true,
+        })
+    }
+
+    /// Whether copies travel over `wire`: backends that speak HTTP/1.1
+    /// (`http1`, or `auto` over TCP). HTTP/2 and `auto` over TLS go through
+    /// the HTTP/2 pool and its ALPN handling.
+    fn copies_over_wire(&self) -> bool {
+        match self.config.protocol {
+            UpstreamProtocol::Http1 => true,
+            UpstreamProtocol::H2 => false,
+            UpstreamProtocol::Auto => self.scheme == Scheme::HTTP,
+        }
+    }
+
+    /// A copy over HTTP/1.1 on a connection of its own (see `wire`). A
+    /// reused connection that ends before any answer (the server closed it
+    /// while idle) is replaced by a fresh one once, for idempotent methods.
+    async fn copy_over_wire(
+        &self,
+        idx: usize,
+        copy: CopyRequest,
+        sink: &mut (dyn Sink + Send),
+    ) -> Result<Answered, UpstreamError> {
+        let endpoint = &self.endpoints[idx];
+        let target = copy.uri.path_and_query().map_or("/", |p| p.as_str());
+        let head = wire::request_head(&copy.method, target, &copy.headers);
+        let (mut stream, mut reused) = match endpoint.idle.take(IDLE_TIMEOUT) {
+            Some(s) => (s, true),
+            None => (self.connect_wire(idx).await?, false),
+        };
+        loop {
+            match wire::exchange(&mut stream, &head, &copy.body, &copy.method, sink).await {
+                Ok(answered) => {
+                    if answered.reusable {
+                        endpoint
+                            .idle
+                            .put(stream, self.config.max_idle_per_endpoint, IDLE_TIMEOUT);
+                    }
+                    return Ok(answered);
+                }
+                Err(e) if reused && e.nothing_received() && copy.method.is_idempotent() => {
+                    tracing::debug!(backend = %self.config.name, error = %e, "idle connection was closed; sending the copy on a new one");
+                    stream = self.connect_wire(idx).await?;
+                    reused = false;
+                }
+                Err(e) => return Err(self.exchange_error(idx, e)),
+            }
+        }
+    }
+
+    async fn connect_wire(&self, idx: usize) -> Result<UpstreamStream, UpstreamError> {
+        let uri = self.uri(self.endpoints[idx].authority.clone(), None)?;
+        self.h1_connector
+            .connect(uri)
+            .await
+            .map_err(|e| self.connect_error(idx, e))
     }
 
     async fn exchange(
@@ -575,6 +700,27 @@ impl Backend {
             .uri(authority.clone(), None)
             .map_err(|e| -> BoxError { e.to_string().into() })?;
         self.h1_connector.connect(uri).await
+    }
+}
+
+/// A mirror copy: the whole request, body in memory.
+#[derive(Debug, Clone)]
+pub struct CopyRequest {
+    pub method: http::Method,
+    /// Origin-form (or absolute) target; only path and query are sent.
+    pub uri: Uri,
+    /// Every field to send, `Host` and `Content-Length` included.
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl CopyRequest {
+    fn into_request(self) -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::buffered(self.body));
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.headers_mut() = self.headers;
+        req
     }
 }
 
