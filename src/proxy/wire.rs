@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::tls::UpstreamStream;
@@ -54,6 +54,12 @@ pub trait Sink {
     /// Trailer fields of a chunked body.
     fn trailers(&mut self, trailers: &HeaderMap);
 }
+
+/// A connection the exchange can run over (`UpstreamStream` in the
+/// proxy; anything that reads and writes in tests and fuzzing).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// How an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,8 +122,8 @@ pub fn request_head(method: &Method, target: &str, headers: &HeaderMap) -> Vec<u
 /// Sends one request (`head` from [`request_head`], then `body`, in one
 /// vectored write where the stream allows) and reads the whole answer into
 /// `sink`.
-pub async fn exchange(
-    stream: &mut UpstreamStream,
+pub async fn exchange<S: Io>(
+    stream: &mut S,
     head: &[u8],
     body: &Bytes,
     method: &Method,
@@ -131,6 +137,9 @@ pub async fn exchange(
     let mut buf = Buffer::new();
     let parsed = loop {
         match parse_head(buf.unread(), sink.wants_headers())? {
+            Some(h) if h.len > MAX_HEAD_BYTES => {
+                return Err(WireError::Protocol("response head too large"));
+            }
             Some(h) if h.status.is_informational() => {
                 if h.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(WireError::Protocol("unexpected 101 Switching Protocols"));
@@ -211,7 +220,7 @@ impl Buffer {
     }
 
     /// Reads more; 0 at the end of the connection.
-    async fn fill(&mut self, stream: &mut UpstreamStream) -> std::io::Result<usize> {
+    async fn fill<S: Io>(&mut self, stream: &mut S) -> std::io::Result<usize> {
         if self.start > 0 && self.data.capacity() - self.data.len() < READ_ROOM {
             self.data.drain(..self.start);
             self.start = 0;
@@ -346,8 +355,8 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     found
 }
 
-async fn read_length(
-    stream: &mut UpstreamStream,
+async fn read_length<S: Io>(
+    stream: &mut S,
     buf: &mut Buffer,
     length: u64,
     sink: &mut (dyn Sink + Send),
@@ -368,8 +377,8 @@ async fn read_length(
     Ok(length)
 }
 
-async fn read_to_close(
-    stream: &mut UpstreamStream,
+async fn read_to_close<S: Io>(
+    stream: &mut S,
     buf: &mut Buffer,
     sink: &mut (dyn Sink + Send),
 ) -> Result<u64, WireError> {
@@ -388,8 +397,8 @@ async fn read_to_close(
 }
 
 /// Decodes a chunked body; returns its size and whether it ended cleanly.
-async fn read_chunked(
-    stream: &mut UpstreamStream,
+async fn read_chunked<S: Io>(
+    stream: &mut S,
     buf: &mut Buffer,
     sink: &mut (dyn Sink + Send),
 ) -> Result<(u64, bool), WireError> {
@@ -420,9 +429,12 @@ struct Line {
     total: usize,
 }
 
-async fn next_line(stream: &mut UpstreamStream, buf: &mut Buffer) -> Result<Line, WireError> {
+async fn next_line<S: Io>(stream: &mut S, buf: &mut Buffer) -> Result<Line, WireError> {
     loop {
         if let Some(lf) = buf.unread().iter().position(|b| *b == b'\n') {
+            if lf > MAX_LINE_BYTES {
+                return Err(WireError::Protocol("chunk line too long"));
+            }
             let content = if lf > 0 && buf.unread()[lf - 1] == b'\r' {
                 lf - 1
             } else {
@@ -458,8 +470,8 @@ fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
 }
 
 /// Reads the trailer section (up to the empty line) and hands it over.
-async fn read_trailers(
-    stream: &mut UpstreamStream,
+async fn read_trailers<S: Io>(
+    stream: &mut S,
     buf: &mut Buffer,
     sink: &mut (dyn Sink + Send),
 ) -> Result<(), WireError> {
