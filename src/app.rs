@@ -140,6 +140,8 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         stop_rx.clone(),
     ));
 
+    tokio::spawn(sweep_idle_copies(shared.clone(), stop_rx.clone()));
+
     if !sources.is_empty() && !watch_interval.is_zero() {
         tokio::spawn(watch_files(
             shared.clone(),
@@ -290,4 +292,23 @@ fn tls_files(config: &Config) -> Vec<PathBuf> {
         }
     }
     files
+}
+
+/// Every 30 s, closes the mirror copies' idle connections that expired or
+/// that their server closed, so a shadow that went quiet does not keep
+/// sockets in CLOSE_WAIT until the next copy (bounded anyway by
+/// `max_idle_per_endpoint`).
+async fn sweep_idle_copies(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let runtime = shared.runtime.load();
+        for backend in runtime.backends.values() {
+            backend.sweep_idle();
+        }
+    }
 }

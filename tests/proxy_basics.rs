@@ -137,6 +137,53 @@ async fn client_gets_the_primary_answer_and_the_mirror_gets_a_copy() {
     proxy.shutdown().await;
 }
 
+/// Copies to an HTTP/1.1 shadow go over the copy client's own keep-alive
+/// connections: a few connections for many copies, every copy answered.
+#[tokio::test]
+async fn copies_reuse_keep_alive_connections_to_the_shadow() {
+    let v1 = TestBackend::new().spawn().await;
+    let v2 = TestBackend::new().body("x".repeat(3000)).spawn().await;
+    let proxy = start_proxy(&mirrored_config(v1.addr, v2.addr)).await;
+    let c = client();
+    let requests = 200;
+    for i in 0..requests {
+        let a = send(
+            &c,
+            proxy.listen_addrs[0],
+            if i % 2 == 0 {
+                Method::GET
+            } else {
+                Method::POST
+            },
+            "my-app.local",
+            "/x",
+            &[],
+            Bytes::from(if i % 2 == 0 { "" } else { "a body" }),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        // Let the copy finish so the next one can take its connection.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    mirrors_settled(&proxy).await;
+    assert_eq!(v2.received(), requests);
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"shadowgate_requests_total{route="my-app",backend="v2",role="mirror",code="200"}"#
+        ),
+        requests as f64,
+        "{m}"
+    );
+    assert!(
+        v2.connections() <= 5,
+        "{} connections for {requests} copies",
+        v2.connections()
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn host_keeps_its_port_and_suffix_rules_apply() {
     let mut v1 = TestBackend::new().spawn().await;

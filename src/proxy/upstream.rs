@@ -685,6 +685,16 @@ impl Backend {
         })
     }
 
+    /// Closes mirror copies' idle connections that expired or that the
+    /// server closed (the pool itself only looks at them when a copy
+    /// comes). Returns how many stay open.
+    pub fn sweep_idle(&self) -> usize {
+        self.endpoints
+            .iter()
+            .map(|e| e.idle.sweep(IDLE_TIMEOUT))
+            .sum()
+    }
+
     /// An endpoint address for a dedicated connection (upgrades, CONNECT).
     pub fn pick_authority(&self) -> Option<Authority> {
         self.pick(None).map(|i| self.endpoints[i].authority.clone())

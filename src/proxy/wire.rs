@@ -540,6 +540,14 @@ impl IdleConns {
         }
     }
 
+    /// Closes the connections idle longer than `max_idle` and those the
+    /// server has closed; returns how many are left.
+    pub fn sweep(&self, max_idle: Duration) -> usize {
+        let mut conns = self.conns.lock();
+        conns.retain_mut(|c| c.since.elapsed() <= max_idle && still_open(&mut c.stream));
+        conns.len()
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.conns.lock().len()
@@ -987,5 +995,23 @@ mod tests {
         assert_eq!(idle.len(), 2);
         assert!(idle.take(Duration::ZERO).is_none(), "both expired");
         assert_eq!(idle.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_closes_expired_and_closed_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let idle = IdleConns::default();
+        let max_idle = Duration::from_secs(90);
+        let kept = TcpStream::connect(addr).await.unwrap();
+        let (_kept_peer, _) = listener.accept().await.unwrap();
+        let closed = TcpStream::connect(addr).await.unwrap();
+        let (closed_peer, _) = listener.accept().await.unwrap();
+        idle.put(UpstreamStream::Plain(kept), 8, max_idle);
+        idle.put(UpstreamStream::Plain(closed), 8, max_idle);
+        drop(closed_peer);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(idle.sweep(max_idle), 1, "the closed one went");
+        assert_eq!(idle.sweep(Duration::ZERO), 0, "the expired one went");
     }
 }

@@ -107,12 +107,15 @@ impl TestBackend {
         let status_now = status.clone();
         let this = Arc::new(self);
         let counter = count.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             let mut held = Vec::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 if this.blackhole {
                     held.push(stream);
                     continue;
@@ -178,6 +181,7 @@ impl TestBackend {
             addr,
             rx,
             count,
+            connections,
             task,
             status,
         }
@@ -191,6 +195,7 @@ pub struct BackendHandle {
     pub status: Arc<AtomicU16>,
     rx: mpsc::UnboundedReceiver<Recorded>,
     count: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -214,6 +219,10 @@ impl BackendHandle {
     }
     pub fn received(&self) -> usize {
         self.count.load(Ordering::SeqCst)
+    }
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
