@@ -970,12 +970,12 @@ mod tests {
         let (_kept, _) = listener.accept().await.unwrap();
         let closing = TcpStream::connect(addr).await.unwrap();
         let (gone, _) = listener.accept().await.unwrap();
+        drop(gone);
+        // The server's FIN has arrived once the socket turns readable.
+        closing.readable().await.unwrap();
         let max_idle = Duration::from_secs(90);
         idle.put(UpstreamStream::Plain(open), 8, max_idle);
         idle.put(UpstreamStream::Plain(closing), 8, max_idle);
-        drop(gone);
-        // Let the FIN arrive and the reactor see it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(idle.take(max_idle).is_some(), "the open connection");
         assert!(idle.take(max_idle).is_none(), "the closed one was dropped");
         assert_eq!(idle.len(), 0);
@@ -1007,10 +1007,10 @@ mod tests {
         let (_kept_peer, _) = listener.accept().await.unwrap();
         let closed = TcpStream::connect(addr).await.unwrap();
         let (closed_peer, _) = listener.accept().await.unwrap();
+        drop(closed_peer);
+        closed.readable().await.unwrap();
         idle.put(UpstreamStream::Plain(kept), 8, max_idle);
         idle.put(UpstreamStream::Plain(closed), 8, max_idle);
-        drop(closed_peer);
-        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(idle.sweep(max_idle), 1, "the closed one went");
         assert_eq!(idle.sweep(Duration::ZERO), 0, "the expired one went");
     }
