@@ -185,6 +185,38 @@ async fn copies_reuse_keep_alive_connections_to_the_shadow() {
     proxy.shutdown().await;
 }
 
+/// An HTTP/2 client's split cookies reach HTTP/1.1 backends, primary and
+/// shadow, as one field.
+#[tokio::test]
+async fn split_cookies_from_an_http2_client_arrive_as_one_field() {
+    let mut v1 = TestBackend::new().spawn().await;
+    let mut v2 = TestBackend::new().spawn().await;
+    let proxy = start_proxy(&mirrored_config(v1.addr, v2.addr)).await;
+    // h2c with prior knowledge; `:authority` names the route's host.
+    let tcp = tokio::net::TcpStream::connect(proxy.listen_addrs[0])
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://my-app.local/c")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let a = sender.send_request(req).await.unwrap();
+    assert_eq!(a.status(), 200);
+    for got in [v1.next().await, v2.next().await] {
+        let cookies: Vec<_> = got.headers.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
+    }
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn host_keeps_its_port_and_suffix_rules_apply() {
     let mut v1 = TestBackend::new().spawn().await;

@@ -54,6 +54,27 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Joins several `cookie` fields into one, separated by `; `. HTTP/2
+/// clients (browsers) split cookies into fields of their own for HPACK;
+/// an HTTP/1.1 backend must see a single field (RFC 9113 §8.2.3, RFC 6265
+/// §5.4). One field or none: untouched, nothing allocated.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    if all.nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Adds `x-forwarded-for` (appended), `x-forwarded-proto`, `x-forwarded-host`
 /// (kept when a previous proxy set them) and `via` (appended).
 pub fn add_forwarded(
@@ -133,6 +154,28 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn split_cookies_are_joined_and_a_single_one_is_untouched() {
+        let mut h = map(&[
+            ("cookie", "a=1"),
+            ("x", "y"),
+            ("cookie", "b=2"),
+            ("cookie", "c=3"),
+        ]);
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        let mut one = map(&[("cookie", "a=1; b=2")]);
+        join_cookies(&mut one);
+        assert_eq!(
+            one.get_all("cookie").iter().collect::<Vec<_>>(),
+            ["a=1; b=2"]
+        );
+        let mut none = map(&[("x", "y")]);
+        join_cookies(&mut none);
+        assert!(none.get("cookie").is_none());
     }
 
     #[test]

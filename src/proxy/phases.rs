@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::error::ProxyError;
 use super::grpc;
-use super::headers::{add_forwarded, split_host_port, strip_hop_by_hop};
+use super::headers::{add_forwarded, join_cookies, split_host_port, strip_hop_by_hop};
 use super::tunnel;
 use super::upstream::{Backend, Ejection, ResponseBody};
 use crate::body::{BoxError, ClientBody, ProxyBody, UpstreamBody};
@@ -316,6 +316,7 @@ fn select_route<'r>(
 /// Phase 3: the head sent upstream (and copied to the mirrors).
 fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, conn: ConnInfo) {
     strip_hop_by_hop(&mut parts.headers, false);
+    join_cookies(&mut parts.headers);
     add_forwarded(
         &mut parts.headers,
         conn.peer.ip(),
