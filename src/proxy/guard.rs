@@ -570,6 +570,32 @@ pub struct Inspection {
     pub refused: bool,
 }
 
+/// The properties the `guard` fuzz target checks on one input (first byte:
+/// a read size): the same verdict whether the bytes arrive at once, one by
+/// one or in pieces of 2–62; when refused, never fewer bytes let through in
+/// pieces than at once (a chunked body's checked chunks go on before a
+/// later bad one cuts the stream); and whatever was let through is itself
+/// acceptable.
+#[doc(hidden)]
+pub fn check_split_properties(input: &[u8]) {
+    let Some((&step, bytes)) = input.split_first() else {
+        return;
+    };
+    let whole = inspect(bytes, bytes.len().max(1));
+    assert!(whole.released <= bytes.len());
+    for step in [1, usize::from(step % 61) + 2] {
+        let split = inspect(bytes, step);
+        assert_eq!(split.refused, whole.refused, "step {step}");
+        if whole.refused {
+            assert!(split.released >= whole.released, "step {step}");
+        } else {
+            assert_eq!(split, whole, "step {step}");
+        }
+        let prefix = &bytes[..split.released];
+        assert!(!inspect(prefix, prefix.len().max(1)).refused, "step {step}");
+    }
+}
+
 /// Runs the guard's framing state machine over `bytes` as if they arrived
 /// `step` bytes at a time, with no I/O. For fuzzing and tests: the verdict
 /// must not depend on `step`.
@@ -764,34 +790,13 @@ GET /b HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\
         );
     }
 
-    /// The properties the `guard` fuzz target checks, for one input.
-    fn split_properties(input: &[u8]) {
-        let Some((&step, bytes)) = input.split_first() else {
-            return;
-        };
-        let whole = inspect(bytes, bytes.len().max(1));
-        for step in [1, usize::from(step % 61) + 2] {
-            let split = inspect(bytes, step);
-            assert_eq!(split.refused, whole.refused, "step {step}");
-            if whole.refused {
-                // Streamed, a chunked body's checked chunks go on before a
-                // later bad one cuts the stream: never less than at once.
-                assert!(split.released >= whole.released, "step {step}");
-            } else {
-                assert_eq!(split, whole, "step {step}");
-            }
-            // Whatever was let through is itself acceptable.
-            assert!(!inspect(&bytes[..split.released], split.released.max(1)).refused);
-        }
-    }
-
     #[test]
     fn fuzz_regressions() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz-regressions/guard");
         let mut n = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let input = std::fs::read(entry.unwrap().path()).unwrap();
-            split_properties(&input);
+            check_split_properties(&input);
             n += 1;
         }
         assert!(n > 0);
