@@ -28,7 +28,7 @@ use super::error::ProxyError;
 use super::grpc;
 use super::headers::{add_forwarded, join_cookies, split_host_port, strip_hop_by_hop};
 use super::tunnel;
-use super::upstream::{Backend, Ejection, ResponseBody};
+use super::upstream::{Backend, ResponseBody};
 use crate::body::{BoxError, ClientBody, ProxyBody, UpstreamBody};
 use crate::comparison::capture::{Capturer, PrimaryCapturer};
 use crate::mirror::{self, tee::TeeBody, CompareLink, MirrorBody, MirrorHead, RequestView};
@@ -181,15 +181,7 @@ pub async fn handle(
     // 7. forward to the primary
     let retry_head = retry_copy(backend, &parts, content_length);
     let req = Request::from_parts(parts, upstream_body);
-    let resp = match backend
-        .send(
-            req,
-            backend.config.timeout,
-            retry_head,
-            Ejection::AnyFailure,
-        )
-        .await
-    {
+    let resp = match backend.send(req, backend.config.timeout, retry_head).await {
         Ok(resp) => resp,
         Err(e) => {
             let e = match body_limit {

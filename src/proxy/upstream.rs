@@ -168,15 +168,6 @@ impl UpstreamError {
     }
 }
 
-/// Which failures pass an endpoint over (see `Backend::send`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ejection {
-    /// Any failure the endpoint is to blame for (the primary path).
-    AnyFailure,
-    /// Refused connections only (mirror copies).
-    ConnectOnly,
-}
-
 /// What an endpoint answered over ALPN (`auto` over TLS).
 const MODE_UNKNOWN: u8 = 0;
 const MODE_H1: u8 = 1;
@@ -360,18 +351,15 @@ impl Backend {
     /// when `retry_head` holds a copy of it (idempotent, no body). The
     /// request's version is set here to match the connection.
     ///
-    /// An endpoint that refuses the connection is always passed over for
-    /// `eject_for`. With `Ejection::AnyFailure` (the primary path), so is
-    /// one that took the request and then failed it: reset, garbage, or no
-    /// head in time for a request without body. Mirror copies use `Ejection::ConnectOnly`: a shadow
-    /// that fails is counted per copy, and skipped only once it refuses
-    /// connections.
+    /// An endpoint that refuses the connection, or takes the request and
+    /// then fails it (reset, garbage, or no head in time for a request
+    /// without body), is passed over for `eject_for`. (Mirror copies go
+    /// through `send_copy`, where only a refused connection does that.)
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
         timeout: Duration,
         retry_head: Option<http::request::Parts>,
-        ejection: Ejection,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let idx = self.pick(None).ok_or_else(|| UpstreamError::Uri {
             backend: self.config.name.clone(),
@@ -380,10 +368,12 @@ impl Backend {
         // A request with a body may time out because the client uploads
         // slowly; only a bodiless one times out for the endpoint alone.
         let bodiless = req.body().is_end_stream();
-        let fault = |e: &UpstreamError| match ejection {
-            Ejection::AnyFailure if e.is_timeout() && !bodiless => None,
-            Ejection::AnyFailure => e.endpoint_fault(),
-            Ejection::ConnectOnly => None,
+        let fault = |e: &UpstreamError| {
+            if e.is_timeout() && !bodiless {
+                None
+            } else {
+                e.endpoint_fault()
+            }
         };
         let result = self.exchange(idx, req, timeout).await;
         if let Some(why) = result.as_ref().err().and_then(fault) {
