@@ -321,8 +321,10 @@ pub fn promote(
         if trigger == "manual" {
             book.held.remove(route);
         }
-        drop(book);
+        // Recorded under the book's lock: `status` reads the state and the
+        // history under it too, so nobody sees one without the other.
         record(shared, route, &entry, Some(&switch));
+        drop(book);
     }
     shared.rebuild();
     status(shared, route)
@@ -351,7 +353,6 @@ pub fn rollback(
         } else {
             book.held.remove(route);
         }
-        drop(book);
         let entry = HistoryEntry {
             at: rfc3339_now(),
             action: "rollback".into(),
@@ -362,7 +363,9 @@ pub fn rollback(
             forced: false,
             reason: reason.to_string(),
         };
+        // Under the book's lock, as in `promote`.
         record(shared, route, &entry, None);
+        drop(book);
     }
     shared.rebuild();
     status(shared, route)
