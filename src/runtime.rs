@@ -122,11 +122,13 @@ fn build_route(
         })
         .collect();
     let make_mirror = |m: &MirrorConfig, role: Role| {
+        let target = metrics.target(&r.name, &m.backend, role);
+        crate::telemetry::Telemetry::init_mirror_series(metrics, &target);
         Arc::new(Mirror {
             route: name.clone(),
             config: m.clone(),
             backend: backends[&m.backend].clone(),
-            metrics: metrics.target(&r.name, &m.backend, role),
+            metrics: target,
             in_flight: Arc::new(Semaphore::new(m.max_in_flight)),
         })
     };

@@ -163,6 +163,8 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         store: crate::store::StoreLocation::File("shadowgate.db".into()),
         comparison: ComparisonSettings::default(),
         sources: Vec::new(),
+        normalize_path: true,
+        trusted_proxies: Vec::new(),
     };
     let mut scalar_origin: BTreeMap<&'static str, String> = BTreeMap::new();
     let mut backend_origin: BTreeMap<String, Origin> = BTreeMap::new();
@@ -277,6 +279,13 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         if once("watch_interval", raw.watch_interval.is_some(), &mut c) {
             config.watch_interval =
                 c.duration("watch_interval", &raw.watch_interval, config.watch_interval);
+        }
+
+        if once("normalize_path", raw.normalize_path.is_some(), &mut c) {
+            config.normalize_path = raw.normalize_path.unwrap_or(true);
+        }
+        if once("trusted_proxies", !raw.trusted_proxies.is_empty(), &mut c) {
+            config.trusted_proxies = trusted_proxies(&mut c, &raw.trusted_proxies);
         }
 
         for (name, b) in &raw.backends {
@@ -1123,4 +1132,23 @@ pub fn summary(config: &Config) -> String {
         config.routes.len(),
         mirrors
     )
+}
+
+/// `trusted_proxies:` entries: CIDR blocks, or single addresses.
+fn trusted_proxies(c: &mut Check, raw: &[String]) -> Vec<ipnet::IpNet> {
+    let mut nets = Vec::new();
+    for (i, text) in raw.iter().enumerate() {
+        let t = text.trim();
+        let parsed = t
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(n) => nets.push(n),
+            Err(_) => c.fail(
+                format!("trusted_proxies[{i}]"),
+                format!("`{text}` is not a CIDR block or an IP address (like `10.0.0.0/8` or `::1`)"),
+            ),
+        }
+    }
+    nets
 }

@@ -28,6 +28,18 @@ pub struct Config {
     pub comparison: ComparisonSettings,
     /// The files this configuration was read from, in order.
     pub sources: Vec<PathBuf>,
+    /// Request paths normalised before routing (see `proxy::path`).
+    pub normalize_path: bool,
+    /// Peers whose forwarding fields are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Config {
+    /// Whether `peer` is a configured trusted proxy.
+    pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
 }
 
 /// One client-facing listener.

@@ -53,6 +53,21 @@ pub struct RawConfig {
     /// watch off; SIGHUP still reloads). Default `1s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_interval: Option<String>,
+    /// Whether request paths are normalised before routing, as Envoy's
+    /// `normalize_path` and `merge_slashes` do: percent-encoded unreserved
+    /// characters decoded (`%61` → `a`; `%2F` is kept), runs of slashes
+    /// merged, `.` and `..` segments removed (`..` above the root stays at
+    /// the root). The normalised path is what is routed and what the
+    /// primary and the mirrors are sent. Default `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize_path: Option<bool>,
+    /// Peers (CIDR blocks or single addresses, `10.0.0.0/8`, `::1`) whose
+    /// forwarding fields are believed: from them `x-forwarded-for` is
+    /// appended to and `x-forwarded-host` / `x-forwarded-proto` are kept.
+    /// From any other peer those fields are replaced by what shadowgate
+    /// saw. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `listen:` is either a single address or a list of listeners.

@@ -101,6 +101,10 @@ fn log_record<'a>(
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
         request_id: head.request_id.to_str().unwrap_or("-"),
         reason,
+        authority: None,
+        trace_id: None,
+        client: None,
+        upstream: None,
     }
 }
 

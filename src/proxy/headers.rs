@@ -75,29 +75,41 @@ pub fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Adds `x-forwarded-for` (appended), `x-forwarded-proto`, `x-forwarded-host`
-/// (kept when a previous proxy set them) and `via` (appended).
+/// Sets the forwarding fields and appends to `via`.
+///
+/// From a `trusted` peer (a configured proxy in front of shadowgate):
+/// `x-forwarded-for` is appended to, `x-forwarded-proto` and
+/// `x-forwarded-host` are kept (and set when absent). From any other peer
+/// the client's own values are not believed: all three are replaced by
+/// what shadowgate saw (peer address, scheme of the listener, authority).
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: IpAddr,
     tls: bool,
     host: &str,
     version: http::Version,
+    trusted: bool,
 ) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let client = client.to_canonical();
+    let prev = trusted
+        .then(|| joined(headers, &X_FORWARDED_FOR))
+        .flatten();
+    let xff = match prev {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {client}")),
         None => HeaderValue::from_str(&client.to_string()),
     };
+    headers.remove(&X_FORWARDED_FOR);
     if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(if tls { "https" } else { "http" }),
         );
     }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        headers.remove(&X_FORWARDED_HOST);
         if let Ok(v) = HeaderValue::from_str(host) {
             headers.insert(X_FORWARDED_HOST.clone(), v);
         }
@@ -114,6 +126,50 @@ pub fn add_forwarded(
     if let Some(v) = via {
         headers.insert(header::VIA, v);
     }
+}
+
+/// Every field `name` joined with `, ` (several `x-forwarded-for` lines
+/// are one list), or `None` when absent or not text.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out = String::new();
+    for v in headers.get_all(name) {
+        let v = v.to_str().ok()?.trim();
+        if v.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(v);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The trace id of a valid W3C `traceparent` field
+/// (`00-<32 hex>-<16 hex>-<2 hex>`), or `None`. Only one field counts;
+/// an all-zero id, upper-case hex or version `ff` is invalid.
+pub fn trace_id(headers: &HeaderMap) -> Option<&str> {
+    let mut all = headers.get_all("traceparent").iter();
+    let value = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    let v = value.to_str().ok()?.trim();
+    let mut parts = v.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let lower_hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let valid = lower_hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && lower_hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && lower_hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && lower_hex(flags, 2);
+    valid.then_some(trace)
 }
 
 /// Splits `host[:port]` (IPv6 in brackets) into host and optional `:port`.
@@ -218,11 +274,67 @@ mod tests {
             false,
             "my-app.local",
             http::Version::HTTP_11,
+            true,
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "my-app.local");
         assert_eq!(h["via"], "1.1 edge, 1.1 shadowgate");
+    }
+
+    #[test]
+    fn forwarded_fields_from_an_untrusted_peer_are_replaced() {
+        let sent = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "7.7.7.7"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+        ];
+        let mut h = map(&sent);
+        add_forwarded(
+            &mut h,
+            "::ffff:127.0.0.1".parse().unwrap(),
+            false,
+            "my-app.local",
+            http::Version::HTTP_11,
+            false,
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "my-app.local");
+        // From a trusted peer: several lines are one list, appended to.
+        let mut h = map(&sent);
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            false,
+            "my-app.local",
+            http::Version::HTTP_11,
+            true,
+        );
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 7.7.7.7, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "evil.example");
+    }
+
+    #[test]
+    fn trace_ids() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let ok = format!("00-{id}-00f067aa0ba902b7-01");
+        assert_eq!(trace_id(&map(&[("traceparent", &ok)])), Some(id));
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "garbage",
+        ] {
+            assert_eq!(trace_id(&map(&[("traceparent", bad)])), None, "{bad}");
+        }
+        assert_eq!(trace_id(&map(&[])), None);
     }
 
     #[test]

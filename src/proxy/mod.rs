@@ -7,6 +7,7 @@ pub mod error;
 pub mod grpc;
 pub mod guard;
 pub mod headers;
+pub mod path;
 pub mod phases;
 pub mod server;
 pub mod tls;

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::error::ProxyError;
 use super::grpc;
-use super::headers::{add_forwarded, join_cookies, split_host_port, strip_hop_by_hop};
+use super::headers::{add_forwarded, join_cookies, split_host_port, strip_hop_by_hop, trace_id};
 use super::tunnel;
 use super::upstream::{Backend, ResponseBody};
 use crate::body::{BoxError, ClientBody, ProxyBody, UpstreamBody};
@@ -53,6 +53,14 @@ pub struct RequestContext {
     pub uri: Uri,
     /// The authority the client addressed, as sent (may carry a port).
     pub authority: String,
+    /// The client connection's peer.
+    pub peer: SocketAddr,
+    /// Whether the peer is a configured trusted proxy.
+    pub trusted_peer: bool,
+    /// The W3C trace id of the request's `traceparent`, if valid.
+    pub trace_id: Option<String>,
+    /// The endpoint that answered (or failed), once known.
+    pub upstream: Option<String>,
 }
 
 impl RequestContext {
@@ -76,6 +84,10 @@ impl RequestContext {
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             request_id: self.request_id.to_str().unwrap_or("-"),
             reason,
+            authority: Some(&self.authority),
+            trace_id: self.trace_id.as_deref(),
+            client: Some(self.peer),
+            upstream: self.upstream.as_deref(),
         }
     }
 }
@@ -100,17 +112,30 @@ pub async fn handle(
         Ok(a) => a,
         Err(e) => return e.to_response(Some(&request_id)),
     };
+    let mut req = req;
+    if runtime.config.normalize_path {
+        super::path::normalize_uri(req.uri_mut());
+    }
     let mut ctx = RequestContext {
         started: Instant::now(),
         request_id,
         method: req.method().clone(),
         uri: req.uri().clone(),
         authority,
+        peer: conn.peer,
+        trusted_peer: runtime.config.is_trusted_proxy(conn.peer.ip()),
+        trace_id: trace_id(req.headers()).map(str::to_string),
+        upstream: None,
     };
 
     // 2. route
     let Some(route) = select_route(&runtime, &ctx, &req) else {
-        return ProxyError::NoRoute.to_response(Some(&ctx.request_id));
+        let none = crate::telemetry::Metrics::UNROUTED;
+        let resp = ProxyError::NoRoute.to_response(Some(&ctx.request_id));
+        let status = resp.status().as_u16();
+        let record = ctx.access_record(none, none, status, 0, Some("no_route"));
+        telemetry.unrouted(&record);
+        return resp;
     };
     let (backend, target) = route.answerer();
 
@@ -182,15 +207,22 @@ pub async fn handle(
     let retry_head = retry_copy(backend, &parts, content_length);
     let req = Request::from_parts(parts, upstream_body);
     let resp = match backend.send(req, backend.config.timeout, retry_head).await {
-        Ok(resp) => resp,
+        Ok(resp) => {
+            ctx.upstream = resp
+                .extensions()
+                .get::<super::upstream::AnsweredBy>()
+                .map(|a| a.0.clone());
+            resp
+        }
         Err(e) => {
+            ctx.upstream = e.endpoint().map(str::to_string);
             let e = match body_limit {
                 Some(limit) if crate::body::is_body_too_large(&e) => {
                     ProxyError::PayloadTooLarge { limit }
                 }
                 _ => ProxyError::from(e),
             };
-            tracing::warn!(route = %route.name, request_id = ?ctx.request_id, error = %e, "primary failed");
+            tracing::warn!(route = %route.name, request_id = ctx.request_id.to_str().unwrap_or("-"), error = %e, "primary failed");
             let resp = e.to_response(Some(&ctx.request_id));
             log_primary(
                 telemetry,
@@ -315,6 +347,7 @@ fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, con
         conn.tls,
         &ctx.authority,
         parts.version,
+        ctx.trusted_peer,
     );
     parts
         .headers

@@ -57,6 +57,7 @@ pub async fn forward(
         conn.tls,
         &ctx.authority,
         parts.version,
+        ctx.trusted_peer,
     );
     parts.headers.insert("x-request-id", ctx.request_id.clone());
     if let Ok(v) = HeaderValue::from_str(&ctx.authority) {

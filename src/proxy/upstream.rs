@@ -87,7 +87,22 @@ pub enum UpstreamError {
     Uri { backend: String, reason: String },
 }
 
+/// The endpoint (`host:port`) that answered, in a response's extensions.
+#[derive(Debug, Clone)]
+pub struct AnsweredBy(pub String);
+
 impl UpstreamError {
+    /// The endpoint the failed exchange was with, when one was picked.
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            UpstreamError::Connect { endpoint, .. }
+            | UpstreamError::Timeout { endpoint, .. }
+            | UpstreamError::Exchange { endpoint, .. }
+            | UpstreamError::Tunnel { endpoint, .. } => Some(endpoint),
+            UpstreamError::Uri { .. } => None,
+        }
+    }
+
     /// True when the request never reached the backend.
     pub fn is_connect(&self) -> bool {
         matches!(self, UpstreamError::Connect { .. })
@@ -510,14 +525,19 @@ impl Backend {
                 self.send_h1(idx, req).await
             }
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
                 backend: self.config.name.clone(),
                 endpoint: self.endpoints[idx].authority.to_string(),
                 timeout,
             }),
-        }
+        };
+        result.map(|mut resp| {
+            let endpoint = AnsweredBy(self.endpoints[idx].authority.to_string());
+            resp.extensions_mut().insert(endpoint);
+            resp
+        })
     }
 
     /// HTTP/1.1 through the pooled client: absolute URI naming the

@@ -31,12 +31,24 @@ pub struct AccessRecord<'a> {
     /// `primary` or `mirror` (or `secondary`).
     pub role: &'a str,
     pub method: &'a str,
+    /// The authority the client addressed (Host or `:authority`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<&'a str>,
     pub path: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     pub bytes: u64,
     pub duration_ms: f64,
     pub request_id: &'a str,
+    /// The W3C trace id of the request's `traceparent`, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+    /// The client's address (the connection's peer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<std::net::SocketAddr>,
+    /// The endpoint (`host:port`) that answered or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
 }
@@ -130,6 +142,21 @@ impl AccessLog {
                     record.duration_ms,
                     record.request_id
                 );
+                if let Some(a) = record.authority {
+                    s.push_str(" authority=");
+                    s.push_str(a);
+                }
+                if let Some(c) = record.client {
+                    s.push_str(&format!(" client={c}"));
+                }
+                if let Some(u) = record.upstream {
+                    s.push_str(" upstream=");
+                    s.push_str(u);
+                }
+                if let Some(t) = record.trace_id {
+                    s.push_str(" trace_id=");
+                    s.push_str(t);
+                }
                 if let Some(r) = record.reason {
                     s.push_str(" reason=");
                     s.push_str(r);

@@ -23,6 +23,15 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason, for series initialised at zero.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Overload,
+        DropReason::BodyTooLarge,
+        DropReason::Method,
+        DropReason::BodyIncomplete,
+        DropReason::Unhealthy,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::Overload => "overload",
@@ -52,6 +61,16 @@ pub enum MirrorErrorKind {
 }
 
 impl MirrorErrorKind {
+    /// Every kind, for series initialised at zero.
+    pub const ALL: [MirrorErrorKind; 6] = [
+        MirrorErrorKind::Connect,
+        MirrorErrorKind::Timeout,
+        MirrorErrorKind::Reset,
+        MirrorErrorKind::Protocol,
+        MirrorErrorKind::Status5xx,
+        MirrorErrorKind::GrpcStatus,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             MirrorErrorKind::Connect => "connect",
@@ -83,6 +102,24 @@ impl Telemetry {
             target.answered(code, record.duration_ms / 1000.0);
         }
         self.access.write(record);
+    }
+
+    /// A request that matched no route, answered 404 by shadowgate:
+    /// counted under route and backend `none` and logged.
+    pub fn unrouted(&self, record: &AccessRecord<'_>) {
+        self.metrics.unrouted(record.status.unwrap_or(404));
+        self.access.write(record);
+    }
+
+    /// Creates every mirror drop and error series of `target` at zero, so
+    /// that `rate(...)` alerts have a series before the first event.
+    pub fn init_mirror_series(metrics: &Metrics, target: &TargetMetrics) {
+        for r in DropReason::ALL {
+            metrics.touch_dropped(&target.labels.route, &target.labels.backend, r.as_str());
+        }
+        for k in MirrorErrorKind::ALL {
+            metrics.touch_error(&target.labels.route, &target.labels.backend, k.as_str());
+        }
     }
 
     /// A mirror copy that was not sent.

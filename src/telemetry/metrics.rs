@@ -220,6 +220,39 @@ impl Metrics {
         out
     }
 
+    /// Route and backend label of requests that matched no route.
+    pub const UNROUTED: &'static str = "none";
+
+    /// Counts a request that matched no route (`route="none"`).
+    pub fn unrouted(&self, code: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: Self::UNROUTED.to_string(),
+                backend: Self::UNROUTED.to_string(),
+                role: Role::primary,
+                code,
+            })
+            .inc();
+    }
+
+    /// Creates the `mirror_dropped` series of one reason (at zero if new).
+    pub fn touch_dropped(&self, route: &str, backend: &str, reason: &str) {
+        let _ = self.mirror_dropped.get_or_create(&ReasonLabels {
+            route: route.to_string(),
+            backend: backend.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Creates the `mirror_errors` series of one kind (at zero if new).
+    pub fn touch_error(&self, route: &str, backend: &str, kind: &str) {
+        let _ = self.mirror_errors.get_or_create(&KindLabels {
+            route: route.to_string(),
+            backend: backend.to_string(),
+            kind: kind.to_string(),
+        });
+    }
+
     /// Handles for one (route, backend, role).
     pub fn target(self: &Arc<Self>, route: &str, backend: &str, role: Role) -> TargetMetrics {
         let labels = TargetLabels {
