@@ -5,33 +5,77 @@ use std::time::Duration;
 
 use super::raw::RawSize;
 
-/// Parses a duration written with a unit: `ms`, `s`, `m` or `h`; decimals allowed.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Why a duration did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("`{0}` has no unit; write it like `200ms`, `5s`, `1m30s` or `1h`")]
+    NoUnit(String),
+    #[error("`{text}` has an unknown unit `{unit}`; use h, m, s, ms, us or ns (like `1m30s` or `1.5s`)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("`{0}` is not a duration; write it like `200ms`, `1.5s` or `1m30s`")]
+    Malformed(String),
+    #[error("`{0}` is out of range")]
+    OutOfRange(String),
+}
+
+/// Parses a duration as Go's `time.ParseDuration` (and so Kubernetes and
+/// Istio manifests, whose protobuf durations are a subset) writes it: one
+/// or more `<number><unit>` with units `h`, `m`, `s`, `ms`, `us` (`µs`)
+/// and `ns`; decimals allowed (`1.5s`, `1m30s`, `500ms`, `1h`); a bare `0`
+/// is zero. No sign, no spaces inside. The one duration parser of the
+/// native config and the imported manifests.
+pub fn parse_go_duration(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| {
-            format!("`{text}` has no unit; write it like `200ms`, `5s`, `2m` or `1h`")
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if t.is_empty() {
+        return Err(DurationError::Malformed(text.to_string()));
+    }
+    let is_num = |c: char| c.is_ascii_digit() || c == '.';
+    let mut rest = t;
+    let mut secs = 0f64;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !is_num(c)).ok_or_else(|| {
+            if secs == 0.0 && rest.len() == t.len() {
+                DurationError::NoUnit(text.to_string())
+            } else {
+                DurationError::Malformed(text.to_string())
+            }
         })?;
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; write it like `200ms` or `5s`"))?;
-    let secs = match unit.trim() {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "`{text}` has an unknown unit `{other}`; use ms, s, m or h"
-            ))
-        }
-    };
+        let (num, tail) = rest.split_at(num_end);
+        let unit_end = tail.find(is_num).unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let value: f64 = num
+            .parse()
+            .map_err(|_| DurationError::Malformed(text.to_string()))?;
+        let scale = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
+            "ns" => 1e-9,
+            other => {
+                return Err(DurationError::UnknownUnit {
+                    text: text.to_string(),
+                    unit: other.trim().to_string(),
+                })
+            }
+        };
+        secs += value * scale;
+        rest = tail;
+    }
     if !secs.is_finite() || secs > 1e9 {
-        return Err(format!("`{text}` is out of range"));
+        return Err(DurationError::OutOfRange(text.to_string()));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a duration of the native config (see [`parse_go_duration`]),
+/// with the reason as text.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_go_duration(text).map_err(|e| e.to_string())
 }
 
 /// Parses a size: a plain number of bytes, or a number with a unit
@@ -82,6 +126,17 @@ mod tests {
             ("2m", Some(Duration::from_secs(120))),
             ("1h", Some(Duration::from_secs(3600))),
             ("0s", Some(Duration::ZERO)),
+            ("0", Some(Duration::ZERO)),
+            ("1m30s", Some(Duration::from_secs(90))),
+            ("1h30m", Some(Duration::from_secs(5400))),
+            ("0.25s", Some(Duration::from_millis(250))),
+            ("1.5m", Some(Duration::from_secs(90))),
+            ("2s500ms", Some(Duration::from_millis(2500))),
+            ("1500us", Some(Duration::from_micros(1500))),
+            ("1d", None),
+            ("-1s", None),
+            ("1m30", None),
+            ("10 seconds", None),
             ("5", None),
             ("5 parsecs", None),
             ("ms", None),
@@ -90,6 +145,14 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(parse_duration(text).ok(), want, "{text}");
         }
+        assert_eq!(
+            parse_duration("5 parsecs").unwrap_err(),
+            "`5 parsecs` has an unknown unit `parsecs`; use h, m, s, ms, us or ns (like `1m30s` or `1.5s`)"
+        );
+        assert_eq!(
+            parse_duration("5").unwrap_err(),
+            "`5` has no unit; write it like `200ms`, `5s`, `1m30s` or `1h`"
+        );
     }
 
     #[test]

@@ -174,6 +174,77 @@ impl AccessLog {
     }
 }
 
+/// The diagnostic log's JSON lines, shaped like the access log's: the
+/// same `time` key and format, then `level`, `target`, and the event's
+/// fields as JSON values (text once, never a quoted Debug string of text).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiagnosticJson;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for DiagnosticJson
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let mut fields = JsonFields(serde_json::Map::new());
+        event.record(&mut fields);
+        let mut line = String::with_capacity(256);
+        line.push_str("{\"time\":\"");
+        line.push_str(&rfc3339_now());
+        line.push_str("\",\"level\":\"");
+        line.push_str(meta.level().as_str());
+        line.push_str("\",\"target\":");
+        line.push_str(&serde_json::Value::from(meta.target()).to_string());
+        for (k, v) in fields.0 {
+            line.push(',');
+            line.push_str(&serde_json::Value::from(k).to_string());
+            line.push(':');
+            line.push_str(&v.to_string());
+        }
+        line.push('}');
+        writeln!(writer, "{line}")
+    }
+}
+
+/// Collects an event's fields as JSON values.
+struct JsonFields(serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        self.0
+            .insert(field.name().into(), value.to_string().into());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
 /// The current UTC time as `2026-11-22T03:17:43.123Z`.
 pub fn rfc3339_now() -> String {
     let now = SystemTime::now()

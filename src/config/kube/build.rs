@@ -7,6 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::config::units::{parse_go_duration, DurationError};
 use crate::config::error::ConfigError;
 use crate::config::raw::{
     RawBackend, RawConfig, RawMatch, RawMirror, RawRoute, RawService, RawSplit,
@@ -106,39 +107,14 @@ pub fn istio_hosts(host: &str, namespace: &str) -> Vec<Option<String>> {
     vec![Some(h)]
 }
 
-/// Parses a duration as Kubernetes objects write them: one or more
-/// `<number><unit>` with units `h`, `m`, `s`, `ms` (`1h30m`, `500ms`, `1.5s`).
+/// Parses a duration as Kubernetes objects write them (`1h30m`, `500ms`,
+/// `1.5s`): the native config's parser ([`parse_go_duration`]), with the
+/// reason worded for manifests.
 pub fn parse_k8s_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("`{text}` is not a duration like `10s`, `500ms` or `1m30s`");
-    let t = text.trim();
-    if t.is_empty() {
-        return Err(bad());
-    }
-    let mut rest = t;
-    let mut secs = 0f64;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let (num, tail) = rest.split_at(num_end);
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let value: f64 = num.parse().map_err(|_| bad())?;
-        secs += match unit {
-            "h" => value * 3600.0,
-            "m" => value * 60.0,
-            "s" => value,
-            "ms" => value / 1000.0,
-            _ => return Err(bad()),
-        };
-        rest = tail;
-    }
-    if !secs.is_finite() || secs > 1e9 {
-        return Err(format!("`{text}` is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    parse_go_duration(text).map_err(|e| match e {
+        DurationError::OutOfRange(_) => e.to_string(),
+        _ => format!("`{text}` is not a duration like `10s`, `500ms` or `1m30s`"),
+    })
 }
 
 /// Writes a duration the way the native config reads it.
