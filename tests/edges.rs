@@ -98,19 +98,26 @@ const SPOOFED: &str =
 async fn forwarding_fields_from_an_untrusted_client_are_replaced() {
     let mut v1 = TestBackend::new().spawn().await;
     let mut v2 = TestBackend::new().spawn().await;
-    let running = start_proxy(&format!(
-        "trusted_proxies: [\"10.0.0.0/8\", \"::1\"]\nbackends:\n  v1: {{ endpoints: [\"{}\"] }}\n  v2: {{ endpoints: [\"{}\"] }}\nroutes: [{{ name: r, backend: v1, mirrors: [{{ backend: v2 }}] }}]\n",
+    let routes = format!(
+        "backends:\n  v1: {{ endpoints: [\"{}\"] }}\n  v2: {{ endpoints: [\"{}\"] }}\nroutes: [{{ name: r, backend: v1, mirrors: [{{ backend: v2 }}] }}]\n",
         v1.addr, v2.addr
-    ))
-    .await;
-    assert_eq!(raw_get(running.listen_addrs[0], "/", SPOOFED).await, 200);
-    for got in [v1.next().await, v2.next().await] {
-        assert_eq!(got.header("x-forwarded-for"), Some("127.0.0.1"));
-        assert_eq!(got.header("x-forwarded-host"), Some("app"));
-        assert_eq!(got.header("x-forwarded-proto"), Some("http"));
-        assert_eq!(got.headers.get_all("x-forwarded-for").iter().count(), 1);
+    );
+    // No trusted proxies (the default), then a list without this peer.
+    for trusted in ["", "trusted_proxies: [\"10.0.0.0/8\", \"::1\"]\n"] {
+        let running = start_proxy(&format!("{trusted}{routes}")).await;
+        assert_eq!(raw_get(running.listen_addrs[0], "/", SPOOFED).await, 200);
+        for got in [v1.next().await, v2.next().await] {
+            assert_eq!(
+                got.header("x-forwarded-for"),
+                Some("127.0.0.1"),
+                "{trusted}"
+            );
+            assert_eq!(got.header("x-forwarded-host"), Some("app"), "{trusted}");
+            assert_eq!(got.header("x-forwarded-proto"), Some("http"), "{trusted}");
+            assert_eq!(got.headers.get_all("x-forwarded-for").iter().count(), 1);
+        }
+        running.shutdown().await;
     }
-    running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +161,10 @@ async fn unrouted_requests_are_counted() {
     ))
     .await;
     for _ in 0..3 {
-        assert_eq!(raw_get(running.listen_addrs[0], "/elsewhere", "").await, 404);
+        assert_eq!(
+            raw_get(running.listen_addrs[0], "/elsewhere", "").await,
+            404
+        );
     }
     let text = metrics(&running).await;
     assert_eq!(
@@ -294,7 +304,10 @@ impl Binary {
                 .unwrap()
                 .read_to_string(&mut text)
                 .unwrap();
-            let complete: Vec<&str> = text.split_inclusive('\n').filter(|l| l.ends_with('\n')).collect();
+            let complete: Vec<&str> = text
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
+                .collect();
             if complete.len() >= n {
                 return complete
                     .iter()
@@ -369,7 +382,10 @@ async fn logs_of_the_binary_carry_client_authority_upstream_trace_id_and_one_tim
     assert_eq!(ok["trace_id"], trace);
     let client: SocketAddr = ok["client"].as_str().unwrap().parse().unwrap();
     assert!(client.ip().is_loopback(), "{ok}");
-    assert!(ok["time"].is_string() && ok.get("timestamp").is_none(), "{ok}");
+    assert!(
+        ok["time"].is_string() && ok.get("timestamp").is_none(),
+        "{ok}"
+    );
 
     let broken = by_route("broken");
     assert_eq!(broken["status"], 502);

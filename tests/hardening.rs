@@ -414,6 +414,11 @@ routes:
                     "duration_ms",
                     "request_id",
                     "reason",
+                    // #12.11: addressed host, peer, endpoint, W3C trace id.
+                    "authority",
+                    "client",
+                    "upstream",
+                    "trace_id",
                 ]
                 .contains(k),
                 "unexpected access-log field `{k}` in {line}"

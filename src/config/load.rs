@@ -1146,7 +1146,9 @@ fn trusted_proxies(c: &mut Check, raw: &[String]) -> Vec<ipnet::IpNet> {
             Ok(n) => nets.push(n),
             Err(_) => c.fail(
                 format!("trusted_proxies[{i}]"),
-                format!("`{text}` is not a CIDR block or an IP address (like `10.0.0.0/8` or `::1`)"),
+                format!(
+                    "`{text}` is not a CIDR block or an IP address (like `10.0.0.0/8` or `::1`)"
+                ),
             ),
         }
     }

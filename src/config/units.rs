@@ -10,7 +10,9 @@ use super::raw::RawSize;
 pub enum DurationError {
     #[error("`{0}` has no unit; write it like `200ms`, `5s`, `1m30s` or `1h`")]
     NoUnit(String),
-    #[error("`{text}` has an unknown unit `{unit}`; use h, m, s, ms, us or ns (like `1m30s` or `1.5s`)")]
+    #[error(
+        "`{text}` has an unknown unit `{unit}`; use h, m, s, ms, us or ns (like `1m30s` or `1.5s`)"
+    )]
     UnknownUnit { text: String, unit: String },
     #[error("`{0}` is not a duration; write it like `200ms`, `1.5s` or `1m30s`")]
     Malformed(String),

@@ -91,9 +91,7 @@ pub fn add_forwarded(
     trusted: bool,
 ) {
     let client = client.to_canonical();
-    let prev = trusted
-        .then(|| joined(headers, &X_FORWARDED_FOR))
-        .flatten();
+    let prev = trusted.then(|| joined(headers, &X_FORWARDED_FOR)).flatten();
     let xff = match prev {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {client}")),
         None => HeaderValue::from_str(&client.to_string()),

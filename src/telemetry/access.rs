@@ -236,8 +236,7 @@ impl tracing::field::Visit for JsonFields {
         field: &tracing::field::Field,
         value: &(dyn std::error::Error + 'static),
     ) {
-        self.0
-            .insert(field.name().into(), value.to_string().into());
+        self.0.insert(field.name().into(), value.to_string().into());
     }
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         self.0

@@ -7,11 +7,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::config::units::{parse_go_duration, DurationError};
 use crate::config::error::ConfigError;
 use crate::config::raw::{
     RawBackend, RawConfig, RawMatch, RawMirror, RawRoute, RawService, RawSplit,
 };
+use crate::config::units::{parse_go_duration, DurationError};
 
 use super::model::{Dest, Family, Rule};
 use super::node::{join, Cx};
