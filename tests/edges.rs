@@ -324,9 +324,9 @@ impl Binary {
 
     /// The next diagnostic line containing `needle` (at most 10 s).
     fn diagnostic(&self, needle: &str) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let line = self
                 .stderr
                 .recv_timeout(left)
