@@ -169,8 +169,7 @@ pub fn judge(
     let enough = baseline.requests >= cfg.min_requests && candidate.requests >= cfg.min_requests;
     let mut gates = Vec::new();
     let mut off = Vec::new();
-    let mut gate = |name: &str, limit: Option<(f64, GateSource)>, value: Option<f64>| match limit
-    {
+    let mut gate = |name: &str, limit: Option<(f64, GateSource)>, value: Option<f64>| match limit {
         Some((limit, source)) => gates.push(Gate {
             name: name.into(),
             value,
@@ -401,13 +400,24 @@ mod tests {
         c.max_error_rate_delta = GateLimit::Off;
         c.max_p99_ratio = GateLimit::Off;
         c.max_diff_rate = GateLimit::Off;
-        let j = judge(&c, &side(2000, 500, 10.0), &side(2000, 1000, 99.0), 0, 0, true);
+        let j = judge(
+            &c,
+            &side(2000, 500, 10.0),
+            &side(2000, 1000, 99.0),
+            0,
+            0,
+            true,
+        );
         assert_eq!(j.verdict, Verdict::Ready);
         assert!(j.gates.is_empty());
         let off: Vec<&str> = j.off.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(off, ["error_rate_delta", "p99_ratio", "diff_rate"]);
         assert!(j.off.iter().all(|o| o.reason == OFF_IN_CONFIG));
-        assert!(j.describe().contains("p99_ratio off (turned off"), "{}", j.describe());
+        assert!(
+            j.describe().contains("p99_ratio off (turned off"),
+            "{}",
+            j.describe()
+        );
         let j = judge(&c, &side(2, 0, 10.0), &side(2000, 0, 10.0), 0, 0, true);
         assert_eq!(j.verdict, Verdict::InsufficientData);
     }
@@ -418,7 +428,14 @@ mod tests {
         c.max_error_rate_delta = GateLimit::Default;
         c.max_p99_ratio = GateLimit::Default;
         c.max_diff_rate = GateLimit::Default;
-        let j = judge(&c, &side(2000, 0, 10.0), &side(2000, 0, 10.0), 2000, 2000, true);
+        let j = judge(
+            &c,
+            &side(2000, 0, 10.0),
+            &side(2000, 0, 10.0),
+            2000,
+            2000,
+            true,
+        );
         let limits: Vec<(&str, f64, GateSource)> = j
             .gates
             .iter()
@@ -443,7 +460,11 @@ mod tests {
         c.max_diff_rate = GateLimit::Set(5.0);
         let j = judge(&c, &side(2000, 0, 10.0), &side(2000, 0, 10.0), 0, 0, false);
         assert_eq!(j.verdict, Verdict::NotReady);
-        assert!(j.failing()[0].note.as_deref().unwrap().contains("does not compare"));
+        assert!(j.failing()[0]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("does not compare"));
     }
 
     #[test]
