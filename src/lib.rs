@@ -4,12 +4,29 @@
 //! them to shadow backends without ever slowing the primary, compare the
 //! answers, judge the shadow, and promote it when it has earned it.
 //!
-//! Modules follow the product's concepts: `config` (files → validated
-//! model), `runtime` (live state built from a config, swapped on reload),
-//! `proxy` (listeners and the request path), `mirror` (sampling, body tee,
-//! bounded shadow dispatch), `telemetry` (logs and metrics), `admin` (the
-//! admin server), `app` (start, reload, drain), `process` (descriptor table set-up), `demo` and `bench_backend`
-//! (sample servers).
+//! Modules follow the product's concepts:
+//!
+//! - `config`: files (native YAML, or Istio / Gateway API manifests) →
+//!   validated model;
+//! - `runtime`: live state built from a config (with promotion switches
+//!   applied), swapped atomically on reload;
+//! - `proxy`: listeners, TLS, the request path, guards on malformed
+//!   requests, gRPC, upgrades and CONNECT tunnels, and the upstream
+//!   clients;
+//! - `mirror`: sampling, body tee, bounded shadow dispatch;
+//! - `body`: the body types of the request path (what goes upstream, what
+//!   goes back to the client);
+//! - `compare`: pure comparison of two answers (JSON, bodies, rules,
+//!   noise, per-endpoint tallies and reports);
+//! - `comparison`: the comparison engine — captures of the primary's
+//!   answer, the worker queue, persisted results;
+//! - `promote`: promotion gates, the switch, rollback and `auto` mode;
+//! - `store`: persisted state (SQLite file or memory);
+//! - `telemetry`: access logs, Prometheus metrics, sliding windows;
+//! - `admin`: the admin server (JSON API, dashboard, `/metrics`) and the
+//!   CLI's client and terminal views;
+//! - `app`: start, reload, drain; `process`: descriptor table set-up;
+//! - `demo` and `bench_backend`: sample servers.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -19,6 +19,10 @@ fn config(v1: std::net::SocketAddr, v2: std::net::SocketAddr, promotion: &str) -
     )
 }
 
+/// The explicit opt-out: without a `promotion:` block the default gates
+/// (and `min_requests` 100) apply.
+const NO_GATES: &str = "    promotion: { gates: none, min_requests: 0 }\n";
+
 async fn api(proxy: &Running, method: Method, path: &str, body: &str) -> Answer {
     send(
         &client(),
@@ -73,7 +77,8 @@ async fn wait_for_state(
 async fn promote_and_roll_back_under_load_with_no_failed_request() {
     let v1 = TestBackend::new().body("v1").spawn().await;
     let v2 = TestBackend::new().body("v2").spawn().await;
-    let proxy = start_proxy(&config(v1.addr, v2.addr, "")).await;
+    // Gates explicitly off: this test is about switching under load, not judging.
+    let proxy = start_proxy(&config(v1.addr, v2.addr, NO_GATES)).await;
     let addr = proxy.listen_addrs[0];
     let stop = Arc::new(AtomicBool::new(false));
     let answered_by_v2 = Arc::new(AtomicUsize::new(0));
@@ -185,7 +190,7 @@ async fn auto_mode_promotes_a_good_v2_and_rolls_back_when_it_turns_bad() {
     let proxy = start_proxy(&config(
         v1.addr,
         v2.addr,
-        "    promotion: { mode: auto, min_requests: 30, max_error_rate_delta: 1, window: 10s, evaluate_every: 50ms }\n",
+        "    promotion: { mode: auto, min_requests: 30, max_error_rate_delta: 1, max_p99_ratio: off, window: 10s, evaluate_every: 50ms }\n",
     ))
     .await;
     let s = wait_for_state(&proxy, |s| s["state"] == "promoted").await;
@@ -248,7 +253,7 @@ async fn progressive_steps_give_the_candidate_a_growing_share() {
     let proxy = start_proxy(&config(
         v1.addr,
         v2.addr,
-        "    promotion: { mode: auto, min_requests: 20, max_error_rate_delta: 1, window: 10s, evaluate_every: 50ms, steps: [25, 100], step_interval: 1s }\n",
+        "    promotion: { mode: auto, min_requests: 20, max_error_rate_delta: 1, max_p99_ratio: off, window: 10s, evaluate_every: 50ms, steps: [25, 100], step_interval: 1s }\n",
     ))
     .await;
     let s = wait_for_state(&proxy, |s| s["state"] == "stepping").await;
@@ -283,7 +288,7 @@ async fn promotion_state_survives_a_restart() {
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: {}\n{}",
         db.display(),
-        config(v1.addr, v2.addr, "")
+        config(v1.addr, v2.addr, NO_GATES)
     );
     let start = || async {
         let c = shadowgate::config::from_yaml("t.yaml", &yaml).unwrap();

@@ -307,12 +307,23 @@
       panel.appendChild(el('span', { className: 'kv' }, 'primary ', el('b', null, String(data.primary || '-'))));
       panel.appendChild(el('span', { className: 'kv' }, 'candidate ', el('b', null, String(data.candidate || '-') + ' (' + String(data.share || 0) + '%)')));
       panel.appendChild(el('span', { className: 'kv' }, 'verdict ', el('b', { dataset: { field: 'promotion-verdict' } }, String(data.verdict || '-').replace(/_/g, ' '))));
+      if (data.configured === false) {
+        panel.appendChild(el('span', { className: 'kv', dataset: { field: 'promotion-defaults' } }, 'default gates (no promotion block)'));
+      }
       var gates = (data.judgement && data.judgement.gates) || [];
       gates.forEach(function (g) {
         var value = g.value === null || g.value === undefined ? 'n/a' : trimNum(g.value);
         var mark = g.pass === true ? ' \u2713' : (g.pass === false ? ' \u2717' : '');
-        panel.appendChild(el('span', { className: 'kv', dataset: { gate: g.name, pass: String(g.pass) } },
-          g.name.replace(/_/g, ' ') + ' ', el('b', null, value + ' / ' + trimNum(g.limit) + mark)));
+        var source = g.source === 'default' ? ' (default)' : '';
+        var item = el('span', { className: 'kv', dataset: { gate: g.name, pass: String(g.pass), source: String(g.source || '') } },
+          g.name.replace(/_/g, ' ') + ' ', el('b', null, value + ' / ' + trimNum(g.limit) + mark), source);
+        if (g.note) item.title = String(g.note);
+        panel.appendChild(item);
+      });
+      var off = (data.judgement && data.judgement.off) || [];
+      off.forEach(function (g) {
+        panel.appendChild(el('span', { className: 'kv gate-off', dataset: { gateOff: String(g.name) }, title: String(g.reason || '') },
+          String(g.name).replace(/_/g, ' ') + ' ', el('b', null, 'off')));
       });
       if (data.auto_held) panel.appendChild(el('span', { className: 'kv' }, 'auto promotion paused'));
       panel.title = JSON.stringify(data, null, 2);

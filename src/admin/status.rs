@@ -100,6 +100,9 @@ pub fn render_promotion(p: &crate::promote::ops::PromotionStatus) -> String {
         verdict,
         p.judgement.describe()
     );
+    if !p.configured {
+        line.push_str("; no promotion block: default gates");
+    }
     if let Some(last) = p.history.last() {
         line.push_str(&format!(
             "; last: {} {} -> {} ({}) at {}",

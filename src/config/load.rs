@@ -897,15 +897,41 @@ fn promotion(
     if window > Duration::from_secs(900) || window < Duration::from_secs(10) {
         c.fail(format!("{path}.window"), "must be between 10s and 15m");
     }
-    for (key, value) in [
-        ("max_error_rate_delta", raw.max_error_rate_delta),
-        ("max_p99_ratio", raw.max_p99_ratio),
-        ("max_diff_rate", raw.max_diff_rate),
-    ] {
-        if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
-            c.fail(format!("{path}.{key}"), "must be a number of 0 or more");
+    let none = match raw.gates.as_deref() {
+        None | Some("default") => false,
+        Some("none") => true,
+        Some(other) => {
+            c.fail(
+                format!("{path}.gates"),
+                format!("`{other}` is not one of: default, none"),
+            );
+            false
         }
-    }
+    };
+    let mut gate = |key: &str, value: &Option<RawGate>| match value {
+        None if none => GateLimit::Off,
+        None => GateLimit::Default,
+        Some(RawGate::Word(w)) if w == "off" => GateLimit::Off,
+        Some(RawGate::Limit(v)) if v.is_finite() && *v >= 0.0 => {
+            if none {
+                c.fail(
+                    format!("{path}.{key}"),
+                    "is set, but `gates: none` turns every gate off; remove one of them",
+                );
+            }
+            GateLimit::Set(*v)
+        }
+        Some(_) => {
+            c.fail(
+                format!("{path}.{key}"),
+                "must be a number of 0 or more, or `off`",
+            );
+            GateLimit::Off
+        }
+    };
+    let max_error_rate_delta = gate("max_error_rate_delta", &raw.max_error_rate_delta);
+    let max_p99_ratio = gate("max_p99_ratio", &raw.max_p99_ratio);
+    let max_diff_rate = gate("max_diff_rate", &raw.max_diff_rate);
     let mode = match raw.mode.as_deref() {
         None | Some("manual") => PromotionMode::Manual,
         Some("auto") => PromotionMode::Auto,
@@ -932,9 +958,9 @@ fn promotion(
         mirror,
         window,
         min_requests: raw.min_requests.unwrap_or(100),
-        max_error_rate_delta: raw.max_error_rate_delta,
-        max_p99_ratio: raw.max_p99_ratio,
-        max_diff_rate: raw.max_diff_rate,
+        max_error_rate_delta,
+        max_p99_ratio,
+        max_diff_rate,
         mode,
         steps,
         step_interval: c.duration(

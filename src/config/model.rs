@@ -234,14 +234,45 @@ pub struct PromotionConfig {
     pub mirror: String,
     pub window: Duration,
     pub min_requests: u64,
-    pub max_error_rate_delta: Option<f64>,
-    pub max_p99_ratio: Option<f64>,
-    pub max_diff_rate: Option<f64>,
+    pub max_error_rate_delta: GateLimit,
+    pub max_p99_ratio: GateLimit,
+    pub max_diff_rate: GateLimit,
     pub mode: PromotionMode,
     /// Percent of live traffic per step; empty: switch at once.
     pub steps: Vec<u32>,
     pub step_interval: Duration,
     pub evaluate_every: Duration,
+}
+
+/// A promotion gate's limit as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum GateLimit {
+    /// Not written: the default limit applies (see `promote::gates`).
+    #[default]
+    Default,
+    /// Written as a number.
+    Set(f64),
+    /// Turned off: `off`, or `gates: none`.
+    Off,
+}
+
+impl PromotionConfig {
+    /// The documented defaults, for `mirror`: what a route without a
+    /// `promotion:` block is judged by (manual mode, default gates).
+    pub fn defaults(mirror: String) -> Self {
+        PromotionConfig {
+            mirror,
+            window: Duration::from_secs(600),
+            min_requests: 100,
+            max_error_rate_delta: GateLimit::Default,
+            max_p99_ratio: GateLimit::Default,
+            max_diff_rate: GateLimit::Default,
+            mode: PromotionMode::Manual,
+            steps: Vec::new(),
+            step_interval: Duration::from_secs(300),
+            evaluate_every: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Conditions for a route; all present ones must hold.

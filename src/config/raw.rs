@@ -229,7 +229,10 @@ pub struct RawRoute {
     pub max_body_bytes: Option<RawSize>,
 }
 
-/// Promotion gates of a route. Every gate is optional.
+/// Promotion gates of a route. A gate left out has its default limit
+/// (`max_error_rate_delta` 1, `max_p99_ratio` 1.5, and `max_diff_rate` 1
+/// when the candidate compares); `off` turns one gate off, `gates: none`
+/// all of them.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawPromotion {
@@ -242,16 +245,25 @@ pub struct RawPromotion {
     /// Requests each side needs in the window before a verdict. Default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_requests: Option<u64>,
+    /// `default` (the default): gates left out have their default limits.
+    /// `none`: every gate is off (an explicit opt-out; no gate may then be
+    /// given a limit). Shown in `status` and on the dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gates: Option<String>,
     /// Largest allowed error rate of the candidate minus the baseline's, in
-    /// percentage points (errors: 5xx and failed exchanges).
+    /// percentage points (errors: 5xx and failed exchanges). Default 1;
+    /// `off` turns the gate off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_error_rate_delta: Option<f64>,
+    pub max_error_rate_delta: Option<RawGate>,
     /// Largest allowed p99 latency of the candidate over the baseline's.
+    /// Default 1.5; `off` turns the gate off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_p99_ratio: Option<f64>,
-    /// Largest allowed rate of real differences (after noise), in percent of compared pairs.
+    pub max_p99_ratio: Option<RawGate>,
+    /// Largest allowed rate of real differences (after noise), in percent
+    /// of compared pairs. Default 1 when the candidate's mirror compares
+    /// (`compare: true`); `off` turns the gate off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_diff_rate: Option<f64>,
+    pub max_diff_rate: Option<RawGate>,
     /// `manual` (default): promote on request. `auto`: promote when every
     /// gate passes, and roll back by itself when one fails afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -266,6 +278,15 @@ pub struct RawPromotion {
     /// How often `auto` mode judges the gates. Default `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluate_every: Option<String>,
+}
+
+/// A promotion gate's limit: a number, or `off`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawGate {
+    Limit(f64),
+    /// `off` (anything else is refused at load).
+    Word(String),
 }
 
 /// Conditions a request must meet, all of them, for a route to take it.

@@ -40,6 +40,10 @@ pub enum PromoteError {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PromotionStatus {
     pub route: String,
+    /// false: the route has no `promotion:` block and is judged by the
+    /// documented defaults (`min_requests` 100, the default gates).
+    #[serde(default)]
+    pub configured: bool,
     pub mode: PromotionMode,
     /// The backend the configuration names as primary.
     pub configured_primary: String,
@@ -92,24 +96,14 @@ pub fn load_book(store: &Store, config: &Config) -> Book {
 }
 
 /// The promotion settings of a route: its `promotion:` block, or (for a
-/// manual promotion of a route without one) no gates and the first mirror.
+/// manual promotion of a route without one) the documented defaults —
+/// `min_requests` 100 and the default gates — for the first mirror.
 fn settings(route: &Route) -> Option<PromotionConfig> {
     if let Some(p) = &route.config.promotion {
         return Some(p.clone());
     }
     let first = route.config.mirrors.first()?;
-    Some(PromotionConfig {
-        mirror: first.backend.clone(),
-        window: std::time::Duration::from_secs(600),
-        min_requests: 0,
-        max_error_rate_delta: None,
-        max_p99_ratio: None,
-        max_diff_rate: None,
-        mode: PromotionMode::Manual,
-        steps: Vec::new(),
-        step_interval: std::time::Duration::from_secs(300),
-        evaluate_every: std::time::Duration::from_secs(5),
-    })
+    Some(PromotionConfig::defaults(first.backend.clone()))
 }
 
 fn summary_of(
@@ -138,31 +132,39 @@ fn summary_of(
 
 /// Judges the candidate of `route` against its baseline, in its current state.
 fn judge_route(route: &Route, switch: Option<&Switch>, cfg: &PromotionConfig) -> Judgement {
-    let (baseline, candidate, compare) = match switch {
+    // `mirror`: the mirror whose comparisons judge the pair.
+    let (baseline, candidate, mirror) = match switch {
         // Promoted: the new primary against the old, now a mirror.
         Some(s) if s.share >= 100 => (
             summary_of(route, &s.from, false, cfg),
             summary_of(route, &s.to, true, cfg),
-            summary_of(route, &s.from, false, cfg),
+            s.from.as_str(),
         ),
         // Stepping: both answer live traffic; the candidate is still mirrored too.
         Some(s) => (
             summary_of(route, &s.from, true, cfg),
             summary_of(route, &s.to, true, cfg),
-            summary_of(route, &s.to, false, cfg),
+            s.to.as_str(),
         ),
         None => (
             summary_of(route, &route.config.backend, true, cfg),
             summary_of(route, &cfg.mirror, false, cfg),
-            summary_of(route, &cfg.mirror, false, cfg),
+            cfg.mirror.as_str(),
         ),
     };
+    let compare = summary_of(route, mirror, false, cfg);
+    let compares = route
+        .config
+        .mirrors
+        .iter()
+        .any(|m| m.backend == mirror && m.compare);
     judge(
         cfg,
         &baseline,
         &candidate,
         compare.compared,
         compare.different,
+        compares,
     )
 }
 
@@ -199,6 +201,7 @@ pub fn status(shared: &Shared, route: &str) -> Result<PromotionStatus, PromoteEr
     };
     Ok(PromotionStatus {
         route: route.to_string(),
+        configured: r.config.promotion.is_some(),
         mode: cfg.mode,
         configured_primary: configured,
         primary: r.primary.name().to_string(),

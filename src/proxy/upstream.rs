@@ -1,7 +1,17 @@
-//! Upstream backends: round-robin over a backend's endpoints, passive
-//! health (an endpoint that refuses connections is passed over for
-//! `eject_for`), per-request timeout, and one retry on another endpoint
-//! when a request never left the proxy.
+//! Upstream backends: round-robin over a backend's endpoints (ejected ones
+//! skipped; when every endpoint is ejected the next one is tried anyway),
+//! a timeout on the response head, and passive health:
+//!
+//! * primary requests (`Backend::send`): an endpoint that refuses the
+//!   connection, or takes the request and then fails it (reset, garbage,
+//!   or — for a request without body — no head in time), is passed over
+//!   for `eject_for`. A request that failed to connect is retried once on
+//!   another endpoint when it is idempotent and has no body;
+//! * mirror copies (`Backend::send_copy`): only a refused connection
+//!   passes an endpoint over, and there is no retry on another endpoint (a
+//!   failed copy is counted, not repeated).
+//!
+//! Ejecting an endpoint also forgets its `auto` protocol choice.
 //!
 //! How requests travel, by the backend's `protocol` and endpoint scheme:
 //!

@@ -18,10 +18,52 @@ use tokio::time::Instant;
 const SLOT_SECS: u64 = 10;
 /// Slots in the ring: 15 minutes.
 const SLOTS: usize = 90;
-/// Latency bucket upper bounds grow by this factor from `FIRST_BOUND_MS`.
-const GROWTH: f64 = 1.4;
-const FIRST_BOUND_MS: f64 = 0.1;
-const LATENCY_BUCKETS: usize = 48;
+/// Mantissas of the E24 preferred-number series (×10): 24 steps per decade,
+/// each 1.07–1.15× the one before (about 1.1×).
+const E24: [u64; 24] = [
+    10, 11, 12, 13, 15, 16, 18, 20, 22, 24, 27, 30, 33, 36, 39, 43, 47, 51, 56, 62, 68, 75, 82, 91,
+];
+/// How many latency bucket edges there are: 0.1 ms to 62 s.
+pub const LATENCY_EDGES: usize = 5 * 24 + 20;
+
+const fn latency_edges_us() -> [u64; LATENCY_EDGES] {
+    let mut out = [0u64; LATENCY_EDGES];
+    let mut i = 0;
+    let mut scale = 10; // mantissa 10 × 10 µs = 100 µs = 0.1 ms
+    while i < LATENCY_EDGES {
+        out[i] = E24[i % 24] * scale;
+        i += 1;
+        if i % 24 == 0 {
+            scale *= 10;
+        }
+    }
+    out
+}
+
+/// The latency bucket edges (inclusive upper bounds), in microseconds:
+/// 100, 110, 120, 130, 150, … 56 000 000, 62 000 000. The one set of edges
+/// shared by the sliding windows (the promotion gates' p99) and the
+/// Prometheus histogram `shadowgate_request_duration_seconds`, so Grafana's
+/// `histogram_quantile` and the gates see the same buckets, and window
+/// counts from any replica can be added bucket by bucket.
+pub const LATENCY_EDGES_US: [u64; LATENCY_EDGES] = latency_edges_us();
+
+const fn latency_edges_seconds() -> [f64; LATENCY_EDGES] {
+    let mut out = [0f64; LATENCY_EDGES];
+    let mut i = 0;
+    while i < LATENCY_EDGES {
+        out[i] = LATENCY_EDGES_US[i] as f64 / 1e6;
+        i += 1;
+    }
+    out
+}
+
+/// [`LATENCY_EDGES_US`] in seconds, exactly as the Prometheus histogram
+/// exports them (`le` labels) and as recording compares against them.
+pub const LATENCY_EDGES_SECONDS: [f64; LATENCY_EDGES] = latency_edges_seconds();
+
+/// Counters per slot: one per edge plus one for anything above the last.
+const LATENCY_BUCKETS: usize = LATENCY_EDGES + 1;
 
 /// Drop reasons tracked per slot (index = position).
 pub const DROP_REASONS: [&str; 5] = [
@@ -101,16 +143,15 @@ impl Default for Window {
     }
 }
 
-fn bucket_of(ms: f64) -> usize {
-    if ms <= FIRST_BOUND_MS {
-        return 0;
-    }
-    let i = ((ms / FIRST_BOUND_MS).ln() / GROWTH.ln()).ceil() as usize;
-    i.min(LATENCY_BUCKETS - 1)
+/// The bucket of a duration in seconds: the first edge it does not exceed
+/// (the Prometheus `le` rule), or the overflow bucket.
+fn bucket_of(seconds: f64) -> usize {
+    LATENCY_EDGES_SECONDS.partition_point(|edge| *edge < seconds)
 }
 
+/// Upper bound of bucket `i` in milliseconds (the last edge for the overflow bucket).
 fn bound_of(i: usize) -> f64 {
-    FIRST_BOUND_MS * GROWTH.powi(i as i32)
+    LATENCY_EDGES_US[i.min(LATENCY_EDGES - 1)] as f64 / 1000.0
 }
 
 impl Window {
@@ -136,13 +177,18 @@ impl Window {
     /// One answered request (or exchange) and its duration; `error` for 5xx
     /// and failed exchanges.
     pub fn record(&self, duration: Duration, error: bool) {
+        self.record_seconds(duration.as_secs_f64(), error);
+    }
+
+    /// As [`Window::record`], with the duration in seconds (the value the
+    /// Prometheus histogram observes, so both put it in the same bucket).
+    pub fn record_seconds(&self, seconds: f64, error: bool) {
         let slot = self.slot();
         slot.requests.fetch_add(1, Ordering::Relaxed);
         if error {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
-        let ms = duration.as_secs_f64() * 1000.0;
-        slot.latency[bucket_of(ms)].fetch_add(1, Ordering::Relaxed);
+        slot.latency[bucket_of(seconds)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A mirror copy not sent.
@@ -174,7 +220,7 @@ impl Window {
         let n = span.as_secs().div_ceil(SLOT_SECS).clamp(1, SLOTS as u64);
         let oldest = now.saturating_sub(n - 1);
         let mut s = WindowSummary::default();
-        let mut latency = [0u64; LATENCY_BUCKETS];
+        let mut latency = vec![0u64; LATENCY_BUCKETS];
         for slot in self.slots.iter() {
             let p = slot.period.load(Ordering::Acquire);
             if p == 0 || p < oldest || p > now {
@@ -197,15 +243,17 @@ impl Window {
         // Seconds actually covered: the process may be younger than the span.
         let elapsed = self.epoch.elapsed().as_secs_f64();
         s.seconds = span.as_secs_f64().min(elapsed.max(1.0));
-        s.p50_ms = percentile(&latency, 0.50);
-        s.p90_ms = percentile(&latency, 0.90);
-        s.p99_ms = percentile(&latency, 0.99);
+        s.latency = latency;
+        s.update_percentiles();
         s
     }
 }
 
-/// Upper bound of the bucket holding quantile `q`, interpolated inside it.
-fn percentile(counts: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
+/// Quantile `q` of bucket counts, interpolated linearly inside the bucket
+/// that holds it (from the previous edge, or 0 for the first bucket) — the
+/// arithmetic of Prometheus' `histogram_quantile`, which reads the same
+/// edges; above the last edge it answers the last edge, as it does.
+fn percentile(counts: &[u64], q: f64) -> Option<f64> {
     let total: u64 = counts.iter().sum();
     if total == 0 {
         return None;
@@ -215,6 +263,9 @@ fn percentile(counts: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
     for (i, c) in counts.iter().enumerate() {
         let c = *c as f64;
         if c > 0.0 && seen + c >= rank {
+            if i >= LATENCY_EDGES {
+                return Some(bound_of(LATENCY_EDGES - 1));
+            }
             let lower = if i == 0 { 0.0 } else { bound_of(i - 1) };
             let upper = bound_of(i);
             let within = ((rank - seen) / c).clamp(0.0, 1.0);
@@ -222,7 +273,7 @@ fn percentile(counts: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
         }
         seen += c;
     }
-    Some(bound_of(LATENCY_BUCKETS - 1))
+    Some(bound_of(LATENCY_EDGES - 1))
 }
 
 /// Totals of one window.
@@ -240,9 +291,41 @@ pub struct WindowSummary {
     pub p50_ms: Option<f64>,
     pub p90_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Requests per latency bucket ([`LATENCY_EDGES_US`], then one for
+    /// anything slower). The same edges everywhere, so summaries (of other
+    /// spans, targets or replicas) add up with [`WindowSummary::merge`].
+    #[serde(skip)]
+    pub latency: Vec<u64>,
 }
 
 impl WindowSummary {
+    /// Adds `other`'s counts to these and recomputes the percentiles from
+    /// the summed buckets. `seconds` becomes the longer of the two spans.
+    pub fn merge(&mut self, other: &WindowSummary) {
+        self.seconds = self.seconds.max(other.seconds);
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.compared += other.compared;
+        self.different += other.different;
+        for (a, b) in self.dropped.iter_mut().zip(other.dropped) {
+            *a += b;
+        }
+        for (a, b) in self.failed.iter_mut().zip(other.failed) {
+            *a += b;
+        }
+        self.latency.resize(LATENCY_BUCKETS, 0);
+        for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+            *a += b;
+        }
+        self.update_percentiles();
+    }
+
+    fn update_percentiles(&mut self) {
+        self.p50_ms = percentile(&self.latency, 0.50);
+        self.p90_ms = percentile(&self.latency, 0.90);
+        self.p99_ms = percentile(&self.latency, 0.99);
+    }
+
     pub fn rate_per_sec(&self) -> f64 {
         self.requests as f64 / self.seconds.max(1.0)
     }
@@ -261,11 +344,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_monotonic_and_cover_a_minute() {
-        assert_eq!(bucket_of(0.05), 0);
+    fn edges_rise_about_1_1x_from_a_tenth_of_a_ms_past_a_minute() {
+        assert_eq!(LATENCY_EDGES_US[0], 100);
+        assert_eq!(LATENCY_EDGES_US[1], 110);
+        assert_eq!(LATENCY_EDGES_US[24], 1000);
+        assert_eq!(LATENCY_EDGES_US[LATENCY_EDGES - 1], 62_000_000);
+        for w in LATENCY_EDGES_US.windows(2) {
+            let ratio = w[1] as f64 / w[0] as f64;
+            assert!((1.06..=1.16).contains(&ratio), "{w:?}");
+        }
+        for (us, s) in LATENCY_EDGES_US.iter().zip(LATENCY_EDGES_SECONDS) {
+            // The `le` label prints the edge as written, not a rounding of it.
+            let written = format!("{}.{:06}", us / 1_000_000, us % 1_000_000);
+            let written = written.trim_end_matches('0').trim_end_matches('.');
+            assert_eq!(format!("{s}"), written);
+        }
+    }
+
+    #[test]
+    fn buckets_are_monotonic_and_inclusive_like_prometheus() {
+        assert_eq!(bucket_of(0.000_05), 0);
+        assert_eq!(
+            bucket_of(0.0001),
+            0,
+            "an edge belongs to its own bucket (le)"
+        );
+        assert_eq!(bucket_of(0.000_100_1), 1);
         let mut last = 0;
-        for ms in [0.2, 1.0, 5.0, 20.0, 100.0, 1000.0, 10_000.0] {
-            let b = bucket_of(ms);
+        for ms in [0.2, 1.0, 5.0, 20.0, 100.0, 1000.0, 10_000.0, 60_000.0] {
+            let b = bucket_of(ms / 1000.0);
             assert!(b > last, "{ms}");
             assert!(
                 bound_of(b) >= ms && (b == 0 || bound_of(b - 1) < ms),
@@ -273,7 +380,37 @@ mod tests {
             );
             last = b;
         }
-        assert!(bound_of(LATENCY_BUCKETS - 1) > 60_000.0);
+        assert_eq!(bucket_of(100.0), LATENCY_EDGES, "overflow bucket");
+    }
+
+    #[test]
+    fn summaries_merge_bucket_by_bucket() {
+        let a = Window::default();
+        let b = Window::default();
+        for _ in 0..90 {
+            a.record(Duration::from_millis(2), false);
+        }
+        for _ in 0..10 {
+            b.record(Duration::from_millis(50), true);
+        }
+        let both = Window::default();
+        for _ in 0..90 {
+            both.record(Duration::from_millis(2), false);
+        }
+        for _ in 0..10 {
+            both.record(Duration::from_millis(50), true);
+        }
+        let mut merged = a.summary(Duration::from_secs(60));
+        merged.merge(&b.summary(Duration::from_secs(60)));
+        let whole = both.summary(Duration::from_secs(60));
+        assert_eq!((merged.requests, merged.errors), (100, 10));
+        assert_eq!(merged.latency, whole.latency);
+        assert_eq!(merged.p99_ms, whole.p99_ms);
+        assert_eq!(merged.p50_ms, whole.p50_ms);
+        // Merging into an empty summary gives the other one's figures.
+        let mut empty = WindowSummary::default();
+        empty.merge(&whole);
+        assert_eq!(empty.p90_ms, whole.p90_ms);
     }
 
     #[tokio::test(start_paused = true)]
@@ -292,9 +429,9 @@ mod tests {
         assert_eq!(s.dropped[0], 1);
         assert_eq!(s.failed[1], 1);
         let p50 = s.p50_ms.unwrap();
-        assert!((1.4..=2.8).contains(&p50), "{p50}");
+        assert!((1.8..=2.0).contains(&p50), "{p50}");
         let p99 = s.p99_ms.unwrap();
-        assert!((35.0..=70.0).contains(&p99), "{p99}");
+        assert!((47.0..=51.0).contains(&p99), "{p99}");
 
         // Two minutes later the 1-minute window is empty, the 5-minute one is not.
         tokio::time::advance(Duration::from_secs(120)).await;
