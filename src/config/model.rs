@@ -28,6 +28,8 @@ pub struct Config {
     pub comparison: ComparisonSettings,
     /// The files this configuration was read from, in order.
     pub sources: Vec<PathBuf>,
+    /// Secrets hidden in stored and served comparison examples.
+    pub redact: crate::compare::Redactor,
 }
 
 /// One client-facing listener.
