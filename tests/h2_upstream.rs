@@ -24,9 +24,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use support::*;
 
 const BIG: usize = 20 << 20;
 const CHUNK: usize = 64 << 10;
