@@ -127,6 +127,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match shadowgate::config::load_files(&config) {
             Ok(c) => {
+                // `run` opens the store first thing: a store it cannot open
+                // (e.g. a read-only directory) fails `check` just the same.
+                if let Err(e) = shadowgate::store::Store::open(&c.store) {
+                    eprintln!("{e} (set `store:` to a writable file path, or `store: memory`)");
+                    return ExitCode::from(2);
+                }
                 println!("ok: {}", shadowgate::config::load::summary(&c));
                 ExitCode::SUCCESS
             }
@@ -155,7 +161,19 @@ fn main() -> ExitCode {
             };
             init_logging(cli.log_format);
             log_fd_setup(fds);
-            exit(rt.block_on(run(loaded, cli.log_format)))
+            match rt.block_on(run(loaded, cli.log_format)) {
+                // A store that cannot be opened is a configuration problem.
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<app::StartError>(),
+                        Some(app::StartError::Store(_))
+                    ) =>
+                {
+                    eprintln!("shadowgate: {e:#} (set `store:` to a writable file path, or `store: memory`)");
+                    ExitCode::from(2)
+                }
+                result => exit(result),
+            }
         }
         Command::Demo(args) => {
             init_logging(cli.log_format);

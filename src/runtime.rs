@@ -234,6 +234,19 @@ pub fn matches(
     })
 }
 
+/// Gives the tally each route's noise thresholds (`routes[].noise`) and
+/// what to redact (`redact`).
+fn use_route_noise(engine: &Engine, config: &Config) {
+    let mut tally = engine.tally.lock();
+    tally.set_route_thresholds(
+        config
+            .routes
+            .iter()
+            .map(|r| (r.name.as_str(), r.compare.noise)),
+    );
+    tally.set_redactor(config.redact.clone());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +372,7 @@ impl Shared {
             telemetry.metrics.clone(),
             &store,
         );
+        use_route_noise(&comparison, &runtime.config);
         Arc::new(Shared {
             comparison,
             runtime: arc_swap::ArcSwap::from_pointee(runtime),
@@ -375,6 +389,7 @@ impl Shared {
         let book = self.book.lock();
         let previous = self.runtime.load_full();
         let next = Runtime::build(config, &book, Some(&previous), &self.telemetry.metrics);
+        use_route_noise(&self.comparison, &next.config);
         self.runtime.store(Arc::new(next));
     }
 

@@ -34,7 +34,7 @@ fn files(scenario: &str, skip: &[&str], services: &str) -> Vec<(String, String)>
         .collect();
     out.push((
         "generated.yaml".into(),
-        format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nservices:\n{services}"),
+        format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\nservices:\n{services}"),
     ));
     out
 }

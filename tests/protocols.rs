@@ -47,7 +47,7 @@ async fn start_tls_proxy(pki: &TestPki, body: &str) -> shadowgate::app::Running 
 }
 
 async fn start_with_listener(listen: &str, body: &str) -> shadowgate::app::Running {
-    let yaml = format!("{listen}admin: 127.0.0.1:0\naccess_log: off\n{body}");
+    let yaml = format!("{listen}admin: 127.0.0.1:0\naccess_log: off\nstore: memory\n{body}");
     let config =
         shadowgate::config::from_yaml("test.yaml", &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     shadowgate::app::start(config, shadowgate::app::StartOptions::default())
@@ -175,7 +175,7 @@ async fn certificates_are_reread_when_they_change() {
     std::fs::write(
         &config_path,
         format!(
-            "listen: [{{ address: 127.0.0.1:0, tls: {{ cert: live.pem, key: live-key.pem }} }}]\nadmin: 127.0.0.1:0\naccess_log: off\nwatch_interval: 50ms\nbackends: {{ v1: {{ endpoints: [\"{}\"] }} }}\nroutes: [{{ name: r, backend: v1 }}]\n",
+            "listen: [{{ address: 127.0.0.1:0, tls: {{ cert: live.pem, key: live-key.pem }} }}]\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\nwatch_interval: 50ms\nbackends: {{ v1: {{ endpoints: [\"{}\"] }} }}\nroutes: [{{ name: r, backend: v1 }}]\n",
             v1.addr
         ),
     )

@@ -13,7 +13,9 @@
 //! - `template`: grouping requests into endpoints (`GET /items/{id}`);
 //! - `noise`: Diffy-style noise cancellation arithmetic;
 //! - `tally`: bounded in-memory aggregation and its plain-data snapshots;
-//! - `report`: the human-readable table printed by `shadowgate diffs`.
+//! - `report`: the human-readable table printed by `shadowgate diffs`;
+//! - `redact`: the secrets (header values, query parameter values) hidden
+//!   in everything stored or served.
 //!
 //! It never does I/O, never spawns and never blocks: callers (the capture
 //! side, the worker pool, the store, the HTTP API) feed it values and get
@@ -24,6 +26,7 @@ mod body;
 mod json;
 mod noise;
 mod outcome;
+pub mod redact;
 mod report;
 mod rules;
 mod tally;
@@ -32,6 +35,7 @@ mod template;
 pub use body::{body_kind, decode_body, digest, BodyKind, DecodeError, Decoded, MAX_CODINGS};
 pub use noise::{absolute_difference, is_noise, relative_difference, NoiseThresholds, Rate};
 pub use outcome::{compare, BodyMode, Captured, DiffKind, Difference, Outcome};
+pub use redact::{Redactor, REDACTED, REDACTED_DIFFERENT};
 pub use report::{render_route, ReportOptions};
 pub use rules::{CompareLimits, CompareRules, RulesConfig, RulesError, DEFAULT_IGNORED_HEADERS};
 pub use tally::{

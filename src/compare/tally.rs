@@ -20,21 +20,12 @@ use serde::{Deserialize, Serialize};
 use super::body::decode_body;
 use super::noise::{is_noise, NoiseThresholds, Rate};
 use super::outcome::{prefix_bytes, render_bytes, truncate_chars, Captured, Difference, Outcome};
+use super::redact::Redactor;
 
 /// Field name under which paths beyond `max_fields` are counted.
 pub const OTHER_FIELD: &str = "(other)";
 /// Endpoint name under which endpoints beyond `max_endpoints` are counted.
 pub const OTHER_ENDPOINT: &str = "(other)";
-
-/// Headers whose values never go into examples.
-const SENSITIVE_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-    "x-auth-token",
-];
 
 /// Bounds of a [`Tally`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +129,8 @@ pub struct Example {
 }
 
 impl Example {
-    /// Builds a bounded example; credential headers are redacted.
+    /// Builds a bounded example; secrets are redacted with the default
+    /// [`Redactor`] (a [`Tally`] applies its configured one on top).
     pub fn new(
         method: &Method,
         uri: &str,
@@ -148,7 +140,7 @@ impl Example {
         outcome: &Outcome,
         limits: &ExampleLimits,
     ) -> Example {
-        Example {
+        let mut example = Example {
             at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -166,7 +158,9 @@ impl Example {
                 .take(limits.max_differences)
                 .cloned()
                 .collect(),
-        }
+        };
+        Redactor::default().example(&mut example);
+        example
     }
 }
 
@@ -175,12 +169,10 @@ fn header_pairs(headers: &HeaderMap, limits: &ExampleLimits) -> Vec<(String, Str
         .iter()
         .take(limits.max_headers)
         .map(|(name, value)| {
-            let value = if SENSITIVE_HEADERS.contains(&name.as_str()) {
-                "<redacted>".to_owned()
-            } else {
-                render_bytes(value.as_bytes(), limits.max_header_value)
-            };
-            (name.as_str().to_owned(), value)
+            (
+                name.as_str().to_owned(),
+                render_bytes(value.as_bytes(), limits.max_header_value),
+            )
         })
         .collect()
 }
@@ -379,6 +371,11 @@ pub struct Tally {
     routes: BTreeMap<String, RouteTally>,
     limits: TallyLimits,
     thresholds: NoiseThresholds,
+    /// Per-route thresholds (a route's `noise:`), overriding `thresholds`.
+    /// Configuration, not data: never exported.
+    route_thresholds: HashMap<String, NoiseThresholds>,
+    /// Hides secrets in examples before they are kept.
+    redactor: Redactor,
 }
 
 /// The name an endpoint is counted under in `map`: itself, or
@@ -408,6 +405,8 @@ impl Tally {
             routes: BTreeMap::new(),
             limits,
             thresholds,
+            route_thresholds: HashMap::new(),
+            redactor: Redactor::default(),
         }
     }
 
@@ -417,6 +416,41 @@ impl Tally {
 
     pub fn thresholds(&self) -> &NoiseThresholds {
         &self.thresholds
+    }
+
+    /// Sets the noise thresholds of every configured route (its `noise:`),
+    /// replacing those set before; routes not listed use the default ones.
+    /// Judgements already made are not revisited; reports use the new ones.
+    pub fn set_route_thresholds<'a>(
+        &mut self,
+        routes: impl IntoIterator<Item = (&'a str, NoiseThresholds)>,
+    ) {
+        self.route_thresholds = routes
+            .into_iter()
+            .map(|(route, t)| (route.to_owned(), t))
+            .collect();
+    }
+
+    /// Sets what examples have redacted (the defaults are always included).
+    /// Examples already kept (e.g. restored from the store) are redacted
+    /// with it too.
+    pub fn set_redactor(&mut self, redactor: Redactor) {
+        for rt in self.routes.values_mut() {
+            for stats in rt.mirrors.values_mut().flat_map(|m| m.values_mut()) {
+                for ex in &mut stats.examples {
+                    redactor.example(ex);
+                }
+            }
+        }
+        self.redactor = redactor;
+    }
+
+    /// The noise thresholds `route` is judged with.
+    pub fn thresholds_for(&self, route: &str) -> NoiseThresholds {
+        self.route_thresholds
+            .get(route)
+            .copied()
+            .unwrap_or(self.thresholds)
     }
 
     /// Records a primary-vs-shadow outcome and judges it. `example` is only
@@ -431,7 +465,7 @@ impl Tally {
         example: impl FnOnce() -> Example,
     ) -> Verdict {
         let limits = self.limits;
-        let thresholds = self.thresholds;
+        let thresholds = self.thresholds_for(route);
         let rt = self.routes.entry(route.to_owned()).or_default();
         let endpoints = rt.mirrors.entry(mirror.to_owned()).or_default();
         let endpoint = capped(endpoints, endpoint, limits.max_endpoints);
@@ -473,7 +507,9 @@ impl Tally {
             Verdict::Different => {
                 stats.different = stats.different.saturating_add(1);
                 if stats.examples.len() < limits.max_examples {
-                    stats.examples.push(example());
+                    let mut kept = example();
+                    self.redactor.example(&mut kept);
+                    stats.examples.push(kept);
                 }
             }
             Verdict::NoiseOnly => stats.noise_only = stats.noise_only.saturating_add(1),
@@ -508,10 +544,11 @@ impl Tally {
         let Some(rt) = self.routes.get(route) else {
             return RouteReport::default();
         };
+        let thresholds = self.thresholds_for(route);
         let mut endpoints = Vec::new();
         for (mirror, eps) in &rt.mirrors {
             for (endpoint, stats) in eps {
-                endpoints.push(self.endpoint_report(rt, mirror, endpoint, stats));
+                endpoints.push(endpoint_report(rt, mirror, endpoint, stats, &thresholds));
             }
         }
         endpoints.sort_by(|a, b| {
@@ -521,61 +558,63 @@ impl Tally {
         });
         RouteReport { endpoints }
     }
+}
 
-    fn endpoint_report(
-        &self,
-        rt: &RouteTally,
-        mirror: &str,
-        endpoint: &str,
-        stats: &EndpointStats,
-    ) -> EndpointReport {
-        let secondary = rt.secondary.get(endpoint);
-        let secondary_compared = secondary.map_or(0, |s| s.compared);
-        let mut fields: Vec<FieldReport> = stats
-            .fields
-            .counts
-            .iter()
-            .map(|(path, &different)| {
-                let noise_count = secondary.and_then(|s| s.fields.get(path)).unwrap_or(0);
-                let noise = is_noise(
-                    Rate::new(different, stats.compared),
-                    secondary.map(|s| Rate::new(noise_count, s.compared)),
-                    &self.thresholds,
-                );
-                FieldReport {
-                    path: path.clone(),
-                    different,
-                    noise_count,
-                    noise,
-                }
-            })
-            .collect();
-        if stats.fields.other > 0 {
-            fields.push(FieldReport {
-                path: OTHER_FIELD.into(),
-                different: stats.fields.other,
-                noise_count: secondary.map_or(0, |s| s.fields.other),
-                noise: false,
-            });
-        }
-        fields.sort_by(|a, b| {
-            b.different
-                .cmp(&a.different)
-                .then_with(|| a.path.cmp(&b.path))
+fn endpoint_report(
+    rt: &RouteTally,
+    mirror: &str,
+    endpoint: &str,
+    stats: &EndpointStats,
+    thresholds: &NoiseThresholds,
+) -> EndpointReport {
+    let secondary = rt.secondary.get(endpoint);
+    let secondary_compared = secondary.map_or(0, |s| s.compared);
+    let mut fields: Vec<FieldReport> = stats
+        .fields
+        .counts
+        .iter()
+        .map(|(path, &different)| {
+            let noise_count = secondary.and_then(|s| s.fields.get(path)).unwrap_or(0);
+            let noise = is_noise(
+                Rate::new(different, stats.compared),
+                secondary.map(|s| Rate::new(noise_count, s.compared)),
+                thresholds,
+            );
+            FieldReport {
+                path: path.clone(),
+                different,
+                noise_count,
+                noise,
+            }
+        })
+        .collect();
+    if stats.fields.other > 0 {
+        fields.push(FieldReport {
+            path: OTHER_FIELD.into(),
+            different: stats.fields.other,
+            noise_count: secondary.map_or(0, |s| s.fields.other),
+            noise: false,
         });
-        EndpointReport {
-            endpoint: endpoint.to_owned(),
-            mirror: mirror.to_owned(),
-            compared: stats.compared,
-            equal: stats.equal,
-            different: stats.different,
-            noise_only: stats.noise_only,
-            truncated: stats.truncated,
-            secondary_compared,
-            fields,
-        }
     }
+    fields.sort_by(|a, b| {
+        b.different
+            .cmp(&a.different)
+            .then_with(|| a.path.cmp(&b.path))
+    });
+    EndpointReport {
+        endpoint: endpoint.to_owned(),
+        mirror: mirror.to_owned(),
+        compared: stats.compared,
+        equal: stats.equal,
+        different: stats.different,
+        noise_only: stats.noise_only,
+        truncated: stats.truncated,
+        secondary_compared,
+        fields,
+    }
+}
 
+impl Tally {
     /// Totals per route and mirror, sorted.
     pub fn totals(&self) -> Vec<Totals> {
         self.routes
@@ -684,10 +723,12 @@ impl Tally {
             for f in &e.fields {
                 s.fields.add(&f.path, f.count, limits.max_fields);
             }
-            for ex in e.examples {
+            for mut ex in e.examples {
                 if s.examples.len() >= limits.max_examples {
                     break;
                 }
+                // Examples stored before redaction existed get it now.
+                tally.redactor.example(&mut ex);
                 s.examples.push(ex);
             }
         }

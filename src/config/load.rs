@@ -160,11 +160,13 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         limits: Limits::default(),
         shutdown_grace: Duration::from_secs(30),
         watch_interval: Duration::from_secs(1),
-        store: crate::store::StoreLocation::File("shadowgate.db".into()),
+        store: crate::store::StoreLocation::File(crate::store::DEFAULT_FILE.into()),
         comparison: ComparisonSettings::default(),
         sources: Vec::new(),
         normalize_path: true,
         trusted_proxies: Vec::new(),
+
+        redact: crate::compare::Redactor::default(),
     };
     let mut scalar_origin: BTreeMap<&'static str, String> = BTreeMap::new();
     let mut backend_origin: BTreeMap<String, Origin> = BTreeMap::new();
@@ -275,6 +277,23 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
             if config.comparison.queue == 0 {
                 c.fail("comparison.queue", "must be at least 1");
             }
+        }
+        if once("redact", raw.redact.is_some(), &mut c) {
+            let r = raw.redact.clone().unwrap_or_default();
+            for (i, h) in r.headers.iter().enumerate() {
+                if http::HeaderName::from_bytes(h.trim().as_bytes()).is_err() {
+                    c.fail(
+                        format!("redact.headers[{i}]"),
+                        format!("`{h}` is not a header name"),
+                    );
+                }
+            }
+            for (i, q) in r.query_params.iter().enumerate() {
+                if q.trim().is_empty() {
+                    c.fail(format!("redact.query_params[{i}]"), "must not be empty");
+                }
+            }
+            config.redact = crate::compare::Redactor::new(&r.headers, &r.query_params);
         }
         if once("watch_interval", raw.watch_interval.is_some(), &mut c) {
             config.watch_interval =
@@ -394,6 +413,17 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
                 config.admin
             ),
         ));
+    }
+
+    // The default store lives beside the first config file (as documented),
+    // not in whatever directory the process happens to start in.
+    if !scalar_origin.contains_key("store") {
+        if let Some((first, _)) = files.first() {
+            let base = std::path::Path::new(first)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty());
+            config.store = crate::store::location_from(crate::store::DEFAULT_FILE, base);
+        }
     }
 
     if errors.is_empty() {

@@ -32,6 +32,8 @@ pub struct Config {
     pub normalize_path: bool,
     /// Peers whose forwarding fields are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Secrets hidden in stored and served comparison examples.
+    pub redact: crate::compare::Redactor,
 }
 
 impl Config {

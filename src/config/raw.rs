@@ -68,6 +68,28 @@ pub struct RawConfig {
     /// saw. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+
+    /// Secrets hidden in everything stored or served (comparison examples
+    /// and their differences, in the store and on the admin API): names
+    /// added to the built-in lists, which always apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redact: Option<RawRedact>,
+}
+
+/// Names whose values are redacted, added to the built-in ones.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedact {
+    /// Header names whose values are hidden, besides `authorization`,
+    /// `proxy-authorization`, `cookie`, `set-cookie`, `x-api-key`,
+    /// `x-auth-token`, `x-csrf-token` and `x-xsrf-token`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    /// Query parameter names (case-insensitive) whose values are hidden,
+    /// besides `token`, `access_token`, `key`, `api_key`, `password`,
+    /// `secret`, `signature`, `sig`, `code` and the like.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<String>,
 }
 
 /// `listen:` is either a single address or a list of listeners.

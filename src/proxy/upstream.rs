@@ -20,7 +20,9 @@
 //! * `h2` — a few multiplexed HTTP/2 connections per endpoint, kept here
 //!   (`H2Pool`): prior knowledge over TCP, ALPN `h2` over TLS. A new
 //!   connection is opened only when every open one carries
-//!   `STREAMS_PER_CONNECTION` streams. `:authority` is the client's
+//!   `STREAMS_PER_CONNECTION` streams. The connection's flow-control
+//!   window holds a full stream window for each of them, so clients that
+//!   stop reading never starve the others (`H2_CONNECTION_WINDOW`). `:authority` is the client's
 //!   `Host` (so a mirror's suffixed authority arrives as such).
 //! * `auto` — over TLS, the first connection to an endpoint offers both
 //!   ALPN ids; the answer is remembered per endpoint until it is ejected or
@@ -62,6 +64,19 @@ use crate::config::{self, BackendConfig, UpstreamProtocol};
 
 /// Streams carried by one HTTP/2 connection before another is opened.
 const STREAMS_PER_CONNECTION: usize = 100;
+
+/// HTTP/2 flow control towards a backend: what one stream may receive
+/// before the proxy has passed it on to its client.
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+
+/// HTTP/2 flow control of a whole upstream connection: room for every
+/// stream it may carry to hold a full stream window at once, and one more.
+/// Data a stalled client has not read stays charged to the connection
+/// window too; were it smaller than the sum of the stream windows (hyper's
+/// default is 5 MiB against 2 MiB per stream), three clients that stop
+/// reading would exhaust it and every other response on the connection
+/// would stop after its status line (issue #19 item 2).
+const H2_CONNECTION_WINDOW: u32 = (STREAMS_PER_CONNECTION as u32 + 1) * H2_STREAM_WINDOW;
 
 /// How long an idle keep-alive connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -254,7 +269,13 @@ impl Backend {
             .retry_canceled_requests(true)
             .build(connector.clone());
         let mut h2_builder = http2::Builder::new(TokioExecutor::new());
-        h2_builder.timer(TokioTimer::new());
+        h2_builder
+            .timer(TokioTimer::new())
+            // Fixed windows (not adaptive: BDP sizing would set both to the
+            // same value and bring the starvation back).
+            .adaptive_window(false)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW);
         let endpoints = config
             .endpoints
             .iter()

@@ -29,6 +29,14 @@ pub enum StoreError {
     },
 }
 
+/// The store file used when the configuration names none, relative to the
+/// directory of the first configuration file.
+pub const DEFAULT_FILE: &str = "shadowgate.db";
+
+/// How long a write waits for another connection's lock on the same file
+/// before failing with "database is locked".
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreLocation {
@@ -86,13 +94,15 @@ impl Store {
             path: describe(location),
             source,
         })?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=2000;",
-        )
-        .map_err(|source| StoreError::Open {
-            path: describe(location),
-            source,
-        })?;
+        // The busy timeout first: switching to WAL itself takes a lock.
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .and_then(|()| {
+                conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            })
+            .map_err(|source| StoreError::Open {
+                path: describe(location),
+                source,
+            })?;
         conn.execute_batch(SCHEMA)
             .map_err(|source| StoreError::Open {
                 path: describe(location),
