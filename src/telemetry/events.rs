@@ -20,6 +20,9 @@ pub enum DropReason {
     /// Every endpoint of the mirror's backend refused connections lately
     /// (passed over for `eject_for`); one copy per period probes it again.
     Unhealthy,
+    /// The shadow memory budget (`limits.shadow_memory`) could not hold
+    /// the copy's body.
+    Memory,
 }
 
 impl DropReason {
@@ -30,6 +33,7 @@ impl DropReason {
             DropReason::Method => "method",
             DropReason::BodyIncomplete => "body_incomplete",
             DropReason::Unhealthy => "backend_unhealthy",
+            DropReason::Memory => "memory",
         }
     }
 }
