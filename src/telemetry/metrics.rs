@@ -190,7 +190,7 @@ impl Metrics {
         let compare = Family::<CompareLabels, Counter>::default();
         registry.register(
             "compare",
-            "Shadow responses compared with the primary's, by result (compared, equal, different, noise_only, truncated, dropped, primary_failed)",
+            "Shadow responses compared with the primary's, by result (compared, equal, different, noise_only, truncated, dropped, primary_failed, memory)",
             compare.clone(),
         );
         let access_log_dropped = Counter::default();
