@@ -18,7 +18,7 @@ dropped for memory and comparisons refused for memory (from /metrics).
 Appends a section to docs/benchmarks.md unless --no-doc.
 
 Usage: bench/memory.py [--duration 25s] [--connections 64] [--shadow-memory 128MiB]
-                       [--port-base 28000] [--no-doc]
+                       [--port-base 28000] [--binary target/release/shadowgate] [--no-doc]
 (bench/run builds the release binary and installs wrk first; run it, or
 build with `cargo build --release` yourself.)
 """
@@ -90,7 +90,8 @@ def run_row(procs, sg, run_dir, port, row, a):
         sys.exit("bench backends did not start")
     cfg = os.path.join(run_dir, f"sg-{row}.yaml")
     config(cfg, port, row, a.shadow_memory)
-    proxy = procs.start(f"sg-{row}", [sg, "--log-format", "text", "run", "--config", cfg])
+    proxy_env = dict(kv.split("=", 1) for kv in a.proxy_env)
+    proxy = procs.start(f"sg-{row}", [sg, "--log-format", "text", "run", "--config", cfg], env=proxy_env)
     if not driver.wait_until(lambda: driver.http_req("GET", port["sg_admin"], "/readyz")[0] == 200, 15):
         sys.exit(f"shadowgate did not start (see {run_dir})")
     # A few requests so pools and workers exist, then the idle baseline.
@@ -144,9 +145,12 @@ def main(argv):
     p.add_argument("--shadow-memory", default="128MiB")
     p.add_argument("--rows", default="compare,post")
     p.add_argument("--port-base", type=int, default=28000)
+    p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "shadowgate"))
+    p.add_argument("--proxy-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment of the proxy, e.g. an allocator setting")
     p.add_argument("--no-doc", action="store_true")
     a = p.parse_args(argv)
-    sg = os.path.join(ROOT, "target", "release", "shadowgate")
+    sg = os.path.abspath(a.binary)
     run_dir = os.path.join(ROOT, "bench", "out", "memory-" + time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(run_dir, exist_ok=True)
     procs = driver.Procs(run_dir)

@@ -264,6 +264,22 @@ mod tests {
     }
 
     #[test]
+    fn the_gauge_follows_the_bytes_in_use() {
+        let g = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        let b = MemoryBudget::new(100, Some(g.clone()));
+        let r = b.reserve(60).unwrap();
+        assert_eq!(g.get(), 60);
+        let mut buf = BoundedBuf::new(&b, 40, 0).unwrap();
+        buf.extend(&[1; 30]).unwrap();
+        assert_eq!(g.get() as usize, b.in_use());
+        drop(r);
+        let frozen = buf.freeze();
+        assert_eq!(g.get() as usize, b.in_use());
+        drop(frozen);
+        assert_eq!(g.get(), 0);
+    }
+
+    #[test]
     fn buffer_reserves_before_growing_and_frozen_bytes_hold_it() {
         let b = MemoryBudget::new(1000, None);
         let mut buf = BoundedBuf::new(&b, 600, 0).unwrap();
