@@ -114,8 +114,7 @@ async fn captures_over_the_memory_budget_are_dropped_and_the_bytes_come_back() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let m = loop {
         let m = metrics(&proxy).await;
-        let settled =
-            compare(&m, "compared") + compare(&m, "memory") + compare(&m, "dropped");
+        let settled = compare(&m, "compared") + compare(&m, "memory") + compare(&m, "dropped");
         if settled >= n as f64 {
             break m;
         }
@@ -134,7 +133,10 @@ async fn captures_over_the_memory_budget_are_dropped_and_the_bytes_come_back() {
             assert_eq!(compare(&m, "different"), compare(&m, "compared"));
             break;
         }
-        assert!(Instant::now() < deadline, "the last pair was not compared\n{m}");
+        assert!(
+            Instant::now() < deadline,
+            "the last pair was not compared\n{m}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     memory_returns_to_zero(&proxy).await;
@@ -169,10 +171,15 @@ async fn max_in_flight_holds_across_reloads() {
     // requests while the first four copies are still held by the shadow.
     proxy.shared.rebuild();
     load(addr, 4, 4, no_headers).await;
-    assert_eq!(api_in_flight(&proxy).await, 4, "in flight over all generations");
+    assert_eq!(
+        api_in_flight(&proxy).await,
+        4,
+        "in flight over all generations"
+    );
     // A reload that lowers the bound: still nothing new admitted.
     let lower = shadow_config(v1.addr, &[(slow.addr, ", timeout: 10s, max_in_flight: 2")]);
-    let yaml = format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\n{lower}");
+    let yaml =
+        format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\n{lower}");
     proxy
         .shared
         .apply(shadowgate::config::from_yaml("test.yaml", &yaml).unwrap());
@@ -184,7 +191,11 @@ async fn max_in_flight_holds_across_reloads() {
         &m,
         r#"shadowgate_mirror_dropped_total{route="r",backend="m0",reason="overload"}"#,
     );
-    assert_eq!(slow.received(), 4, "copies over max_in_flight reached the shadow");
+    assert_eq!(
+        slow.received(),
+        4,
+        "copies over max_in_flight reached the shadow"
+    );
     assert_eq!(overload, 6.0);
     assert_eq!(api_in_flight(&proxy).await, 0);
     proxy.shutdown().await;
@@ -194,15 +205,21 @@ async fn max_in_flight_holds_across_reloads() {
 async fn a_copy_waiting_for_a_trickling_body_is_cut_by_the_mirror_timeout() {
     let v1 = TestBackend::new().spawn().await;
     let shadow = TestBackend::new().spawn().await;
-    let proxy = start_proxy(&shadow_config(v1.addr, &[(shadow.addr, ", timeout: 300ms")])).await;
+    let proxy = start_proxy(&shadow_config(
+        v1.addr,
+        &[(shadow.addr, ", timeout: 300ms")],
+    ))
+    .await;
     // A chunked body in 8 pieces, one every 150 ms: 1.2 s in all, four
     // times the mirror's timeout.
     let mut s = tokio::net::TcpStream::connect(proxy.listen_addrs[0])
         .await
         .unwrap();
-    s.write_all(b"POST /x HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"POST /x HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
     for _ in 0..8 {
         s.write_all(b"4\r\nslow\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;

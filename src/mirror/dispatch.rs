@@ -164,7 +164,10 @@ pub fn admit(
             let permit = if body_over_budget(secondary, content_length) {
                 Err(DropReason::Memory)
             } else {
-                secondary.in_flight.try_acquire().ok_or(DropReason::Overload)
+                secondary
+                    .in_flight
+                    .try_acquire()
+                    .ok_or(DropReason::Overload)
             };
             match permit {
                 Ok(permit) => jobs.push(MirrorJob {
