@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
-use tokio::sync::Semaphore;
 
 use crate::comparison::{Engine, RouteComparison};
 use crate::config::{
     Config, HostMatch, MirrorConfig, PathMatch, RouteConfig, RouteMatch, ValueMatch,
 };
+use crate::mirror::bound::{InFlightBound, MirrorBounds};
+use crate::mirror::budget::MemoryBudget;
 use crate::promote::switch::Book;
 use crate::proxy::upstream::Backend;
 use crate::telemetry::{Metrics, Role, TargetMetrics};
@@ -24,6 +25,10 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub routes: Vec<Route>,
     pub backends: HashMap<String, Arc<Backend>>,
+    /// The byte budget for shadow traffic; the same across generations.
+    pub memory: Arc<MemoryBudget>,
+    /// The in-flight bound of every mirror; the same across generations.
+    pub bounds: Arc<MirrorBounds>,
 }
 
 /// A route ready to serve.
@@ -42,6 +47,9 @@ pub struct Route {
     pub secondary: Option<Arc<Mirror>>,
     /// The route as it serves now (switches applied).
     pub config: RouteConfig,
+    /// The byte budget for shadow traffic (the primary's capture is
+    /// reserved from it).
+    pub memory: Arc<MemoryBudget>,
 }
 
 /// A mirror of a route, with its bound on copies in flight.
@@ -51,8 +59,11 @@ pub struct Mirror {
     pub config: MirrorConfig,
     pub backend: Arc<Backend>,
     pub metrics: TargetMetrics,
-    /// Permits for copies in flight; `try_acquire` failing means overload.
-    pub in_flight: Arc<Semaphore>,
+    /// Permits for copies in flight, shared by every generation of this
+    /// mirror (route, backend, role); `try_acquire` failing means overload.
+    pub in_flight: Arc<InFlightBound>,
+    /// The byte budget that body copies and captures are reserved from.
+    pub memory: Arc<MemoryBudget>,
 }
 
 impl Runtime {
@@ -75,15 +86,34 @@ impl Runtime {
                 reused.unwrap_or_else(|| Arc::new(Backend::new(bc.clone()))),
             );
         }
+        // One budget and one set of in-flight bounds for the process:
+        // copies of older generations count against the new limits.
+        let memory = match previous {
+            Some(p) => {
+                p.memory.set_limit(config.limits.shadow_memory);
+                p.memory.clone()
+            }
+            None => MemoryBudget::new(
+                config.limits.shadow_memory,
+                Some(metrics.shadow_memory.clone()),
+            ),
+        };
+        let bounds = previous.map(|p| p.bounds.clone()).unwrap_or_default();
+        let shadow = Shadow {
+            memory: &memory,
+            bounds: &bounds,
+        };
         let routes = book
             .effective_routes(&config)
             .into_iter()
-            .map(|r| build_route(r, &backends, metrics))
+            .map(|r| build_route(r, &backends, metrics, &shadow))
             .collect();
         Runtime {
             config: Arc::new(config),
             routes,
             backends,
+            memory,
+            bounds,
         }
     }
 
@@ -101,10 +131,17 @@ impl Runtime {
     }
 }
 
+/// What mirrors share across generations.
+struct Shadow<'a> {
+    memory: &'a Arc<MemoryBudget>,
+    bounds: &'a MirrorBounds,
+}
+
 fn build_route(
     r: RouteConfig,
     backends: &HashMap<String, Arc<Backend>>,
     metrics: &Arc<Metrics>,
+    shadow: &Shadow<'_>,
 ) -> Route {
     let name: Arc<str> = Arc::from(r.name.as_str());
     let primary = backends[&r.backend].clone();
@@ -129,7 +166,10 @@ fn build_route(
             config: m.clone(),
             backend: backends[&m.backend].clone(),
             metrics: target,
-            in_flight: Arc::new(Semaphore::new(m.max_in_flight)),
+            in_flight: shadow
+                .bounds
+                .get(&r.name, &m.backend, role, m.max_in_flight),
+            memory: shadow.memory.clone(),
         })
     };
     let mirrors: Vec<Arc<Mirror>> = r
@@ -163,6 +203,7 @@ fn build_route(
         split,
         mirrors,
         config: r,
+        memory: shadow.memory.clone(),
     }
 }
 

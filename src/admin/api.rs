@@ -195,7 +195,7 @@ pub fn routes(shared: &Shared) -> RoutesResponse {
                         backend: m.backend.name().to_string(),
                         percent: m.config.percent,
                         max_in_flight: m.config.max_in_flight,
-                        in_flight: m.config.max_in_flight - m.in_flight.available_permits(),
+                        in_flight: m.in_flight.in_flight(),
                     })
                     .collect(),
             })

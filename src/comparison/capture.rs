@@ -1,110 +1,128 @@
-//! Capturing a response for comparison while it streams: the bytes are
-//! shared (`Bytes` clones, no copy) up to a cap, so the client never waits.
+//! Capturing a response for comparison while it streams: each chunk is
+//! copied into a buffer whose bytes are reserved from the shadow memory
+//! budget first (never waiting: what does not fit is refused), up to a cap,
+//! so the client never waits and what captures hold stays bounded. The
+//! reservation goes with the captured body into the comparison queue and is
+//! returned when the pair has been judged or dropped.
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
 
+use super::PrimaryAnswer;
 use crate::compare::Captured;
+use crate::mirror::budget::{BoundedBuf, BufRefused, MemoryBudget};
+
+/// The shadow memory budget could not hold a capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget;
 
 /// Collects one response up to `cap` body bytes.
 #[derive(Debug)]
 pub struct Capturer {
     status: StatusCode,
     headers: HeaderMap,
-    chunks: Vec<Bytes>,
-    len: usize,
-    cap: usize,
+    buf: BoundedBuf,
     truncated: bool,
+    over_budget: bool,
 }
 
 impl Capturer {
-    pub fn new(status: StatusCode, headers: HeaderMap, cap: usize) -> Self {
+    /// A capture of at most `cap` body bytes, reserved from `memory`
+    /// (a declared `content-length` within the cap is reserved at once).
+    pub fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        cap: usize,
+        memory: &Arc<MemoryBudget>,
+    ) -> Self {
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n <= cap)
+            .unwrap_or(0);
+        let (buf, over_budget) = match BoundedBuf::new(memory, cap, declared) {
+            Some(buf) => (buf, false),
+            None => (BoundedBuf::empty(memory, cap), true),
+        };
         Capturer {
             status,
             headers,
-            chunks: Vec::new(),
-            len: 0,
-            cap,
+            buf,
             truncated: false,
+            over_budget,
         }
     }
 
     /// Notes a body chunk.
     pub fn data(&mut self, data: &Bytes) {
-        if self.admit(data.len()) {
-            self.chunks.push(data.clone());
-        }
+        self.data_slice(data);
     }
 
-    /// Notes a body chunk that lives in someone else's buffer (copied only
-    /// while under the cap).
+    /// Notes a body chunk (copied while under the cap and the budget).
     pub fn data_slice(&mut self, data: &[u8]) {
-        if self.admit(data.len()) {
-            self.chunks.push(Bytes::copy_from_slice(data));
+        if self.truncated || self.over_budget {
+            return;
         }
-    }
-
-    /// Counts `n` more bytes; false (and the capture truncated) once over
-    /// the cap.
-    fn admit(&mut self, n: usize) -> bool {
-        if self.truncated {
-            return false;
-        }
-        if self.len + n > self.cap {
-            self.truncated = true;
-            self.chunks = Vec::new();
-            return false;
-        }
-        self.len += n;
-        true
-    }
-
-    /// The captured response.
-    pub fn finish(self) -> Captured {
-        let body = match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut all = BytesMut::with_capacity(self.len);
-                for c in &self.chunks {
-                    all.extend_from_slice(c);
-                }
-                all.freeze()
+        match self.buf.extend(data) {
+            Ok(()) => {}
+            Err(BufRefused::TooLarge) => {
+                self.truncated = true;
+                drop(self.buf.take());
             }
-        };
-        Captured {
+            Err(BufRefused::Memory) => {
+                self.over_budget = true;
+                drop(self.buf.take());
+            }
+        }
+    }
+
+    /// The captured response, or `OverBudget` when its body did not fit
+    /// in the shadow memory budget.
+    pub fn finish(self) -> Result<Captured, OverBudget> {
+        if self.over_budget {
+            return Err(OverBudget);
+        }
+        Ok(Captured {
             status: self.status.as_u16(),
             headers: self.headers,
-            body,
+            body: self.buf.freeze(),
             truncated: self.truncated,
-        }
+        })
     }
 }
+
+/// Where the primary's capture is published.
+pub type CaptureSender = watch::Sender<Option<PrimaryAnswer>>;
 
 /// The primary's capture, published once its body has ended.
 #[derive(Debug)]
 pub struct PrimaryCapturer {
     pub capturer: Capturer,
-    tx: watch::Sender<Option<Arc<Captured>>>,
+    tx: CaptureSender,
 }
 
 impl PrimaryCapturer {
-    pub fn new(capturer: Capturer, tx: watch::Sender<Option<Arc<Captured>>>) -> Self {
+    pub fn new(capturer: Capturer, tx: CaptureSender) -> Self {
         PrimaryCapturer { capturer, tx }
     }
 
     /// Publishes the complete capture to the waiting comparisons.
     pub fn publish(self) {
-        let _ = self.tx.send(Some(Arc::new(self.capturer.finish())));
+        let answer = match self.capturer.finish() {
+            Ok(c) => PrimaryAnswer::Captured(Arc::new(c)),
+            Err(OverBudget) => PrimaryAnswer::OverBudget,
+        };
+        let _ = self.tx.send(Some(answer));
     }
 }
 
 /// A channel for the primary's capture: dropped unpublished, the waiting
 /// comparisons see the primary did not complete.
-pub fn channel() -> (watch::Sender<Option<Arc<Captured>>>, super::PrimaryCapture) {
+pub fn channel() -> (CaptureSender, super::PrimaryCapture) {
     watch::channel(None)
 }
 
@@ -114,17 +132,31 @@ mod tests {
 
     #[test]
     fn captures_up_to_the_cap() {
-        let mut c = Capturer::new(StatusCode::OK, HeaderMap::new(), 10);
+        let memory = MemoryBudget::new(1 << 20, None);
+        let mut c = Capturer::new(StatusCode::OK, HeaderMap::new(), 10, &memory);
         c.data(&Bytes::from_static(b"hello"));
         c.data(&Bytes::from_static(b"world"));
-        let got = c.finish();
+        let got = c.finish().unwrap();
         assert_eq!(got.body, Bytes::from_static(b"helloworld"));
         assert!(!got.truncated);
-        let mut c = Capturer::new(StatusCode::OK, HeaderMap::new(), 10);
+        assert_eq!(memory.in_use(), 10, "the captured body holds its bytes");
+        drop(got);
+        let mut c = Capturer::new(StatusCode::OK, HeaderMap::new(), 10, &memory);
         c.data(&Bytes::from_static(b"hello"));
         c.data(&Bytes::from_static(b"world!"));
-        let got = c.finish();
+        let got = c.finish().unwrap();
         assert!(got.truncated);
         assert!(got.body.is_empty());
+        assert_eq!(memory.in_use(), 0);
+    }
+
+    #[test]
+    fn a_capture_over_the_budget_is_refused() {
+        let memory = MemoryBudget::new(8, None);
+        let mut c = Capturer::new(StatusCode::OK, HeaderMap::new(), 100, &memory);
+        c.data(&Bytes::from_static(b"hello"));
+        c.data(&Bytes::from_static(b"world"));
+        assert_eq!(c.finish().unwrap_err(), OverBudget);
+        assert_eq!(memory.in_use(), 0);
     }
 }

@@ -160,7 +160,15 @@ pub struct Job {
 }
 
 /// The primary's response as captured for comparison, once it has ended.
-pub type PrimaryCapture = watch::Receiver<Option<Arc<Captured>>>;
+pub type PrimaryCapture = watch::Receiver<Option<PrimaryAnswer>>;
+
+/// What the primary's capture came to.
+#[derive(Debug, Clone)]
+pub enum PrimaryAnswer {
+    Captured(Arc<Captured>),
+    /// Its body did not fit in the shadow memory budget.
+    OverBudget,
+}
 
 /// The comparison engine: queue, workers, tally.
 pub struct Engine {

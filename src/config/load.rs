@@ -236,6 +236,12 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
                     d.max_header_bytes as u64,
                 ) as usize,
                 max_headers: l.max_headers.unwrap_or(d.max_headers),
+                shadow_memory: usize::try_from(c.size(
+                    "limits.shadow_memory",
+                    &l.shadow_memory,
+                    d.shadow_memory as u64,
+                ))
+                .unwrap_or(usize::MAX),
             };
             if config.limits.max_header_bytes < 8192 {
                 c.fail("limits.max_header_bytes", "must be at least 8KiB");

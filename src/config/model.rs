@@ -91,6 +91,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Bytes held for shadow traffic at most (`limits.shadow_memory`).
+    pub shadow_memory: usize,
 }
 
 impl Default for Limits {
@@ -99,6 +101,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             max_headers: 100,
+            shadow_memory: 128 * 1024 * 1024,
         }
     }
 }

@@ -159,6 +159,11 @@ pub struct RawLimits {
     /// Most header fields in one request. Default `100`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_headers: Option<usize>,
+    /// Bytes the proxy may hold for shadow traffic at once: request-body
+    /// copies, responses captured for comparison and queued comparisons.
+    /// What does not fit is dropped (`memory`). Default `128MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_memory: Option<RawSize>,
 }
 
 /// A named group of endpoints.

@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::bound::InFlightPermit;
 use super::sample::sampled;
 use super::tee::{TeeFailure, TeeResult};
 use crate::comparison::capture::Capturer;
-use crate::comparison::{Engine, Job, PrimaryCapture, RouteComparison, Side};
+use crate::comparison::{Engine, Job, PrimaryAnswer, PrimaryCapture, RouteComparison, Side};
 use crate::proxy::grpc;
 use crate::proxy::headers::suffixed_authority;
 use crate::proxy::upstream::{CopyRequest, UpstreamError};
@@ -26,7 +27,7 @@ use crate::telemetry::{AccessRecord, DropReason, MirrorErrorKind, Telemetry};
 #[derive(Debug)]
 pub struct MirrorJob {
     pub mirror: Arc<Mirror>,
-    _permit: OwnedSemaphorePermit,
+    _permit: InFlightPermit,
 }
 
 /// What every copy of one request shares.
@@ -109,8 +110,11 @@ fn log_record<'a>(
 }
 
 /// Decides, for each mirror of `route`, whether this request is copied.
-/// Copies refused for a reason (method, body size, overload) are counted
-/// and logged here; requests merely not sampled are not.
+/// Copies refused for a reason (method, body size, memory, overload) are
+/// counted and logged here; requests merely not sampled are not. A body
+/// the shadow memory budget cannot hold now (its declared length, or any
+/// body when the budget is spent) is refused here; the tee reserves the
+/// bytes themselves as they arrive.
 pub fn admit(
     route: &Route,
     answerer: &str,
@@ -137,12 +141,14 @@ pub fn admit(
             Some(DropReason::Method)
         } else if content_length.is_some_and(|n| n > cfg.max_body_bytes) {
             Some(DropReason::BodyTooLarge)
+        } else if body_over_budget(mirror, content_length) {
+            Some(DropReason::Memory)
         } else {
             None
         };
         let permit = match refused {
             Some(_) => None,
-            None => mirror.in_flight.clone().try_acquire_owned().ok(),
+            None => mirror.in_flight.try_acquire(),
         };
         match permit {
             Some(permit) => jobs.push(MirrorJob {
@@ -159,13 +165,20 @@ pub fn admit(
     // The secondary (noise learning) gets what a compared mirror gets.
     if let Some(secondary) = &route.secondary {
         if jobs.iter().any(|j| j.mirror.config.compare) {
-            match secondary.in_flight.clone().try_acquire_owned() {
+            let permit = if body_over_budget(secondary, content_length) {
+                Err(DropReason::Memory)
+            } else {
+                secondary
+                    .in_flight
+                    .try_acquire()
+                    .ok_or(DropReason::Overload)
+            };
+            match permit {
                 Ok(permit) => jobs.push(MirrorJob {
                     mirror: secondary.clone(),
                     _permit: permit,
                 }),
-                Err(_) => {
-                    let reason = DropReason::Overload;
+                Err(reason) => {
                     let rec = log_record(
                         secondary,
                         head,
@@ -182,12 +195,24 @@ pub fn admit(
     jobs
 }
 
+/// Whether the request's body (declared length; unknown length when the
+/// budget is spent) cannot fit in the shadow memory budget now.
+fn body_over_budget(mirror: &Mirror, content_length: Option<u64>) -> bool {
+    let available = mirror.memory.available() as u64;
+    match content_length {
+        Some(0) => false,
+        Some(n) => n > available,
+        None => available == 0,
+    }
+}
+
 /// Sends the admitted copies from a spawned task.
 ///
 /// INVARIANT: this returns at once. The primary request path never waits
 /// for a shadow: the task below is detached, bounded by the permits held
 /// in `jobs` (max_in_flight per mirror), and each copy is bounded in time
-/// by its mirror's `timeout`.
+/// by its mirror's `timeout`, counted from here: waiting for the client's
+/// body to arrive is part of it.
 pub fn dispatch(
     telemetry: Arc<Telemetry>,
     jobs: Vec<MirrorJob>,
@@ -197,33 +222,67 @@ pub fn dispatch(
     if jobs.is_empty() {
         return;
     }
+    let dispatched = Instant::now();
     tokio::spawn(async move {
+        let longest = jobs
+            .iter()
+            .map(|j| j.mirror.config.timeout)
+            .max()
+            .unwrap_or_default();
+        // `None`: the body did not arrive within the longest timeout.
         let body = match body {
-            MirrorBody::Empty => Ok(Bytes::new()),
-            MirrorBody::Pending(rx) => rx.await.unwrap_or(Err(TeeFailure::ClientError)),
+            MirrorBody::Empty => Some(Ok(Bytes::new())),
+            MirrorBody::Pending(rx) => tokio::time::timeout_at(dispatched + longest, rx)
+                .await
+                .ok()
+                .map(|r| r.unwrap_or(Err(TeeFailure::ClientError))),
         };
         let mut jobs = jobs;
         let last = jobs.pop();
         for job in jobs {
             let (t, h, b) = (telemetry.clone(), head.clone(), body.clone());
-            tokio::spawn(async move { send_copy(&t, job, &h, b).await });
+            tokio::spawn(async move { send_copy(&t, job, &h, b, dispatched).await });
         }
         if let Some(job) = last {
-            send_copy(&telemetry, job, &head, body).await;
+            send_copy(&telemetry, job, &head, body, dispatched).await;
         }
     });
 }
 
-/// Sends one copy and reads the shadow's answer to its end.
-async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, body: TeeResult) {
+/// Sends one copy and reads the shadow's answer to its end, all within the
+/// mirror's `timeout` from `dispatched`. `body` is `None` when the client's
+/// body did not arrive in time.
+async fn send_copy(
+    telemetry: &Telemetry,
+    job: MirrorJob,
+    head: &MirrorHead,
+    body: Option<TeeResult>,
+    dispatched: Instant,
+) {
     let mirror = &*job.mirror;
     let cfg = &mirror.config;
-    let started = Instant::now();
+    let started = dispatched;
+    let deadline = dispatched + cfg.timeout;
     let view = head.view();
+    let body = match body {
+        Some(body) if Instant::now() < deadline => body,
+        _ => {
+            let kind = MirrorErrorKind::Timeout;
+            let rec = log_record(mirror, view, None, 0, started, Some(kind.as_str()));
+            telemetry.mirror_failed(&mirror.metrics, kind, &rec);
+            return;
+        }
+    };
     let body = match body {
         Ok(b) if b.len() as u64 <= cfg.max_body_bytes => b,
         Ok(_) | Err(TeeFailure::TooLarge) => {
             let reason = DropReason::BodyTooLarge;
+            let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
+            telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+            return;
+        }
+        Err(TeeFailure::Memory) => {
+            let reason = DropReason::Memory;
             let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
             telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
             return;
@@ -251,12 +310,14 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
     let mut sink = CopySink {
         capture_cap: compared
             .map(|_| usize::try_from(cfg.compare_max_body_bytes).unwrap_or(usize::MAX)),
+        memory: mirror.memory.clone(),
         capture: None,
         grpc_status: None,
     };
-    let outcome = tokio::time::timeout(
-        cfg.timeout,
-        mirror.backend.send_copy(copy, cfg.timeout, &mut sink),
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let outcome = tokio::time::timeout_at(
+        deadline,
+        mirror.backend.send_copy(copy, remaining, &mut sink),
     )
     .await
     .map_err(|_| MirrorErrorKind::Timeout)
@@ -293,7 +354,12 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
         }
     }
     if let (Some(link), Some(capture)) = (compared, sink.capture.filter(|_| answered)) {
-        submit_comparison(link, mirror, head, capture.finish()).await;
+        match capture.finish() {
+            Ok(captured) => submit_comparison(link, mirror, head, captured).await,
+            Err(_) => link
+                .engine
+                .count(&link.route.route, mirror.backend.name(), "memory"),
+        }
     }
 }
 
@@ -302,6 +368,7 @@ async fn send_copy(telemetry: &Telemetry, job: MirrorJob, head: &MirrorHead, bod
 struct CopySink {
     /// `Some(cap)` when the answer is compared.
     capture_cap: Option<usize>,
+    memory: Arc<crate::mirror::budget::MemoryBudget>,
     capture: Option<Capturer>,
     grpc_status: Option<u16>,
 }
@@ -313,7 +380,7 @@ impl Sink for CopySink {
 
     fn head(&mut self, status: StatusCode, headers: &HeaderMap) {
         if let Some(cap) = self.capture_cap {
-            self.capture = Some(Capturer::new(status, headers.clone(), cap));
+            self.capture = Some(Capturer::new(status, headers.clone(), cap, &self.memory));
         }
         // gRPC: a trailers-only answer carries its status in the head.
         self.grpc_status = grpc::status(headers);
@@ -388,10 +455,17 @@ async fn submit_comparison(
         Ok(Ok(p)) => p.clone(),
         _ => None,
     };
-    let Some(primary) = primary else {
-        link.engine
-            .count(&link.route.route, backend, "primary_failed");
-        return;
+    let primary = match primary {
+        Some(PrimaryAnswer::Captured(p)) => p,
+        Some(PrimaryAnswer::OverBudget) => {
+            link.engine.count(&link.route.route, backend, "memory");
+            return;
+        }
+        None => {
+            link.engine
+                .count(&link.route.route, backend, "primary_failed");
+            return;
+        }
     };
     let side = if mirror.metrics.labels.role == Role::secondary {
         Side::Secondary

@@ -2,15 +2,22 @@
 //! frame, untouched and never held back, while a copy of at most `cap`
 //! bytes is kept for the mirrors. When the body ends the copy is handed to
 //! the mirror task; when it grows past `cap`, the copy is abandoned at once
-//! (the primary still gets every byte) so memory stays bounded.
+//! (the primary still gets every byte) so memory stays bounded. The copy's
+//! bytes are reserved from the shadow memory budget before they are
+//! buffered (chunk by chunk as it grows); when the budget cannot take them
+//! the copy is abandoned the same way (`Memory`). The reservation travels
+//! with the copy's `Bytes` and is returned when the last copy is done.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
+use super::budget::{BoundedBuf, BufRefused, MemoryBudget};
 use crate::body::{is_body_too_large, BoxError, ClientBody};
 
 /// Why the mirrors got no body.
@@ -20,6 +27,8 @@ pub enum TeeFailure {
     TooLarge,
     /// The client's body failed (reset, malformed chunking).
     ClientError,
+    /// The shadow memory budget could not hold the copy.
+    Memory,
 }
 
 /// What the mirror task receives: the whole body, or why not.
@@ -30,8 +39,7 @@ pin_project_lite::pin_project! {
     pub struct TeeBody {
         #[pin]
         inner: ClientBody,
-        copy: BytesMut,
-        cap: usize,
+        copy: BoundedBuf,
         done: Option<oneshot::Sender<TeeResult>>,
     }
 }
@@ -39,23 +47,27 @@ pin_project_lite::pin_project! {
 impl TeeBody {
     /// Wraps `inner`; the copy (or the failure) is sent on the returned receiver.
     /// If the body is dropped before its end, the receiver sees the sender dropped.
-    pub fn new(inner: ClientBody, cap: usize) -> (Self, oneshot::Receiver<TeeResult>) {
+    /// A declared length is reserved from `memory` up front.
+    pub fn new(
+        inner: ClientBody,
+        cap: usize,
+        memory: &Arc<MemoryBudget>,
+    ) -> (Self, oneshot::Receiver<TeeResult>) {
         let (tx, rx) = oneshot::channel();
         let initial = inner
             .size_hint()
             .exact()
-            .map(|n| n as usize)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
             .unwrap_or(0)
             .min(cap);
-        (
-            TeeBody {
-                inner,
-                copy: BytesMut::with_capacity(initial),
-                cap,
-                done: Some(tx),
-            },
-            rx,
-        )
+        let (copy, done) = match BoundedBuf::new(memory, cap, initial) {
+            Some(copy) => (copy, Some(tx)),
+            None => {
+                let _ = tx.send(Err(TeeFailure::Memory));
+                (BoundedBuf::empty(memory, cap), None)
+            }
+        };
+        (TeeBody { inner, copy, done }, rx)
     }
 }
 
@@ -71,18 +83,27 @@ impl Body for TeeBody {
         let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(_)) = (frame.data_ref(), this.done.as_ref()) {
-                    if this.copy.len() + data.len() > *this.cap {
-                        *this.copy = BytesMut::new();
-                        if let Some(tx) = this.done.take() {
-                            let _ = tx.send(Err(TeeFailure::TooLarge));
-                        }
+                if let (Some(data), Some(tx)) = (frame.data_ref(), this.done.as_ref()) {
+                    // Nobody waits any more (the copies timed out): stop copying.
+                    let failed = if tx.is_closed() {
+                        Some(TeeFailure::ClientError)
                     } else {
-                        this.copy.extend_from_slice(data);
+                        match this.copy.extend(data) {
+                            Ok(()) => None,
+                            Err(BufRefused::TooLarge) => Some(TeeFailure::TooLarge),
+                            Err(BufRefused::Memory) => Some(TeeFailure::Memory),
+                        }
+                    };
+                    if let Some(failure) = failed {
+                        drop(this.copy.take());
+                        if let Some(tx) = this.done.take() {
+                            let _ = tx.send(Err(failure));
+                        }
                     }
                 }
             }
             Poll::Ready(Some(Err(e))) => {
+                drop(this.copy.take());
                 if let Some(tx) = this.done.take() {
                     // Over the route's limit: as large for the mirrors too.
                     let failure = if is_body_too_large(e.as_ref()) {
@@ -95,7 +116,7 @@ impl Body for TeeBody {
             }
             Poll::Ready(None) => {
                 if let Some(tx) = this.done.take() {
-                    let _ = tx.send(Ok(std::mem::take(this.copy).freeze()));
+                    let _ = tx.send(Ok(this.copy.take().freeze()));
                 }
             }
             Poll::Pending => {}
@@ -104,7 +125,7 @@ impl Body for TeeBody {
         // copy as soon as the last data frame has passed.
         if this.inner.is_end_stream() {
             if let Some(tx) = this.done.take() {
-                let _ = tx.send(Ok(std::mem::take(this.copy).freeze()));
+                let _ = tx.send(Ok(this.copy.take().freeze()));
             }
         }
         polled

@@ -250,7 +250,7 @@ pub async fn handle(
     )
 }
 
-type CaptureSender = tokio::sync::watch::Sender<Option<Arc<crate::compare::Captured>>>;
+use crate::comparison::capture::CaptureSender;
 
 /// When an admitted copy is compared, a channel on which the primary's
 /// captured answer will be published, and the link the copies wait on.
@@ -397,7 +397,8 @@ fn tee_body(
         .map(|j| j.mirror.config.max_body_bytes)
         .max()
         .unwrap_or(0);
-    let (tee, rx) = TeeBody::new(body, usize::try_from(cap).unwrap_or(usize::MAX));
+    let memory = &jobs[0].mirror.memory;
+    let (tee, rx) = TeeBody::new(body, usize::try_from(cap).unwrap_or(usize::MAX), memory);
     (UpstreamBody::Teed { inner: tee }, MirrorBody::Pending(rx))
 }
 
@@ -441,7 +442,8 @@ fn response_filter(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     let capture = capture.map(|(tx, cap)| {
-        PrimaryCapturer::new(Capturer::new(parts.status, parts.headers.clone(), cap), tx)
+        let capturer = Capturer::new(parts.status, parts.headers.clone(), cap, &route.memory);
+        PrimaryCapturer::new(capturer, tx)
     });
     let observed = ObservedBody {
         inner: body,

@@ -20,16 +20,20 @@ pub enum DropReason {
     /// Every endpoint of the mirror's backend refused connections lately
     /// (passed over for `eject_for`); one copy per period probes it again.
     Unhealthy,
+    /// The shadow memory budget (`limits.shadow_memory`) could not hold
+    /// the copy's body.
+    Memory,
 }
 
 impl DropReason {
     /// Every reason, for series initialised at zero.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::Overload,
         DropReason::BodyTooLarge,
         DropReason::Method,
         DropReason::BodyIncomplete,
         DropReason::Unhealthy,
+        DropReason::Memory,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +43,7 @@ impl DropReason {
             DropReason::Method => "method",
             DropReason::BodyIncomplete => "body_incomplete",
             DropReason::Unhealthy => "backend_unhealthy",
+            DropReason::Memory => "memory",
         }
     }
 }

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub promotions: Family<PromotionLabels, Counter>,
     pub compare: Family<CompareLabels, Counter>,
     pub access_log_dropped: Counter,
+    /// Bytes held for shadows now (body copies, captures, comparison queue).
+    pub shadow_memory: Gauge,
     /// Sliding windows per target; kept across reloads.
     windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
 }
@@ -188,7 +190,7 @@ impl Metrics {
         let compare = Family::<CompareLabels, Counter>::default();
         registry.register(
             "compare",
-            "Shadow responses compared with the primary's, by result (compared, equal, different, noise_only, truncated, dropped, primary_failed)",
+            "Shadow responses compared with the primary's, by result (compared, equal, different, noise_only, truncated, dropped, primary_failed, memory)",
             compare.clone(),
         );
         let access_log_dropped = Counter::default();
@@ -197,8 +199,15 @@ impl Metrics {
             "Access-log lines dropped because the writer fell behind",
             access_log_dropped.clone(),
         );
+        let shadow_memory = Gauge::default();
+        registry.register(
+            "shadow_memory_bytes",
+            "Bytes held for shadow traffic (request-body copies, captured responses, queued comparisons), bounded by limits.shadow_memory",
+            shadow_memory.clone(),
+        );
         Metrics {
             registry,
+            shadow_memory,
             requests,
             duration,
             mirror_dropped,

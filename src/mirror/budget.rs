@@ -1,0 +1,306 @@
+//! One byte budget for everything the proxy keeps in memory for its
+//! shadows: the request-body copies made by the tee, the responses
+//! captured for comparison (primary and shadow) and so the pairs waiting in
+//! the comparison queue. Bytes are reserved *before* they are buffered and
+//! returned when the buffer is freed (RAII), so the sum of what is held can
+//! never pass the limit; what does not fit is refused at once and counted
+//! by the caller (`memory`). The primary never waits on the budget: a
+//! reservation is one atomic compare-and-swap that succeeds or fails.
+//!
+//! The budget survives reloads (the runtime carries it over) and its limit
+//! can be changed in place; a lower limit refuses new reservations until
+//! enough old ones are returned.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
+
+/// Shared byte budget; hand out with [`MemoryBudget::reserve`].
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: AtomicUsize,
+    used: AtomicUsize,
+    /// Mirrors `used` for the metrics (increments and decrements, so it
+    /// ends where `used` ends whatever the interleaving).
+    gauge: Option<Gauge>,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes; `gauge`, when given, shows the bytes in use.
+    pub fn new(limit: usize, gauge: Option<Gauge>) -> Arc<Self> {
+        Arc::new(MemoryBudget {
+            limit: AtomicUsize::new(limit),
+            used: AtomicUsize::new(0),
+            gauge,
+        })
+    }
+
+    /// Changes the limit; reservations already made are kept.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// Bytes reserved now.
+    pub fn in_use(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Bytes that could be reserved now.
+    pub fn available(&self) -> usize {
+        self.limit().saturating_sub(self.in_use())
+    }
+
+    /// Reserves `bytes`, or `None` when they do not fit (nothing reserved).
+    pub fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        let mut r = Reservation::empty(self);
+        r.grow(bytes).then_some(r)
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        let limit = self.limit();
+        let taken = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= limit)
+            })
+            .is_ok();
+        if taken {
+            if let Some(g) = &self.gauge {
+                g.inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+        }
+        taken
+    }
+
+    fn give_back(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        if let Some(g) = &self.gauge {
+            g.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Bytes held from a [`MemoryBudget`]; returned when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<MemoryBudget>,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// A reservation of nothing, to grow later.
+    pub fn empty(budget: &Arc<MemoryBudget>) -> Self {
+        Reservation {
+            budget: budget.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Reserves `more` bytes on top; false (and unchanged) when they do not fit.
+    pub fn grow(&mut self, more: usize) -> bool {
+        if !self.budget.take(more) {
+            return false;
+        }
+        self.bytes += more;
+        true
+    }
+
+    /// Returns everything above `bytes`.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        if bytes < self.bytes {
+            self.budget.give_back(self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
+    }
+}
+
+/// Why a bounded buffer refused more bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufRefused {
+    /// More than the buffer's own cap.
+    TooLarge,
+    /// The budget could not take them.
+    Memory,
+}
+
+/// A growing byte buffer whose capacity is always reserved from a budget
+/// before it is allocated. Growth doubles (up to `cap`) so a streamed body
+/// costs few reallocations; the reservation follows the capacity, not the
+/// length, because the capacity is what is allocated.
+#[derive(Debug)]
+pub struct BoundedBuf {
+    buf: Vec<u8>,
+    cap: usize,
+    reservation: Reservation,
+}
+
+impl BoundedBuf {
+    /// An empty buffer of at most `cap` bytes with `initial` bytes of
+    /// capacity reserved up front (e.g. a declared length); `None` when the
+    /// budget cannot take `initial`.
+    pub fn new(budget: &Arc<MemoryBudget>, cap: usize, initial: usize) -> Option<Self> {
+        let initial = initial.min(cap);
+        let reservation = budget.reserve(initial)?;
+        Some(BoundedBuf {
+            buf: Vec::with_capacity(initial),
+            cap,
+            reservation,
+        })
+    }
+
+    /// An empty buffer holding no reservation (e.g. after a refusal).
+    pub fn empty(budget: &Arc<MemoryBudget>, cap: usize) -> Self {
+        BoundedBuf {
+            buf: Vec::new(),
+            cap,
+            reservation: Reservation::empty(budget),
+        }
+    }
+
+    /// Takes the contents (and their reservation), leaving an empty buffer.
+    pub fn take(&mut self) -> BoundedBuf {
+        let empty = BoundedBuf::empty(&self.reservation.budget, self.cap);
+        std::mem::replace(self, empty)
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Appends `data`, reserving more capacity first when needed. On a
+    /// refusal nothing is appended; the caller normally drops the buffer.
+    pub fn extend(&mut self, data: &[u8]) -> Result<(), BufRefused> {
+        let needed = self
+            .buf
+            .len()
+            .checked_add(data.len())
+            .filter(|n| *n <= self.cap)
+            .ok_or(BufRefused::TooLarge)?;
+        if needed > self.buf.capacity() {
+            let doubled = self.buf.capacity().saturating_mul(2).min(self.cap);
+            let want = needed.max(doubled);
+            let have = self.reservation.bytes();
+            let grown = self.reservation.grow(want.saturating_sub(have))
+                || (want > needed && self.reservation.grow(needed.saturating_sub(have)));
+            if !grown {
+                return Err(BufRefused::Memory);
+            }
+            let target = self.reservation.bytes();
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The bytes, still accounted for until the last clone is dropped.
+    pub fn freeze(self) -> Bytes {
+        if self.buf.is_empty() {
+            return Bytes::new();
+        }
+        Bytes::from_owner(Accounted {
+            buf: self.buf,
+            _reservation: self.reservation,
+        })
+    }
+}
+
+/// The owner behind a frozen [`BoundedBuf`]: its memory and reservation
+/// go together.
+struct Accounted {
+    buf: Vec<u8>,
+    _reservation: Reservation,
+}
+
+impl AsRef<[u8]> for Accounted {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_are_bounded_and_returned() {
+        let b = MemoryBudget::new(100, None);
+        let r1 = b.reserve(60).unwrap();
+        assert!(b.reserve(41).is_none());
+        let mut r2 = b.reserve(40).unwrap();
+        assert_eq!(b.in_use(), 100);
+        assert!(!r2.grow(1));
+        drop(r1);
+        assert!(r2.grow(10));
+        r2.shrink_to(5);
+        assert_eq!(b.in_use(), 5);
+        drop(r2);
+        assert_eq!(b.in_use(), 0);
+    }
+
+    #[test]
+    fn the_gauge_follows_the_bytes_in_use() {
+        let g = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        let b = MemoryBudget::new(100, Some(g.clone()));
+        let r = b.reserve(60).unwrap();
+        assert_eq!(g.get(), 60);
+        let mut buf = BoundedBuf::new(&b, 40, 0).unwrap();
+        buf.extend(&[1; 30]).unwrap();
+        assert_eq!(g.get() as usize, b.in_use());
+        drop(r);
+        let frozen = buf.freeze();
+        assert_eq!(g.get() as usize, b.in_use());
+        drop(frozen);
+        assert_eq!(g.get(), 0);
+    }
+
+    #[test]
+    fn buffer_reserves_before_growing_and_frozen_bytes_hold_it() {
+        let b = MemoryBudget::new(1000, None);
+        let mut buf = BoundedBuf::new(&b, 600, 0).unwrap();
+        buf.extend(&[1; 100]).unwrap();
+        assert!(b.in_use() >= 100 && b.in_use() <= 600);
+        assert_eq!(buf.extend(&[1; 501]), Err(BufRefused::TooLarge));
+        buf.extend(&[2; 500]).unwrap();
+        assert_eq!(buf.len(), 600);
+        let frozen = buf.freeze();
+        let clone = frozen.clone();
+        drop(frozen);
+        assert!(b.in_use() >= 600);
+        assert_eq!(clone.len(), 600);
+        drop(clone);
+        assert_eq!(b.in_use(), 0);
+
+        let small = MemoryBudget::new(50, None);
+        let mut buf = BoundedBuf::new(&small, 600, 0).unwrap();
+        assert_eq!(buf.extend(&[1; 51]), Err(BufRefused::Memory));
+        assert!(buf.is_empty());
+        assert!(BoundedBuf::new(&small, 600, 51).is_none());
+        assert_eq!(small.in_use(), 0);
+    }
+}
