@@ -176,6 +176,22 @@ fn main() -> ExitCode {
             )
             .await?;
             print!("{}", shadowgate::admin::status::render(&stats, &window));
+            let process: Result<shadowgate::admin::api::StatusResponse, _> =
+                shadowgate::admin::client::call(
+                    &admin,
+                    token.as_deref(),
+                    http::Method::GET,
+                    "/api/v1/status",
+                    None,
+                )
+                .await;
+            if let Some(line) = process
+                .ok()
+                .as_ref()
+                .and_then(shadowgate::admin::status::render_restart_pending)
+            {
+                println!("{line}");
+            }
             for route in &stats.routes {
                 let path = format!("/api/v1/routes/{}/promotion", route.route);
                 let promotion: Result<shadowgate::promote::ops::PromotionStatus, _> =
@@ -301,7 +317,7 @@ async fn run(config: shadowgate::config::Config, log_format: LogFormat) -> anyho
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
-                let _ = running.reload();
+                let _ = running.reload_off_runtime().await;
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
