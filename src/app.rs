@@ -136,7 +136,19 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
 
     if !sources.is_empty() {
         // Also with `watch_interval: 0s`: a reload may turn the watch on.
-        tokio::spawn(watch_files(shared.clone(), sources.clone(), stop_rx.clone()));
+        // The files as this configuration was read from them (before `start`
+        // returns, so a change right after it is seen).
+        let first = if shared.runtime.load().config.watch_interval.is_zero() {
+            None
+        } else {
+            snapshot_off_runtime(&shared, &sources).await
+        };
+        tokio::spawn(watch_files(
+            shared.clone(),
+            sources.clone(),
+            first,
+            stop_rx.clone(),
+        ));
     }
 
     shared.ready.store(true, Ordering::Release);
@@ -299,16 +311,30 @@ pub fn keep_restart_only(started: &Config, new: &mut Config) -> Vec<String> {
 /// configuration names (listener certificates and keys, backend CA and
 /// client files) are watched too, so a rotated certificate is picked up
 /// without a SIGHUP. Reading and reloading run on the blocking pool.
-async fn watch_files(shared: Arc<Shared>, sources: Vec<PathBuf>, mut stop: watch::Receiver<bool>) {
+async fn watch_files(
+    shared: Arc<Shared>,
+    sources: Vec<PathBuf>,
+    first: Option<Snapshot>,
+    mut stop: watch::Receiver<bool>,
+) {
     /// How often a turned-off watch looks whether a reload turned it on.
     const OFF_RECHECK: Duration = Duration::from_secs(1);
-    let mut last: Option<Vec<(PathBuf, Option<Vec<u8>>)>> = None;
+    let mut was_off = first.is_none();
+    let mut last = first;
     loop {
         let every = shared.runtime.load().config.watch_interval;
         if every.is_zero() {
-            // Off: forget the snapshot, so turning it on does not reload.
+            // Off: no reading at all.
             last = None;
+            was_off = true;
         } else if last.is_none() {
+            if was_off {
+                // A reload turned the watch on: the files may have changed
+                // since that reload read them, so read them once more.
+                was_off = false;
+                let (sh, src) = (shared.clone(), sources.clone());
+                let _ = tokio::task::spawn_blocking(move || reload(&sh, &src)).await;
+            }
             last = snapshot_off_runtime(&shared, &sources).await;
         }
         tokio::select! {
@@ -334,10 +360,10 @@ async fn watch_files(shared: Arc<Shared>, sources: Vec<PathBuf>, mut stop: watch
     }
 }
 
-async fn snapshot_off_runtime(
-    shared: &Arc<Shared>,
-    sources: &[PathBuf],
-) -> Option<Vec<(PathBuf, Option<Vec<u8>>)>> {
+/// Each watched file and its content (`None`: unreadable).
+type Snapshot = Vec<(PathBuf, Option<Vec<u8>>)>;
+
+async fn snapshot_off_runtime(shared: &Arc<Shared>, sources: &[PathBuf]) -> Option<Snapshot> {
     let (sh, src) = (shared.clone(), sources.to_vec());
     tokio::task::spawn_blocking(move || snapshot(&sh, &src))
         .await
@@ -345,7 +371,7 @@ async fn snapshot_off_runtime(
 }
 
 /// The contents of the config files and the TLS files they name.
-fn snapshot(shared: &Shared, sources: &[PathBuf]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+fn snapshot(shared: &Shared, sources: &[PathBuf]) -> Snapshot {
     let mut paths = sources.to_vec();
     paths.extend(tls_files(&shared.runtime.load().config));
     paths

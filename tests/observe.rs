@@ -157,7 +157,11 @@ async fn admin_token_guards_everything_but_health() {
     assert_eq!(get(&c, admin, "localhost", "/healthz").await.status, 200);
     assert_eq!(get(&c, admin, "localhost", "/readyz").await.status, 200);
     for path in ["/metrics", "/api/v1/stats", "/api/v1/routes"] {
-        assert_eq!(get(&c, admin, "localhost", path).await.status, 401, "{path}");
+        assert_eq!(
+            get(&c, admin, "localhost", path).await.status,
+            401,
+            "{path}"
+        );
         let wrong = send(
             &c,
             admin,
