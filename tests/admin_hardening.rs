@@ -211,7 +211,8 @@ async fn idle_admin_connections_never_starve_the_proxy_and_are_closed_after_the_
     let mut idle = idle_connections(proxy.admin, 1500).await;
     let opened = idle.len();
     let opening = started.elapsed();
-    assert!(opened >= 1400, "only {opened} connections opened");
+    // More than the proxy has descriptors.
+    assert!(opened > 1024, "only {opened} connections opened");
     // Live traffic flows while the admin port is flooded.
     for i in 0..20 {
         let a = get_within(proxy.listen, "app", "/", Duration::from_secs(5))
