@@ -36,6 +36,16 @@ struct Proxy {
 
 impl Proxy {
     fn start(config: &Path, nofile: Option<u64>, capture_stdout: bool) -> Proxy {
+        Self::start_with(config, nofile, capture_stdout, &[])
+    }
+
+    /// [`Proxy::start`] with global options (`--workers 1`) before `run`.
+    fn start_with(
+        config: &Path,
+        nofile: Option<u64>,
+        capture_stdout: bool,
+        global: &[&str],
+    ) -> Proxy {
         let mut cmd = match nofile {
             Some(n) => {
                 let mut c = Command::new("prlimit");
@@ -45,6 +55,7 @@ impl Proxy {
             None => Command::new(BIN),
         };
         let mut child = cmd
+            .args(global)
             .args(["run", "--config"])
             .arg(config)
             .stdout(if capture_stdout {
@@ -288,7 +299,10 @@ async fn the_proxy_listener_backs_off_on_emfile_without_spinning_and_recovers() 
     loop {
         if let Some(a) = get_within(proxy.listen, "app", "/", Duration::from_secs(2)).await {
             assert_eq!(a.status, 200);
-            eprintln!("served again {:?} after the idle clients left", back.elapsed());
+            eprintln!(
+                "served again {:?} after the idle clients left",
+                back.elapsed()
+            );
             break;
         }
         assert!(
@@ -854,4 +868,44 @@ async fn a_sighup_reload_turns_the_access_log_on() {
     get(&client(), proxy.listen, "app", "/marker").await;
     let line = stdout.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(line.contains("/marker"), "{line}");
+}
+
+// ---- #12.14: reloads never block the runtime's workers ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_that_blocks_on_read_does_not_stop_a_one_worker_proxy() {
+    let v1 = TestBackend::new().body("v1").spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        dir.path(),
+        "shadowgate.yaml",
+        &routed(v1.addr, "watch_interval: 20ms\n"),
+    );
+    let proxy = Proxy::start_with(&file, None, false, &["--workers", "1"]);
+    assert_eq!(get(&client(), proxy.listen, "app", "/").await.text(), "v1");
+    // The file turns into a FIFO nobody writes: reading it blocks (as a
+    // hung network file system would). The watch sees the change and
+    // reloads; SIGHUP reloads too.
+    std::fs::remove_file(&file).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .unwrap()
+        .success());
+    proxy.signal("-HUP");
+    // For a second, the only worker must keep serving.
+    let until = Instant::now() + Duration::from_secs(1);
+    let mut served = 0;
+    while Instant::now() < until {
+        let a = get_within(proxy.listen, "app", "/", Duration::from_secs(5))
+            .await
+            .expect("the proxy stopped answering while a reload read a blocking file");
+        assert_eq!(a.status, 200);
+        served += 1;
+        let a = get_within(proxy.admin, "localhost", "/readyz", Duration::from_secs(5))
+            .await
+            .expect("the admin server stopped answering while a reload read a blocking file");
+        assert_eq!(a.status, 200);
+    }
+    assert!(served > 0);
 }
