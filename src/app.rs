@@ -175,16 +175,22 @@ impl Running {
     }
 
     /// [`Running::reload`] on the blocking pool, so no runtime worker waits
-    /// on the file system (SIGHUP).
+    /// on the file system.
     pub async fn reload_off_runtime(&self) -> Result<(), ConfigErrors> {
-        let (shared, sources) = (self.shared.clone(), self.sources.clone());
-        match tokio::task::spawn_blocking(move || reload(&shared, &sources)).await {
+        match self.reload_in_background().await {
             Ok(result) => result,
             Err(e) => {
                 tracing::error!(error = %e, "reload task failed; the previous configuration keeps serving");
                 Ok(())
             }
         }
+    }
+
+    /// Starts [`Running::reload`] on the blocking pool and returns at once
+    /// (SIGHUP: the signal loop must stay free to hear SIGTERM).
+    pub fn reload_in_background(&self) -> JoinHandle<Result<(), ConfigErrors>> {
+        let (shared, sources) = (self.shared.clone(), self.sources.clone());
+        tokio::task::spawn_blocking(move || reload(&shared, &sources))
     }
 
     /// Stops accepting (the listeners close, so new connections are

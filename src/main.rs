@@ -155,7 +155,11 @@ fn main() -> ExitCode {
             };
             init_logging(cli.log_format);
             log_fd_setup(fds);
-            exit(rt.block_on(run(loaded, cli.log_format)))
+            let result = rt.block_on(run(loaded, cli.log_format));
+            // A reload stuck reading a file (a hung mount) must not keep
+            // the process from exiting after the drain.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            exit(result)
         }
         Command::Demo(args) => {
             init_logging(cli.log_format);
@@ -317,7 +321,9 @@ async fn run(config: shadowgate::config::Config, log_format: LogFormat) -> anyho
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
-                let _ = running.reload_off_runtime().await;
+                // In the background: SIGTERM is still heard while a
+                // reload reads files.
+                drop(running.reload_in_background());
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,

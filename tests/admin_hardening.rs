@@ -908,4 +908,19 @@ async fn a_config_file_that_blocks_on_read_does_not_stop_a_one_worker_proxy() {
         assert_eq!(a.status, 200);
     }
     assert!(served > 0);
+    // SIGTERM is still heard: the process drains and exits 0.
+    proxy.signal("-TERM");
+    let mut proxy = proxy;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM not handled within 10s while a reload read a blocking file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, Some(0));
 }
