@@ -127,9 +127,9 @@ impl Proxy {
 
     /// Waits (at most `bound`) for a stderr line containing `needle`.
     fn wait_for_log(&self, needle: &str, bound: Duration) -> String {
-        let deadline = std::time::Instant::now() + bound;
+        let deadline = Instant::now() + bound;
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}

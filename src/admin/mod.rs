@@ -102,7 +102,7 @@ pub fn host_allowed(host: &str, admin_hosts: &[String]) -> bool {
     name.parse::<std::net::IpAddr>().is_ok()
         || name == "localhost"
         || name.ends_with(".localhost")
-        || admin_hosts.iter().any(|h| *h == name)
+        || admin_hosts.contains(&name)
 }
 
 /// Refuses foreign `Host` values (DNS rebinding) and cross-site or
