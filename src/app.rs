@@ -48,7 +48,6 @@ pub struct Running {
     accept_tasks: Vec<JoinHandle<()>>,
     drained: Drained,
     persisting: JoinHandle<()>,
-    grace: Duration,
     sources: Vec<PathBuf>,
 }
 
@@ -70,12 +69,10 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         metrics.access_log_dropped.clone(),
     );
     let telemetry = Arc::new(Telemetry::new(metrics.clone(), access));
-    let grace = config.shutdown_grace;
     let sources = config.sources.clone();
     let listeners = config.listeners.clone();
     let limits = config.limits.clone();
     let admin = config.admin;
-    let watch_interval = config.watch_interval;
     let store = Arc::new(Store::open(&config.store)?);
     let book = crate::promote::ops::load_book(&store, &config);
     let shared = Shared::new(config, book, telemetry, store);
@@ -117,17 +114,12 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
     drop(drain);
 
     let router = crate::admin::router(shared.clone());
-    let mut admin_stop = stop_rx.clone();
-    tokio::spawn(async move {
-        let served = axum::serve(admin_listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = admin_stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin server failed");
-        }
-    });
+    tokio::spawn(crate::admin::serve::serve(
+        admin_listener,
+        shared.clone(),
+        router,
+        stop_rx.clone(),
+    ));
 
     tokio::spawn(crate::promote::controller::run(
         shared.clone(),
@@ -142,11 +134,19 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
 
     tokio::spawn(sweep_idle_copies(shared.clone(), stop_rx.clone()));
 
-    if !sources.is_empty() && !watch_interval.is_zero() {
+    if !sources.is_empty() {
+        // Also with `watch_interval: 0s`: a reload may turn the watch on.
+        // The files as this configuration was read from them (before `start`
+        // returns, so a change right after it is seen).
+        let first = if shared.runtime.load().config.watch_interval.is_zero() {
+            None
+        } else {
+            snapshot_off_runtime(&shared, &sources).await
+        };
         tokio::spawn(watch_files(
             shared.clone(),
             sources.clone(),
-            watch_interval,
+            first,
             stop_rx.clone(),
         ));
     }
@@ -161,32 +161,54 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         accept_tasks,
         drained,
         persisting,
-        grace,
         sources,
     })
 }
 
 impl Running {
     /// Re-reads the configuration files and swaps the new config in. On any
-    /// error the old configuration keeps serving.
+    /// error the old configuration keeps serving. This reads files and
+    /// parses certificates on the calling thread: from async code use
+    /// [`Running::reload_off_runtime`].
     pub fn reload(&self) -> Result<(), ConfigErrors> {
         reload(&self.shared, &self.sources)
+    }
+
+    /// [`Running::reload`] on the blocking pool, so no runtime worker waits
+    /// on the file system.
+    pub async fn reload_off_runtime(&self) -> Result<(), ConfigErrors> {
+        match self.reload_in_background().await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "reload task failed; the previous configuration keeps serving");
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts [`Running::reload`] on the blocking pool and returns at once
+    /// (SIGHUP: the signal loop must stay free to hear SIGTERM).
+    pub fn reload_in_background(&self) -> JoinHandle<Result<(), ConfigErrors>> {
+        let (shared, sources) = (self.shared.clone(), self.sources.clone());
+        tokio::task::spawn_blocking(move || reload(&shared, &sources))
     }
 
     /// Stops accepting (the listeners close, so new connections are
     /// refused), lets every connection finish its requests (at most the
     /// grace period), and returns.
     pub async fn shutdown(self) {
+        // `shutdown_grace` as the configuration says now (reloads apply it).
+        let grace = self.shared.runtime.load().config.shutdown_grace;
         self.shared.ready.store(false, Ordering::Release);
         let _ = self.stop.send(true);
         for task in self.accept_tasks {
             let _ = task.await;
         }
-        if tokio::time::timeout(self.grace, self.drained.wait())
+        if tokio::time::timeout(grace, self.drained.wait())
             .await
             .is_err()
         {
-            tracing::warn!(grace = ?self.grace, "grace period over; closing remaining connections");
+            tracing::warn!(grace = ?grace, "grace period over; closing remaining connections");
         } else {
             tracing::info!("drained; all in-flight requests finished");
         }
@@ -196,24 +218,30 @@ impl Running {
 }
 
 /// Loads `sources` and applies them; counts and logs the result.
+///
+/// Settings that change only on restart (listener addresses and TLS on/off,
+/// `admin`, `admin_token`, `store`, `comparison.*`) keep the values the
+/// process started with; the keys whose files now say otherwise are logged
+/// and listed in `restart_pending` (`/api/v1/status`, `shadowgate status`).
+/// A reload can therefore never drop or change the admin token in force.
+/// Everything else applies from the next connection or request on.
+///
+/// Blocking (file reads, certificate parsing): call it off the runtime's
+/// worker threads.
 pub fn reload(shared: &Shared, sources: &[PathBuf]) -> Result<(), ConfigErrors> {
+    let _one_at_a_time = shared.reloading.lock();
     let metrics = &shared.telemetry.metrics;
     match config::load_files(sources) {
-        Ok(new) => {
-            let old = shared.runtime.load();
-            // Certificates may change (they are re-read on every reload and
-            // used from the next handshake on); addresses and TLS on/off may not.
-            let shape = |c: &Config| -> Vec<(SocketAddr, bool)> {
-                c.listeners
-                    .iter()
-                    .map(|l| (l.address, l.tls.is_some()))
-                    .collect()
-            };
-            if shape(&new) != shape(&old.config) || new.admin != old.config.admin {
+        Ok(mut new) => {
+            let pending = keep_restart_only(&shared.started, &mut new);
+            if !pending.is_empty() {
                 tracing::warn!(
-                    "listener addresses, listener TLS on/off and the admin address change only on restart; keeping the current ones"
+                    keys = %pending.join(", "),
+                    "these settings change only on restart; the running values stay in force until then"
                 );
             }
+            *shared.restart_pending.lock() = pending;
+            shared.telemetry.access.set_enabled(new.access_log);
             shared.apply(new);
             metrics
                 .config_reloads
@@ -237,40 +265,128 @@ pub fn reload(shared: &Shared, sources: &[PathBuf]) -> Result<(), ConfigErrors> 
     }
 }
 
-/// Polls the files' contents; any change triggers a reload. Reading the
-/// content (not just mtimes) also catches Kubernetes ConfigMap updates,
-/// which arrive as symlink swaps. The TLS files the current configuration
-/// names (listener certificates and keys, backend CA and client files) are
-/// watched too, so a rotated certificate is picked up without a SIGHUP.
+/// Puts the values the process started with back into `new` for every
+/// setting that changes only on restart; returns the keys that differed.
+pub fn keep_restart_only(started: &Config, new: &mut Config) -> Vec<String> {
+    let mut pending = Vec::new();
+    // Certificates may change (they are re-read on every reload and used
+    // from the next handshake on); addresses and TLS on/off may not.
+    let shape = |c: &Config| -> Vec<(SocketAddr, bool)> {
+        c.listeners
+            .iter()
+            .map(|l| (l.address, l.tls.is_some()))
+            .collect()
+    };
+    if shape(new) != shape(started) {
+        pending.push("listen".to_string());
+    }
+    if new.admin != started.admin {
+        pending.push("admin".into());
+        new.admin = started.admin;
+    }
+    if new.admin_token != started.admin_token {
+        pending.push("admin_token".into());
+        new.admin_token = started.admin_token.clone();
+    }
+    if new.store != started.store {
+        pending.push("store".into());
+        new.store = started.store.clone();
+    }
+    let (n, s) = (&new.comparison, &started.comparison);
+    for (key, differs) in [
+        ("comparison.workers", n.workers != s.workers),
+        ("comparison.queue", n.queue != s.queue),
+        ("comparison.max_examples", n.max_examples != s.max_examples),
+        (
+            "comparison.example_max_age",
+            n.example_max_age != s.example_max_age,
+        ),
+    ] {
+        if differs {
+            pending.push(key.into());
+        }
+    }
+    new.comparison = started.comparison.clone();
+    pending
+}
+
+/// Polls the files' contents every `watch_interval` (as the current
+/// configuration says; `0s`: not at all); any change triggers a reload.
+/// Reading the content (not just mtimes) also catches Kubernetes ConfigMap
+/// updates, which arrive as symlink swaps. The TLS files the current
+/// configuration names (listener certificates and keys, backend CA and
+/// client files) are watched too, so a rotated certificate is picked up
+/// without a SIGHUP. Reading and reloading run on the blocking pool.
 async fn watch_files(
     shared: Arc<Shared>,
     sources: Vec<PathBuf>,
-    every: Duration,
+    first: Option<Snapshot>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let snapshot = |shared: &Shared| -> Vec<(PathBuf, Option<Vec<u8>>)> {
-        let mut paths = sources.clone();
-        paths.extend(tls_files(&shared.runtime.load().config));
-        paths
-            .into_iter()
-            .map(|p| {
-                let content = std::fs::read(&p).ok();
-                (p, content)
-            })
-            .collect()
-    };
-    let mut last = snapshot(&shared);
+    /// How often a turned-off watch looks whether a reload turned it on.
+    const OFF_RECHECK: Duration = Duration::from_secs(1);
+    let mut was_off = first.is_none();
+    let mut last = first;
     loop {
+        let every = shared.runtime.load().config.watch_interval;
+        if every.is_zero() {
+            // Off: no reading at all.
+            last = None;
+            was_off = true;
+        } else if last.is_none() {
+            if was_off {
+                // A reload turned the watch on: the files may have changed
+                // since that reload read them, so read them once more.
+                was_off = false;
+                let (sh, src) = (shared.clone(), sources.clone());
+                let _ = tokio::task::spawn_blocking(move || reload(&sh, &src)).await;
+            }
+            last = snapshot_off_runtime(&shared, &sources).await;
+        }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(if every.is_zero() { OFF_RECHECK } else { every }) => {}
         }
-        if snapshot(&shared) != last {
-            let _ = reload(&shared, &sources);
+        let Some(before) = last.take() else { continue };
+        if shared.runtime.load().config.watch_interval.is_zero() {
+            continue;
+        }
+        let (sh, src) = (shared.clone(), sources.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            let now = snapshot(&sh, &src);
+            if now == before {
+                return now;
+            }
+            let _ = reload(&sh, &src);
             // The set of TLS files may have changed with the configuration.
-            last = snapshot(&shared);
-        }
+            snapshot(&sh, &src)
+        })
+        .await;
+        last = checked.ok();
     }
+}
+
+/// Each watched file and its content (`None`: unreadable).
+type Snapshot = Vec<(PathBuf, Option<Vec<u8>>)>;
+
+async fn snapshot_off_runtime(shared: &Arc<Shared>, sources: &[PathBuf]) -> Option<Snapshot> {
+    let (sh, src) = (shared.clone(), sources.to_vec());
+    tokio::task::spawn_blocking(move || snapshot(&sh, &src))
+        .await
+        .ok()
+}
+
+/// The contents of the config files and the TLS files they name.
+fn snapshot(shared: &Shared, sources: &[PathBuf]) -> Snapshot {
+    let mut paths = sources.to_vec();
+    paths.extend(tls_files(&shared.runtime.load().config));
+    paths
+        .into_iter()
+        .map(|p| {
+            let content = std::fs::read(&p).ok();
+            (p, content)
+        })
+        .collect()
 }
 
 /// Every TLS file a configuration names.

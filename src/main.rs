@@ -161,7 +161,11 @@ fn main() -> ExitCode {
             };
             init_logging(cli.log_format);
             log_fd_setup(fds);
-            match rt.block_on(run(loaded, cli.log_format)) {
+            let result = rt.block_on(run(loaded, cli.log_format));
+            // A reload stuck reading a file (a hung mount) must not keep
+            // the process from exiting after the drain.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
                 // A store that cannot be opened is a configuration problem.
                 Err(e)
                     if matches!(
@@ -194,6 +198,22 @@ fn main() -> ExitCode {
             )
             .await?;
             print!("{}", shadowgate::admin::status::render(&stats, &window));
+            let process: Result<shadowgate::admin::api::StatusResponse, _> =
+                shadowgate::admin::client::call(
+                    &admin,
+                    token.as_deref(),
+                    http::Method::GET,
+                    "/api/v1/status",
+                    None,
+                )
+                .await;
+            if let Some(line) = process
+                .ok()
+                .as_ref()
+                .and_then(shadowgate::admin::status::render_restart_pending)
+            {
+                println!("{line}");
+            }
             for route in &stats.routes {
                 let path = format!("/api/v1/routes/{}/promotion", route.route);
                 let promotion: Result<shadowgate::promote::ops::PromotionStatus, _> =
@@ -319,7 +339,9 @@ async fn run(config: shadowgate::config::Config, log_format: LogFormat) -> anyho
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
-                let _ = running.reload();
+                // In the background: SIGTERM is still heard while a
+                // reload reads files.
+                drop(running.reload_in_background());
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,

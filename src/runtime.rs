@@ -397,6 +397,15 @@ pub struct Shared {
     pub book: parking_lot::Mutex<Book>,
     /// Comparison workers and results.
     pub comparison: Arc<Engine>,
+    /// The configuration the process started with: what the settings that
+    /// change only on restart (addresses, token, store, comparison workers)
+    /// still are.
+    pub started: Arc<Config>,
+    /// Keys whose new values a reload read but that need a restart (empty
+    /// when the running process matches its files).
+    pub restart_pending: parking_lot::Mutex<Vec<String>>,
+    /// Held while a reload reads and applies files, so two never interleave.
+    pub reloading: parking_lot::Mutex<()>,
 }
 
 impl Shared {
@@ -407,6 +416,7 @@ impl Shared {
         telemetry: Arc<crate::telemetry::Telemetry>,
         store: Arc<crate::store::Store>,
     ) -> Arc<Self> {
+        let started = Arc::new(config.clone());
         let runtime = Runtime::build(config, &book, None, &telemetry.metrics);
         let comparison = Engine::start(
             &runtime.config.comparison,
@@ -421,6 +431,9 @@ impl Shared {
             ready: std::sync::atomic::AtomicBool::new(false),
             store,
             book: parking_lot::Mutex::new(book),
+            started,
+            restart_pending: parking_lot::Mutex::new(Vec::new()),
+            reloading: parking_lot::Mutex::new(()),
         })
     }
 

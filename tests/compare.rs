@@ -25,7 +25,7 @@ fn config(
 }
 
 async fn api(proxy: &Running, path: &str) -> Answer {
-    get(&client(), proxy.admin_addr, "admin", path).await
+    get(&client(), proxy.admin_addr, "localhost", path).await
 }
 
 /// Waits until the route's comparisons (shadow side) reach `n`, at most 20 s.

@@ -412,7 +412,7 @@ async fn admin_get(addr: SocketAddr, path: &str, token: Option<&str>) -> Answer 
         &client(),
         addr,
         Method::GET,
-        "admin",
+        "localhost",
         path,
         &headers,
         Bytes::new(),

@@ -81,7 +81,7 @@ impl Proxy {
     }
 
     async fn metric(&self, name_and_labels: &str) -> f64 {
-        let a = get(&client(), self.admin, "admin", "/metrics").await;
+        let a = get(&client(), self.admin, "localhost", "/metrics").await;
         metric(&a.text(), name_and_labels)
     }
 

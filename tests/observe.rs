@@ -92,7 +92,7 @@ routes:
         "metric labels never carry raw paths"
     );
 
-    let stats = get(&c, proxy.admin_addr, "admin", "/api/v1/stats")
+    let stats = get(&c, proxy.admin_addr, "localhost", "/api/v1/stats")
         .await
         .json();
     let targets = &stats["routes"][0]["targets"];
@@ -112,7 +112,7 @@ routes:
     assert_eq!(one_minute(2)["dropped"]["method"], 5);
     assert_eq!(targets[2]["windows"]["15m"]["requests"], 30);
 
-    let routes = get(&c, proxy.admin_addr, "admin", "/api/v1/routes")
+    let routes = get(&c, proxy.admin_addr, "localhost", "/api/v1/routes")
         .await
         .json();
     assert_eq!(routes["routes"][0]["name"], "shop");
@@ -154,15 +154,19 @@ async fn admin_token_guards_everything_but_health() {
     .await;
     let c = client();
     let admin = proxy.admin_addr;
-    assert_eq!(get(&c, admin, "admin", "/healthz").await.status, 200);
-    assert_eq!(get(&c, admin, "admin", "/readyz").await.status, 200);
+    assert_eq!(get(&c, admin, "localhost", "/healthz").await.status, 200);
+    assert_eq!(get(&c, admin, "localhost", "/readyz").await.status, 200);
     for path in ["/metrics", "/api/v1/stats", "/api/v1/routes"] {
-        assert_eq!(get(&c, admin, "admin", path).await.status, 401, "{path}");
+        assert_eq!(
+            get(&c, admin, "localhost", path).await.status,
+            401,
+            "{path}"
+        );
         let wrong = send(
             &c,
             admin,
             Method::GET,
-            "admin",
+            "localhost",
             path,
             &[("authorization", "Bearer nope")],
             Bytes::new(),
@@ -173,7 +177,7 @@ async fn admin_token_guards_everything_but_health() {
             &c,
             admin,
             Method::GET,
-            "admin",
+            "localhost",
             path,
             &[("authorization", "Bearer s3cret-token-0123456789")],
             Bytes::new(),

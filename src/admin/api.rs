@@ -203,6 +203,29 @@ pub fn routes(shared: &Shared) -> RoutesResponse {
     }
 }
 
+/// `GET /api/v1/status`: the process as a whole.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StatusResponse {
+    /// Every listener is bound and serving.
+    pub ready: bool,
+    /// Configuration keys whose new values were read by a reload but take
+    /// effect only on restart (the old values stay in force until then).
+    #[serde(default)]
+    pub restart_pending: Vec<String>,
+}
+
+/// The process's status now.
+pub fn status(shared: &Shared) -> StatusResponse {
+    StatusResponse {
+        ready: shared.ready.load(std::sync::atomic::Ordering::Acquire),
+        restart_pending: shared.restart_pending.lock().clone(),
+    }
+}
+
+pub async fn get_status(State(shared): State<Arc<Shared>>) -> Json<StatusResponse> {
+    Json(status(&shared))
+}
+
 pub async fn get_stats(State(shared): State<Arc<Shared>>) -> Json<StatsResponse> {
     Json(stats(&shared))
 }

@@ -44,15 +44,17 @@ pub async fn call<T: DeserializeOwned>(
     let uri: http::Uri = url
         .parse()
         .map_err(|_| AdminClientError::Url(url.clone()))?;
-    let mut req = Request::builder().method(method).uri(uri);
+    let mut req = Request::builder().method(method.clone()).uri(uri);
     if let Some(t) = token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
     }
+    // The admin server refuses state-changing requests without a JSON
+    // content type (CSRF): say it on every one, with a body or not.
+    if body.is_some() || !matches!(method, Method::GET | Method::HEAD) {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
     let payload = match body {
-        Some(v) => {
-            req = req.header(http::header::CONTENT_TYPE, "application/json");
-            Bytes::from(v.to_string())
-        }
+        Some(v) => Bytes::from(v.to_string()),
         None => Bytes::new(),
     };
     let req = req

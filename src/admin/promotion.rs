@@ -41,9 +41,11 @@ pub async fn get_promotion(
     State(shared): State<Arc<Shared>>,
     Path(route): Path<String>,
 ) -> Response {
-    match ops::status(&shared, &route) {
-        Ok(s) => Json(s).into_response(),
-        Err(e) => refusal(e),
+    // Reads the promotion history from the store (SQLite).
+    match tokio::task::spawn_blocking(move || ops::status(&shared, &route)).await {
+        Ok(Ok(s)) => Json(s).into_response(),
+        Ok(Err(e)) => refusal(e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 

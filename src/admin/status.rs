@@ -115,6 +115,18 @@ pub fn render_promotion(p: &crate::promote::ops::PromotionStatus) -> String {
     line
 }
 
+/// The line `shadowgate status` prints when a reload read settings that
+/// take effect only on restart; `None` when there are none.
+pub fn render_restart_pending(status: &super::api::StatusResponse) -> Option<String> {
+    if status.restart_pending.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "restart pending: {} changed in the configuration but take effect only on restart; the running values stay in force",
+        status.restart_pending.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,13 +22,49 @@ use crate::proxy::tls;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin address.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+/// Default most admin connections open at once.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 256;
 
 /// Reads, merges and validates the given files. Files may hold Kubernetes
 /// manifests (Istio, Gateway API) beside native config: see [`super::kube`].
+///
+/// A file that holds no settings at all (empty, or only comments: what a
+/// truncate-then-write editor leaves for a moment) and a configuration
+/// without any route (every request would be answered 404) are refused, so
+/// a reload never swaps such a file in.
 pub fn load_files(paths: &[PathBuf]) -> Result<Config, ConfigErrors> {
-    let mut config = validate(super::kube::parse_files(paths)?)?;
-    config.sources = paths.to_vec();
-    Ok(config)
+    let files = super::kube::parse_files(paths)?;
+    let mut errors: Vec<ConfigError> = files
+        .iter()
+        .filter(|(_, raw)| *raw == RawConfig::default())
+        .map(|(file, _)| {
+            ConfigError::new(
+                file.as_str(),
+                "",
+                "the file holds no settings (empty, or truncated while being written)",
+            )
+        })
+        .collect();
+    match validate(files) {
+        Ok(mut config) if errors.is_empty() => {
+            if config.routes.is_empty() {
+                let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                return Err(ConfigError::new(
+                    names.join(", "),
+                    "routes",
+                    "no routes are defined; every request would be answered 404",
+                )
+                .into());
+            }
+            config.sources = paths.to_vec();
+            Ok(config)
+        }
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(e) => {
+            errors.extend(e.0);
+            Err(ConfigErrors(errors))
+        }
+    }
 }
 
 /// Like [`load_files`], for files already read: `(name, text)` pairs.
@@ -154,6 +190,8 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         listeners: Vec::new(),
         admin: DEFAULT_ADMIN.parse().expect("default admin address parses"),
         admin_token: None,
+        admin_hosts: Vec::new(),
+        admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
         backends: BTreeMap::new(),
         routes: Vec::new(),
         access_log: true,
@@ -209,6 +247,35 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
                 c.fail("admin_token", "must be at least 16 characters");
             }
             config.admin_token = Some(t);
+        }
+        if once("admin_hosts", !raw.admin_hosts.is_empty(), &mut c) {
+            for (i, h) in raw.admin_hosts.iter().enumerate() {
+                let h = h.trim_end_matches('.').to_ascii_lowercase();
+                if h.is_empty()
+                    || h.contains(':')
+                    || !h
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                {
+                    c.fail(
+                        format!("admin_hosts[{i}]"),
+                        format!("`{h}` is not a host name like shadowgate-admin.default.svc (no port, no scheme)"),
+                    );
+                } else {
+                    config.admin_hosts.push(h);
+                }
+            }
+        }
+        if once(
+            "admin_max_connections",
+            raw.admin_max_connections.is_some(),
+            &mut c,
+        ) {
+            let n = raw.admin_max_connections.unwrap_or_default();
+            if n == 0 {
+                c.fail("admin_max_connections", "must be at least 1");
+            }
+            config.admin_max_connections = n.max(1);
         }
         if once("access_log", raw.access_log.is_some(), &mut c) {
             match raw.access_log.as_deref() {

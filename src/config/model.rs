@@ -17,6 +17,10 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub admin: SocketAddr,
     pub admin_token: Option<String>,
+    /// Extra names (lower case, no port) the admin server answers to.
+    pub admin_hosts: Vec<String>,
+    /// Most admin connections open at once.
+    pub admin_max_connections: usize,
     pub backends: BTreeMap<String, BackendConfig>,
     pub routes: Vec<RouteConfig>,
     pub access_log: bool,

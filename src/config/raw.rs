@@ -22,6 +22,20 @@ pub struct RawConfig {
     /// `/healthz` and `/readyz`. Required when `admin` is not a loopback address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    /// Extra host names the admin server answers to (the `Host` header,
+    /// without port), e.g. Kubernetes Service names such as
+    /// `shadowgate-admin.default.svc`. It always answers to IP addresses,
+    /// `localhost` and `*.localhost`; any other name is refused with 421 so
+    /// that a DNS-rebinding page cannot read the API. Applied on reload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_hosts: Vec<String>,
+    /// Most connections the admin server keeps open at once; more are
+    /// closed as soon as they are accepted, so the admin port can never use
+    /// up the descriptors the proxy listeners need (it is also held to a
+    /// quarter of the process's descriptor limit). Default 256. Applied on
+    /// reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_max_connections: Option<usize>,
     /// Named groups of upstream endpoints.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub backends: BTreeMap<String, RawBackend>,

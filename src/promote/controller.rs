@@ -18,6 +18,14 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
-        auto_pass(&shared, tokio::time::Instant::now(), &mut last);
+        // The pass may write the store (SQLite): off the runtime's workers.
+        let (sh, mut seen) = (shared.clone(), std::mem::take(&mut last));
+        let now = tokio::time::Instant::now();
+        last = tokio::task::spawn_blocking(move || {
+            auto_pass(&sh, now, &mut seen);
+            seen
+        })
+        .await
+        .unwrap_or_default();
     }
 }

@@ -108,12 +108,12 @@ pub fn drain_pair() -> (DrainToken, Drained) {
 pub async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
-    limits: Limits,
+    mut limits: Limits,
     mut tls: Option<TlsSource>,
     stop: watch::Receiver<bool>,
     drain: DrainToken,
 ) {
-    let builder = Arc::new(connection_builder(&limits));
+    let mut builder = Arc::new(connection_builder(&limits));
     let mut stopping = stop.clone();
     let mut stopped = false;
     loop {
@@ -148,6 +148,15 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        // `limits` as the configuration says now: a reload applies them
+        // from the next connection on.
+        {
+            let runtime = shared.runtime.load();
+            if runtime.config.limits != limits {
+                limits = runtime.config.limits.clone();
+                builder = Arc::new(connection_builder(&limits));
+            }
+        }
         let acceptor = tls.as_mut().map(|t| t.current(&shared));
         let conn_info = ConnInfo {
             peer,

@@ -64,14 +64,18 @@ struct Line<'a> {
 #[derive(Debug)]
 pub struct AccessLog {
     tx: Option<SyncSender<Vec<u8>>>,
+    /// Whether lines are written; a reload turns it on and off
+    /// (`access_log:`), the writer thread stays.
+    on: std::sync::atomic::AtomicBool,
     format: LogFormat,
     dropped: Counter,
 }
 
 impl AccessLog {
-    /// An access log writing to stdout, or a disabled one.
+    /// An access log writing to stdout, or a disabled one (which
+    /// [`AccessLog::set_enabled`] may turn on later).
     pub fn new(enabled: bool, format: LogFormat, dropped: Counter) -> Self {
-        let tx = enabled.then(|| {
+        let tx = {
             let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
             let spawned = std::thread::Builder::new()
                 .name("access-log".into())
@@ -95,9 +99,10 @@ impl AccessLog {
                     }
                 });
             spawned.ok().map(|_| tx)
-        });
+        };
         AccessLog {
-            tx: tx.flatten(),
+            tx,
+            on: std::sync::atomic::AtomicBool::new(enabled),
             format,
             dropped,
         }
@@ -105,12 +110,20 @@ impl AccessLog {
 
     /// Whether lines are written at all.
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.tx.is_some() && self.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns writing on or off (on reload).
+    pub fn set_enabled(&self, on: bool) {
+        self.on.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Queues one line.
     pub fn write(&self, record: &AccessRecord<'_>) {
         let Some(tx) = &self.tx else { return };
+        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let line = match self.format {
             LogFormat::Json => {
                 let mut buf = Vec::with_capacity(256);

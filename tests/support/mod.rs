@@ -314,7 +314,7 @@ pub async fn get(client: &TestClient, addr: SocketAddr, host: &str, path: &str) 
 
 /// The admin server's metrics text.
 pub async fn metrics(running: &Running) -> String {
-    let a = get(&client(), running.admin_addr, "admin", "/metrics").await;
+    let a = get(&client(), running.admin_addr, "localhost", "/metrics").await;
     a.text()
 }
 
