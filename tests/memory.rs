@@ -145,7 +145,7 @@ async fn captures_over_the_memory_budget_are_dropped_and_the_bytes_come_back() {
 
 /// The admin API's `in_flight` of route `r`'s first mirror.
 async fn api_in_flight(proxy: &Running) -> u64 {
-    let a = get(&client(), proxy.admin_addr, "admin", "/api/v1/routes").await;
+    let a = get(&client(), proxy.admin_addr, "localhost", "/api/v1/routes").await;
     a.json()["routes"][0]["mirrors"][0]["in_flight"]
         .as_u64()
         .unwrap()

@@ -21,7 +21,7 @@ async fn api(proxy: &Running, method: Method, path: &str, body: &str) -> Answer 
         &client(),
         proxy.admin_addr,
         method,
-        "admin",
+        "localhost",
         path,
         &[("content-type", "application/json")],
         Bytes::from(body.to_string()),

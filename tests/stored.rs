@@ -17,7 +17,7 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_shadowgate");
 
 async fn api(proxy: &Running, path: &str) -> Answer {
-    get(&client(), proxy.admin_addr, "admin", path).await
+    get(&client(), proxy.admin_addr, "localhost", path).await
 }
 
 /// Waits until the route's shadow comparisons reach `n`, at most 20 s.
