@@ -1,0 +1,369 @@
+//! Request and response framing over real sockets: the framing guard stays
+//! on after requests that may start a tunnel but do not; obs-text in field
+//! values; pipelined requests before a refused one are answered; oversized
+//! `Content-Length`; the body limit on the tunnel path; primary responses
+//! with both `Content-Length` and `Transfer-Encoding`; trailers.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// One HTTP/1.1 response as read off a raw connection.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    /// Field names lowercased, in order.
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    /// Trailer fields (chunked responses).
+    trailers: Vec<(String, Vec<u8>)>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// A raw client connection with its read buffer.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        Raw {
+            s: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more; false at end of stream (or error, or 5 s without data).
+    async fn fill(&mut self) -> bool {
+        let mut b = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut b)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.buf.extend_from_slice(&b[..n]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    async fn line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..p].to_vec();
+                self.buf.drain(..p + 2);
+                return Some(line);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    async fn exact(&mut self, n: usize) -> Option<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.fill().await {
+                return None;
+            }
+        }
+        Some(self.buf.drain(..n).collect())
+    }
+
+    async fn fields(&mut self) -> Option<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        loop {
+            let line = self.line().await?;
+            if line.is_empty() {
+                return Some(out);
+            }
+            let colon = line.iter().position(|b| *b == b':')?;
+            let name = String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase();
+            let value = line[colon + 1..].trim_ascii().to_vec();
+            out.push((name, value));
+        }
+    }
+
+    /// The next complete response (to a request that is not HEAD), or
+    /// None when the connection ends first.
+    async fn response(&mut self) -> Option<RawResponse> {
+        let status_line = self.line().await?;
+        let status = String::from_utf8_lossy(&status_line)
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let headers = self.fields().await?;
+        let mut resp = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+            trailers: Vec::new(),
+        };
+        let chunked = resp
+            .header("transfer-encoding")
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+        if status == 101 || status == 204 || status == 304 {
+            return Some(resp);
+        }
+        if chunked {
+            loop {
+                let size_line = self.line().await?;
+                let size = String::from_utf8_lossy(&size_line);
+                let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+                if size == 0 {
+                    resp.trailers = self.fields().await?;
+                    return Some(resp);
+                }
+                resp.body.extend(self.exact(size).await?);
+                self.exact(2).await?;
+            }
+        } else if let Some(len) = resp.header("content-length") {
+            resp.body = self.exact(len.parse().ok()?).await?;
+        } else {
+            while self.fill().await {}
+            resp.body = std::mem::take(&mut self.buf);
+        }
+        Some(resp)
+    }
+
+    /// Whether the proxy closes the connection (within 5 s) without
+    /// sending anything more.
+    async fn closes(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut b = [0u8; 256];
+        match tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&b[..n]);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// The malformed request shapes the framing guard refuses (each a
+/// complete request for `/smuggled`, which no backend may ever see).
+fn malformed() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "two different Content-Lengths",
+            b"POST /smuggled HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"
+                .to_vec(),
+        ),
+        (
+            "Content-Length and Transfer-Encoding",
+            b"POST /smuggled HTTP/1.1\r\nHost: app\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            "obs-fold",
+            b"GET /smuggled HTTP/1.1\r\nHost: app\r\nX-A: b\r\n  folded\r\n\r\n".to_vec(),
+        ),
+        (
+            "a Transfer-Encoding other than chunked",
+            b"POST /smuggled HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            "two Transfer-Encodings",
+            b"POST /smuggled HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            "space before the colon of Content-Length",
+            b"POST /smuggled HTTP/1.1\r\nHost: app\r\nContent-Length : 4\r\n\r\nabcd".to_vec(),
+        ),
+        (
+            "bare LF line ends",
+            b"GET /smuggled HTTP/1.1\nHost: app\n\n".to_vec(),
+        ),
+        (
+            "Content-Length of 2^64-1",
+            b"POST /smuggled HTTP/1.1\r\nHost: app\r\nContent-Length: 18446744073709551615\r\n\r\nabcd"
+                .to_vec(),
+        ),
+        (
+            "Content-Length over 2^64",
+            b"POST /smuggled HTTP/1.1\r\nHost: app\r\nContent-Length: 18446744073709551616\r\n\r\nabcd"
+                .to_vec(),
+        ),
+    ]
+}
+
+fn one_backend(v1: SocketAddr) -> String {
+    format!(
+        "backends: {{ v1: {{ endpoints: [\"{v1}\"] }} }}\nroutes: [{{ name: r, backend: v1 }}]\n"
+    )
+}
+
+/// Waits (bounded) until `backend` has received `n` requests, then checks
+/// that none of them was for `/smuggled`.
+async fn none_smuggled(backend: &mut BackendHandle, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.received() < n {
+        assert!(
+            Instant::now() < deadline,
+            "backend saw {} of {n}",
+            backend.received()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while let Some(r) = backend.try_next() {
+        assert_ne!(
+            r.uri.path(),
+            "/smuggled",
+            "a refused request reached the backend"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_framing_is_refused_on_a_fresh_connection_and_after_requests_that_start_no_tunnel(
+) {
+    let mut v1 = TestBackend::new().spawn().await;
+    let proxy = start_proxy(&one_backend(v1.addr)).await;
+    let addr = proxy.listen_addrs[0];
+
+    // What comes first on the connection: nothing, or a request that
+    // might have started a tunnel but did not.
+    let openers: &[(&str, &[u8], u16)] = &[
+        ("a fresh connection", b"", 0),
+        (
+            "a request with Upgrade but no Connection: upgrade",
+            b"GET /opener HTTP/1.1\r\nHost: app\r\nUpgrade: foo\r\n\r\n",
+            200,
+        ),
+        (
+            "a declined upgrade (the backend answers 200)",
+            b"GET /opener HTTP/1.1\r\nHost: app\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+            200,
+        ),
+        (
+            "a refused CONNECT (the backend answers 403)",
+            b"CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\n",
+            403,
+        ),
+    ];
+    let mut reached = 0;
+    for (opener, first, first_status) in openers {
+        for (shape, bad) in malformed() {
+            let what = format!("{shape}, after {opener}");
+            let mut c = Raw::connect(addr).await;
+            if !first.is_empty() {
+                v1.status
+                    .store(*first_status, std::sync::atomic::Ordering::SeqCst);
+                c.send(first).await;
+                let r = c
+                    .response()
+                    .await
+                    .unwrap_or_else(|| panic!("{what}: no answer to the opener"));
+                assert_eq!(r.status, *first_status, "{what}");
+                reached += 1;
+                v1.status.store(200, std::sync::atomic::Ordering::SeqCst);
+            }
+            c.send(&bad).await;
+            let r = c
+                .response()
+                .await
+                .unwrap_or_else(|| panic!("{what}: closed without an answer"));
+            assert_eq!(r.status, 400, "{what}");
+            assert!(c.closes().await, "{what}: the connection stays open");
+        }
+    }
+    none_smuggled(&mut v1, reached).await;
+    assert_eq!(v1.received(), reached);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_before_a_refused_one_is_answered_first() {
+    let mut v1 = TestBackend::new().body("first").spawn().await;
+    let proxy = start_proxy(&one_backend(v1.addr)).await;
+    let addr = proxy.listen_addrs[0];
+    for (shape, bad) in malformed() {
+        let mut c = Raw::connect(addr).await;
+        let mut both = b"GET /first HTTP/1.1\r\nHost: app\r\n\r\n".to_vec();
+        both.extend_from_slice(&bad);
+        c.send(&both).await;
+        let r = c
+            .response()
+            .await
+            .unwrap_or_else(|| panic!("{shape}: the valid request was dropped unanswered"));
+        assert_eq!((r.status, &r.body[..]), (200, &b"first"[..]), "{shape}");
+        let r = c
+            .response()
+            .await
+            .unwrap_or_else(|| panic!("{shape}: the refusal was silent"));
+        assert_eq!(r.status, 400, "{shape}");
+        assert!(c.closes().await, "{shape}: the connection stays open");
+    }
+    none_smuggled(&mut v1, malformed().len()).await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obs_text_in_a_field_value_is_forwarded_on_http1_as_on_http2() {
+    let mut v1 = TestBackend::new().spawn().await;
+    let proxy = start_proxy(&one_backend(v1.addr)).await;
+    let addr = proxy.listen_addrs[0];
+    let mut c = Raw::connect(addr).await;
+    // Twice on one keep-alive connection, the second pipelined after a
+    // plain request.
+    c.send(b"GET /latin1 HTTP/1.1\r\nHost: app\r\nX-Name: caf\xe9 cr\xe8me\r\n\r\n")
+        .await;
+    let r = c.response().await.expect("answer");
+    assert_eq!(r.status, 200);
+    c.send(b"GET /plain HTTP/1.1\r\nHost: app\r\n\r\nGET /latin1 HTTP/1.1\r\nHost: app\r\nX-Name: \xff\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.expect("answer").status, 200);
+    assert_eq!(c.response().await.expect("answer").status, 200);
+    let first = v1.next().await;
+    assert_eq!(first.headers["x-name"].as_bytes(), b"caf\xe9 cr\xe8me");
+    assert_eq!(v1.next().await.uri.path(), "/plain");
+    assert_eq!(v1.next().await.headers["x-name"].as_bytes(), b"\xff");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrepresentable_content_length_is_400_not_431() {
+    let v1 = TestBackend::new().spawn().await;
+    let proxy = start_proxy(&one_backend(v1.addr)).await;
+    let addr = proxy.listen_addrs[0];
+    for length in [
+        "18446744073709551615",
+        "18446744073709551614",
+        "18446744073709551616",
+        "99999999999999999999999999",
+    ] {
+        let mut c = Raw::connect(addr).await;
+        c.send(
+            format!("POST / HTTP/1.1\r\nHost: app\r\nContent-Length: {length}\r\n\r\nabc")
+                .as_bytes(),
+        )
+        .await;
+        let r = c.response().await.expect("answer");
+        assert_eq!(r.status, 400, "Content-Length: {length}");
+    }
+    assert_eq!(v1.received(), 0);
+    proxy.shutdown().await;
+}
