@@ -427,3 +427,80 @@ async fn the_routes_body_limit_holds_for_requests_with_upgrade_headers() {
     }
     proxy.shutdown().await;
 }
+
+/// A backend on raw TCP that answers every request head (requests without
+/// body) on a connection with `answer`, byte for byte.
+async fn raw_backend(answer: &'static [u8]) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut b = [0u8; 4096];
+                loop {
+                    while let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..p + 4);
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_response_with_length_and_chunked_coding_is_passed_on_dechunked_without_the_length(
+) {
+    let v1 = raw_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = start_proxy(&one_backend(v1)).await;
+    let addr = proxy.listen_addrs[0];
+
+    // HTTP/1.1, keep-alive: the whole body, twice on one connection.
+    let mut c = Raw::connect(addr).await;
+    for _ in 0..2 {
+        c.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await;
+        let r = c.response().await.expect("answer");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-length"), None, "{r:?}");
+        assert_eq!(String::from_utf8_lossy(&r.body), "hello");
+    }
+    // HTTP/2: no stream error.
+    let a = h2_get(addr, "http://app/").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), "hello");
+    assert!(!a.headers.contains_key("content-length"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_response_with_a_transfer_coding_other_than_chunked_is_502() {
+    let v1 = raw_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = start_proxy(&one_backend(v1)).await;
+    let addr = proxy.listen_addrs[0];
+    let mut c = Raw::connect(addr).await;
+    c.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await;
+    let r = c.response().await.expect("answer");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(String::from_utf8_lossy(&r.body).contains("upstream_failed"));
+    let a = h2_get(addr, "http://app/").await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.json()["error"], "upstream_failed");
+    proxy.shutdown().await;
+}

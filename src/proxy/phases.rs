@@ -206,6 +206,30 @@ pub async fn handle(
         }
     };
 
+    // The primary's framing: Transfer-Encoding wins over Content-Length;
+    // a transfer coding other than chunked is not passed on.
+    let mut resp = resp;
+    if let Err(why) = response_framing(resp.headers_mut()) {
+        let e = ProxyError::Upstream(super::upstream::UpstreamError::Exchange {
+            backend: backend.name().to_string(),
+            endpoint: "primary".to_string(),
+            source: why.into(),
+        });
+        tracing::warn!(route = %route.name, request_id = ?ctx.request_id, error = %e, "primary failed");
+        let resp = e.to_response(Some(&ctx.request_id));
+        log_primary(
+            telemetry,
+            target,
+            route,
+            backend,
+            &ctx,
+            resp.status().as_u16(),
+            0,
+            Some("upstream_failed"),
+        );
+        return resp;
+    }
+
     // 8. response filter
     response_filter(
         resp,
@@ -392,6 +416,45 @@ fn retry_copy(
     *copy.version_mut() = parts.version;
     *copy.headers_mut() = parts.headers.clone();
     Some(copy.into_parts().0)
+}
+
+/// Checks and settles the framing fields of a response from an HTTP/1.1
+/// upstream before its head goes on (hyper's client has already decoded a
+/// chunked body; the fields are as the backend sent them).
+///
+/// * `Transfer-Encoding: chunked` together with `Content-Length`: RFC 9112
+///   §6.3 — the transfer coding wins, the length is wrong by definition and
+///   is dropped. Passed on, it made hyper send the client `content-length: 3`
+///   and cut the dechunked body there (HTTP/1.1: truncated, and the
+///   keep-alive connection went on, out of step; HTTP/2: a stream error).
+/// * Any other transfer coding (`gzip, chunked`, `deflate`, …): an error
+///   (502). hyper's client removes only `chunked`, so the body still carries
+///   the other coding, and `Transfer-Encoding` is hop-by-hop: forwarded as
+///   is, the client got raw gzip with nothing saying so. Passing it on as a
+///   transfer coding would only do for HTTP/1.1 clients that sent a
+///   matching `TE`, never for HTTP/2; decoding it here would be a
+///   decompressor on the request path for something backends do not send
+///   in practice. Production proxies refuse it the same way (nginx: "upstream
+///   sent unknown Transfer-Encoding", 502; Envoy and HAProxy likewise).
+pub(super) fn response_framing(headers: &mut http::HeaderMap) -> Result<(), &'static str> {
+    if !headers.contains_key(header::TRANSFER_ENCODING) {
+        return Ok(());
+    }
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty());
+    let only_chunked = codings
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none();
+    if !only_chunked {
+        return Err("response with a transfer coding other than chunked");
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    Ok(())
 }
 
 /// Phase 8: the primary's response goes back untouched but for hop-by-hop

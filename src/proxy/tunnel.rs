@@ -120,6 +120,14 @@ pub async fn forward(
     log(resp.status().as_u16(), agreed.then_some("tunnel"));
     if !agreed {
         let (mut parts, body) = resp.into_parts();
+        if super::phases::response_framing(&mut parts.headers).is_err() {
+            let e = ProxyError::from(UpstreamError::Tunnel {
+                backend: backend.name().to_string(),
+                endpoint: "primary".to_string(),
+                reason: "response with a transfer coding other than chunked".to_string(),
+            });
+            return e.to_response(Some(&ctx.request_id));
+        }
         strip_hop_by_hop(&mut parts.headers, false);
         return Response::from_parts(parts, body.map_err(Into::into).boxed());
     }
