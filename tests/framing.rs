@@ -504,3 +504,114 @@ async fn a_primary_response_with_a_transfer_coding_other_than_chunked_is_502() {
     assert_eq!(a.json()["error"], "upstream_failed");
     proxy.shutdown().await;
 }
+
+/// A backend that records each request's body and trailer fields, and
+/// answers `ok` followed by the trailer field `x-resp-sum: 7` (announced
+/// in `Trailer`; hyper sends it to clients that sent `TE: trailers`).
+async fn trailer_backend() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(bytes::Bytes, Option<http::HeaderMap>)>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let collected = req.into_body().collect().await;
+                            let (body, trailers) = match collected {
+                                Ok(c) => {
+                                    let t = c.trailers().cloned();
+                                    (c.to_bytes(), t)
+                                }
+                                Err(_) => (bytes::Bytes::new(), None),
+                            };
+                            let _ = tx.send((body, trailers));
+                            let mut t = http::HeaderMap::new();
+                            t.insert("x-resp-sum", http::HeaderValue::from_static("7"));
+                            // No length known up front: sent chunked, with the trailers.
+                            let frames: Vec<Result<_, std::convert::Infallible>> = vec![
+                                Ok(http_body::Frame::data(bytes::Bytes::from_static(b"ok"))),
+                                Ok(http_body::Frame::trailers(t)),
+                            ];
+                            let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+                            let resp = http::Response::builder()
+                                .header("trailer", "x-resp-sum")
+                                .body(body)
+                                .unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_reach_the_primary_the_client_and_the_mirrored_body() {
+    let (v1, mut seen) = trailer_backend().await;
+    let mut v2 = TestBackend::new().spawn().await;
+    let proxy = start_proxy(&format!(
+        "backends: {{ v1: {{ endpoints: [\"{v1}\"] }}, v2: {{ endpoints: [\"{}\"] }} }}\nroutes: [{{ name: r, backend: v1, mirrors: [{{ backend: v2 }}] }}]\n",
+        v2.addr
+    ))
+    .await;
+    let addr = proxy.listen_addrs[0];
+    let mut c = Raw::connect(addr).await;
+    c.send(b"POST /t HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\nTE: trailers\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n")
+        .await;
+    let r = c.response().await.expect("answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(String::from_utf8_lossy(&r.body), "ok");
+    assert_eq!(
+        r.trailers,
+        vec![("x-resp-sum".to_string(), b"7".to_vec())],
+        "the primary's trailers reach an HTTP/1.1 client that sent TE: trailers: {r:?}"
+    );
+    let (body, trailers) = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+        .await
+        .expect("the primary got the request")
+        .unwrap();
+    assert_eq!(&body[..], b"hello world");
+    assert_eq!(
+        trailers
+            .as_ref()
+            .and_then(|t| t.get("x-sum"))
+            .map(|v| v.as_bytes()),
+        Some(&b"42"[..]),
+        "the request's trailers reach the primary"
+    );
+    // The body is mirrored, not counted incomplete.
+    let copy = v2.next().await;
+    assert_eq!(&copy.body[..], b"hello world");
+    assert_eq!(
+        copy.header("trailer"),
+        None,
+        "a copy announces no trailer it lacks"
+    );
+    mirrors_settled(&proxy).await;
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"shadowgate_mirror_dropped_total{route="r",backend="v2",reason="body_incomplete"}"#
+        ),
+        0.0
+    );
+    proxy.shutdown().await;
+}

@@ -80,6 +80,14 @@ impl Body for TeeBody {
                     } else {
                         this.copy.extend_from_slice(data);
                     }
+                } else if frame.is_trailers() {
+                    // Trailers end the body: hyper's client sends them as the
+                    // last frame and never polls again, so the end (`None`)
+                    // is never seen. Before, such a complete body was
+                    // counted `body_incomplete` and never mirrored.
+                    if let Some(tx) = this.done.take() {
+                        let _ = tx.send(Ok(std::mem::take(this.copy).freeze()));
+                    }
                 }
             }
             Poll::Ready(Some(Err(e))) => {

@@ -167,10 +167,14 @@ pub async fn handle(
 
     // 6. dispatch: spawned and bounded; nothing below waits for it
     if !jobs.is_empty() {
+        // Copies carry the body with a length and without the trailer
+        // fields (not forwarded to copies yet): they announce none.
+        let mut headers = parts.headers.clone();
+        headers.remove(header::TRAILER);
         let head = MirrorHead {
             method: parts.method.clone(),
             uri: ctx.uri.clone(),
-            headers: parts.headers.clone(),
+            headers,
             authority: ctx.authority.clone(),
             request_id: ctx.request_id.clone(),
             compare: compare_link,
@@ -331,7 +335,9 @@ fn select_route<'r>(
 
 /// Phase 3: the head sent upstream (and copied to the mirrors).
 fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, conn: ConnInfo) {
+    let trailer = trailer_field(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, false);
+    restore_trailer_field(&mut parts.headers, trailer);
     join_cookies(&mut parts.headers);
     add_forwarded(
         &mut parts.headers,
@@ -355,6 +361,32 @@ fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, con
         if let Ok(u) = Uri::from_parts(p) {
             parts.uri = u;
         }
+    }
+}
+
+/// The `Trailer` field(s) of a head, unless `Connection` names it.
+///
+/// `Trailer` announces the trailer fields that follow a body; it describes
+/// the message, not the connection (RFC 9110 §6.6.2), and hyper's HTTP/1.1
+/// encoder sends only the trailer fields a head announces there. Removed
+/// with the hop-by-hop fields (as RFC 2616 had it), request trailers never
+/// reached the primary and response trailers never reached HTTP/1.1
+/// clients that sent `TE: trailers`.
+fn trailer_field(headers: &http::HeaderMap) -> Vec<HeaderValue> {
+    let named_by_connection = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailer"));
+    if named_by_connection {
+        return Vec::new();
+    }
+    headers.get_all(header::TRAILER).iter().cloned().collect()
+}
+
+fn restore_trailer_field(headers: &mut http::HeaderMap, values: Vec<HeaderValue>) {
+    for v in values {
+        headers.append(header::TRAILER, v);
     }
 }
 
@@ -469,7 +501,9 @@ fn response_filter(
     capture: Option<(CaptureSender, usize)>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
+    let trailer = trailer_field(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, false);
+    restore_trailer_field(&mut parts.headers, trailer);
     let capture = capture.map(|(tx, cap)| {
         PrimaryCapturer::new(Capturer::new(parts.status, parts.headers.clone(), cap), tx)
     });
