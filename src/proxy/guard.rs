@@ -1081,6 +1081,27 @@ GET /b HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\
     }
 
     #[test]
+    fn inspection_goes_on_after_a_head_that_may_start_a_tunnel() {
+        // Without a service to say otherwise, no tunnel starts: the next
+        // request is inspected (and here refused) like any other.
+        let first: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\n\r\n";
+        let mut stream = first.to_vec();
+        stream.extend_from_slice(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        );
+        for step in [1, 7, stream.len()] {
+            assert_eq!(
+                inspect(&stream, step),
+                Inspection {
+                    released: first.len(),
+                    refused: true
+                },
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
     fn fuzz_regressions() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz-regressions/guard");
         let mut n = 0;
