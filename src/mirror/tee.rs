@@ -100,6 +100,14 @@ impl Body for TeeBody {
                             let _ = tx.send(Err(failure));
                         }
                     }
+                } else if frame.is_trailers() {
+                    // Trailers end the body: hyper's client sends them as the
+                    // last frame and never polls again, so the end (`None`)
+                    // is never seen. Before, such a complete body was
+                    // counted `body_incomplete` and never mirrored.
+                    if let Some(tx) = this.done.take() {
+                        let _ = tx.send(Ok(std::mem::take(this.copy).freeze()));
+                    }
                 }
             }
             Poll::Ready(Some(Err(e))) => {

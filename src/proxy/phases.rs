@@ -192,10 +192,14 @@ pub async fn handle(
 
     // 6. dispatch: spawned and bounded; nothing below waits for it
     if !jobs.is_empty() {
+        // Copies carry the body with a length and without the trailer
+        // fields (not forwarded to copies yet): they announce none.
+        let mut headers = parts.headers.clone();
+        headers.remove(header::TRAILER);
         let head = MirrorHead {
             method: parts.method.clone(),
             uri: ctx.uri.clone(),
-            headers: parts.headers.clone(),
+            headers,
             authority: ctx.authority.clone(),
             request_id: ctx.request_id.clone(),
             compare: compare_link,
@@ -237,6 +241,30 @@ pub async fn handle(
             return resp;
         }
     };
+
+    // The primary's framing: Transfer-Encoding wins over Content-Length;
+    // a transfer coding other than chunked is not passed on.
+    let mut resp = resp;
+    if let Err(why) = response_framing(resp.headers_mut()) {
+        let e = ProxyError::Upstream(super::upstream::UpstreamError::Exchange {
+            backend: backend.name().to_string(),
+            endpoint: "primary".to_string(),
+            source: why.into(),
+        });
+        tracing::warn!(route = %route.name, request_id = ?ctx.request_id, error = %e, "primary failed");
+        let resp = e.to_response(Some(&ctx.request_id));
+        log_primary(
+            telemetry,
+            target,
+            route,
+            backend,
+            &ctx,
+            resp.status().as_u16(),
+            0,
+            Some("upstream_failed"),
+        );
+        return resp;
+    }
 
     // 8. response filter
     response_filter(
@@ -339,7 +367,9 @@ fn select_route<'r>(
 
 /// Phase 3: the head sent upstream (and copied to the mirrors).
 fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, conn: ConnInfo) {
+    let trailer = trailer_field(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, false);
+    restore_trailer_field(&mut parts.headers, trailer);
     join_cookies(&mut parts.headers);
     add_forwarded(
         &mut parts.headers,
@@ -364,6 +394,32 @@ fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, con
         if let Ok(u) = Uri::from_parts(p) {
             parts.uri = u;
         }
+    }
+}
+
+/// The `Trailer` field(s) of a head, unless `Connection` names it.
+///
+/// `Trailer` announces the trailer fields that follow a body; it describes
+/// the message, not the connection (RFC 9110 §6.6.2), and hyper's HTTP/1.1
+/// encoder sends only the trailer fields a head announces there. Removed
+/// with the hop-by-hop fields (as RFC 2616 had it), request trailers never
+/// reached the primary and response trailers never reached HTTP/1.1
+/// clients that sent `TE: trailers`.
+fn trailer_field(headers: &http::HeaderMap) -> Vec<HeaderValue> {
+    let named_by_connection = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailer"));
+    if named_by_connection {
+        return Vec::new();
+    }
+    headers.get_all(header::TRAILER).iter().cloned().collect()
+}
+
+fn restore_trailer_field(headers: &mut http::HeaderMap, values: Vec<HeaderValue>) {
+    for v in values {
+        headers.append(header::TRAILER, v);
     }
 }
 
@@ -428,6 +484,45 @@ fn retry_copy(
     Some(copy.into_parts().0)
 }
 
+/// Checks and settles the framing fields of a response from an HTTP/1.1
+/// upstream before its head goes on (hyper's client has already decoded a
+/// chunked body; the fields are as the backend sent them).
+///
+/// * `Transfer-Encoding: chunked` together with `Content-Length`: RFC 9112
+///   §6.3 — the transfer coding wins, the length is wrong by definition and
+///   is dropped. Passed on, it made hyper send the client `content-length: 3`
+///   and cut the dechunked body there (HTTP/1.1: truncated, and the
+///   keep-alive connection went on, out of step; HTTP/2: a stream error).
+/// * Any other transfer coding (`gzip, chunked`, `deflate`, …): an error
+///   (502). hyper's client removes only `chunked`, so the body still carries
+///   the other coding, and `Transfer-Encoding` is hop-by-hop: forwarded as
+///   is, the client got raw gzip with nothing saying so. Passing it on as a
+///   transfer coding would only do for HTTP/1.1 clients that sent a
+///   matching `TE`, never for HTTP/2; decoding it here would be a
+///   decompressor on the request path for something backends do not send
+///   in practice. Production proxies refuse it the same way (nginx: "upstream
+///   sent unknown Transfer-Encoding", 502; Envoy and HAProxy likewise).
+pub(super) fn response_framing(headers: &mut http::HeaderMap) -> Result<(), &'static str> {
+    if !headers.contains_key(header::TRANSFER_ENCODING) {
+        return Ok(());
+    }
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty());
+    let only_chunked = codings
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none();
+    if !only_chunked {
+        return Err("response with a transfer coding other than chunked");
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    Ok(())
+}
+
 /// Phase 8: the primary's response goes back untouched but for hop-by-hop
 /// fields; its body streams through an observer that logs at its end.
 fn response_filter(
@@ -440,7 +535,9 @@ fn response_filter(
     capture: Option<(CaptureSender, usize)>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
+    let trailer = trailer_field(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, false);
+    restore_trailer_field(&mut parts.headers, trailer);
     let capture = capture.map(|(tx, cap)| {
         let capturer = Capturer::new(parts.status, parts.headers.clone(), cap, &route.memory);
         PrimaryCapturer::new(capturer, tx)

@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -28,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
+use super::guard::{FramingGuard, Verdicts};
 use super::phases::{handle, ConnInfo};
 use crate::config::Limits;
 use crate::runtime::Shared;
@@ -217,17 +220,33 @@ async fn serve<S>(
     // Told when the connection's first request has arrived.
     let first_request = Arc::new(Notify::new());
     let arrived = first_request.clone();
-    let service = service_fn(move |req| {
+    // The guard stays on after a request that may start a tunnel until the
+    // answer to it is known: only a 101, or a 2xx to CONNECT, switches it off.
+    let verdicts = Arc::new(Verdicts::default());
+    let told = verdicts.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         arrived.notify_one();
-        async move { Ok::<_, Infallible>(handle(shared, conn_info, req).await) }
+        let verdict = Verdict {
+            n: told.request(),
+            connect: req.method() == Method::CONNECT,
+            verdicts: told.clone(),
+        };
+        async move {
+            let resp = handle(shared, conn_info, req).await;
+            verdict.tell(resp.status());
+            Ok::<_, Infallible>(resp)
+        }
     });
     // The framing guard refuses smuggling shapes before hyper parses them.
-    let io = TokioIo::new(super::guard::FramingGuard::with_limits(
-        stream,
-        limits.max_header_bytes,
-        Some(limits.header_read_timeout),
-    ));
+    let io = TokioIo::new(
+        FramingGuard::with_limits(
+            stream,
+            limits.max_header_bytes,
+            Some(limits.header_read_timeout),
+        )
+        .with_verdicts(verdicts),
+    );
     let conn = builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
     let stopping = async {
@@ -267,5 +286,28 @@ async fn serve<S>(
     };
     if let Err(e) = ended {
         tracing::debug!(peer = %conn_info.peer, error = %e, "client connection ended with error");
+    }
+}
+
+/// Tells the connection's guard how one request was answered; a request
+/// whose handling is dropped unanswered counts as no tunnel.
+struct Verdict {
+    n: u64,
+    connect: bool,
+    verdicts: Arc<Verdicts>,
+}
+
+impl Verdict {
+    fn tell(self, status: StatusCode) {
+        let tunnel =
+            status == StatusCode::SWITCHING_PROTOCOLS || (self.connect && status.is_success());
+        self.verdicts.decide(self.n, tunnel);
+    }
+}
+
+impl Drop for Verdict {
+    fn drop(&mut self) {
+        // After `tell` this changes nothing (the verdict is kept).
+        self.verdicts.decide(self.n, false);
     }
 }

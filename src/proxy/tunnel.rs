@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -64,12 +65,6 @@ pub async fn forward(
         parts.headers.insert(header::HOST, v);
     }
     parts.version = http::Version::HTTP_11;
-    let upstream_req = Request::from_parts(
-        parts,
-        UpstreamBody::Streamed {
-            inner: crate::body::ClientBody::new(body, None),
-        },
-    );
 
     let log = |status: u16, reason: Option<&str>| {
         telemetry.answered(
@@ -78,10 +73,41 @@ pub async fn forward(
         )
     };
 
+    // The route's body limit holds here as on the plain path: a declared
+    // length over it is refused before anything is sent, a streamed body
+    // is cut by `ClientBody` (before, an upgrade request's body went to the
+    // primary whole, whatever the limit).
+    let body_limit = route.config.max_body_bytes;
+    if let Some(limit) = body_limit {
+        let declared = body.size_hint().exact().or_else(|| {
+            parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        });
+        if declared.is_some_and(|n| n > limit) {
+            let resp = ProxyError::PayloadTooLarge { limit }.to_response(Some(&ctx.request_id));
+            log(413, Some("body_too_large"));
+            return resp;
+        }
+    }
+    let upstream_req = Request::from_parts(
+        parts,
+        UpstreamBody::Streamed {
+            inner: crate::body::ClientBody::new(body, body_limit),
+        },
+    );
+
     let resp = match open(backend, upstream_req).await {
         Ok(r) => r,
         Err(e) => {
-            let e = ProxyError::from(e);
+            let e = match body_limit {
+                Some(limit) if crate::body::is_body_too_large(&e) => {
+                    ProxyError::PayloadTooLarge { limit }
+                }
+                _ => ProxyError::from(e),
+            };
             let resp = e.to_response(Some(&ctx.request_id));
             log(resp.status().as_u16(), Some("tunnel_failed"));
             return resp;
@@ -95,6 +121,14 @@ pub async fn forward(
     log(resp.status().as_u16(), agreed.then_some("tunnel"));
     if !agreed {
         let (mut parts, body) = resp.into_parts();
+        if super::phases::response_framing(&mut parts.headers).is_err() {
+            let e = ProxyError::from(UpstreamError::Tunnel {
+                backend: backend.name().to_string(),
+                endpoint: "primary".to_string(),
+                reason: "response with a transfer coding other than chunked".to_string(),
+            });
+            return e.to_response(Some(&ctx.request_id));
+        }
         strip_hop_by_hop(&mut parts.headers, false);
         return Response::from_parts(parts, body.map_err(Into::into).boxed());
     }
@@ -151,6 +185,13 @@ async fn open(
     });
     match tokio::time::timeout(backend.config.timeout, sender.send_request(req)).await {
         Ok(Ok(r)) => Ok(r),
+        // The client's body went over the route's limit: kept as the
+        // cause, so the client gets 413 rather than 502.
+        Ok(Err(e)) if crate::body::is_body_too_large(&e) => Err(UpstreamError::Exchange {
+            backend: name.clone(),
+            endpoint: authority.to_string(),
+            source: Box::new(e),
+        }),
         Ok(Err(e)) => Err(connect_err(e.to_string())),
         Err(_) => Err(UpstreamError::Timeout {
             backend: name.clone(),
