@@ -106,7 +106,7 @@ impl Body for TeeBody {
                     // is never seen. Before, such a complete body was
                     // counted `body_incomplete` and never mirrored.
                     if let Some(tx) = this.done.take() {
-                        let _ = tx.send(Ok(std::mem::take(this.copy).freeze()));
+                        let _ = tx.send(Ok(this.copy.take().freeze()));
                     }
                 }
             }
