@@ -96,38 +96,56 @@ struct Browser {
 impl Browser {
     async fn start() -> Browser {
         require_chromium();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        // Its own process group, which the browser it starts joins: a test
-        // that fails half-way still ends them all (see Drop).
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start chromedriver");
-        let base = format!("http://127.0.0.1:{port}");
         let client = client();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok((200, v)) =
-                raw_call(&client, Method::GET, &format!("{base}/status"), None).await
-            {
-                if v["value"]["ready"] == true {
-                    break;
+        let logs = tempfile::tempdir().unwrap();
+        let log_path = logs.path().join("chromedriver.log");
+        // The port is found free and then handed to chromedriver, so another
+        // process may take it in between: a driver that exits (it could not
+        // bind) is started again on a fresh port, at most three times.
+        let mut attempt = 0;
+        let (driver, base) = 'started: loop {
+            attempt += 1;
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            };
+            let log = std::fs::File::create(&log_path).unwrap();
+            // Its own process group, which the browser it starts joins: a test
+            // that fails half-way still ends them all (see Drop).
+            let mut driver = Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .arg("--allowed-ips=127.0.0.1")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start chromedriver");
+            let base = format!("http://127.0.0.1:{port}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok((200, v)) =
+                    raw_call(&client, Method::GET, &format!("{base}/status"), None).await
+                {
+                    if v["value"]["ready"] == true {
+                        break 'started (driver, base);
+                    }
                 }
+                if let Ok(Some(exit)) = driver.try_wait() {
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    assert!(
+                        attempt < 3,
+                        "chromedriver exited ({exit}) on {base}, attempt {attempt}: {log}"
+                    );
+                    continue 'started;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    panic!("chromedriver did not come up on {base} within 20s; its log: {log}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "chromedriver did not come up on {base} within 20s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
         let profile = tempfile::tempdir().unwrap();
         let caps = json!({
             "capabilities": { "alwaysMatch": {
