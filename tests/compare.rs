@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
-use shadowgate::app::{self, Running, StartOptions};
+use shadowgate::app::{self, StartOptions};
 use support::*;
 
 fn config(
@@ -22,37 +22,6 @@ fn config(
     format!(
         "backends:\n  v1: {{ endpoints: [\"{v1}\"] }}\n  v2: {{ endpoints: [\"{v2}\"] }}\n{{SECONDARY}}routes:\n  - name: shop\n    backend: v1\n    mirrors: [{{ backend: v2, compare: true{extra_mirror} }}]\n{extra_route}"
     )
-}
-
-async fn api(proxy: &Running, path: &str) -> Answer {
-    get(&client(), proxy.admin_addr, "localhost", path).await
-}
-
-/// Waits until the route's comparisons (shadow side) reach `n`, at most 20 s.
-async fn compared(proxy: &Running, route: &str, n: u64) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let report = api(proxy, &format!("/api/v1/diffs/{route}")).await.json();
-        let total: u64 = report["endpoints"]
-            .as_array()
-            .map(|e| e.iter().map(|x| x["compared"].as_u64().unwrap_or(0)).sum())
-            .unwrap_or(0);
-        if total >= n {
-            return report;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {total} of {n} compared: {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn field<'a>(endpoint: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
-    endpoint["fields"]
-        .as_array()
-        .and_then(|f| f.iter().find(|x| x["path"] == path))
-        .unwrap_or_else(|| panic!("no field {path} in {endpoint}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +80,7 @@ async fn a_differing_json_field_is_reported_per_endpoint_with_examples() {
         "only the price differs: {e}"
     );
 
-    let examples = api(
+    let examples = api_get(
         &proxy,
         "/api/v1/diffs/shop/examples?endpoint=GET%20%2Fitems%2F%7Bid%7D&mirror=v2",
     )
@@ -138,7 +107,7 @@ async fn a_differing_json_field_is_reported_per_endpoint_with_examples() {
         "no credential (authorization, cookie, x-api-key) anywhere in the examples: {examples}"
     );
 
-    let totals = api(&proxy, "/api/v1/diffs").await.json();
+    let totals = api_get(&proxy, "/api/v1/diffs").await.json();
     assert_eq!(totals["routes"][0]["route"], "shop");
     assert_eq!(totals["routes"][0]["different"], 20);
     let m = metrics(&proxy).await;
@@ -156,7 +125,7 @@ async fn a_differing_json_field_is_reported_per_endpoint_with_examples() {
         ),
         20.0
     );
-    let stats = api(&proxy, "/api/v1/stats").await.json();
+    let stats = api_get(&proxy, "/api/v1/stats").await.json();
     let mirror_window = &stats["routes"][0]["targets"][1]["windows"]["1m"];
     assert_eq!(mirror_window["compared"], 20);
     assert_eq!(mirror_window["diff_percent"], 100.0);
@@ -358,7 +327,7 @@ async fn results_survive_a_restart() {
     compared(&first, "shop", 7).await;
     first.shutdown().await;
     let second = start().await;
-    let report = api(&second, "/api/v1/diffs/shop").await.json();
+    let report = api_get(&second, "/api/v1/diffs/shop").await.json();
     assert_eq!(report["endpoints"][0]["compared"], 7, "{report}");
     assert_eq!(field(&report["endpoints"][0], "$.a")["different"], 7);
     second.shutdown().await;

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Method;
 use shadowgate::app::{self, Running, StartOptions};
 use support::*;
@@ -22,19 +21,6 @@ fn config(v1: std::net::SocketAddr, v2: std::net::SocketAddr, promotion: &str) -
 /// The explicit opt-out: without a `promotion:` block the default gates
 /// (and `min_requests` 100) apply.
 const NO_GATES: &str = "    promotion: { gates: none, min_requests: 0 }\n";
-
-async fn api(proxy: &Running, method: Method, path: &str, body: &str) -> Answer {
-    send(
-        &client(),
-        proxy.admin_addr,
-        method,
-        "localhost",
-        path,
-        &[("content-type", "application/json")],
-        Bytes::from(body.to_string()),
-    )
-    .await
-}
 
 /// Sends `n` requests; returns how many each body answered.
 async fn traffic(proxy: &Running, n: usize) -> (usize, usize) {
@@ -58,7 +44,7 @@ async fn wait_for_state(
 ) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let s = api(proxy, Method::GET, "/api/v1/routes/shop/promotion", "")
+        let s = api_call(proxy, Method::GET, "/api/v1/routes/shop/promotion", "")
             .await
             .json();
         if want(&s) {
@@ -100,17 +86,17 @@ async fn promote_and_roll_back_under_load_with_no_failed_request() {
         })
         .collect();
     for _ in 0..5 {
-        let p = api(&proxy, Method::POST, "/api/v1/routes/shop/promote", "").await;
+        let p = api_call(&proxy, Method::POST, "/api/v1/routes/shop/promote", "").await;
         assert_eq!(p.status, 200, "{}", p.text());
         assert_eq!(p.json()["state"], "promoted");
         assert_eq!(p.json()["primary"], "v2");
-        let again = api(&proxy, Method::POST, "/api/v1/routes/shop/promote", "").await;
+        let again = api_call(&proxy, Method::POST, "/api/v1/routes/shop/promote", "").await;
         assert_eq!(again.status, 409, "promoting twice is refused");
         let before = answered_by_v2.load(Ordering::Relaxed);
         while answered_by_v2.load(Ordering::Relaxed) < before + 20 {
             tokio::task::yield_now().await;
         }
-        let r = api(&proxy, Method::POST, "/api/v1/routes/shop/rollback", "").await;
+        let r = api_call(&proxy, Method::POST, "/api/v1/routes/shop/rollback", "").await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["primary"], "v1");
     }
@@ -118,9 +104,9 @@ async fn promote_and_roll_back_under_load_with_no_failed_request() {
     for w in workers {
         w.await.unwrap();
     }
-    let r = api(&proxy, Method::POST, "/api/v1/routes/shop/rollback", "").await;
+    let r = api_call(&proxy, Method::POST, "/api/v1/routes/shop/rollback", "").await;
     assert_eq!(r.status, 409, "nothing to roll back");
-    let status = api(&proxy, Method::GET, "/api/v1/routes/shop/promotion", "")
+    let status = api_call(&proxy, Method::GET, "/api/v1/routes/shop/promotion", "")
         .await
         .json();
     let history = status["history"].as_array().unwrap();
@@ -128,7 +114,7 @@ async fn promote_and_roll_back_under_load_with_no_failed_request() {
     assert_eq!(history[0]["action"], "promote");
     assert_eq!(history[1]["action"], "rollback");
     assert_eq!(
-        api(&proxy, Method::GET, "/api/v1/routes/nope/promotion", "")
+        api_call(&proxy, Method::GET, "/api/v1/routes/nope/promotion", "")
             .await
             .status,
         404
@@ -146,12 +132,12 @@ async fn failing_gates_refuse_with_409_unless_forced() {
         "    promotion: { min_requests: 20, max_error_rate_delta: 0.5, window: 1m }\n",
     ))
     .await;
-    let early = api(&proxy, Method::POST, "/api/v1/routes/shop/promote", "").await;
+    let early = api_call(&proxy, Method::POST, "/api/v1/routes/shop/promote", "").await;
     assert_eq!(early.status, 409);
     assert_eq!(early.json()["verdict"], "insufficient_data");
     traffic(&proxy, 30).await;
     mirrors_settled(&proxy).await;
-    let refused = api(
+    let refused = api_call(
         &proxy,
         Method::POST,
         "/api/v1/routes/shop/promote",
@@ -163,7 +149,7 @@ async fn failing_gates_refuse_with_409_unless_forced() {
     assert_eq!(body["verdict"], "not_ready");
     assert_eq!(body["failing_gates"][0]["name"], "error_rate_delta");
     assert_eq!(body["failing_gates"][0]["value"], 100.0);
-    let unknown = api(
+    let unknown = api_call(
         &proxy,
         Method::POST,
         "/api/v1/routes/shop/promote",
@@ -171,7 +157,7 @@ async fn failing_gates_refuse_with_409_unless_forced() {
     )
     .await;
     assert_eq!(unknown.status, 400);
-    let forced = api(
+    let forced = api_call(
         &proxy,
         Method::POST,
         "/api/v1/routes/shop/promote",
@@ -214,7 +200,7 @@ async fn auto_mode_promotes_a_good_v2_and_rolls_back_when_it_turns_bad() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let c = client();
     loop {
-        let s = api(&proxy, Method::GET, "/api/v1/routes/shop/promotion", "")
+        let s = api_call(&proxy, Method::GET, "/api/v1/routes/shop/promotion", "")
             .await
             .json();
         if s["state"] == "shadowing" {
@@ -259,7 +245,7 @@ async fn progressive_steps_give_the_candidate_a_growing_share() {
     let s = wait_for_state(&proxy, |s| s["state"] == "stepping").await;
     assert_eq!(s["share"], 25);
     let (a, b) = traffic(&proxy, 400).await;
-    if api(&proxy, Method::GET, "/api/v1/routes/shop/promotion", "")
+    if api_call(&proxy, Method::GET, "/api/v1/routes/shop/promotion", "")
         .await
         .json()["share"]
         == 25
@@ -296,7 +282,7 @@ async fn promotion_state_survives_a_restart() {
     };
     let first = start().await;
     assert_eq!(
-        api(&first, Method::POST, "/api/v1/routes/shop/promote", "")
+        api_call(&first, Method::POST, "/api/v1/routes/shop/promote", "")
             .await
             .status,
         200
@@ -309,14 +295,14 @@ async fn promotion_state_survives_a_restart() {
         (0, 5),
         "v2 is still primary after the restart"
     );
-    let s = api(&second, Method::GET, "/api/v1/routes/shop/promotion", "")
+    let s = api_call(&second, Method::GET, "/api/v1/routes/shop/promotion", "")
         .await
         .json();
     assert_eq!(s["state"], "promoted");
     assert_eq!(s["configured_primary"], "v1");
     assert_eq!(s["history"][0]["action"], "promote");
     assert_eq!(
-        api(&second, Method::POST, "/api/v1/routes/shop/rollback", "")
+        api_call(&second, Method::POST, "/api/v1/routes/shop/rollback", "")
             .await
             .status,
         200

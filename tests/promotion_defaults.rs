@@ -11,26 +11,12 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Method;
 use shadowgate::app::Running;
 use support::*;
 
-async fn api(proxy: &Running, method: Method, path: &str, body: &str) -> Answer {
-    send(
-        &client(),
-        proxy.admin_addr,
-        method,
-        "localhost",
-        path,
-        &[("content-type", "application/json")],
-        Bytes::from(body.to_string()),
-    )
-    .await
-}
-
 async fn promotion(proxy: &Running, route: &str) -> serde_json::Value {
-    let a = api(
+    let a = api_call(
         proxy,
         Method::GET,
         &format!("/api/v1/routes/{route}/promotion"),
@@ -95,7 +81,9 @@ async fn traffic_with(
 async fn compared(proxy: &Running, route: &str, backend: &str, n: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let stats = api(proxy, Method::GET, "/api/v1/stats", "").await.json();
+        let stats = api_call(proxy, Method::GET, "/api/v1/stats", "")
+            .await
+            .json();
         let seen = stats["routes"]
             .as_array()
             .unwrap()
@@ -168,7 +156,7 @@ async fn no_promotion_block_refuses_a_mirror_that_differs_on_every_answer() {
     let (ok, text) = cli(&proxy, &["promote", "shop"]).await;
     assert!(!ok, "promote without --force must fail: {text}");
     assert!(text.contains("diff_rate"), "{text}");
-    let refused = api(&proxy, Method::POST, "/api/v1/routes/shop/promote", "").await;
+    let refused = api_call(&proxy, Method::POST, "/api/v1/routes/shop/promote", "").await;
     assert_eq!(refused.status, 409, "{}", refused.text());
     assert_eq!(refused.json()["verdict"], "not_ready");
     assert!(
@@ -389,7 +377,7 @@ async fn no_compared_data_with_compare_on_is_not_ready() {
     assert_eq!(d["value"], serde_json::Value::Null, "{s}");
     assert_eq!(d["pass"], false, "{s}");
     assert_eq!(d["note"], "no compared pairs in the window", "{s}");
-    let refused = api(&proxy, Method::POST, "/api/v1/routes/shop/promote", "").await;
+    let refused = api_call(&proxy, Method::POST, "/api/v1/routes/shop/promote", "").await;
     assert_eq!(refused.status, 409, "{}", refused.text());
     proxy.shutdown().await;
 }
@@ -494,7 +482,9 @@ async fn gate_p99_matches_the_histogram_and_tells_1_2x_apart() {
     assert_eq!((slow.len(), same.len()), (300, 300));
     mirrors_settled(&proxy).await;
 
-    let stats = api(&proxy, Method::GET, "/api/v1/stats", "").await.json();
+    let stats = api_call(&proxy, Method::GET, "/api/v1/stats", "")
+        .await
+        .json();
     let text = metrics(&proxy).await;
     let mut p99 = std::collections::BTreeMap::new();
     for (route, backend, role) in [

@@ -11,41 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
-use shadowgate::app::{self, Running, StartOptions};
+use shadowgate::app::{self, StartOptions};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shadowgate");
-
-async fn api(proxy: &Running, path: &str) -> Answer {
-    get(&client(), proxy.admin_addr, "localhost", path).await
-}
-
-/// Waits until the route's shadow comparisons reach `n`, at most 20 s.
-async fn compared(proxy: &Running, route: &str, n: u64) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let report = api(proxy, &format!("/api/v1/diffs/{route}")).await.json();
-        let total: u64 = report["endpoints"]
-            .as_array()
-            .map(|e| e.iter().map(|x| x["compared"].as_u64().unwrap_or(0)).sum())
-            .unwrap_or(0);
-        if total >= n {
-            return report;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {total} of {n} compared: {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn field<'a>(endpoint: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
-    endpoint["fields"]
-        .as_array()
-        .and_then(|f| f.iter().find(|x| x["path"] == path))
-        .unwrap_or_else(|| panic!("no field {path} in {endpoint}"))
-}
 
 /// Every byte of every file in `dir` (the SQLite file and its WAL).
 fn all_bytes(dir: &Path) -> Vec<u8> {
@@ -129,7 +98,7 @@ async fn differing_secrets_never_reach_the_store_or_the_api_but_the_difference_i
     ] {
         assert_eq!(field(e, path)["different"], 5, "{path}: {e}");
     }
-    let examples = api(
+    let examples = api_get(
         &proxy,
         "/api/v1/diffs/shop/examples?endpoint=GET%20%2Fitems%2F%7Bid%7D&mirror=v2",
     )

@@ -312,6 +312,57 @@ pub async fn get(client: &TestClient, addr: SocketAddr, host: &str, path: &str) 
     send(client, addr, Method::GET, host, path, &[], Bytes::new()).await
 }
 
+/// A GET to the admin API of an in-process proxy, as `localhost`.
+pub async fn api_get(proxy: &Running, path: &str) -> Answer {
+    get(&client(), proxy.admin_addr, "localhost", path).await
+}
+
+/// A call to the admin API of an in-process proxy with a JSON body, as
+/// `localhost` (state-changing calls need the JSON content type).
+pub async fn api_call(proxy: &Running, method: Method, path: &str, body: &str) -> Answer {
+    send(
+        &client(),
+        proxy.admin_addr,
+        method,
+        "localhost",
+        path,
+        &[("content-type", "application/json")],
+        Bytes::from(body.to_string()),
+    )
+    .await
+}
+
+/// Waits until the route's comparisons (shadow side) reach `n`, at most
+/// 20 s, and returns the route's diff report.
+pub async fn compared(proxy: &Running, route: &str, n: u64) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let report = api_get(proxy, &format!("/api/v1/diffs/{route}"))
+            .await
+            .json();
+        let total: u64 = report["endpoints"]
+            .as_array()
+            .map(|e| e.iter().map(|x| x["compared"].as_u64().unwrap_or(0)).sum())
+            .unwrap_or(0);
+        if total >= n {
+            return report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {total} of {n} compared: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One field of a diff report's endpoint, by its path.
+pub fn field<'a>(endpoint: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    endpoint["fields"]
+        .as_array()
+        .and_then(|f| f.iter().find(|x| x["path"] == path))
+        .unwrap_or_else(|| panic!("no field {path} in {endpoint}"))
+}
+
 /// The admin server's metrics text.
 pub async fn metrics(running: &Running) -> String {
     let a = get(&client(), running.admin_addr, "localhost", "/metrics").await;
