@@ -118,6 +118,10 @@ pin_project_lite::pin_project! {
         Teed { #[pin] inner: TeeBody },
         /// A body already in memory (a mirror's copy).
         Buffered { #[pin] inner: Full<Bytes> },
+        /// A body in memory followed by trailer fields (a mirror's copy of
+        /// a request that ended in trailers): one data frame, then the
+        /// trailers frame.
+        WithTrailers { data: Option<Bytes>, trailers: Option<http::HeaderMap> },
     }
 }
 
@@ -125,6 +129,14 @@ impl UpstreamBody {
     pub fn buffered(data: Bytes) -> Self {
         UpstreamBody::Buffered {
             inner: Full::new(data),
+        }
+    }
+
+    /// `data`, then `trailers` as the last frame.
+    pub fn with_trailers(data: Bytes, trailers: http::HeaderMap) -> Self {
+        UpstreamBody::WithTrailers {
+            data: Some(data).filter(|d| !d.is_empty()),
+            trailers: Some(trailers),
         }
     }
 }
@@ -143,6 +155,12 @@ impl Body for UpstreamBody {
             UpstreamBodyProj::Buffered { inner } => {
                 inner.poll_frame(cx).map_err(|never| match never {})
             }
+            UpstreamBodyProj::WithTrailers { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
         }
     }
 
@@ -151,6 +169,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Streamed { inner } => inner.is_end_stream(),
             UpstreamBody::Teed { inner } => inner.is_end_stream(),
             UpstreamBody::Buffered { inner } => inner.is_end_stream(),
+            UpstreamBody::WithTrailers { data, trailers } => data.is_none() && trailers.is_none(),
         }
     }
 
@@ -159,6 +178,13 @@ impl Body for UpstreamBody {
             UpstreamBody::Streamed { inner } => inner.size_hint(),
             UpstreamBody::Teed { inner } => inner.size_hint(),
             UpstreamBody::Buffered { inner } => inner.size_hint(),
+            // Not exact: an HTTP/1.1 connection then sends it chunked, the
+            // only framing that carries trailers.
+            UpstreamBody::WithTrailers { data, .. } => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(data.as_ref().map_or(0, |d| d.len() as u64));
+                hint
+            }
         }
     }
 }

@@ -601,8 +601,16 @@ async fn trailers_reach_the_primary_the_client_and_the_mirrored_body() {
     assert_eq!(&copy.body[..], b"hello world");
     assert_eq!(
         copy.header("trailer"),
-        None,
-        "a copy announces no trailer it lacks"
+        Some("x-sum"),
+        "a copy announces the trailer it carries"
+    );
+    assert_eq!(
+        copy.trailers
+            .as_ref()
+            .and_then(|t| t.get("x-sum"))
+            .map(|v| v.as_bytes()),
+        Some(&b"42"[..]),
+        "the request's trailers reach the copy: {copy:?}"
     );
     mirrors_settled(&proxy).await;
     let m = metrics(&proxy).await;
@@ -612,6 +620,41 @@ async fn trailers_reach_the_primary_the_client_and_the_mirrored_body() {
             r#"shadowgate_mirror_dropped_total{route="r",backend="v2",reason="body_incomplete"}"#
         ),
         0.0
+    );
+    proxy.shutdown().await;
+}
+
+/// An HTTP/2 shadow (hyper's client, not the HTTP/1.1 copy client) gets the
+/// request's trailers after the body; fields that must not be trailers
+/// (framing, routing) are left out.
+#[tokio::test]
+async fn trailers_reach_an_h2_shadow() {
+    let mut v1 = TestBackend::new().spawn().await;
+    let mut v2 = TestBackend::new().spawn().await;
+    let proxy = start_proxy(&format!(
+        "backends: {{ v1: {{ endpoints: [\"{}\"] }}, v2: {{ endpoints: [\"{}\"], protocol: h2 }} }}\nroutes: [{{ name: r, backend: v1, mirrors: [{{ backend: v2 }}] }}]\n",
+        v1.addr, v2.addr
+    ))
+    .await;
+    let addr = proxy.listen_addrs[0];
+    let mut c = Raw::connect(addr).await;
+    c.send(b"POST /t HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 42\r\nhost: evil\r\ncontent-length: 9\r\n\r\n")
+        .await;
+    let r = c.response().await.expect("answer");
+    assert_eq!(r.status, 200);
+    let primary = v1.next().await;
+    assert_eq!(&primary.body[..], b"hello");
+    let copy = v2.next().await;
+    assert_eq!(&copy.body[..], b"hello");
+    let trailers = copy.trailers.clone().unwrap_or_default();
+    assert_eq!(
+        trailers.get("x-sum").map(|v| v.as_bytes()),
+        Some(&b"42"[..]),
+        "the h2 shadow gets the trailers: {copy:?}"
+    );
+    assert!(
+        trailers.get("host").is_none() && trailers.get("content-length").is_none(),
+        "framing and routing fields are never sent as trailers: {trailers:?}"
     );
     proxy.shutdown().await;
 }

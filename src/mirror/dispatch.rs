@@ -5,14 +5,13 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::bound::InFlightPermit;
 use super::sample::sampled;
-use super::tee::{TeeFailure, TeeResult};
+use super::tee::{TeeCopy, TeeFailure, TeeResult};
 use crate::comparison::capture::Capturer;
 use crate::comparison::{Engine, Job, PrimaryAnswer, PrimaryCapture, RouteComparison, Side};
 use crate::proxy::grpc;
@@ -231,7 +230,7 @@ pub fn dispatch(
             .unwrap_or_default();
         // `None`: the body did not arrive within the longest timeout.
         let body = match body {
-            MirrorBody::Empty => Some(Ok(Bytes::new())),
+            MirrorBody::Empty => Some(Ok(TeeCopy::default())),
             MirrorBody::Pending(rx) => tokio::time::timeout_at(dispatched + longest, rx)
                 .await
                 .ok()
@@ -274,7 +273,7 @@ async fn send_copy(
         }
     };
     let body = match body {
-        Ok(b) if b.len() as u64 <= cfg.max_body_bytes => b,
+        Ok(b) if b.body.len() as u64 <= cfg.max_body_bytes => b,
         Ok(_) | Err(TeeFailure::TooLarge) => {
             let reason = DropReason::BodyTooLarge;
             let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
@@ -400,8 +399,11 @@ impl Sink for CopySink {
 }
 
 /// The shadow's request: same method, path, query, headers and body, with
-/// the mirror's header rules applied and the Host suffixed.
-fn copy_request(mirror: &Mirror, head: &MirrorHead, body: Bytes) -> CopyRequest {
+/// the mirror's header rules applied and the Host suffixed; the request's
+/// trailers, when it had some, follow the body (announced in `Trailer`,
+/// the body then sent without `Content-Length`).
+fn copy_request(mirror: &Mirror, head: &MirrorHead, copy: TeeCopy) -> CopyRequest {
+    let TeeCopy { body, trailers } = copy;
     let cfg = &mirror.config;
     let mut headers = head.headers.clone();
     for name in &cfg.remove_headers {
@@ -414,15 +416,34 @@ fn copy_request(mirror: &Mirror, head: &MirrorHead, body: Bytes) -> CopyRequest 
     if let Ok(v) = HeaderValue::from_str(&authority) {
         headers.insert(http::header::HOST, v);
     }
-    if !body.is_empty() || headers.contains_key(http::header::CONTENT_LENGTH) {
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.remove(http::header::TRAILER);
+    match trailers.as_deref().and_then(|t| trailer_names(t.fields())) {
+        Some(names) => {
+            headers.remove(http::header::CONTENT_LENGTH);
+            headers.insert(http::header::TRAILER, names);
+        }
+        None => {
+            if !body.is_empty() || headers.contains_key(http::header::CONTENT_LENGTH) {
+                headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            }
+        }
     }
     CopyRequest {
         method: head.method.clone(),
         uri: head.uri.clone(),
         headers,
         body,
+        trailers,
     }
+}
+
+/// The `Trailer` field naming `fields` (each name once), `None` when empty.
+fn trailer_names(fields: &HeaderMap) -> Option<HeaderValue> {
+    let names: Vec<&str> = fields.keys().map(|n| n.as_str()).collect();
+    if names.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&names.join(", ")).ok()
 }
 
 fn classify_upstream(e: UpstreamError) -> MirrorErrorKind {

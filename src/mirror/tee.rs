@@ -7,6 +7,11 @@
 //! buffered (chunk by chunk as it grows); when the budget cannot take them
 //! the copy is abandoned the same way (`Memory`). The reservation travels
 //! with the copy's `Bytes` and is returned when the last copy is done.
+//!
+//! A body that ends in trailers hands the trailer fields over with the
+//! copy (those a sender may put in a trailer section: framing, routing,
+//! hop-by-hop and similar fields are dropped, RFC 9110 §6.5.1); their bytes
+//! are reserved from the same budget and travel with them.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,7 +22,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
-use super::budget::{BoundedBuf, BufRefused, MemoryBudget};
+use http::{HeaderMap, HeaderName};
+
+use super::budget::{BoundedBuf, BufRefused, MemoryBudget, Reservation};
 use crate::body::{is_body_too_large, BoxError, ClientBody};
 
 /// Why the mirrors got no body.
@@ -31,8 +38,105 @@ pub enum TeeFailure {
     Memory,
 }
 
+/// The request's trailer fields kept for the mirrors; their bytes stay
+/// reserved from the shadow memory budget until the last copy is done.
+#[derive(Debug)]
+pub struct Trailers {
+    fields: HeaderMap,
+    _reservation: Reservation,
+}
+
+impl Trailers {
+    pub fn fields(&self) -> &HeaderMap {
+        &self.fields
+    }
+}
+
+/// Per-field overhead counted for kept trailers (the map's own entry).
+const TRAILER_FIELD_OVERHEAD: usize = 32;
+
+/// What the mirrors get of a complete body: its bytes and its trailers.
+#[derive(Debug, Clone, Default)]
+pub struct TeeCopy {
+    pub body: Bytes,
+    /// `None` when the body ended without (sendable) trailer fields.
+    pub trailers: Option<Arc<Trailers>>,
+}
+
+impl TeeCopy {
+    pub fn body_only(body: Bytes) -> Self {
+        TeeCopy {
+            body,
+            trailers: None,
+        }
+    }
+}
+
 /// What the mirror task receives: the whole body, or why not.
-pub type TeeResult = Result<Bytes, TeeFailure>;
+pub type TeeResult = Result<TeeCopy, TeeFailure>;
+
+/// Whether `name` may travel in a copy's trailer section. Fields that frame
+/// or route the message, hop-by-hop fields, request modifiers,
+/// authentication and content metadata must not (RFC 9110 §6.5.1); a copy
+/// never sends them as trailers.
+pub fn may_be_trailer(name: &HeaderName) -> bool {
+    const NOT_IN_TRAILERS: &[&str] = &[
+        "content-length",
+        "transfer-encoding",
+        "trailer",
+        "host",
+        "te",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "expect",
+        "max-forwards",
+        "cache-control",
+        "pragma",
+        "range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "if-range",
+        "authorization",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "www-authenticate",
+        "cookie",
+        "set-cookie",
+        "content-encoding",
+        "content-type",
+        "content-range",
+    ];
+    !NOT_IN_TRAILERS.contains(&name.as_str())
+}
+
+/// Keeps the sendable fields of `trailers`, their bytes reserved from
+/// `memory`: `Ok(None)` when none is left, `Err` when the budget refuses.
+fn keep_trailers(
+    memory: &Arc<MemoryBudget>,
+    trailers: &HeaderMap,
+) -> Result<Option<Arc<Trailers>>, TeeFailure> {
+    let mut fields = HeaderMap::new();
+    let mut bytes = 0usize;
+    for (name, value) in trailers {
+        if may_be_trailer(name) {
+            bytes =
+                bytes.saturating_add(name.as_str().len() + value.len() + TRAILER_FIELD_OVERHEAD);
+            fields.append(name.clone(), value.clone());
+        }
+    }
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let reservation = memory.reserve(bytes).ok_or(TeeFailure::Memory)?;
+    Ok(Some(Arc::new(Trailers {
+        fields,
+        _reservation: reservation,
+    })))
+}
 
 pin_project_lite::pin_project! {
     /// A request body that copies what passes through it, up to a cap.
@@ -40,6 +144,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: ClientBody,
         copy: BoundedBuf,
+        memory: Arc<MemoryBudget>,
         done: Option<oneshot::Sender<TeeResult>>,
     }
 }
@@ -67,7 +172,16 @@ impl TeeBody {
                 (BoundedBuf::empty(memory, cap), None)
             }
         };
-        (TeeBody { inner, copy, done }, rx)
+        let memory = memory.clone();
+        (
+            TeeBody {
+                inner,
+                copy,
+                memory,
+                done,
+            },
+            rx,
+        )
     }
 }
 
@@ -100,13 +214,19 @@ impl Body for TeeBody {
                             let _ = tx.send(Err(failure));
                         }
                     }
-                } else if frame.is_trailers() {
+                } else if let Some(trailers) = frame.trailers_ref() {
                     // Trailers end the body: hyper's client sends them as the
                     // last frame and never polls again, so the end (`None`)
                     // is never seen. Before, such a complete body was
-                    // counted `body_incomplete` and never mirrored.
+                    // counted `body_incomplete` and never mirrored. The
+                    // trailers go to the mirrors with the body.
                     if let Some(tx) = this.done.take() {
-                        let _ = tx.send(Ok(this.copy.take().freeze()));
+                        let copy = this.copy.take();
+                        let result = keep_trailers(this.memory, trailers).map(|trailers| TeeCopy {
+                            body: copy.freeze(),
+                            trailers,
+                        });
+                        let _ = tx.send(result);
                     }
                 }
             }
@@ -124,7 +244,7 @@ impl Body for TeeBody {
             }
             Poll::Ready(None) => {
                 if let Some(tx) = this.done.take() {
-                    let _ = tx.send(Ok(this.copy.take().freeze()));
+                    let _ = tx.send(Ok(TeeCopy::body_only(this.copy.take().freeze())));
                 }
             }
             Poll::Pending => {}
@@ -133,7 +253,7 @@ impl Body for TeeBody {
         // copy as soon as the last data frame has passed.
         if this.inner.is_end_stream() {
             if let Some(tx) = this.done.take() {
-                let _ = tx.send(Ok(this.copy.take().freeze()));
+                let _ = tx.send(Ok(TeeCopy::body_only(this.copy.take().freeze())));
             }
         }
         polled

@@ -510,13 +510,25 @@ impl Backend {
     ) -> Result<Answered, UpstreamError> {
         let endpoint = &self.endpoints[idx];
         let target = copy.uri.path_and_query().map_or("/", |p| p.as_str());
-        let head = wire::request_head(&copy.method, target, &copy.headers);
+        let (head, tail) = match &copy.trailers {
+            Some(t) => wire::chunked_request(
+                &copy.method,
+                target,
+                &copy.headers,
+                copy.body.len(),
+                t.fields(),
+            ),
+            None => (
+                wire::request_head(&copy.method, target, &copy.headers),
+                Vec::new(),
+            ),
+        };
         let (mut stream, mut reused) = match endpoint.idle.take(IDLE_TIMEOUT) {
             Some(s) => (s, true),
             None => (self.connect_wire(idx).await?, false),
         };
         loop {
-            match wire::exchange(&mut stream, &head, &copy.body, &copy.method, sink).await {
+            match wire::exchange(&mut stream, &head, &copy.body, &tail, &copy.method, sink).await {
                 Ok(answered) => {
                     if answered.reusable {
                         endpoint
@@ -763,11 +775,18 @@ pub struct CopyRequest {
     /// Every field to send, `Host` and `Content-Length` included.
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// The request's trailer fields, sent after the body (then chunked
+    /// over HTTP/1.1); `Trailer` in `headers` names them.
+    pub trailers: Option<std::sync::Arc<crate::mirror::tee::Trailers>>,
 }
 
 impl CopyRequest {
     fn into_request(self) -> Request<UpstreamBody> {
-        let mut req = Request::new(UpstreamBody::buffered(self.body));
+        let body = match &self.trailers {
+            Some(t) => UpstreamBody::with_trailers(self.body, t.fields().clone()),
+            None => UpstreamBody::buffered(self.body),
+        };
+        let mut req = Request::new(body);
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.headers_mut() = self.headers;

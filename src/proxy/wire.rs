@@ -119,17 +119,77 @@ pub fn request_head(method: &Method, target: &str, headers: &HeaderMap) -> Vec<u
     out
 }
 
-/// Sends one request (`head` from [`request_head`], then `body`, in one
-/// vectored write where the stream allows) and reads the whole answer into
-/// `sink`.
+/// The request of a copy whose body ends in trailer fields: the head (from
+/// `headers` without their framing fields, plus `Transfer-Encoding:
+/// chunked` and a `Trailer` field naming the trailers) with the first chunk
+/// line, and what follows the body: the last chunk and the trailer section.
+/// Fields that must not be trailers are left out (RFC 9110 §6.5.1). Send
+/// with [`exchange`] as `head`, body, `tail`.
+pub fn chunked_request(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body_len: usize,
+    trailers: &HeaderMap,
+) -> (Vec<u8>, Vec<u8>) {
+    let sendable = || {
+        trailers
+            .iter()
+            .filter(|(n, _)| crate::mirror::tee::may_be_trailer(n))
+    };
+    let mut fields = headers.clone();
+    for framing in [
+        http::header::CONTENT_LENGTH,
+        http::header::TRANSFER_ENCODING,
+        http::header::TRAILER,
+    ] {
+        fields.remove(framing);
+    }
+    fields.insert(
+        http::header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in sendable() {
+        if !names.contains(&name.as_str()) {
+            names.push(name.as_str());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+        if !names.is_empty() {
+            fields.insert(http::header::TRAILER, v);
+        }
+    }
+    let mut head = request_head(method, target, &fields);
+    let mut tail = Vec::new();
+    if body_len > 0 {
+        head.extend_from_slice(format!("{body_len:x}\r\n").as_bytes());
+        tail.extend_from_slice(b"\r\n");
+    }
+    tail.extend_from_slice(b"0\r\n");
+    for (name, value) in sendable() {
+        tail.extend_from_slice(name.as_str().as_bytes());
+        tail.extend_from_slice(b": ");
+        tail.extend_from_slice(value.as_bytes());
+        tail.extend_from_slice(b"\r\n");
+    }
+    tail.extend_from_slice(b"\r\n");
+    (head, tail)
+}
+
+/// Sends one request (`head` from [`request_head`], then `body`, then
+/// `tail` — empty, or the end of a chunked body from [`chunked_request`] —
+/// in one vectored write where the stream allows) and reads the whole
+/// answer into `sink`.
 pub async fn exchange<S: Io>(
     stream: &mut S,
     head: &[u8],
     body: &Bytes,
+    tail: &[u8],
     method: &Method,
     sink: &mut (dyn Sink + Send),
 ) -> Result<Answered, WireError> {
-    let mut out = Buf::chain(head, &body[..]);
+    let mut out = Buf::chain(head, &body[..]).chain(tail);
     stream
         .write_all_buf(&mut out)
         .await
@@ -656,6 +716,7 @@ pub fn replay(answer: &[u8], step: usize, head_request: bool, want_headers: bool
             &mut feed,
             &head,
             &Bytes::new(),
+            &[],
             &method,
             &mut seen,
         )),
@@ -784,7 +845,7 @@ mod tests {
             want: true,
             ..Default::default()
         };
-        let r = exchange(&mut stream, &head, &Bytes::new(), &method, &mut sink).await;
+        let r = exchange(&mut stream, &head, &Bytes::new(), &[], &method, &mut sink).await;
         (r, sink)
     }
 
@@ -954,9 +1015,16 @@ mod tests {
         .await;
         let head = request_head(&Method::GET, "/", &HeaderMap::new());
         let mut sink = Collect::default();
-        exchange(&mut stream, &head, &Bytes::new(), &Method::GET, &mut sink)
-            .await
-            .unwrap();
+        exchange(
+            &mut stream,
+            &head,
+            &Bytes::new(),
+            &[],
+            &Method::GET,
+            &mut sink,
+        )
+        .await
+        .unwrap();
         assert!(sink.headers.is_empty());
         assert_eq!(sink.status, Some(StatusCode::OK));
     }

@@ -27,6 +27,8 @@ pub struct Recorded {
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The request's trailer fields, when its body ended with some.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Recorded {
@@ -136,16 +138,19 @@ impl TestBackend {
                         );
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
+                            let (body, trailers) = match body.collect().await {
+                                Ok(c) => {
+                                    let trailers = c.trailers().cloned();
+                                    (c.to_bytes(), trailers)
+                                }
+                                Err(_) => (Bytes::new(), None),
+                            };
                             let rec = Recorded {
                                 method: parts.method,
                                 uri: parts.uri,
                                 headers: parts.headers,
                                 body,
+                                trailers,
                             };
                             let host = rec.header("host").unwrap_or("").to_string();
                             counter.fetch_add(1, Ordering::SeqCst);
