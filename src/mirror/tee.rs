@@ -267,3 +267,33 @@ impl Body for TeeBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn kept_trailers_are_sendable_and_budgeted() {
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", HeaderValue::from_static("42"));
+        t.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("9"));
+        t.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        let memory = MemoryBudget::new(1000, None);
+        let kept = keep_trailers(&memory, &t).unwrap().unwrap();
+        assert_eq!(kept.fields().len(), 1);
+        assert_eq!(kept.fields()["x-sum"], "42");
+        assert_eq!(memory.in_use(), 5 + 2 + TRAILER_FIELD_OVERHEAD);
+        drop(kept);
+        assert_eq!(memory.in_use(), 0);
+
+        let only_framing: HeaderMap = [(http::header::HOST, HeaderValue::from_static("h"))]
+            .into_iter()
+            .collect();
+        assert!(keep_trailers(&memory, &only_framing).unwrap().is_none());
+
+        let tiny = MemoryBudget::new(10, None);
+        assert_eq!(keep_trailers(&tiny, &t).unwrap_err(), TeeFailure::Memory);
+        assert_eq!(tiny.in_use(), 0);
+    }
+}

@@ -1005,6 +1005,29 @@ mod tests {
         assert!(!a.reusable);
     }
 
+    #[test]
+    fn a_copy_with_trailers_is_chunked_and_names_them() {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, HeaderValue::from_static("app-shadow"));
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", HeaderValue::from_static("42"));
+        trailers.insert(http::header::HOST, HeaderValue::from_static("evil"));
+        trailers.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("9"));
+        let (head, tail) = chunked_request(&Method::POST, "/t", &headers, 5, &trailers);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "POST /t HTTP/1.1\r\nhost: app-shadow\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n5\r\n"
+        );
+        assert_eq!(
+            String::from_utf8(tail).unwrap(),
+            "\r\n0\r\nx-sum: 42\r\n\r\n"
+        );
+        let (head, tail) = chunked_request(&Method::POST, "/t", &headers, 0, &trailers);
+        assert!(head.ends_with(b"trailer: x-sum\r\n\r\n"));
+        assert_eq!(&tail[..], b"0\r\nx-sum: 42\r\n\r\n");
+    }
+
     #[tokio::test]
     async fn headers_are_built_only_when_wanted() {
         let (mut stream, _server) = serve(
