@@ -77,6 +77,25 @@ async fn traffic_with(
     bodies
 }
 
+/// The route's promotion status once its window counts `n` requests on
+/// both sides (bounded): the primary's request is recorded when its body
+/// ends, which can be just after the client has read the answer.
+async fn promotion_after(proxy: &Running, route: &str, n: u64) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = promotion(proxy, route).await;
+        let counted = |side: &str| s["judgement"][side].as_u64().unwrap_or(0) >= n;
+        if counted("baseline_requests") && counted("candidate_requests") {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{route}: fewer than {n} requests counted on a side: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (bounded) until the mirror `backend` of `route` has `n` compared pairs.
 async fn compared(proxy: &Running, route: &str, backend: &str, n: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -268,7 +287,7 @@ async fn opting_out_is_explicit_and_visible() {
     traffic(&proxy, "cart", 10, 10).await;
     mirrors_settled(&proxy).await;
 
-    let s = promotion(&proxy, "shop").await;
+    let s = promotion_after(&proxy, "shop", 10).await;
     assert_eq!(s["configured"], true);
     assert_eq!(s["judgement"]["gates"], serde_json::json!([]), "{s}");
     assert_eq!(
@@ -279,7 +298,7 @@ async fn opting_out_is_explicit_and_visible() {
         s["verdict"], "ready",
         "every gate off, as written, despite the differences: {s}"
     );
-    let c = promotion(&proxy, "cart").await;
+    let c = promotion_after(&proxy, "cart", 10).await;
     assert_eq!(gate_names(&c, "gates"), ["error_rate_delta"]);
     assert_eq!(gate(&c, "error_rate_delta")["source"], "default");
     assert_eq!(gate_names(&c, "off"), ["p99_ratio", "diff_rate"]);
