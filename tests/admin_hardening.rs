@@ -67,22 +67,7 @@ impl Proxy {
             .spawn()
             .unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let (listen, admin) = loop {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "the proxy ended before serving"
-            );
-            if line.contains("shadowgate is serving") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let listen = v["listen"].as_str().unwrap();
-                let listen = listen.trim_matches(|c| c == '[' || c == ']');
-                break (
-                    listen.parse().unwrap(),
-                    v["admin"].as_str().unwrap().parse().unwrap(),
-                );
-            }
-        };
+        let (listen, admin) = serving_addrs(&mut stderr);
         let lines = |r: Box<dyn std::io::Read + Send>| {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
@@ -202,20 +187,29 @@ fn write_config(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
 
 // ---- #19.1: the admin port cannot take the proxy's descriptors ----
 
+/// A config file in `dir`: one route to `v1`, no watch, no access log,
+/// the given `header_read_timeout`.
+fn one_route_config(
+    dir: &std::path::Path,
+    v1: std::net::SocketAddr,
+    header_read_timeout: &str,
+) -> std::path::PathBuf {
+    write_config(
+        dir,
+        "shadowgate.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\nwatch_interval: 0s\nlimits: {{ header_read_timeout: {header_read_timeout} }}\nbackends: {{ v1: {{ endpoints: [\"{v1}\"] }} }}\nroutes: [{{ name: r, backend: v1 }}]\n"
+        ),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_admin_connections_never_starve_the_proxy_and_are_closed_after_the_header_timeout() {
     // The test process holds 1500 sockets itself.
     shadowgate::process::prepare_file_descriptors(shadowgate::process::FD_TABLE_SLOTS);
     let v1 = TestBackend::new().body("v1").spawn().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = write_config(
-        dir.path(),
-        "shadowgate.yaml",
-        &format!(
-            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\nwatch_interval: 0s\nlimits: {{ header_read_timeout: 1s }}\nbackends: {{ v1: {{ endpoints: [\"{}\"] }} }}\nroutes: [{{ name: r, backend: v1 }}]\n",
-            v1.addr
-        ),
-    );
+    let file = one_route_config(dir.path(), v1.addr, "1s");
     // 1024 descriptors: 1500 idle admin connections would take them all.
     let proxy = Proxy::start(&file, Some(1024), false);
     let started = Instant::now();
@@ -262,14 +256,7 @@ async fn the_proxy_listener_backs_off_on_emfile_without_spinning_and_recovers() 
     shadowgate::process::prepare_file_descriptors(shadowgate::process::FD_TABLE_SLOTS);
     let v1 = TestBackend::new().body("v1").spawn().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = write_config(
-        dir.path(),
-        "shadowgate.yaml",
-        &format!(
-            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\nwatch_interval: 0s\nlimits: {{ header_read_timeout: 30s }}\nbackends: {{ v1: {{ endpoints: [\"{}\"] }} }}\nroutes: [{{ name: r, backend: v1 }}]\n",
-            v1.addr
-        ),
-    );
+    let file = one_route_config(dir.path(), v1.addr, "30s");
     let proxy = Proxy::start(&file, Some(256), false);
     // More idle client connections than the proxy has descriptors.
     let t = Instant::now();

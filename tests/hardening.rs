@@ -40,22 +40,7 @@ impl Proxy {
             .spawn()
             .unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let (listen, admin) = loop {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "the proxy ended before serving"
-            );
-            if line.contains("shadowgate is serving") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let listen = v["listen"].as_str().unwrap();
-                let listen = listen.trim_matches(|c| c == '[' || c == ']');
-                break (
-                    listen.parse().unwrap(),
-                    v["admin"].as_str().unwrap().parse().unwrap(),
-                );
-            }
-        };
+        let (listen, admin) = serving_addrs(&mut stderr);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {

@@ -1020,3 +1020,25 @@ pub async fn try_get(
         .await
         .unwrap_or(Err(Failure::TimedOut))
 }
+
+/// Reads a `shadowgate run` child's stderr up to the "serving" log line and
+/// returns the addresses it names: (listen, admin).
+pub fn serving_addrs(stderr: &mut impl std::io::BufRead) -> (SocketAddr, SocketAddr) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the proxy ended before serving"
+        );
+        if line.contains("shadowgate is serving") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let listen = v["listen"].as_str().unwrap();
+            let listen = listen.trim_matches(|c| c == '[' || c == ']');
+            return (
+                listen.parse().unwrap(),
+                v["admin"].as_str().unwrap().parse().unwrap(),
+            );
+        }
+    }
+}
