@@ -41,8 +41,14 @@ def ports(base):
 
 
 def config(path, port, row, shadow_memory):
-    mirror = ("{ backend: v2, percent: 100, compare: true, timeout: 5s }" if row == "compare"
-              else "{ backend: v2, percent: 100, timeout: 5s, max_body_bytes: 2MiB }")
+    if row.endswith("-plain"):
+        mirrors = ""
+    elif row == "get-mirror":
+        mirrors = "    mirrors: [{ backend: v2, percent: 100, timeout: 5s }]\n"
+    elif row == "compare":
+        mirrors = "    mirrors: [{ backend: v2, percent: 100, compare: true, timeout: 5s }]\n"
+    else:
+        mirrors = "    mirrors: [{ backend: v2, percent: 100, timeout: 5s, max_body_bytes: 2MiB }]\n"
     with open(path, "w") as f:
         f.write(
             f"listen: {HOST}:{port['sg']}\nadmin: {HOST}:{port['sg_admin']}\naccess_log: off\nstore: memory\n"
@@ -51,7 +57,7 @@ def config(path, port, row, shadow_memory):
             f"  v1: {{ endpoints: [\"{HOST}:{port['v1']}\"] }}\n"
             f"  v2: {{ endpoints: [\"{HOST}:{port['v2']}\"] }}\n"
             "routes:\n  - name: bench\n    backend: v1\n"
-            f"    mirrors: [{mirror}]\n"
+            + mirrors
         )
 
 
@@ -82,7 +88,8 @@ def rss_mib(pid):
 
 def run_row(procs, sg, run_dir, port, row, a):
     seconds = driver.duration_s(a.duration)
-    v2_mode = ["--mode", "blackhole"] if row == "post" else ["--json", "--body-bytes", "1000200"]
+    post = row.startswith("post")
+    v2_mode = ["--mode", "blackhole"] if post else ["--json", "--body-bytes", "1000200"]
     v1 = procs.start(f"{row}-v1", [sg, "bench-backend", "--listen", f"{HOST}:{port['v1']}",
                                    "--json", "--body-bytes", "1000000"])
     v2 = procs.start(f"{row}-v2", [sg, "bench-backend", "--listen", f"{HOST}:{port['v2']}"] + v2_mode)
@@ -101,7 +108,7 @@ def run_row(procs, sg, run_dir, port, row, a):
     r = {"baseline": rss_mib(proxy.pid)}
     argv = ["wrk", "-t2", f"-c{a.connections}", f"-d{int(seconds)}s", "--latency"]
     env = None
-    if row == "post":
+    if post:
         argv += ["-s", os.path.join(ROOT, "bench", "post.lua")]
         env = {"BENCH_BODY_BYTES": str(MIB)}
     argv.append(f"http://{HOST}:{port['sg']}/bench")
