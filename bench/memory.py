@@ -11,6 +11,12 @@ Two rows, each on a fresh shadowgate (release build):
   post      POST with 1 MiB bodies, mirrored to a black-hole v2 (accepts,
             never answers): every copy's body is held until its timeout.
 
+and, for comparison, the same loads with no mirror (`get-plain`,
+`post-plain`: what the primary path alone holds) or a mirror that does not
+compare (`get-mirror`). The budget holds when a row's peak RSS stays under
+its idle RSS plus `--shadow-memory` (buffers take three quarters of it, the
+comparison workers' trees the rest).
+
 For each row: RSS of the proxy when idle (baseline), the peak RSS and the
 peak of `shadowgate_shadow_memory_bytes` during `--duration` of
 `wrk -c<connections>`, and RSS at 5 s and 20 s after the load; copies
@@ -34,6 +40,15 @@ import driver  # noqa: E402  (shared helpers: processes, wrk parsing, metrics pa
 HOST = driver.HOST
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
+
+
+def parse_mib(size):
+    """'128MiB' -> 128.0 (MiB, KiB and GiB as the config reads them)."""
+    units = {"KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0}
+    for unit, factor in units.items():
+        if size.endswith(unit):
+            return float(size[: -len(unit)]) * factor
+    return float(size) / MIB
 
 
 def ports(base):
@@ -150,7 +165,7 @@ def main(argv):
     p.add_argument("--duration", default="25s")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--shadow-memory", default="128MiB")
-    p.add_argument("--rows", default="compare,post")
+    p.add_argument("--rows", default="compare,post,get-plain,post-plain")
     p.add_argument("--port-base", type=int, default=28000)
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "shadowgate"))
     p.add_argument("--proxy-env", action="append", default=[], metavar="KEY=VALUE",
@@ -172,13 +187,15 @@ def main(argv):
         procs.stop_all()
 
     lines = [
-        "| row | RSS idle | RSS peak | gauge peak | RSS +5 s | RSS +20 s | gauge after | req/s | non-2xx "
+        "| row | RSS idle | RSS peak | idle + budget | gauge peak | RSS +5 s | RSS +20 s | gauge after | req/s | non-2xx "
         "| copies dropped (memory) | comparisons refused (memory) | compared |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
+    budget_mib = parse_mib(a.shadow_memory)
     for row, r in results.items():
         lines.append(
-            f"| {row} | {r['baseline']:.0f} MiB | {r['peak']:.0f} MiB | {r['gauge_peak']:.0f} MiB "
+            f"| {row} | {r['baseline']:.0f} MiB | {r['peak']:.0f} MiB "
+            f"| {r['baseline'] + budget_mib:.0f} MiB | {r['gauge_peak']:.0f} MiB "
             f"| {r['after5']:.0f} MiB | {r['after20']:.0f} MiB | {r['gauge_after']:.0f} MiB "
             f"| {r['rps'] or 0:,.0f} | {r['non2xx']:.0f} | {r['dropped_memory']:,.0f} | {r['compare_memory']:,.0f} "
             f"| {r['compared']:,.0f} |")
@@ -194,7 +211,9 @@ def main(argv):
                    f"`bench/memory.py --duration {a.duration} --connections {a.connections} "
                    f"--shadow-memory {a.shadow_memory}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
                    "`compare`: GET, mirror 100% with `compare: true`, ~1 MB JSON answers that differ; "
-                   "`post`: 1 MiB POST bodies mirrored to a black-hole v2 (copy timeout 5 s). "
+                   "`post`: 1 MiB POST bodies mirrored to a black-hole v2 (copy timeout 5 s); "
+                   "`get-plain`, `post-plain`: the same loads with no mirror. "
+                   "The budget holds when the peak stays under idle + budget. "
                    "RSS of the proxy process; the gauge is `shadowgate_shadow_memory_bytes`.\n\n"
                    f"{table}\n{end}")
         if start in text:

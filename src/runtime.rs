@@ -422,6 +422,7 @@ impl Shared {
             &runtime.config.comparison,
             telemetry.metrics.clone(),
             &store,
+            &runtime.memory,
         );
         use_route_noise(&comparison, &runtime.config);
         Arc::new(Shared {

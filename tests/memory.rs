@@ -242,3 +242,102 @@ async fn a_copy_waiting_for_a_trickling_body_is_cut_by_the_mirror_timeout() {
     assert_eq!(shadow.received(), 0, "the copy was sent after its timeout");
     proxy.shutdown().await;
 }
+
+/// A JSON list of `n` small objects; the first one's name is `first`.
+fn json_list(n: usize, first: &str) -> Bytes {
+    let items: Vec<String> = (0..n)
+        .map(|i| {
+            let name = if i == 0 {
+                first.to_string()
+            } else {
+                format!("item-{i}")
+            };
+            format!(r#"{{"id":{i},"name":"{name}"}}"#)
+        })
+        .collect();
+    Bytes::from(format!("[{}]", items.join(",")))
+}
+
+/// The fields of route `r`'s first endpoint after one compared pair.
+async fn fields_after_one_pair(
+    shadow_memory: &str,
+    v1: &BackendHandle,
+    v2: &BackendHandle,
+) -> String {
+    let cfg = format!(
+        "limits: {{ shadow_memory: {shadow_memory} }}\n{}",
+        shadow_config(v1.addr, &[(v2.addr, ", compare: true")])
+    );
+    let proxy = start_proxy(&cfg).await;
+    burst(proxy.listen_addrs[0], 1, Method::GET, Bytes::new()).await;
+    let report = compared(&proxy, "r", 1).await;
+    let fields = report["endpoints"][0]["fields"].to_string();
+    memory_returns_to_zero(&proxy).await;
+    proxy.shutdown().await;
+    fields
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_trees_larger_than_the_workers_share_are_compared_by_digest() {
+    // ~100 KB documents whose trees take several times that: they fit a
+    // 2 MiB budget's buffers (1.5 MiB) but not its workers' share (512 KiB).
+    let v1 = TestBackend::new()
+        .header("content-type", "application/json")
+        .body(json_list(3000, "a"))
+        .spawn()
+        .await;
+    let v2 = TestBackend::new()
+        .header("content-type", "application/json")
+        .body(json_list(3000, "b"))
+        .spawn()
+        .await;
+    let roomy = fields_after_one_pair("64MiB", &v1, &v2).await;
+    assert!(
+        roomy.contains(r#""$[*].name""#),
+        "compared structurally with room: {roomy}"
+    );
+    let tight = fields_after_one_pair("2MiB", &v1, &v2).await;
+    assert!(
+        tight.contains(r#""path":"body""#) && !tight.contains("$["),
+        "compared by digest past the share: {tight}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_answer_heads_are_read_into_a_bounded_buffer() {
+    // An HTTP/1.1 upstream connection buffers about 64 KiB while reading
+    // (not hyper's ~400 KiB, which let 64 connections hold 68 MiB in
+    // bench/memory.py): a 60 KiB head passes untouched, a 200 KiB one is a
+    // clear 502 (one read may take a little more than 64 KiB, so heads just
+    // over it can still pass).
+    let fits: &'static str = Box::leak("f".repeat(60 * 1024).into_boxed_str());
+    let over: &'static str = Box::leak("o".repeat(200 * 1024).into_boxed_str());
+    for (value, status) in [(fits, 200), (over, 502)] {
+        let v1 = TestBackend::new().header("x-big", value).spawn().await;
+        let proxy = start_proxy(&shadow_config(v1.addr, &[])).await;
+        let a = send(
+            &client(),
+            proxy.listen_addrs[0],
+            Method::GET,
+            "app",
+            "/x",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(
+            a.status,
+            status,
+            "{} byte header ({:?} arrived): {}",
+            value.len(),
+            a.headers.get("x-big").map(|v| v.len()),
+            a.text()
+        );
+        if status == 200 {
+            assert_eq!(a.headers["x-big"].len(), value.len());
+        } else {
+            assert!(a.text().starts_with('{'), "a short JSON body: {}", a.text());
+        }
+        proxy.shutdown().await;
+    }
+}

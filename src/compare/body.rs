@@ -9,7 +9,7 @@ use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use super::json;
+use super::json::{self, ParseError, TreeMeter};
 use super::outcome::{render_bytes, sides, BodyMode, Captured, DiffKind, Difference, Sink};
 use super::rules::CompareRules;
 
@@ -198,13 +198,16 @@ fn note(notes: &mut Vec<String>, text: String) {
     }
 }
 
-/// Compares two (complete) bodies into `sink`.
+/// Compares two (complete) bodies into `sink`. What the comparison
+/// allocates beyond the bodies themselves (decoded copies, JSON trees) is
+/// counted by `meter`; past it, the bodies are compared by digest.
 pub(crate) fn compare_bodies(
     primary: &Captured,
     other: &Captured,
     rules: &CompareRules,
     sink: &mut Sink,
     notes: &mut Vec<String>,
+    meter: &TreeMeter,
 ) -> BodyResult {
     let kind = kind_of(&primary.headers)
         .or_else(|| kind_of(&other.headers))
@@ -227,9 +230,17 @@ pub(crate) fn compare_bodies(
         };
     }
 
-    let limit = rules.limits().max_decoded_bytes;
+    // A decoded copy is new memory: at most what the meter has left.
+    let limit = rules.limits().max_decoded_bytes.min(meter.left());
     let a = decode_body(&primary.headers, &primary.body, limit);
     let b = decode_body(&other.headers, &other.body, limit);
+    for (decoded, raw) in [(&a, &primary.body), (&b, &other.body)] {
+        if let Ok(d) = decoded {
+            if d.bytes.as_ptr() != raw.as_ptr() {
+                meter.count(d.bytes.len());
+            }
+        }
+    }
     let (a, b) = match (a, b) {
         (Ok(a), Ok(b)) => (a, b),
         (a, b) => {
@@ -275,12 +286,22 @@ pub(crate) fn compare_bodies(
                 rules.limits().max_json_values,
             );
             match (
-                json::parse(&a.bytes, depth, values),
-                json::parse(&b.bytes, depth, values),
+                json::parse(&a.bytes, depth, values, meter),
+                json::parse(&b.bytes, depth, values, meter),
             ) {
                 (Ok(x), Ok(y)) => {
                     json::diff(&x, &y, rules, sink);
                     BodyMode::Json
+                }
+                (Err(ParseError::Memory), _) | (_, Err(ParseError::Memory)) => {
+                    note(
+                        notes,
+                        "the JSON trees need more memory than the comparison workers' \
+                         share of limits.shadow_memory; compared by digest"
+                            .to_string(),
+                    );
+                    digest_diff(&a.bytes, &b.bytes, sink);
+                    BodyMode::Digest
                 }
                 (x, y) => {
                     let text = std::str::from_utf8(&a.bytes).is_ok()

@@ -68,25 +68,123 @@ impl Num {
     }
 }
 
+/// Why a document was not turned into a tree.
+#[derive(Debug)]
+pub(crate) enum ParseError {
+    /// Not JSON (or more than `max_values` values).
+    Json(serde_json::Error),
+    /// The tree would take more than the bytes allowed.
+    Memory,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Json(e) => e.fmt(f),
+            ParseError::Memory => f.write_str("its tree needs more memory than allowed"),
+        }
+    }
+}
+
+/// What one heap allocation costs beyond its bytes (the allocator's
+/// header and rounding), counted so the meter errs on the high side.
+const ALLOC_OVERHEAD: usize = 16;
+
+/// The heap bytes a tree may still take, shared by the documents of one
+/// comparison. Counts what the tree allocates: each string's bytes and
+/// each array's and object's capacity (grown by doubling, as `Vec` does,
+/// but only after the growth is counted).
+#[derive(Debug)]
+pub(crate) struct TreeMeter {
+    left: Cell<usize>,
+    refused: Cell<bool>,
+}
+
+impl TreeMeter {
+    pub(crate) fn new(bytes: usize) -> Self {
+        TreeMeter {
+            left: Cell::new(bytes),
+            refused: Cell::new(false),
+        }
+    }
+
+    /// Counts `bytes` more; false (and marked refused) when they do not fit.
+    fn charge(&self, bytes: usize) -> bool {
+        match self.left.get().checked_sub(bytes) {
+            Some(left) => {
+                self.left.set(left);
+                true
+            }
+            None => {
+                self.refused.set(true);
+                false
+            }
+        }
+    }
+
+    /// Counts `bytes` allocated outside the tree (e.g. a decoded body),
+    /// down to nothing left.
+    pub(crate) fn count(&self, bytes: usize) {
+        self.left.set(self.left.get().saturating_sub(bytes));
+    }
+
+    /// Bytes still allowed.
+    pub(crate) fn left(&self) -> usize {
+        self.left.get()
+    }
+
+    /// Counts a string of `len` bytes (an empty one allocates nothing).
+    fn charge_str<E: serde::de::Error>(&self, len: usize) -> Result<(), E> {
+        if len == 0 || self.charge(len + ALLOC_OVERHEAD) {
+            Ok(())
+        } else {
+            Err(E::custom("tree over its memory allowance"))
+        }
+    }
+
+    /// Makes room for one more element in `items`, counting the growth
+    /// before it is allocated.
+    fn grow<T, E: serde::de::Error>(&self, items: &mut Vec<T>) -> Result<(), E> {
+        if items.len() < items.capacity() {
+            return Ok(());
+        }
+        let old = items.capacity();
+        let new = (old * 2).max(4);
+        let bytes = (new - old) * std::mem::size_of::<T>() + ALLOC_OVERHEAD;
+        if !self.charge(bytes) {
+            return Err(E::custom("tree over its memory allowance"));
+        }
+        items.reserve_exact(new - items.len());
+        Ok(())
+    }
+}
+
 /// Parses a JSON document; containers at depth `max_depth` (the root is at
 /// depth 0) become [`Node::Deep`]. `max_depth` must stay below 128, the
 /// nesting `serde_json` allows. A document with more than `max_values`
-/// values (of any kind) is refused, which bounds the tree's memory.
+/// values (of any kind) is refused, and so is one whose tree would take
+/// more heap than `meter` has left (what it took is counted there).
 pub(crate) fn parse(
     bytes: &[u8],
     max_depth: usize,
     max_values: usize,
-) -> Result<Node, serde_json::Error> {
+    meter: &TreeMeter,
+) -> Result<Node, ParseError> {
     let budget = Cell::new(max_values);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let node = NodeSeed {
+    let parsed = NodeSeed {
         depth: 0,
         max_depth,
         budget: &budget,
+        meter,
     }
-    .deserialize(&mut de)?;
-    de.end()?;
-    Ok(node)
+    .deserialize(&mut de)
+    .and_then(|node| de.end().map(|()| node));
+    match parsed {
+        Ok(node) => Ok(node),
+        Err(_) if meter.refused.get() => Err(ParseError::Memory),
+        Err(e) => Err(ParseError::Json(e)),
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -95,6 +193,8 @@ struct NodeSeed<'b> {
     max_depth: usize,
     /// Values that may still be built.
     budget: &'b Cell<usize>,
+    /// Heap bytes the tree may still take.
+    meter: &'b TreeMeter,
 }
 
 impl NodeSeed<'_> {
@@ -131,6 +231,7 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
                 depth: 0,
                 max_depth: 1,
                 budget: &budget,
+                meter: self.meter,
             }
             .deserialize(&mut de)
             .map_err(serde::de::Error::custom)
@@ -162,10 +263,12 @@ impl<'de> Visitor<'de> for NodeVisitor<'_> {
     fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
         Ok(Node::Num(Num::F(v)))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Node, E> {
+        self.0.meter.charge_str(v.len())?;
         Ok(Node::Str(v.into()))
     }
-    fn visit_string<E>(self, v: String) -> Result<Node, E> {
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Node, E> {
+        self.0.meter.charge_str(v.len())?;
         Ok(Node::Str(v.into_boxed_str()))
     }
 
@@ -173,6 +276,7 @@ impl<'de> Visitor<'de> for NodeVisitor<'_> {
         let child = self.0.child();
         let mut items = Vec::new();
         while let Some(item) = seq.next_element_seed(child)? {
+            self.0.meter.grow(&mut items)?;
             items.push(item);
         }
         Ok(Node::Arr(items))
@@ -181,35 +285,38 @@ impl<'de> Visitor<'de> for NodeVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let child = self.0.child();
         let mut members = Vec::new();
-        while let Some(key) = map.next_key_seed(KeySeed)? {
+        while let Some(key) = map.next_key_seed(KeySeed(self.0.meter))? {
             let value = map.next_value_seed(child)?;
+            self.0.meter.grow(&mut members)?;
             members.push((key, value));
         }
         Ok(Node::Obj(members))
     }
 }
 
-/// Reads a member name straight into a `Box<str>`.
-struct KeySeed;
+/// Reads a member name straight into a `Box<str>`, counted by the meter.
+struct KeySeed<'b>(&'b TreeMeter);
 
-impl<'de> DeserializeSeed<'de> for KeySeed {
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     type Value = Box<str>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Box<str>, D::Error> {
-        deserializer.deserialize_str(KeySeed)
+        deserializer.deserialize_str(self)
     }
 }
 
-impl Visitor<'_> for KeySeed {
+impl Visitor<'_> for KeySeed<'_> {
     type Value = Box<str>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a member name")
     }
-    fn visit_str<E>(self, v: &str) -> Result<Box<str>, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Box<str>, E> {
+        self.0.charge_str(v.len())?;
         Ok(v.into())
     }
-    fn visit_string<E>(self, v: String) -> Result<Box<str>, E> {
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Box<str>, E> {
+        self.0.charge_str(v.len())?;
         Ok(v.into_boxed_str())
     }
 }
@@ -751,8 +858,10 @@ mod tests {
 
     fn run(a: &str, b: &str, rules: &CompareRules) -> (Vec<Difference>, bool) {
         let depth = rules.limits().max_json_depth;
-        let x = parse(a.as_bytes(), depth, 1_000_000).expect("a parses");
-        let y = parse(b.as_bytes(), depth, 1_000_000).expect("b parses");
+        let x =
+            parse(a.as_bytes(), depth, 1_000_000, &TreeMeter::new(usize::MAX)).expect("a parses");
+        let y =
+            parse(b.as_bytes(), depth, 1_000_000, &TreeMeter::new(usize::MAX)).expect("b parses");
         let mut sink = Sink::collect(
             rules.limits().max_differences,
             rules.limits().max_value_chars,
@@ -1135,16 +1244,28 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].path, format!("${}", "[0]".repeat(100)));
         let objects = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
-        let node = parse(objects.as_bytes(), 100, 1_000_000).expect("parses");
+        let node = parse(
+            objects.as_bytes(),
+            100,
+            1_000_000,
+            &TreeMeter::new(usize::MAX),
+        )
+        .expect("parses");
         drop(node);
         // Unbalanced deep garbage is an error, not a crash.
-        assert!(parse("[".repeat(depth).as_bytes(), 100, 1_000_000).is_err());
+        assert!(parse(
+            "[".repeat(depth).as_bytes(),
+            100,
+            1_000_000,
+            &TreeMeter::new(usize::MAX)
+        )
+        .is_err());
     }
 
     #[test]
     fn renderings_are_bounded() {
         let long = format!("{{\"s\":\"{}\"}}", "x".repeat(1000));
-        let node = parse(long.as_bytes(), 10, 100).expect("parses");
+        let node = parse(long.as_bytes(), 10, 100, &TreeMeter::new(usize::MAX)).expect("parses");
         let r = render(&node, 20);
         assert_eq!(r, "{\"s\":\"xxxxxxxxxxxxxx…");
         assert_eq!(
@@ -1157,15 +1278,53 @@ mod tests {
 
     #[test]
     fn parse_errors_and_trailing_garbage() {
-        assert!(parse(b"{\"a\":1} x", 10, 100).is_err());
-        assert!(parse(b"", 10, 100).is_err());
-        assert!(parse(b"  {\"a\":1}  \n", 10, 100).is_ok());
+        assert!(parse(b"{\"a\":1} x", 10, 100, &TreeMeter::new(usize::MAX)).is_err());
+        assert!(parse(b"", 10, 100, &TreeMeter::new(usize::MAX)).is_err());
+        assert!(parse(b"  {\"a\":1}  \n", 10, 100, &TreeMeter::new(usize::MAX)).is_ok());
         // The value budget: the root and its members all count.
-        assert!(parse(b"[1,2,3]", 10, 4).is_ok());
-        let err = parse(b"[1,2,3,4]", 10, 4).expect_err("too many");
+        assert!(parse(b"[1,2,3]", 10, 4, &TreeMeter::new(usize::MAX)).is_ok());
+        let err = parse(b"[1,2,3,4]", 10, 4, &TreeMeter::new(usize::MAX)).expect_err("too many");
         assert_eq!(
             err.to_string(),
             "too many values to compare at line 1 column 7"
         );
+    }
+
+    #[test]
+    fn the_tree_meter_counts_what_the_tree_allocates_and_refuses_past_it() {
+        // 1,000 objects of three members, as an API answers a list.
+        let doc = format!(
+            "[{}]",
+            (0..1000)
+                .map(|i| format!(r#"{{"id":{i},"name":"item-{i}","tags":["a","b"]}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let meter = TreeMeter::new(usize::MAX);
+        parse(doc.as_bytes(), 100, 1_000_000, &meter).expect("parses");
+        let used = usize::MAX - meter.left();
+        // At least the nodes themselves: 1,000 items, 3,000 members, 2,000
+        // tag strings, and every name and string's bytes.
+        let floor = 1000 * size_of::<Node>() + 3000 * size_of::<(Box<str>, Node)>() + 2000 * 32;
+        assert!(used > floor, "counted {used} bytes, floor {floor}");
+        assert!(used > 4 * doc.len(), "a tree costs several times its text");
+        // Just under what it needs: refused for memory, not as bad JSON;
+        // and the meter is shared, so a second document gets only the rest.
+        let meter = TreeMeter::new(used - 1);
+        assert!(matches!(
+            parse(doc.as_bytes(), 100, 1_000_000, &meter),
+            Err(ParseError::Memory)
+        ));
+        let meter = TreeMeter::new(used + used / 2);
+        parse(doc.as_bytes(), 100, 1_000_000, &meter).expect("fits once");
+        assert!(matches!(
+            parse(doc.as_bytes(), 100, 1_000_000, &meter),
+            Err(ParseError::Memory)
+        ));
+        // Bad JSON stays a JSON error.
+        assert!(matches!(
+            parse(b"[1,", 100, 100, &TreeMeter::new(usize::MAX)),
+            Err(ParseError::Json(_))
+        ));
     }
 }

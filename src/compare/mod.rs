@@ -34,7 +34,7 @@ mod template;
 
 pub use body::{body_kind, decode_body, digest, BodyKind, DecodeError, Decoded, MAX_CODINGS};
 pub use noise::{absolute_difference, is_noise, relative_difference, NoiseThresholds, Rate};
-pub use outcome::{compare, BodyMode, Captured, DiffKind, Difference, Outcome};
+pub use outcome::{compare, compare_within, BodyMode, Captured, DiffKind, Difference, Outcome};
 pub use redact::{Redactor, REDACTED, REDACTED_DIFFERENT};
 pub use report::{render_route, ReportOptions};
 pub use rules::{CompareLimits, CompareRules, RulesConfig, RulesError, DEFAULT_IGNORED_HEADERS};

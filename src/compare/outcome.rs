@@ -109,6 +109,18 @@ impl Outcome {
 /// (the other's when the primary has none). Never panics, never does I/O;
 /// the work is bounded by [`CompareRules::limits`].
 pub fn compare(primary: &Captured, other: &Captured, rules: &CompareRules) -> Outcome {
+    compare_within(primary, other, rules, usize::MAX)
+}
+
+/// [`compare`] with at most `work_bytes` of memory allocated beyond the
+/// two bodies (decoded copies, JSON trees); bodies that would need more are
+/// compared by digest, with a note saying so.
+pub fn compare_within(
+    primary: &Captured,
+    other: &Captured,
+    rules: &CompareRules,
+    work_bytes: usize,
+) -> Outcome {
     let limits = rules.limits();
     let mut sink = Sink::collect(limits.max_differences, limits.max_value_chars);
     if primary.status != other.status {
@@ -129,7 +141,8 @@ pub fn compare(primary: &Captured, other: &Captured, rules: &CompareRules) -> Ou
         ));
         (BodyMode::NotCompared, true)
     } else {
-        let result = body::compare_bodies(primary, other, rules, &mut sink, &mut notes);
+        let meter = super::json::TreeMeter::new(work_bytes);
+        let result = body::compare_bodies(primary, other, rules, &mut sink, &mut notes, &meter);
         (result.mode, result.truncated)
     };
     Outcome {

@@ -27,6 +27,7 @@ use crate::compare::{
     Verdict,
 };
 use crate::config::{ComparisonSettings, RouteCompareConfig};
+use crate::mirror::budget::MemoryBudget;
 use crate::store::Store;
 use crate::telemetry::metrics::CompareLabels;
 use crate::telemetry::window::Window;
@@ -191,6 +192,7 @@ impl Engine {
         settings: &ComparisonSettings,
         metrics: Arc<Metrics>,
         store: &Store,
+        memory: &Arc<MemoryBudget>,
     ) -> Arc<Engine> {
         let limits = TallyLimits {
             max_examples: settings.max_examples,
@@ -210,12 +212,17 @@ impl Engine {
         let dirty = Arc::new(AtomicBool::new(false));
         // Examples always have credentials redacted (see compare::tally).
         let example_limits = ExampleLimits::default();
-        for i in 0..settings.workers.max(1) {
+        let workers = settings.workers.max(1);
+        for i in 0..workers {
             let (queue, tally, metrics, dirty) =
                 (queue.clone(), tally.clone(), metrics.clone(), dirty.clone());
+            let work = WorkMemory {
+                budget: memory.clone(),
+                workers,
+            };
             let spawned = std::thread::Builder::new()
                 .name(format!("compare-{i}"))
-                .spawn(move || worker(&queue, tally, metrics, dirty, example_limits));
+                .spawn(move || worker(&queue, tally, metrics, dirty, example_limits, &work));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start a comparison worker");
             }
@@ -287,17 +294,32 @@ impl Drop for Engine {
     }
 }
 
+/// A worker's part of the budget's share for comparison work (JSON trees,
+/// decoded bodies): the share split evenly, read per pair so a reload that
+/// changes `limits.shadow_memory` applies at once.
+struct WorkMemory {
+    budget: Arc<MemoryBudget>,
+    workers: usize,
+}
+
+impl WorkMemory {
+    fn per_worker(&self) -> usize {
+        self.budget.work_share() / self.workers
+    }
+}
+
 fn worker(
     queue: &JobQueue,
     tally: Arc<parking_lot::Mutex<Tally>>,
     metrics: Arc<Metrics>,
     dirty: Arc<AtomicBool>,
     example_limits: ExampleLimits,
+    work: &WorkMemory,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while queue.take(&mut batch) {
         for job in batch.drain(..) {
-            judge(job, &tally, &metrics, &example_limits);
+            judge(job, &tally, &metrics, &example_limits, work.per_worker());
         }
         dirty.store(true, Ordering::Release);
     }
@@ -309,6 +331,7 @@ fn judge(
     tally: &parking_lot::Mutex<Tally>,
     metrics: &Metrics,
     example_limits: &ExampleLimits,
+    work_bytes: usize,
 ) {
     {
         let endpoint = job
@@ -316,7 +339,8 @@ fn judge(
             .templater
             .lock()
             .endpoint(&job.method, job.uri.path());
-        let outcome = compare::compare(&job.primary, &job.other, &job.route.rules);
+        let outcome =
+            compare::compare_within(&job.primary, &job.other, &job.route.rules, work_bytes);
         let route = &*job.route.route;
         match &job.side {
             Side::Shadow { mirror, window } => {

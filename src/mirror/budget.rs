@@ -7,6 +7,15 @@
 //! by the caller (`memory`). The primary never waits on the budget: a
 //! reservation is one atomic compare-and-swap that succeeds or fails.
 //!
+//! A quarter of the budget is kept for the comparison workers: the trees
+//! they parse two JSON answers into take several times the answers' own
+//! bytes (measured: a 1 MB document of small objects became ~5 MB of
+//! tree), so buffers may fill only three quarters ([`MemoryBudget::reserve`])
+//! and each of the workers' trees is bounded by its part of the last
+//! quarter ([`MemoryBudget::work_share`], counted as the tree is built).
+//! So what the shadows hold, queued or being compared, stays under the
+//! limit; the gauge shows the buffers.
+//!
 //! The budget survives reloads (the runtime carries it over) and its limit
 //! can be changed in place; a lower limit refuses new reservations until
 //! enough old ones are returned.
@@ -16,6 +25,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
+
+/// The workers' share of the budget: one part in this many.
+const WORK_SHARE_DIVISOR: usize = 4;
 
 /// Shared byte budget; hand out with [`MemoryBudget::reserve`].
 #[derive(Debug)]
@@ -51,12 +63,23 @@ impl MemoryBudget {
         self.used.load(Ordering::Acquire)
     }
 
-    /// Bytes that could be reserved now.
+    /// Bytes that buffers could reserve now.
     pub fn available(&self) -> usize {
-        self.limit().saturating_sub(self.in_use())
+        self.buffer_limit().saturating_sub(self.in_use())
     }
 
-    /// Reserves `bytes`, or `None` when they do not fit (nothing reserved).
+    /// The part of the limit kept for the comparison workers.
+    pub fn work_share(&self) -> usize {
+        self.limit() / WORK_SHARE_DIVISOR
+    }
+
+    /// What buffers (copies, captures, queued pairs) may hold in total.
+    fn buffer_limit(&self) -> usize {
+        self.limit() - self.work_share()
+    }
+
+    /// Reserves `bytes` for a buffer, or `None` when they do not fit
+    /// (nothing reserved).
     pub fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
         let mut r = Reservation::empty(self);
         r.grow(bytes).then_some(r)
@@ -66,7 +89,7 @@ impl MemoryBudget {
         if bytes == 0 {
             return true;
         }
-        let limit = self.limit();
+        let limit = self.buffer_limit();
         let taken = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -249,11 +272,13 @@ mod tests {
 
     #[test]
     fn reservations_are_bounded_and_returned() {
-        let b = MemoryBudget::new(100, None);
-        let r1 = b.reserve(60).unwrap();
-        assert!(b.reserve(41).is_none());
-        let mut r2 = b.reserve(40).unwrap();
-        assert_eq!(b.in_use(), 100);
+        // 400 bytes: buffers get 300, the workers' share is 100.
+        let b = MemoryBudget::new(400, None);
+        let r1 = b.reserve(180).unwrap();
+        assert!(b.reserve(121).is_none());
+        let mut r2 = b.reserve(120).unwrap();
+        assert_eq!(b.in_use(), 300);
+        assert_eq!(b.available(), 0);
         assert!(!r2.grow(1));
         drop(r1);
         assert!(r2.grow(10));
@@ -264,11 +289,25 @@ mod tests {
     }
 
     #[test]
+    fn the_workers_share_is_kept_from_buffers() {
+        let b = MemoryBudget::new(400, None);
+        assert_eq!(b.work_share(), 100);
+        let full = b.reserve(300).unwrap();
+        assert!(b.reserve(1).is_none());
+        assert_eq!(b.in_use(), 300);
+        b.set_limit(800);
+        assert_eq!(b.work_share(), 200);
+        assert_eq!(b.available(), 300);
+        drop(full);
+    }
+
+    #[test]
     fn the_gauge_follows_the_bytes_in_use() {
         let g = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
-        let b = MemoryBudget::new(100, Some(g.clone()));
+        let b = MemoryBudget::new(140, Some(g.clone()));
         let r = b.reserve(60).unwrap();
         assert_eq!(g.get(), 60);
+
         let mut buf = BoundedBuf::new(&b, 40, 0).unwrap();
         buf.extend(&[1; 30]).unwrap();
         assert_eq!(g.get() as usize, b.in_use());
@@ -296,7 +335,7 @@ mod tests {
         drop(clone);
         assert_eq!(b.in_use(), 0);
 
-        let small = MemoryBudget::new(50, None);
+        let small = MemoryBudget::new(66, None); // buffers: 50
         let mut buf = BoundedBuf::new(&small, 600, 0).unwrap();
         assert_eq!(buf.extend(&[1; 51]), Err(BufRefused::Memory));
         assert!(buf.is_empty());

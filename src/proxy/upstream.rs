@@ -227,6 +227,13 @@ struct EndpointState {
     idle: IdleConns,
 }
 
+/// The most an HTTP/1.1 upstream connection buffers while reading (its
+/// answer's head must fit: Envoy's default limit for response headers is
+/// 60 KiB). hyper's default (~400 KiB) let each of 64 connections carrying
+/// 1 MB answers hold ~400 KiB: 68 MiB of read buffers at the peak in
+/// `bench/memory.py` (heaptrack), outside any budget.
+const H1_READ_BUFFER: usize = 64 * 1024;
+
 /// A backend: endpoints, health, and connections.
 #[derive(Debug)]
 pub struct Backend {
@@ -267,6 +274,7 @@ impl Backend {
             .pool_max_idle_per_host(config.max_idle_per_endpoint)
             .set_host(false)
             .retry_canceled_requests(true)
+            .http1_max_buf_size(H1_READ_BUFFER)
             .build(connector.clone());
         let mut h2_builder = http2::Builder::new(TokioExecutor::new());
         h2_builder
@@ -693,7 +701,9 @@ impl Backend {
         stream: UpstreamStream,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(H1_READ_BUFFER)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.connect_error(idx, e.into()))?;
         tokio::spawn(async move {
