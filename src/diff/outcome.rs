@@ -524,7 +524,7 @@ mod tests {
 
     #[test]
     fn differences_are_capped() {
-        let rules = CompareRules::default().with_limits(crate::compare::CompareLimits {
+        let rules = CompareRules::default().with_limits(crate::diff::CompareLimits {
             max_differences: 3,
             ..Default::default()
         });

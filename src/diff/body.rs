@@ -412,7 +412,7 @@ fn text_diff(a: &[u8], b: &[u8], max_lines: usize, sink: &mut Sink) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::{compare, CompareLimits, Outcome};
+    use crate::diff::{compare, CompareLimits, Outcome};
     use http::HeaderValue;
     use std::io::Write;
 

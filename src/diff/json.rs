@@ -729,7 +729,7 @@ impl Renderer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::{CompareLimits, RulesConfig};
+    use crate::diff::{CompareLimits, RulesConfig};
 
     #[derive(Default)]
     struct Case {

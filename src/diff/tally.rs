@@ -748,7 +748,7 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::{BodyMode, DiffKind};
+    use crate::diff::{BodyMode, DiffKind};
     use bytes::Bytes;
     use std::cell::Cell;
 
