@@ -24,8 +24,8 @@ use tokio::sync::watch;
 
 use crate::config::{ComparisonSettings, RouteCompareConfig};
 use crate::diff::{
-    self, Captured, CompareRules, EndpointTemplater, ExampleLimits, Tally, TallyLimits, TallyState,
-    Verdict,
+    self, Captured, CompareRules, EndpointTemplater, ExampleLimits, PairVerdict, Tally,
+    TallyLimits, TallyState,
 };
 use crate::store::Store;
 use crate::telemetry::metrics::CompareLabels;
@@ -335,9 +335,9 @@ fn judge(
                             )
                         });
                 let result = match verdict {
-                    Verdict::Equal => "equal",
-                    Verdict::Different => "different",
-                    Verdict::NoiseOnly => "noise_only",
+                    PairVerdict::Equal => "equal",
+                    PairVerdict::Different => "different",
+                    PairVerdict::NoiseOnly => "noise_only",
                 };
                 let count = |result: &str| {
                     metrics
@@ -354,7 +354,7 @@ fn judge(
                 if outcome.truncated {
                     count("truncated");
                 }
-                window.record_compare(verdict == Verdict::Different);
+                window.record_compare(verdict == PairVerdict::Different);
             }
             Side::Secondary => tally.lock().record_secondary(route, &endpoint, &outcome),
         }

@@ -10,7 +10,7 @@ use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::json;
-use super::outcome::{render_bytes, sides, BodyMode, Captured, DiffKind, Difference, Sink};
+use super::outcome::{render_bytes, sides, BodyMode, Captured, DiffKind, DiffSink, Difference};
 use super::rules::CompareRules;
 
 /// Most content-codings decoded for one body (`gzip, br` is two).
@@ -203,7 +203,7 @@ pub(crate) fn compare_bodies(
     primary: &Captured,
     other: &Captured,
     rules: &CompareRules,
-    sink: &mut Sink,
+    sink: &mut DiffSink,
     notes: &mut Vec<String>,
 ) -> BodyResult {
     let kind = kind_of(&primary.headers)
@@ -323,7 +323,7 @@ fn describe(bytes: &[u8]) -> String {
     format!("{} bytes, fnv1a {:016x}", bytes.len(), digest(bytes))
 }
 
-fn digest_diff(a: &[u8], b: &[u8], sink: &mut Sink) {
+fn digest_diff(a: &[u8], b: &[u8], sink: &mut DiffSink) {
     if a != b {
         sink.push(|| Difference {
             path: "body".into(),
@@ -343,7 +343,7 @@ const RESYNC_WINDOW: usize = 32;
 /// from a changed one. Reported as `line[N]` (1-based; changed and missing
 /// lines numbered as in the primary, extra lines as in the other), at most
 /// `max_lines` of them.
-fn text_diff(a: &[u8], b: &[u8], max_lines: usize, sink: &mut Sink) {
+fn text_diff(a: &[u8], b: &[u8], max_lines: usize, sink: &mut DiffSink) {
     let la: Vec<&[u8]> = a.split(|&c| c == b'\n').collect();
     let lb: Vec<&[u8]> = b.split(|&c| c == b'\n').collect();
     let prefix = la.iter().zip(&lb).take_while(|(x, y)| x == y).count();

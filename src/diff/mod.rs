@@ -39,8 +39,8 @@ pub use redact::{Redactor, REDACTED, REDACTED_DIFFERENT};
 pub use report::{render_route, ReportOptions};
 pub use rules::{CompareLimits, CompareRules, RulesConfig, RulesError, DEFAULT_IGNORED_HEADERS};
 pub use tally::{
-    EndpointReport, EndpointState, Example, ExampleLimits, ExampleRequest, ExampleResponse,
-    FieldCount, FieldReport, RouteReport, SecondaryState, Tally, TallyLimits, TallyState, Totals,
-    Verdict, OTHER_ENDPOINT, OTHER_FIELD,
+    EndpointReport, EndpointTallyState, Example, ExampleLimits, ExampleRequest, ExampleResponse,
+    FieldCount, FieldReport, PairVerdict, RouteReport, SecondaryState, Tally, TallyLimits,
+    TallyState, Totals, OTHER_ENDPOINT, OTHER_FIELD,
 };
 pub use template::{EndpointTemplater, TemplateError, DEFAULT_MAX_ENDPOINTS};

@@ -110,7 +110,7 @@ impl Outcome {
 /// the work is bounded by [`CompareRules::limits`].
 pub fn compare(primary: &Captured, other: &Captured, rules: &CompareRules) -> Outcome {
     let limits = rules.limits();
-    let mut sink = Sink::collect(limits.max_differences, limits.max_value_chars);
+    let mut sink = DiffSink::collect(limits.max_differences, limits.max_value_chars);
     if primary.status != other.status {
         sink.push(|| Difference {
             path: "status".into(),
@@ -149,7 +149,7 @@ pub(crate) fn sides(primary: bool, other: bool) -> &'static str {
     }
 }
 
-fn compare_headers(a: &HeaderMap, b: &HeaderMap, rules: &CompareRules, sink: &mut Sink) {
+fn compare_headers(a: &HeaderMap, b: &HeaderMap, rules: &CompareRules, sink: &mut DiffSink) {
     let mut names: Vec<&http::HeaderName> = a
         .keys()
         .chain(b.keys())
@@ -198,7 +198,7 @@ fn render_header(values: &[&[u8]], max: usize) -> String {
 
 /// Where walkers put differences: either collecting up to a maximum, or
 /// probing (stop at the first one, allocate nothing).
-pub(crate) struct Sink {
+pub(crate) struct DiffSink {
     pub(crate) diffs: Vec<Difference>,
     max: usize,
     pub(crate) max_value: usize,
@@ -207,9 +207,9 @@ pub(crate) struct Sink {
     found: bool,
 }
 
-impl Sink {
+impl DiffSink {
     pub(crate) fn collect(max: usize, max_value: usize) -> Self {
-        Sink {
+        DiffSink {
             diffs: Vec::new(),
             max,
             max_value,
@@ -220,7 +220,7 @@ impl Sink {
     }
 
     pub(crate) fn probe() -> Self {
-        Sink {
+        DiffSink {
             diffs: Vec::new(),
             max: 0,
             max_value: 0,

@@ -54,7 +54,7 @@ impl Default for TallyLimits {
 /// How one primary-vs-shadow comparison was judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub enum PairVerdict {
     /// No differences.
     Equal,
     /// At least one real difference.
@@ -259,7 +259,7 @@ pub struct FieldCount {
 /// Persisted state of one (route, mirror, endpoint).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct EndpointState {
+pub struct EndpointTallyState {
     pub route: String,
     pub mirror: String,
     pub endpoint: String,
@@ -287,7 +287,7 @@ pub struct SecondaryState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TallyState {
-    pub shadow: Vec<EndpointState>,
+    pub shadow: Vec<EndpointTallyState>,
     pub secondary: Vec<SecondaryState>,
 }
 
@@ -454,7 +454,7 @@ impl Tally {
     }
 
     /// Records a primary-vs-shadow outcome and judges it. `example` is only
-    /// called when the outcome is [`Verdict::Different`] and the endpoint
+    /// called when the outcome is [`PairVerdict::Different`] and the endpoint
     /// still has room for an example.
     pub fn record_shadow(
         &mut self,
@@ -463,7 +463,7 @@ impl Tally {
         endpoint: &str,
         outcome: &Outcome,
         example: impl FnOnce() -> Example,
-    ) -> Verdict {
+    ) -> PairVerdict {
         let limits = self.limits;
         let thresholds = self.thresholds_for(route);
         let rt = self.routes.entry(route.to_owned()).or_default();
@@ -484,7 +484,7 @@ impl Tally {
             stats.fields.add(key, 1, limits.max_fields);
         }
         let verdict = if keys.is_empty() {
-            Verdict::Equal
+            PairVerdict::Equal
         } else {
             let real = keys.iter().any(|key| {
                 // A field counted under "(other)" has no rate of its own.
@@ -497,14 +497,14 @@ impl Tally {
                 !is_noise(raw, noise, &thresholds)
             });
             if real {
-                Verdict::Different
+                PairVerdict::Different
             } else {
-                Verdict::NoiseOnly
+                PairVerdict::NoiseOnly
             }
         };
         match verdict {
-            Verdict::Equal => stats.equal = stats.equal.saturating_add(1),
-            Verdict::Different => {
+            PairVerdict::Equal => stats.equal = stats.equal.saturating_add(1),
+            PairVerdict::Different => {
                 stats.different = stats.different.saturating_add(1);
                 if stats.examples.len() < limits.max_examples {
                     let mut kept = example();
@@ -512,7 +512,7 @@ impl Tally {
                     stats.examples.push(kept);
                 }
             }
-            Verdict::NoiseOnly => stats.noise_only = stats.noise_only.saturating_add(1),
+            PairVerdict::NoiseOnly => stats.noise_only = stats.noise_only.saturating_add(1),
         }
         verdict
     }
@@ -679,7 +679,7 @@ impl Tally {
         for (route, rt) in &self.routes {
             for (mirror, eps) in &rt.mirrors {
                 for (endpoint, s) in eps {
-                    state.shadow.push(EndpointState {
+                    state.shadow.push(EndpointTallyState {
                         route: route.clone(),
                         mirror: mirror.clone(),
                         endpoint: endpoint.clone(),
@@ -779,17 +779,17 @@ mod tests {
         let mut t = Tally::default();
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &outcome(&[]), no_example),
-            Verdict::Equal
+            PairVerdict::Equal
         );
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &outcome(&["$.x"]), no_example),
-            Verdict::Different
+            PairVerdict::Different
         );
         let mut truncated = outcome(&[]);
         truncated.truncated = true;
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &truncated, no_example),
-            Verdict::Equal
+            PairVerdict::Equal
         );
         let report = t.route_report("api");
         assert_eq!(
@@ -825,7 +825,7 @@ mod tests {
         }
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &outcome(&["$.ts"]), no_example),
-            Verdict::NoiseOnly
+            PairVerdict::NoiseOnly
         );
         assert_eq!(
             t.record_shadow(
@@ -835,12 +835,12 @@ mod tests {
                 &outcome(&["$.ts", "$.price"]),
                 no_example
             ),
-            Verdict::Different
+            PairVerdict::Different
         );
         // Noise on another endpoint does not help this one.
         assert_eq!(
             t.record_shadow("api", "v2", "GET /b", &outcome(&["$.ts"]), no_example),
-            Verdict::Different
+            PairVerdict::Different
         );
         let report = t.route_report("api");
         let a = &report.endpoints[0];
@@ -881,12 +881,12 @@ mod tests {
         }
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &outcome(&["$.ts"]), no_example),
-            Verdict::Different
+            PairVerdict::Different
         );
         t.record_secondary("api", "GET /a", &outcome(&["$.ts"]));
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &outcome(&["$.ts"]), no_example),
-            Verdict::NoiseOnly
+            PairVerdict::NoiseOnly
         );
     }
 
@@ -905,7 +905,7 @@ mod tests {
         // Shadow: $.n differs every time: 100 % vs 10 % → real.
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &outcome(&["$.n"]), no_example),
-            Verdict::Different
+            PairVerdict::Different
         );
     }
 
@@ -1144,12 +1144,12 @@ mod tests {
             max_examples: 0,
         };
         let mut state = t.export();
-        state.shadow.push(EndpointState {
+        state.shadow.push(EndpointTallyState {
             route: "api".into(),
             mirror: "v2".into(),
             endpoint: "GET /z".into(),
             compared: 4,
-            ..EndpointState::default()
+            ..EndpointTallyState::default()
         });
         let r = Tally::restore(state, small, NoiseThresholds::default());
         let report = r.route_report("api");
