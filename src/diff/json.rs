@@ -14,15 +14,16 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hasher;
 
+use fnv::FnvHasher;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::body::digest;
-use super::outcome::{
-    bounded_path, push_escaped_char, push_index, push_key, DiffKind, DiffSink, Difference,
-};
+use super::difference::{DiffKind, DiffSink, Difference};
+use super::digest::digest;
+use super::render::{bounded_path, push_escaped_char, push_index, push_key};
 use super::rules::{CompareRules, MatchStack, Seg};
 
 /// A parsed JSON value.
@@ -217,7 +218,7 @@ impl Visitor<'_> for KeySeed {
 /// FNV-1a over the text with whitespace outside strings skipped, and its
 /// length as written.
 fn compact_digest(text: &str) -> (u64, usize) {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = FnvHasher::default();
     let mut in_string = false;
     let mut escaped = false;
     for &b in text.as_bytes() {
@@ -234,10 +235,9 @@ fn compact_digest(text: &str) -> (u64, usize) {
         } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
             continue;
         }
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h.write_u8(b);
     }
-    (h, text.len())
+    (h.finish(), text.len())
 }
 
 // ---------------------------------------------------------------------------
