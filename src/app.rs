@@ -125,7 +125,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         shared.clone(),
         stop_rx.clone(),
     ));
-    let persisting = tokio::spawn(crate::comparison::persist_loop(
+    let persisting = tokio::spawn(crate::compare::persist_loop(
         shared.comparison.clone(),
         shared.store.clone(),
         Duration::from_secs(5),

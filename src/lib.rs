@@ -16,10 +16,10 @@
 //! - `mirror`: sampling, body tee, bounded shadow dispatch;
 //! - `body`: the body types of the request path (what goes upstream, what
 //!   goes back to the client);
-//! - `compare`: pure comparison of two answers (JSON, bodies, rules,
+//! - `diff`: pure comparison of two answers (JSON, bodies, rules,
 //!   noise, per-endpoint tallies and reports);
-//! - `comparison`: the comparison engine — captures of the primary's
-//!   answer, the worker queue, persisted results;
+//! - `compare`: the comparison pipeline — captures of the primary's
+//!   answer, the bounded queue, worker threads, tallies, persistence;
 //! - `promote`: promotion gates, the switch, rollback and `auto` mode;
 //! - `store`: persisted state (SQLite file or memory);
 //! - `telemetry`: access logs, Prometheus metrics, sliding windows;
@@ -34,9 +34,9 @@ pub mod app;
 pub mod bench_backend;
 pub mod body;
 pub mod compare;
-pub mod comparison;
 pub mod config;
 pub mod demo;
+pub mod diff;
 pub mod mirror;
 pub mod process;
 pub mod promote;

@@ -253,14 +253,14 @@ fn main() -> ExitCode {
             };
             for r in routes {
                 let path = format!("/api/v1/diffs/{r}");
-                let report: shadowgate::compare::RouteReport =
+                let report: shadowgate::diff::RouteReport =
                     call(&admin.admin, token, http::Method::GET, &path, None).await?;
                 print!(
                     "{}",
-                    shadowgate::compare::render_route(
+                    shadowgate::diff::render_route(
                         &r,
                         &report,
-                        &shadowgate::compare::ReportOptions::default()
+                        &shadowgate::diff::ReportOptions::default()
                     )
                 );
             }

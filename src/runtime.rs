@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 
-use crate::comparison::{Engine, RouteComparison};
+use crate::compare::{Engine, RouteComparison};
 use crate::config::{
     Config, HostMatch, MirrorConfig, PathMatch, RouteConfig, RouteMatch, ValueMatch,
 };

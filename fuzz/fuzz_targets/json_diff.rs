@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use shadowgate::compare::{compare, Captured, CompareRules, RulesConfig};
+use shadowgate::diff::{compare, Captured, CompareRules, RulesConfig};
 
 fn captured(body: &[u8], status: u16, ct: &'static str, gzip: bool) -> Captured {
     let mut headers = HeaderMap::new();

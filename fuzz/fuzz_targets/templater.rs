@@ -4,7 +4,7 @@
 
 use http::Method;
 use libfuzzer_sys::fuzz_target;
-use shadowgate::compare::EndpointTemplater;
+use shadowgate::diff::EndpointTemplater;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

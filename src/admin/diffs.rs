@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{Example, ExampleResponse, Totals};
+use crate::diff::{Example, ExampleResponse, Totals};
 use crate::runtime::Shared;
 
 fn not_found(message: String) -> Response {
@@ -79,7 +79,7 @@ struct ExampleView<'a> {
     request: RequestView<'a>,
     primary: ResponseView<'a>,
     shadow: ResponseView<'a>,
-    differences: &'a [crate::compare::Difference],
+    differences: &'a [crate::diff::Difference],
 }
 
 #[derive(Debug, Serialize)]

@@ -204,7 +204,7 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         normalize_path: true,
         trusted_proxies: Vec::new(),
 
-        redact: crate::compare::Redactor::default(),
+        redact: crate::diff::Redactor::default(),
     };
     let mut scalar_origin: BTreeMap<&'static str, String> = BTreeMap::new();
     let mut backend_origin: BTreeMap<String, Origin> = BTreeMap::new();
@@ -366,7 +366,7 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
                     c.fail(format!("redact.query_params[{i}]"), "must not be empty");
                 }
             }
-            config.redact = crate::compare::Redactor::new(&r.headers, &r.query_params);
+            config.redact = crate::diff::Redactor::new(&r.headers, &r.query_params);
         }
         if once("watch_interval", raw.watch_interval.is_some(), &mut c) {
             config.watch_interval =
@@ -924,22 +924,22 @@ fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteConfig> {
 
 fn route_compare(c: &mut Check, path: &str, raw: &RawRoute) -> RouteCompareConfig {
     let r = raw.compare.clone().unwrap_or_default();
-    let rules = crate::compare::RulesConfig {
+    let rules = crate::diff::RulesConfig {
         ignore_headers: r.ignore_headers,
         ignore_paths: r.ignore_paths,
         unordered_paths: r.unordered_paths,
         numeric_tolerance: r.numeric_tolerance,
     };
-    if let Err(e) = crate::compare::CompareRules::new(&rules) {
+    if let Err(e) = crate::diff::CompareRules::new(&rules) {
         c.fail(format!("{path}.compare"), e.to_string());
     }
     let max_endpoints = r
         .max_endpoints
-        .unwrap_or(crate::compare::DEFAULT_MAX_ENDPOINTS);
-    if let Err(e) = crate::compare::EndpointTemplater::new(&r.endpoints, max_endpoints) {
+        .unwrap_or(crate::diff::DEFAULT_MAX_ENDPOINTS);
+    if let Err(e) = crate::diff::EndpointTemplater::new(&r.endpoints, max_endpoints) {
         c.fail(format!("{path}.compare.endpoints"), e.to_string());
     }
-    let mut noise = crate::compare::NoiseThresholds::default();
+    let mut noise = crate::diff::NoiseThresholds::default();
     if let Some(n) = &raw.noise {
         for (key, value, slot) in [
             ("relative", n.relative, &mut noise.relative),

@@ -37,7 +37,7 @@ pub struct Config {
     /// Peers whose forwarding fields are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Secrets hidden in stored and served comparison examples.
-    pub redact: crate::compare::Redactor,
+    pub redact: crate::diff::Redactor,
 }
 
 impl Config {
@@ -202,10 +202,10 @@ pub struct RouteConfig {
 /// Comparison rules of a route, checked at load.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RouteCompareConfig {
-    pub rules: crate::compare::RulesConfig,
+    pub rules: crate::diff::RulesConfig,
     pub endpoints: Vec<String>,
     pub max_endpoints: usize,
-    pub noise: crate::compare::NoiseThresholds,
+    pub noise: crate::diff::NoiseThresholds,
 }
 
 /// Comparison workers and retention.

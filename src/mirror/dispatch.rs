@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use super::bound::InFlightPermit;
 use super::sample::sampled;
 use super::tee::{TeeCopy, TeeFailure, TeeResult};
-use crate::comparison::capture::Capturer;
-use crate::comparison::{Engine, Job, PrimaryAnswer, PrimaryCapture, RouteComparison, Side};
+use crate::compare::capture::Capturer;
+use crate::compare::{Engine, Job, PrimaryAnswer, PrimaryCapture, RouteComparison, Side};
 use crate::proxy::grpc;
 use crate::proxy::headers::suffixed_authority;
 use crate::proxy::upstream::{CopyRequest, UpstreamError};
@@ -466,7 +466,7 @@ async fn submit_comparison(
     link: &CompareLink,
     mirror: &Mirror,
     head: &MirrorHead,
-    other: crate::compare::Captured,
+    other: crate::diff::Captured,
 ) {
     let backend = mirror.backend.name();
     let mut primary = link.primary.clone();

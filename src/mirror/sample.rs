@@ -6,6 +6,9 @@
 //! same percent picks the same users. A request without the key falls back
 //! to a random draw.
 
+use std::hash::Hasher;
+
+use fnv::FnvHasher;
 use http::HeaderMap;
 
 /// Resolution of the sampling space: percent is compared in millionths.
@@ -47,11 +50,9 @@ fn key_value<'a>(name: &str, headers: &'a HeaderMap) -> Option<&'a [u8]> {
 
 /// FNV-1a, 64 bit, with a final avalanche so that nearby keys spread evenly.
 fn fnv1a(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let mut hasher = FnvHasher::default();
+    hasher.write(data);
+    let mut h = hasher.finish();
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;

@@ -431,27 +431,12 @@ fn chrono_like_elapsed(at: &str) -> Option<std::time::Duration> {
     now.checked_sub(then)
 }
 
+/// Time since the epoch of an RFC 3339 timestamp (`humantime`).
 fn parse_rfc3339(at: &str) -> Option<std::time::Duration> {
-    // 2026-11-22T03:17:43.123Z
-    let (date, time) = at.trim_end_matches('Z').split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, millis) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    // Days from civil (inverse of the formatter's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    let ms: i64 = millis.parse().ok()?;
-    Some(std::time::Duration::from_millis(
-        u64::try_from(secs * 1000 + ms).ok()?,
-    ))
+    humantime::parse_rfc3339(at)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
 }
 
 #[cfg(test)]

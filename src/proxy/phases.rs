@@ -30,7 +30,7 @@ use super::headers::{add_forwarded, join_cookies, split_host_port, strip_hop_by_
 use super::tunnel;
 use super::upstream::{Backend, ResponseBody};
 use crate::body::{BoxError, ClientBody, ProxyBody, UpstreamBody};
-use crate::comparison::capture::{Capturer, PrimaryCapturer};
+use crate::compare::capture::{Capturer, PrimaryCapturer};
 use crate::mirror::{self, tee::TeeBody, CompareLink, MirrorBody, MirrorHead, RequestView};
 use crate::runtime::{Route, Runtime, Shared};
 use crate::telemetry::{AccessRecord, TargetMetrics, Telemetry};
@@ -278,7 +278,7 @@ pub async fn handle(
     )
 }
 
-use crate::comparison::capture::CaptureSender;
+use crate::compare::capture::CaptureSender;
 
 /// When an admitted copy is compared, a channel on which the primary's
 /// captured answer will be published, and the link the copies wait on.
@@ -298,7 +298,7 @@ fn compare_link(
     let Some(cap) = cap else {
         return (None, None);
     };
-    let (tx, rx) = crate::comparison::capture::channel();
+    let (tx, rx) = crate::compare::capture::channel();
     let link = CompareLink {
         route: comparison.clone(),
         primary: rx,

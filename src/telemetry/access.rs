@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
@@ -265,27 +265,17 @@ pub fn rfc3339_now() -> String {
     rfc3339(now.as_secs(), now.subsec_millis())
 }
 
-/// Formats seconds since the epoch (UTC) with milliseconds.
+/// Last second `humantime` formats (9999-12-31T23:59:59Z); later times
+/// are written as that second rather than failing.
+const LAST_FORMATTED_SECOND: u64 = 253_402_300_799;
+
+/// Formats seconds since the epoch (UTC) with milliseconds
+/// (`2026-11-22T03:17:43.123Z`, by `humantime`).
 pub fn rfc3339(secs: u64, millis: u32) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    let since_epoch = Duration::from_secs(secs.min(LAST_FORMATTED_SECOND))
+        + Duration::from_millis(u64::from(millis.min(999)));
+    let at = UNIX_EPOCH.checked_add(since_epoch).unwrap_or(UNIX_EPOCH);
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 #[cfg(test)]

@@ -14,28 +14,29 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hasher;
 
+use fnv::FnvHasher;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::body::digest;
-use super::outcome::{
-    bounded_path, push_escaped_char, push_index, push_key, DiffKind, Difference, Sink,
-};
+use super::difference::{DiffKind, DiffSink, Difference};
+use super::digest::digest;
+use super::render::{bounded_path, push_escaped_char, push_index, push_key};
 use super::rules::{CompareRules, MatchStack, Seg};
 
 /// A parsed JSON value.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Node {
+pub(crate) enum JsonNode {
     Null,
     Bool(bool),
     Num(Num),
     Str(Box<str>),
-    Arr(Vec<Node>),
+    Arr(Vec<JsonNode>),
     /// Members in document order, as written (a repeated name is kept
     /// twice; lookups resolve to the last one).
-    Obj(Vec<(Box<str>, Node)>),
+    Obj(Vec<(Box<str>, JsonNode)>),
     /// A container past the depth cap.
     Deep {
         digest: u64,
@@ -160,7 +161,7 @@ impl TreeMeter {
 }
 
 /// Parses a JSON document; containers at depth `max_depth` (the root is at
-/// depth 0) become [`Node::Deep`]. `max_depth` must stay below 128, the
+/// depth 0) become [`JsonNode::Deep`]. `max_depth` must stay below 128, the
 /// nesting `serde_json` allows. A document with more than `max_values`
 /// values (of any kind) is refused, and so is one whose tree would take
 /// more heap than `meter` has left (what it took is counted there).
@@ -169,7 +170,7 @@ pub(crate) fn parse(
     max_depth: usize,
     max_values: usize,
     meter: &TreeMeter,
-) -> Result<Node, ParseError> {
+) -> Result<JsonNode, ParseError> {
     let budget = Cell::new(max_values);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = NodeSeed {
@@ -207,9 +208,9 @@ impl NodeSeed<'_> {
 }
 
 impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
-    type Value = Node;
+    type Value = JsonNode;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Node, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<JsonNode, D::Error> {
         match self.budget.get().checked_sub(1) {
             Some(left) => self.budget.set(left),
             None => return Err(serde::de::Error::custom("too many values to compare")),
@@ -222,7 +223,7 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
         let text = raw.get();
         if text.starts_with(['[', '{']) {
             let (digest, len) = compact_digest(text);
-            Ok(Node::Deep { digest, len })
+            Ok(JsonNode::Deep { digest, len })
         } else {
             // A scalar: parse it for real (cannot nest).
             let budget = Cell::new(1);
@@ -242,47 +243,47 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_> {
 struct NodeVisitor<'b>(NodeSeed<'b>);
 
 impl<'de> Visitor<'de> for NodeVisitor<'_> {
-    type Value = Node;
+    type Value = JsonNode;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_unit<E>(self) -> Result<Node, E> {
-        Ok(Node::Null)
+    fn visit_unit<E>(self) -> Result<JsonNode, E> {
+        Ok(JsonNode::Null)
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
-        Ok(Node::Bool(v))
+    fn visit_bool<E>(self, v: bool) -> Result<JsonNode, E> {
+        Ok(JsonNode::Bool(v))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
-        Ok(Node::Num(Num::U(v)))
+    fn visit_u64<E>(self, v: u64) -> Result<JsonNode, E> {
+        Ok(JsonNode::Num(Num::U(v)))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
-        Ok(Node::Num(Num::I(v)))
+    fn visit_i64<E>(self, v: i64) -> Result<JsonNode, E> {
+        Ok(JsonNode::Num(Num::I(v)))
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
-        Ok(Node::Num(Num::F(v)))
+    fn visit_f64<E>(self, v: f64) -> Result<JsonNode, E> {
+        Ok(JsonNode::Num(Num::F(v)))
     }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Node, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<JsonNode, E> {
         self.0.meter.charge_str(v.len())?;
-        Ok(Node::Str(v.into()))
+        Ok(JsonNode::Str(v.into()))
     }
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Node, E> {
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<JsonNode, E> {
         self.0.meter.charge_str(v.len())?;
-        Ok(Node::Str(v.into_boxed_str()))
+        Ok(JsonNode::Str(v.into_boxed_str()))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<JsonNode, A::Error> {
         let child = self.0.child();
         let mut items = Vec::new();
         while let Some(item) = seq.next_element_seed(child)? {
             self.0.meter.grow(&mut items)?;
             items.push(item);
         }
-        Ok(Node::Arr(items))
+        Ok(JsonNode::Arr(items))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonNode, A::Error> {
         let child = self.0.child();
         let mut members = Vec::new();
         while let Some(key) = map.next_key_seed(KeySeed(self.0.meter))? {
@@ -290,7 +291,7 @@ impl<'de> Visitor<'de> for NodeVisitor<'_> {
             self.0.meter.grow(&mut members)?;
             members.push((key, value));
         }
-        Ok(Node::Obj(members))
+        Ok(JsonNode::Obj(members))
     }
 }
 
@@ -324,7 +325,7 @@ impl Visitor<'_> for KeySeed<'_> {
 /// FNV-1a over the text with whitespace outside strings skipped, and its
 /// length as written.
 fn compact_digest(text: &str) -> (u64, usize) {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = FnvHasher::default();
     let mut in_string = false;
     let mut escaped = false;
     for &b in text.as_bytes() {
@@ -341,17 +342,16 @@ fn compact_digest(text: &str) -> (u64, usize) {
         } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
             continue;
         }
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h.write_u8(b);
     }
-    (h, text.len())
+    (h.finish(), text.len())
 }
 
 // ---------------------------------------------------------------------------
 // Diffing
 
 /// Diffs `a` (primary) against `b` (other) into `sink`.
-pub(crate) fn diff(a: &Node, b: &Node, rules: &CompareRules, sink: &mut Sink) {
+pub(crate) fn diff(a: &JsonNode, b: &JsonNode, rules: &CompareRules, sink: &mut DiffSink) {
     let mut w = Walker {
         rules,
         m: MatchStack::new(rules.patterns()),
@@ -385,12 +385,12 @@ const INDEX_MEMBERS: usize = 16;
 /// Name lookup in an object's members; a repeated name resolves to its
 /// last occurrence, as in most JSON parsers.
 struct Members<'n> {
-    entries: &'n [(Box<str>, Node)],
+    entries: &'n [(Box<str>, JsonNode)],
     index: Option<HashMap<&'n str, usize>>,
 }
 
 impl<'n> Members<'n> {
-    fn new(entries: &'n [(Box<str>, Node)]) -> Self {
+    fn new(entries: &'n [(Box<str>, JsonNode)]) -> Self {
         let index = (entries.len() > INDEX_MEMBERS).then(|| {
             entries
                 .iter()
@@ -415,10 +415,10 @@ impl<'n> Members<'n> {
 }
 
 impl<'n> Walker<'_, 'n> {
-    fn walk(&mut self, a: &'n Node, b: &'n Node, sink: &mut Sink) {
+    fn walk(&mut self, a: &'n JsonNode, b: &'n JsonNode, sink: &mut DiffSink) {
         match (a, b) {
-            (Node::Obj(x), Node::Obj(y)) => self.objects(x, y, sink),
-            (Node::Arr(x), Node::Arr(y)) => {
+            (JsonNode::Obj(x), JsonNode::Obj(y)) => self.objects(x, y, sink),
+            (JsonNode::Arr(x), JsonNode::Arr(y)) => {
                 if self.m.unordered() {
                     self.unordered(x, y, sink)
                 } else {
@@ -434,7 +434,12 @@ impl<'n> Walker<'_, 'n> {
     }
 
     /// Runs `f` one level down, unless that path is ignored.
-    fn child(&mut self, seg: Seg<'n>, sink: &mut Sink, f: impl FnOnce(&mut Self, &mut Sink)) {
+    fn child(
+        &mut self,
+        seg: Seg<'n>,
+        sink: &mut DiffSink,
+        f: impl FnOnce(&mut Self, &mut DiffSink),
+    ) {
         self.segs.push(seg);
         self.m.push(seg);
         if !self.m.ignored() {
@@ -455,7 +460,13 @@ impl<'n> Walker<'_, 'n> {
         bounded_path(&path, self.rules.limits().max_path_bytes)
     }
 
-    fn emit(&self, kind: DiffKind, a: Option<&Node>, b: Option<&Node>, sink: &mut Sink) {
+    fn emit(
+        &self,
+        kind: DiffKind,
+        a: Option<&JsonNode>,
+        b: Option<&JsonNode>,
+        sink: &mut DiffSink,
+    ) {
         let max_value = sink.max_value;
         sink.push(|| Difference {
             path: self.path(),
@@ -469,7 +480,12 @@ impl<'n> Walker<'_, 'n> {
     /// the same order (the usual case: same serializer) they are paired in
     /// place without any lookup; a name repeated within one object is then
     /// compared occurrence by occurrence.
-    fn objects(&mut self, x: &'n [(Box<str>, Node)], y: &'n [(Box<str>, Node)], sink: &mut Sink) {
+    fn objects(
+        &mut self,
+        x: &'n [(Box<str>, JsonNode)],
+        y: &'n [(Box<str>, JsonNode)],
+        sink: &mut DiffSink,
+    ) {
         if x.len() == y.len() && x.iter().zip(y).all(|((ka, _), (kb, _))| ka == kb) {
             for ((k, va), (_, vb)) in x.iter().zip(y) {
                 if sink.full() {
@@ -504,7 +520,7 @@ impl<'n> Walker<'_, 'n> {
         }
     }
 
-    fn ordered(&mut self, x: &'n [Node], y: &'n [Node], sink: &mut Sink) {
+    fn ordered(&mut self, x: &'n [JsonNode], y: &'n [JsonNode], sink: &mut DiffSink) {
         for i in 0..x.len().max(y.len()) {
             if sink.full() {
                 return;
@@ -524,7 +540,7 @@ impl<'n> Walker<'_, 'n> {
     /// within a budget (tolerance can make unequal hashes equal).
     /// Unmatched elements are reported as missing (primary index) or extra
     /// (other index).
-    fn unordered(&mut self, x: &'n [Node], y: &'n [Node], sink: &mut Sink) {
+    fn unordered(&mut self, x: &'n [JsonNode], y: &'n [JsonNode], sink: &mut DiffSink) {
         // Already in the same order: nothing to match.
         if x.len() == y.len() && (0..x.len()).all(|i| self.equal_at(i, &x[i], &y[i])) {
             return;
@@ -571,8 +587,8 @@ impl<'n> Walker<'_, 'n> {
     /// then leftovers pair by pair within the document's budget.
     fn match_by_hash(
         &mut self,
-        x: &'n [Node],
-        y: &'n [Node],
+        x: &'n [JsonNode],
+        y: &'n [JsonNode],
         matched: &mut [bool],
         used: &mut [bool],
     ) {
@@ -621,13 +637,13 @@ impl<'n> Walker<'_, 'n> {
     }
 
     /// Whether two elements at index `i` are equal under the rules.
-    fn equal_at(&mut self, i: usize, a: &'n Node, b: &'n Node) -> bool {
-        let mut probe = Sink::probe();
+    fn equal_at(&mut self, i: usize, a: &'n JsonNode, b: &'n JsonNode) -> bool {
+        let mut probe = DiffSink::probe();
         self.child(Seg::Index(i), &mut probe, |w, s| w.walk(a, b, s));
         !probe.found()
     }
 
-    fn hash_at(&mut self, i: usize, v: &Node) -> u64 {
+    fn hash_at(&mut self, i: usize, v: &JsonNode) -> u64 {
         self.m.push(Seg::Index(i));
         let h = if self.m.ignored() { 0 } else { self.hash(v) };
         self.m.pop();
@@ -639,14 +655,14 @@ impl<'n> Walker<'_, 'n> {
     /// are combined order-independently, integral numbers hash alike
     /// whatever their spelling. (Only an accelerator: every match is
     /// confirmed by a walk, and a miss falls back to pairwise checks.)
-    fn hash(&mut self, v: &Node) -> u64 {
+    fn hash(&mut self, v: &JsonNode) -> u64 {
         match v {
-            Node::Null => mix(1, 0),
-            Node::Bool(b) => mix(2, u64::from(*b)),
-            Node::Num(n) => mix(3, num_hash(*n)),
-            Node::Str(s) => mix(4, digest(s.as_bytes())),
-            Node::Deep { digest, .. } => mix(5, *digest),
-            Node::Arr(items) => {
+            JsonNode::Null => mix(1, 0),
+            JsonNode::Bool(b) => mix(2, u64::from(*b)),
+            JsonNode::Num(n) => mix(3, num_hash(*n)),
+            JsonNode::Str(s) => mix(4, digest(s.as_bytes())),
+            JsonNode::Deep { digest, .. } => mix(5, *digest),
+            JsonNode::Arr(items) => {
                 let unordered = self.m.unordered();
                 let mut acc = mix(6, items.len() as u64);
                 for (i, item) in items.iter().enumerate() {
@@ -663,7 +679,7 @@ impl<'n> Walker<'_, 'n> {
                 }
                 acc
             }
-            Node::Obj(members) => {
+            JsonNode::Obj(members) => {
                 let mut acc = 0u64;
                 for (k, item) in members {
                     self.m.push(Seg::Key(k));
@@ -677,13 +693,13 @@ impl<'n> Walker<'_, 'n> {
         }
     }
 
-    fn scalar_diff(&self, a: &Node, b: &Node) -> Option<DiffKind> {
+    fn scalar_diff(&self, a: &JsonNode, b: &JsonNode) -> Option<DiffKind> {
         let equal = match (a, b) {
-            (Node::Null, Node::Null) => true,
-            (Node::Bool(x), Node::Bool(y)) => x == y,
-            (Node::Str(x), Node::Str(y)) => x == y,
-            (Node::Num(x), Node::Num(y)) => num_eq(*x, *y, self.rules.numeric_tolerance()),
-            (Node::Deep { digest: x, .. }, Node::Deep { digest: y, .. }) => x == y,
+            (JsonNode::Null, JsonNode::Null) => true,
+            (JsonNode::Bool(x), JsonNode::Bool(y)) => x == y,
+            (JsonNode::Str(x), JsonNode::Str(y)) => x == y,
+            (JsonNode::Num(x), JsonNode::Num(y)) => num_eq(*x, *y, self.rules.numeric_tolerance()),
+            (JsonNode::Deep { digest: x, .. }, JsonNode::Deep { digest: y, .. }) => x == y,
             _ => return Some(DiffKind::TypeChanged),
         };
         (!equal).then_some(DiffKind::ValueChanged)
@@ -728,7 +744,7 @@ fn num_eq(a: Num, b: Num, tolerance: Option<f64>) -> bool {
 // Rendering
 
 /// Compact JSON of `node`, cut at about `max` characters.
-pub(crate) fn render(node: &Node, max: usize) -> String {
+pub(crate) fn render(node: &JsonNode, max: usize) -> String {
     let mut r = Renderer {
         out: String::new(),
         max,
@@ -784,24 +800,24 @@ impl Renderer {
         self.put_char('"');
     }
 
-    fn node(&mut self, node: &Node) {
+    fn node(&mut self, node: &JsonNode) {
         if self.full {
             return;
         }
         match node {
-            Node::Null => self.put("null"),
-            Node::Bool(b) => self.put(if *b { "true" } else { "false" }),
-            Node::Num(Num::U(u)) => self.put(&u.to_string()),
-            Node::Num(Num::I(i)) => self.put(&i.to_string()),
-            Node::Num(Num::F(f)) => match serde_json::Number::from_f64(*f) {
+            JsonNode::Null => self.put("null"),
+            JsonNode::Bool(b) => self.put(if *b { "true" } else { "false" }),
+            JsonNode::Num(Num::U(u)) => self.put(&u.to_string()),
+            JsonNode::Num(Num::I(i)) => self.put(&i.to_string()),
+            JsonNode::Num(Num::F(f)) => match serde_json::Number::from_f64(*f) {
                 Some(n) => self.put(&n.to_string()),
                 None => self.put("null"),
             },
-            Node::Str(s) => self.string(s),
-            Node::Deep { digest, len } => {
+            JsonNode::Str(s) => self.string(s),
+            JsonNode::Deep { digest, len } => {
                 self.put(&format!("<nested JSON, {len} bytes, fnv1a {digest:016x}>"))
             }
-            Node::Arr(items) => {
+            JsonNode::Arr(items) => {
                 self.put_char('[');
                 for (i, item) in items.iter().enumerate() {
                     if self.full {
@@ -814,7 +830,7 @@ impl Renderer {
                 }
                 self.put_char(']');
             }
-            Node::Obj(members) => {
+            JsonNode::Obj(members) => {
                 self.put_char('{');
                 for (i, (k, item)) in members.iter().enumerate() {
                     if self.full {
@@ -836,7 +852,7 @@ impl Renderer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::{CompareLimits, RulesConfig};
+    use crate::diff::{CompareLimits, RulesConfig};
 
     #[derive(Default)]
     struct Case {
@@ -862,7 +878,7 @@ mod tests {
             parse(a.as_bytes(), depth, 1_000_000, &TreeMeter::new(usize::MAX)).expect("a parses");
         let y =
             parse(b.as_bytes(), depth, 1_000_000, &TreeMeter::new(usize::MAX)).expect("b parses");
-        let mut sink = Sink::collect(
+        let mut sink = DiffSink::collect(
             rules.limits().max_differences,
             rules.limits().max_value_chars,
         );
@@ -1269,11 +1285,11 @@ mod tests {
         let r = render(&node, 20);
         assert_eq!(r, "{\"s\":\"xxxxxxxxxxxxxx…");
         assert_eq!(
-            render(&Node::Str("a\nb\u{1}".into()), 50),
+            render(&JsonNode::Str("a\nb\u{1}".into()), 50),
             "\"a\\nb\\u0001\""
         );
-        assert_eq!(render(&Node::Num(Num::F(1e300)), 50), "1e+300");
-        assert_eq!(render(&Node::Num(Num::I(-3)), 50), "-3");
+        assert_eq!(render(&JsonNode::Num(Num::F(1e300)), 50), "1e+300");
+        assert_eq!(render(&JsonNode::Num(Num::I(-3)), 50), "-3");
     }
 
     #[test]
@@ -1305,7 +1321,8 @@ mod tests {
         let used = usize::MAX - meter.left();
         // At least the nodes themselves: 1,000 items, 3,000 members, 2,000
         // tag strings, and every name and string's bytes.
-        let floor = 1000 * size_of::<Node>() + 3000 * size_of::<(Box<str>, Node)>() + 2000 * 32;
+        let floor =
+            1000 * size_of::<JsonNode>() + 3000 * size_of::<(Box<str>, JsonNode)>() + 2000 * 32;
         assert!(used > floor, "counted {used} bytes, floor {floor}");
         assert!(used > 4 * doc.len(), "a tree costs several times its text");
         // Just under what it needs: refused for memory, not as bad JSON;

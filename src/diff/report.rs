@@ -181,7 +181,7 @@ pub fn render_route(route: &str, report: &RouteReport, options: &ReportOptions) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::{
+    use crate::diff::{
         BodyMode, DiffKind, Difference, Example, NoiseThresholds, Outcome, Tally, TallyLimits,
     };
 

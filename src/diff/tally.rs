@@ -14,12 +14,12 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use http::{HeaderMap, Method};
 use serde::{Deserialize, Serialize};
 
-use super::body::decode_body;
+use super::difference::Difference;
+use super::example::Example;
 use super::noise::{is_noise, NoiseThresholds, Rate};
-use super::outcome::{prefix_bytes, render_bytes, truncate_chars, Captured, Difference, Outcome};
+use super::outcome::Outcome;
 use super::redact::Redactor;
 
 /// Field name under which paths beyond `max_fields` are counted.
@@ -54,144 +54,13 @@ impl Default for TallyLimits {
 /// How one primary-vs-shadow comparison was judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub enum PairVerdict {
     /// No differences.
     Equal,
     /// At least one real difference.
     Different,
     /// Differences, all of them noise.
     NoiseOnly,
-}
-
-// ---------------------------------------------------------------------------
-// Examples
-
-/// Bounds of an [`Example`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ExampleLimits {
-    /// Body bytes kept per response (decoded).
-    pub max_body_bytes: usize,
-    /// Headers kept per request or response.
-    pub max_headers: usize,
-    /// Characters kept per header value.
-    pub max_header_value: usize,
-    /// Differences kept.
-    pub max_differences: usize,
-}
-
-impl Default for ExampleLimits {
-    fn default() -> Self {
-        ExampleLimits {
-            max_body_bytes: 4096,
-            max_headers: 32,
-            max_header_value: 256,
-            max_differences: 20,
-        }
-    }
-}
-
-/// The request of an example.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ExampleRequest {
-    pub method: String,
-    pub uri: String,
-    /// `[name, value]` pairs; credentials redacted.
-    pub headers: Vec<(String, String)>,
-}
-
-/// One response of an example.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ExampleResponse {
-    pub status: u16,
-    /// `[name, value]` pairs; credentials redacted.
-    pub headers: Vec<(String, String)>,
-    /// The decoded body as text (lossy UTF-8), cut at `max_body_bytes`.
-    pub body: String,
-    /// Length of the body as captured (before decoding).
-    pub body_bytes: usize,
-    /// `body` is not the whole body.
-    pub body_truncated: bool,
-}
-
-/// One pair of responses that differed, kept for people to look at.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Example {
-    pub request: ExampleRequest,
-    pub primary: ExampleResponse,
-    pub other: ExampleResponse,
-    pub differences: Vec<Difference>,
-    /// When it was kept, seconds since the Unix epoch (for retention).
-    pub at: u64,
-}
-
-impl Example {
-    /// Builds a bounded example; secrets are redacted with the default
-    /// [`Redactor`] (a [`Tally`] applies its configured one on top).
-    pub fn new(
-        method: &Method,
-        uri: &str,
-        request_headers: &HeaderMap,
-        primary: &Captured,
-        other: &Captured,
-        outcome: &Outcome,
-        limits: &ExampleLimits,
-    ) -> Example {
-        let mut example = Example {
-            at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            request: ExampleRequest {
-                method: method.as_str().chars().take(32).collect(),
-                uri: truncate_chars(uri.to_owned(), 2048),
-                headers: header_pairs(request_headers, limits),
-            },
-            primary: response(primary, limits),
-            other: response(other, limits),
-            differences: outcome
-                .differences
-                .iter()
-                .take(limits.max_differences)
-                .cloned()
-                .collect(),
-        };
-        Redactor::default().example(&mut example);
-        example
-    }
-}
-
-fn header_pairs(headers: &HeaderMap, limits: &ExampleLimits) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .take(limits.max_headers)
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                render_bytes(value.as_bytes(), limits.max_header_value),
-            )
-        })
-        .collect()
-}
-
-fn response(c: &Captured, limits: &ExampleLimits) -> ExampleResponse {
-    let max = limits.max_body_bytes;
-    let (bytes, mut truncated) = match decode_body(&c.headers, &c.body, max) {
-        Ok(d) => (d.bytes, d.truncated),
-        Err(_) => (c.body.clone(), false),
-    };
-    let kept = prefix_bytes(&bytes, max);
-    truncated |= c.truncated || kept.len() < bytes.len();
-    ExampleResponse {
-        status: c.status,
-        headers: header_pairs(&c.headers, limits),
-        body: String::from_utf8_lossy(kept).into_owned(),
-        body_bytes: c.body.len(),
-        body_truncated: truncated,
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -259,7 +128,7 @@ pub struct FieldCount {
 /// Persisted state of one (route, mirror, endpoint).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct EndpointState {
+pub struct EndpointTallyState {
     pub route: String,
     pub mirror: String,
     pub endpoint: String,
@@ -287,7 +156,7 @@ pub struct SecondaryState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TallyState {
-    pub shadow: Vec<EndpointState>,
+    pub shadow: Vec<EndpointTallyState>,
     pub secondary: Vec<SecondaryState>,
 }
 
@@ -438,7 +307,7 @@ impl Tally {
         for rt in self.routes.values_mut() {
             for stats in rt.mirrors.values_mut().flat_map(|m| m.values_mut()) {
                 for ex in &mut stats.examples {
-                    redactor.example(ex);
+                    ex.redact(&redactor);
                 }
             }
         }
@@ -454,7 +323,7 @@ impl Tally {
     }
 
     /// Records a primary-vs-shadow outcome and judges it. `example` is only
-    /// called when the outcome is [`Verdict::Different`] and the endpoint
+    /// called when the outcome is [`PairVerdict::Different`] and the endpoint
     /// still has room for an example.
     pub fn record_shadow(
         &mut self,
@@ -463,7 +332,7 @@ impl Tally {
         endpoint: &str,
         outcome: &Outcome,
         example: impl FnOnce() -> Example,
-    ) -> Verdict {
+    ) -> PairVerdict {
         let limits = self.limits;
         let thresholds = self.thresholds_for(route);
         let rt = self.routes.entry(route.to_owned()).or_default();
@@ -484,7 +353,7 @@ impl Tally {
             stats.fields.add(key, 1, limits.max_fields);
         }
         let verdict = if keys.is_empty() {
-            Verdict::Equal
+            PairVerdict::Equal
         } else {
             let real = keys.iter().any(|key| {
                 // A field counted under "(other)" has no rate of its own.
@@ -497,22 +366,22 @@ impl Tally {
                 !is_noise(raw, noise, &thresholds)
             });
             if real {
-                Verdict::Different
+                PairVerdict::Different
             } else {
-                Verdict::NoiseOnly
+                PairVerdict::NoiseOnly
             }
         };
         match verdict {
-            Verdict::Equal => stats.equal = stats.equal.saturating_add(1),
-            Verdict::Different => {
+            PairVerdict::Equal => stats.equal = stats.equal.saturating_add(1),
+            PairVerdict::Different => {
                 stats.different = stats.different.saturating_add(1);
                 if stats.examples.len() < limits.max_examples {
                     let mut kept = example();
-                    self.redactor.example(&mut kept);
+                    kept.redact(&self.redactor);
                     stats.examples.push(kept);
                 }
             }
-            Verdict::NoiseOnly => stats.noise_only = stats.noise_only.saturating_add(1),
+            PairVerdict::NoiseOnly => stats.noise_only = stats.noise_only.saturating_add(1),
         }
         verdict
     }
@@ -679,7 +548,7 @@ impl Tally {
         for (route, rt) in &self.routes {
             for (mirror, eps) in &rt.mirrors {
                 for (endpoint, s) in eps {
-                    state.shadow.push(EndpointState {
+                    state.shadow.push(EndpointTallyState {
                         route: route.clone(),
                         mirror: mirror.clone(),
                         endpoint: endpoint.clone(),
@@ -728,7 +597,7 @@ impl Tally {
                     break;
                 }
                 // Examples stored before redaction existed get it now.
-                tally.redactor.example(&mut ex);
+                ex.redact(&tally.redactor);
                 s.examples.push(ex);
             }
         }
@@ -748,8 +617,9 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::{BodyMode, DiffKind};
+    use crate::diff::{BodyMode, Captured, DiffKind, ExampleLimits, ExampleRequest};
     use bytes::Bytes;
+    use http::{HeaderMap, Method};
     use std::cell::Cell;
 
     fn outcome(paths: &[&str]) -> Outcome {
@@ -779,17 +649,17 @@ mod tests {
         let mut t = Tally::default();
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &outcome(&[]), no_example),
-            Verdict::Equal
+            PairVerdict::Equal
         );
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &outcome(&["$.x"]), no_example),
-            Verdict::Different
+            PairVerdict::Different
         );
         let mut truncated = outcome(&[]);
         truncated.truncated = true;
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &truncated, no_example),
-            Verdict::Equal
+            PairVerdict::Equal
         );
         let report = t.route_report("api");
         assert_eq!(
@@ -825,7 +695,7 @@ mod tests {
         }
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &outcome(&["$.ts"]), no_example),
-            Verdict::NoiseOnly
+            PairVerdict::NoiseOnly
         );
         assert_eq!(
             t.record_shadow(
@@ -835,12 +705,12 @@ mod tests {
                 &outcome(&["$.ts", "$.price"]),
                 no_example
             ),
-            Verdict::Different
+            PairVerdict::Different
         );
         // Noise on another endpoint does not help this one.
         assert_eq!(
             t.record_shadow("api", "v2", "GET /b", &outcome(&["$.ts"]), no_example),
-            Verdict::Different
+            PairVerdict::Different
         );
         let report = t.route_report("api");
         let a = &report.endpoints[0];
@@ -881,12 +751,12 @@ mod tests {
         }
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &outcome(&["$.ts"]), no_example),
-            Verdict::Different
+            PairVerdict::Different
         );
         t.record_secondary("api", "GET /a", &outcome(&["$.ts"]));
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &outcome(&["$.ts"]), no_example),
-            Verdict::NoiseOnly
+            PairVerdict::NoiseOnly
         );
     }
 
@@ -905,7 +775,7 @@ mod tests {
         // Shadow: $.n differs every time: 100 % vs 10 % → real.
         assert_eq!(
             t.record_shadow("api", "v2", "GET /a", &outcome(&["$.n"]), no_example),
-            Verdict::Different
+            PairVerdict::Different
         );
     }
 
@@ -1144,12 +1014,12 @@ mod tests {
             max_examples: 0,
         };
         let mut state = t.export();
-        state.shadow.push(EndpointState {
+        state.shadow.push(EndpointTallyState {
             route: "api".into(),
             mirror: "v2".into(),
             endpoint: "GET /z".into(),
             compared: 4,
-            ..EndpointState::default()
+            ..EndpointTallyState::default()
         });
         let r = Tally::restore(state, small, NoiseThresholds::default());
         let report = r.route_report("api");

@@ -9,8 +9,11 @@ use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
+use super::captured::Captured;
+use super::difference::{DiffKind, DiffSink, Difference};
+use super::digest::digest;
 use super::json::{self, ParseError, TreeMeter};
-use super::outcome::{render_bytes, sides, BodyMode, Captured, DiffKind, Difference, Sink};
+use super::render::render_bytes;
 use super::rules::CompareRules;
 
 /// Most content-codings decoded for one body (`gzip, br` is two).
@@ -176,20 +179,36 @@ fn read_capped(reader: impl Read, limit: usize) -> std::io::Result<(Vec<u8>, boo
     Ok((out, truncated))
 }
 
-/// 64-bit FNV-1a: a fast, non-cryptographic digest for reports and
-/// equality shortcuts (never for security).
-pub fn digest(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+/// How the bodies were compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyMode {
+    /// Structurally, as JSON.
+    Json,
+    /// Line by line.
+    Text,
+    /// By length and digest.
+    Digest,
+    /// Declared JSON but at least one side did not parse: compared as text.
+    InvalidJsonAsText,
+    /// Declared JSON but at least one side did not parse, and it is not
+    /// UTF-8 text: compared by digest.
+    InvalidJsonAsDigest,
+    /// Not compared (a body was cut at the capture or decoding cap).
+    NotCompared,
 }
 
 pub(crate) struct BodyResult {
     pub(crate) mode: BodyMode,
     pub(crate) truncated: bool,
+}
+
+pub(crate) fn sides(primary: bool, other: bool) -> &'static str {
+    match (primary, other) {
+        (true, true) => "both",
+        (true, false) => "primary",
+        _ => "other",
+    }
 }
 
 fn note(notes: &mut Vec<String>, text: String) {
@@ -205,7 +224,7 @@ pub(crate) fn compare_bodies(
     primary: &Captured,
     other: &Captured,
     rules: &CompareRules,
-    sink: &mut Sink,
+    sink: &mut DiffSink,
     notes: &mut Vec<String>,
     meter: &TreeMeter,
 ) -> BodyResult {
@@ -344,7 +363,7 @@ fn describe(bytes: &[u8]) -> String {
     format!("{} bytes, fnv1a {:016x}", bytes.len(), digest(bytes))
 }
 
-fn digest_diff(a: &[u8], b: &[u8], sink: &mut Sink) {
+fn digest_diff(a: &[u8], b: &[u8], sink: &mut DiffSink) {
     if a != b {
         sink.push(|| Difference {
             path: "body".into(),
@@ -364,7 +383,7 @@ const RESYNC_WINDOW: usize = 32;
 /// from a changed one. Reported as `line[N]` (1-based; changed and missing
 /// lines numbered as in the primary, extra lines as in the other), at most
 /// `max_lines` of them.
-fn text_diff(a: &[u8], b: &[u8], max_lines: usize, sink: &mut Sink) {
+fn text_diff(a: &[u8], b: &[u8], max_lines: usize, sink: &mut DiffSink) {
     let la: Vec<&[u8]> = a.split(|&c| c == b'\n').collect();
     let lb: Vec<&[u8]> = b.split(|&c| c == b'\n').collect();
     let prefix = la.iter().zip(&lb).take_while(|(x, y)| x == y).count();
@@ -433,7 +452,7 @@ fn text_diff(a: &[u8], b: &[u8], max_lines: usize, sink: &mut Sink) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::{compare, CompareLimits, Outcome};
+    use crate::diff::{compare, CompareLimits, Outcome};
     use http::HeaderValue;
     use std::io::Write;
 
@@ -699,13 +718,6 @@ mod tests {
         a.headers.clear();
         b.headers.clear();
         assert_eq!(compare(&a, &b, &rules).body, BodyMode::Digest);
-    }
-
-    #[test]
-    fn fnv1a_known_values() {
-        assert_eq!(digest(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(digest(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(digest(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

@@ -16,8 +16,7 @@ use std::borrow::Cow;
 
 use percent_encoding::percent_decode_str;
 
-use super::outcome::{DiffKind, Difference};
-use super::tally::Example;
+use super::difference::{DiffKind, Difference};
 
 /// Header names (lowercase) whose values are always redacted.
 pub const DEFAULT_REDACTED_HEADERS: &[&str] = &[
@@ -198,28 +197,6 @@ impl Redactor {
                     *v = r;
                 }
             }
-        }
-    }
-
-    /// Hides every secret an example holds: the request's query, secret
-    /// header values on the request and both responses, and the values of
-    /// differences at secret headers.
-    pub fn example(&self, ex: &mut Example) {
-        if let Cow::Owned(r) = self.uri(&ex.request.uri) {
-            ex.request.uri = r;
-        }
-        for headers in [
-            &mut ex.request.headers,
-            &mut ex.primary.headers,
-            &mut ex.other.headers,
-        ] {
-            for (name, value) in headers.iter_mut() {
-                let kept = self.header_value(name, value).into_owned();
-                *value = kept;
-            }
-        }
-        for d in &mut ex.differences {
-            self.difference(d);
         }
     }
 }

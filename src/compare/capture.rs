@@ -12,7 +12,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
 
 use super::PrimaryAnswer;
-use crate::compare::Captured;
+use crate::diff::Captured;
 use crate::mirror::budget::{BoundedBuf, BufRefused, MemoryBudget};
 
 /// The shadow memory budget could not hold a capture.
