@@ -42,6 +42,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
 
 
+NOTES = """What holds the bytes (heaptrack on the `compare` row, issue #19.3): the
+captures and queued pairs (in the budget's buffers, three quarters of it); the
+comparison workers' JSON trees (a 1 MB document of small objects is ~5 MB of
+tree; counted as built and bounded by the last quarter, past which a pair is
+compared by digest); and, outside the budget, the primary path's own buffers
+(`get-plain`, `post-plain`). hyper's HTTP/1.1 client read buffer grew to ~400
+KiB per upstream connection: 68 MiB at the peak with 64 connections, until it
+was capped at 64 KiB. **Allocator**: with glibc's defaults RSS stays at its peak
+after the load although the gauge is back at 0 (after a large block is freed
+glibc raises its mmap threshold and later 1 MiB blocks come from arenas that
+keep their pages); a fixed `MALLOC_MMAP_THRESHOLD_=131072` gives each block of
+128 KiB or more its own mapping, unmapped when freed. The image sets it
+(`deploy/Dockerfile`); run this bench with `--proxy-env
+MALLOC_MMAP_THRESHOLD_=131072` to measure the proxy as shipped."""
+
+
 def parse_mib(size):
     """'128MiB' -> 128.0 (MiB, KiB and GiB as the config reads them)."""
     units = {"KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0}
@@ -209,13 +225,15 @@ def main(argv):
         end = "<!-- shadow-memory:end -->"
         section = (f"{start}\n## Shadow-side memory (limits.shadow_memory)\n\n"
                    f"`bench/memory.py --duration {a.duration} --connections {a.connections} "
-                   f"--shadow-memory {a.shadow_memory}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+                   f"--shadow-memory {a.shadow_memory}"
+                   + "".join(f" --proxy-env {kv}" for kv in a.proxy_env)
+                   + f"`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, release build: "
                    "`compare`: GET, mirror 100% with `compare: true`, ~1 MB JSON answers that differ; "
                    "`post`: 1 MiB POST bodies mirrored to a black-hole v2 (copy timeout 5 s); "
                    "`get-plain`, `post-plain`: the same loads with no mirror. "
                    "The budget holds when the peak stays under idle + budget. "
                    "RSS of the proxy process; the gauge is `shadowgate_shadow_memory_bytes`.\n\n"
-                   f"{table}\n{end}")
+                   f"{table}\n\n{NOTES}\n{end}")
         if start in text:
             text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
         else:
