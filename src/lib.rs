@@ -37,6 +37,7 @@ pub mod compare;
 pub mod comparison;
 pub mod config;
 pub mod demo;
+pub mod memory;
 pub mod mirror;
 pub mod process;
 pub mod promote;

@@ -14,7 +14,7 @@ use crate::config::{
     Config, HostMatch, MirrorConfig, PathMatch, RouteConfig, RouteMatch, ValueMatch,
 };
 use crate::mirror::bound::{InFlightBound, MirrorBounds};
-use crate::mirror::budget::MemoryBudget;
+use crate::memory::MemoryBudget;
 use crate::promote::switch::Book;
 use crate::proxy::upstream::Backend;
 use crate::telemetry::{Metrics, Role, TargetMetrics};

@@ -367,7 +367,7 @@ async fn send_copy(
 struct CopySink {
     /// `Some(cap)` when the answer is compared.
     capture_cap: Option<usize>,
-    memory: Arc<crate::mirror::budget::MemoryBudget>,
+    memory: Arc<crate::memory::MemoryBudget>,
     capture: Option<Capturer>,
     grpc_status: Option<u16>,
 }

@@ -2,14 +2,12 @@
 //! without holding back the primary (`tee`), and how copies are sent:
 //! spawned, bounded, timed out, and counted when dropped (`dispatch`).
 //!
-//! `budget` bounds in bytes what is held for shadows (body copies,
-//! captures, the comparison queue); `bound` is the per-mirror in-flight
-//! bound that survives reloads.
+//! `bound` is the per-mirror in-flight bound that survives reloads (the
+//! bytes held for shadows are bounded by `crate::memory`).
 //!
 //! Invariant: nothing here is ever awaited by the primary request path.
 
 pub mod bound;
-pub mod budget;
 pub mod dispatch;
 pub mod sample;
 pub mod tee;

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use http::{HeaderMap, HeaderName};
 
-use super::budget::{BoundedBuf, BufRefused, MemoryBudget, Reservation};
+use crate::memory::{BoundedBuf, BufRefused, MemoryBudget, Reservation};
 use crate::body::{is_body_too_large, BoxError, ClientBody};
 
 /// Why the mirrors got no body.
