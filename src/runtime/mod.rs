@@ -3,6 +3,11 @@
 //! `Runtime` and swaps it in atomically; requests in flight keep the one
 //! they started with. Backends whose settings did not change are carried
 //! over, so their connection pools and health survive a reload.
+//!
+//! `switch`: the promotion switches (who answers a route's traffic) that a
+//! build applies; `promote` decides them, the runtime only applies them.
+
+pub mod switch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,9 +20,9 @@ use crate::config::{
 };
 use crate::mirror::bound::{InFlightBound, MirrorBounds};
 use crate::memory::MemoryBudget;
-use crate::promote::switch::Book;
 use crate::proxy::upstream::Backend;
 use crate::telemetry::{Metrics, Role, TargetMetrics};
+use switch::Book;
 
 /// Everything the request path needs, for one configuration generation.
 #[derive(Debug)]
