@@ -10,17 +10,18 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::bound::InFlightPermit;
+use super::client::{self, CopyRequest};
 use super::sample::sampled;
 use super::tee::{TeeCopy, TeeFailure, TeeResult};
+use super::wire::Sink;
 use crate::comparison::capture::Capturer;
 use crate::comparison::{Engine, Job, PrimaryAnswer, PrimaryCapture, RouteComparison, Side};
-use crate::proxy::grpc;
-use crate::proxy::headers::suffixed_authority;
-use crate::proxy::upstream::{CopyRequest, UpstreamError};
-use crate::proxy::wire::Sink;
+use crate::protocol::grpc;
+use crate::protocol::headers::suffixed_authority;
 use crate::runtime::{Mirror, Route};
 use crate::telemetry::Role;
 use crate::telemetry::{AccessRecord, DropReason, MirrorErrorKind, Telemetry};
+use crate::upstream::UpstreamError;
 
 /// A copy admitted for one mirror; holds its in-flight permit.
 #[derive(Debug)]
@@ -316,7 +317,7 @@ async fn send_copy(
     let remaining = deadline.saturating_duration_since(Instant::now());
     let outcome = tokio::time::timeout_at(
         deadline,
-        mirror.backend.send_copy(copy, remaining, &mut sink),
+        client::send_copy(&mirror.backend, copy, remaining, &mut sink),
     )
     .await
     .map_err(|_| MirrorErrorKind::Timeout)
@@ -451,7 +452,7 @@ fn classify_upstream(e: UpstreamError) -> MirrorErrorKind {
         UpstreamError::Connect { .. } => MirrorErrorKind::Connect,
         UpstreamError::Timeout { .. } => MirrorErrorKind::Timeout,
         UpstreamError::Uri { .. } | UpstreamError::Tunnel { .. } => MirrorErrorKind::Protocol,
-        UpstreamError::Exchange { .. } if e.is_protocol() => MirrorErrorKind::Protocol,
+        UpstreamError::Exchange { .. } if client::is_protocol(&e) => MirrorErrorKind::Protocol,
         UpstreamError::Exchange { .. } if e.hyper_error().is_some_and(|h| h.is_timeout()) => {
             MirrorErrorKind::Timeout
         }

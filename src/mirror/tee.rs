@@ -24,8 +24,8 @@ use tokio::sync::oneshot;
 
 use http::{HeaderMap, HeaderName};
 
-use crate::memory::{BoundedBuf, BufRefused, MemoryBudget, Reservation};
 use crate::body::{is_body_too_large, BoxError, ClientBody};
+use crate::memory::{BoundedBuf, BufRefused, MemoryBudget, Reservation};
 
 /// Why the mirrors got no body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,13 +4,9 @@
 //! turns failures into responses (`error`).
 
 pub mod error;
-pub mod grpc;
 pub mod guard;
-pub mod headers;
 pub mod path;
 pub mod phases;
 pub mod server;
 pub mod tls;
 pub mod tunnel;
-pub mod upstream;
-pub mod wire;

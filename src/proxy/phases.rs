@@ -25,15 +25,17 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::error::ProxyError;
-use super::grpc;
-use super::headers::{add_forwarded, join_cookies, split_host_port, strip_hop_by_hop, trace_id};
 use super::tunnel;
-use super::upstream::{Backend, ResponseBody};
 use crate::body::{BoxError, ClientBody, ProxyBody, UpstreamBody};
 use crate::comparison::capture::{Capturer, PrimaryCapturer};
 use crate::mirror::{self, tee::TeeBody, CompareLink, MirrorBody, MirrorHead, RequestView};
+use crate::protocol::grpc;
+use crate::protocol::headers::{
+    add_forwarded, join_cookies, split_host_port, strip_hop_by_hop, trace_id,
+};
 use crate::runtime::{Route, Runtime, Shared};
 use crate::telemetry::{AccessRecord, TargetMetrics, Telemetry};
+use crate::upstream::{Backend, ResponseBody};
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -214,7 +216,7 @@ pub async fn handle(
         Ok(resp) => {
             ctx.upstream = resp
                 .extensions()
-                .get::<super::upstream::AnsweredBy>()
+                .get::<crate::upstream::AnsweredBy>()
                 .map(|a| a.0.clone());
             resp
         }
@@ -246,7 +248,7 @@ pub async fn handle(
     // a transfer coding other than chunked is not passed on.
     let mut resp = resp;
     if let Err(why) = response_framing(resp.headers_mut()) {
-        let e = ProxyError::Upstream(super::upstream::UpstreamError::Exchange {
+        let e = ProxyError::Upstream(crate::upstream::UpstreamError::Exchange {
             backend: backend.name().to_string(),
             endpoint: "primary".to_string(),
             source: why.into(),

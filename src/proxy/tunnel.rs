@@ -14,12 +14,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::error::ProxyError;
-use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::phases::{ConnInfo, RequestContext};
-use super::upstream::{Backend, UpstreamError};
 use crate::body::{ProxyBody, UpstreamBody};
+use crate::protocol::headers::{add_forwarded, strip_hop_by_hop};
 use crate::runtime::Route;
 use crate::telemetry::{TargetMetrics, Telemetry};
+use crate::upstream::{Backend, UpstreamError};
 
 /// Whether the request asks for a tunnel.
 pub fn is_tunnel<B>(req: &Request<B>) -> bool {

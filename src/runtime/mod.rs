@@ -18,10 +18,10 @@ use crate::comparison::{Engine, RouteComparison};
 use crate::config::{
     Config, HostMatch, MirrorConfig, PathMatch, RouteConfig, RouteMatch, ValueMatch,
 };
-use crate::mirror::bound::{InFlightBound, MirrorBounds};
 use crate::memory::MemoryBudget;
-use crate::proxy::upstream::Backend;
+use crate::mirror::bound::{InFlightBound, MirrorBounds};
 use crate::telemetry::{Metrics, Role, TargetMetrics};
+use crate::upstream::Backend;
 use switch::Book;
 
 /// Everything the request path needs, for one configuration generation.
