@@ -457,7 +457,7 @@ fn tee_body(
         .unwrap_or(0);
     let memory = &jobs[0].mirror.memory;
     let (tee, rx) = TeeBody::new(body, usize::try_from(cap).unwrap_or(usize::MAX), memory);
-    (UpstreamBody::Teed { inner: tee }, MirrorBody::Pending(rx))
+    (UpstreamBody::teed(tee), MirrorBody::Pending(rx))
 }
 
 /// A copy of the head for one retry on another endpoint, only when a retry
