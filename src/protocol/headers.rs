@@ -195,6 +195,45 @@ pub fn suffixed_authority(authority: &str, suffix: &str) -> String {
     out
 }
 
+/// Checks and settles the framing fields of a response from an HTTP/1.1
+/// upstream before its head goes on (hyper's client has already decoded a
+/// chunked body; the fields are as the backend sent them).
+///
+/// * `Transfer-Encoding: chunked` together with `Content-Length`: RFC 9112
+///   §6.3 — the transfer coding wins, the length is wrong by definition and
+///   is dropped. Passed on, it made hyper send the client `content-length: 3`
+///   and cut the dechunked body there (HTTP/1.1: truncated, and the
+///   keep-alive connection went on, out of step; HTTP/2: a stream error).
+/// * Any other transfer coding (`gzip, chunked`, `deflate`, …): an error
+///   (502). hyper's client removes only `chunked`, so the body still carries
+///   the other coding, and `Transfer-Encoding` is hop-by-hop: forwarded as
+///   is, the client got raw gzip with nothing saying so. Passing it on as a
+///   transfer coding would only do for HTTP/1.1 clients that sent a
+///   matching `TE`, never for HTTP/2; decoding it here would be a
+///   decompressor on the request path for something backends do not send
+///   in practice. Production proxies refuse it the same way (nginx: "upstream
+///   sent unknown Transfer-Encoding", 502; Envoy and HAProxy likewise).
+pub fn response_framing(headers: &mut http::HeaderMap) -> Result<(), &'static str> {
+    if !headers.contains_key(header::TRANSFER_ENCODING) {
+        return Ok(());
+    }
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty());
+    let only_chunked = codings
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none();
+    if !only_chunked {
+        return Err("response with a transfer coding other than chunked");
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

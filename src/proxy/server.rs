@@ -30,8 +30,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
+use super::context::ConnInfo;
 use super::guard::{FramingGuard, Verdicts};
-use super::phases::{handle, ConnInfo};
+use super::phases::handle;
 use crate::config::Limits;
 use crate::runtime::Shared;
 

@@ -13,8 +13,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::context::{ConnInfo, RequestContext};
 use super::error::ProxyError;
-use super::phases::{ConnInfo, RequestContext};
 use crate::body::{ProxyBody, UpstreamBody};
 use crate::protocol::headers::{add_forwarded, strip_hop_by_hop};
 use crate::runtime::Route;
@@ -121,7 +121,7 @@ pub async fn forward(
     log(resp.status().as_u16(), agreed.then_some("tunnel"));
     if !agreed {
         let (mut parts, body) = resp.into_parts();
-        if super::phases::response_framing(&mut parts.headers).is_err() {
+        if crate::protocol::headers::response_framing(&mut parts.headers).is_err() {
             let e = ProxyError::from(UpstreamError::Tunnel {
                 backend: backend.name().to_string(),
                 endpoint: "primary".to_string(),
