@@ -12,13 +12,13 @@ use tokio::time::Instant;
 use super::bound::InFlightPermit;
 use super::client::{self, CopyRequest};
 use super::sample::sampled;
+use super::target::{Mirror, RouteShadows};
 use super::tee::{TeeCopy, TeeFailure, TeeResult};
 use super::wire::Sink;
 use crate::comparison::capture::Capturer;
 use crate::comparison::{Engine, Job, PrimaryAnswer, PrimaryCapture, RouteComparison, Side};
 use crate::protocol::grpc;
 use crate::protocol::headers::suffixed_authority;
-use crate::runtime::{Mirror, Route};
 use crate::telemetry::Role;
 use crate::telemetry::{AccessRecord, DropReason, MirrorErrorKind, Telemetry};
 use crate::upstream::UpstreamError;
@@ -109,24 +109,24 @@ fn log_record<'a>(
     }
 }
 
-/// Decides, for each mirror of `route`, whether this request is copied.
+/// Decides, for each mirror of a route (`shadows`), whether this request is copied.
 /// Copies refused for a reason (method, body size, memory, overload) are
 /// counted and logged here; requests merely not sampled are not. A body
 /// the shadow memory budget cannot hold now (its declared length, or any
 /// body when the budget is spent) is refused here; the tee reserves the
 /// bytes themselves as they arrive.
 pub fn admit(
-    route: &Route,
+    shadows: RouteShadows<'_>,
     answerer: &str,
     head: RequestView<'_>,
     content_length: Option<u64>,
     telemetry: &Telemetry,
 ) -> Vec<MirrorJob> {
     let mut jobs = Vec::new();
-    for mirror in &route.mirrors {
+    for mirror in shadows.mirrors {
         // While a split gives the candidate live traffic, the requests it
         // answers itself are not copied to it again.
-        if !route.split.is_empty() && mirror.backend.name() == answerer {
+        if shadows.splits && mirror.backend.name() == answerer {
             continue;
         }
         let cfg = &mirror.config;
@@ -163,7 +163,7 @@ pub fn admit(
         }
     }
     // The secondary (noise learning) gets what a compared mirror gets.
-    if let Some(secondary) = &route.secondary {
+    if let Some(secondary) = shadows.secondary {
         if jobs.iter().any(|j| j.mirror.config.compare) {
             let permit = if body_over_budget(secondary, content_length) {
                 Err(DropReason::Memory)

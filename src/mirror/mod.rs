@@ -12,7 +12,9 @@ pub mod bound;
 pub mod client;
 pub mod dispatch;
 pub mod sample;
+pub mod target;
 pub mod tee;
 pub mod wire;
 
 pub use dispatch::{admit, dispatch, CompareLink, MirrorBody, MirrorHead, MirrorJob, RequestView};
+pub use target::{Mirror, RouteShadows};

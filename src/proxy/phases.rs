@@ -128,7 +128,13 @@ pub async fn handle(
     let jobs = if route.mirrors.is_empty() {
         Vec::new()
     } else {
-        mirror::admit(route, backend.name(), view, content_length, telemetry)
+        mirror::admit(
+            route.shadows(),
+            backend.name(),
+            view,
+            content_length,
+            telemetry,
+        )
     };
 
     // 5. body: tee a bounded copy for the mirrors while it streams to the primary

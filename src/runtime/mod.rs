@@ -19,7 +19,8 @@ use crate::config::{
     Config, HostMatch, MirrorConfig, PathMatch, RouteConfig, RouteMatch, ValueMatch,
 };
 use crate::memory::MemoryBudget;
-use crate::mirror::bound::{InFlightBound, MirrorBounds};
+use crate::mirror::bound::MirrorBounds;
+pub use crate::mirror::{Mirror, RouteShadows};
 use crate::telemetry::{Metrics, Role, TargetMetrics};
 use crate::upstream::Backend;
 use switch::Book;
@@ -57,18 +58,15 @@ pub struct Route {
     pub memory: Arc<MemoryBudget>,
 }
 
-/// A mirror of a route, with its bound on copies in flight.
-#[derive(Debug)]
-pub struct Mirror {
-    pub route: Arc<str>,
-    pub config: MirrorConfig,
-    pub backend: Arc<Backend>,
-    pub metrics: TargetMetrics,
-    /// Permits for copies in flight, shared by every generation of this
-    /// mirror (route, backend, role); `try_acquire` failing means overload.
-    pub in_flight: Arc<InFlightBound>,
-    /// The byte budget that body copies and captures are reserved from.
-    pub memory: Arc<MemoryBudget>,
+impl Route {
+    /// What the mirrors' admission needs of this route.
+    pub fn shadows(&self) -> RouteShadows<'_> {
+        RouteShadows {
+            mirrors: &self.mirrors,
+            secondary: self.secondary.as_ref(),
+            splits: !self.split.is_empty(),
+        }
+    }
 }
 
 impl Runtime {
