@@ -109,6 +109,18 @@ fn log_record<'a>(
     }
 }
 
+/// Counts and logs a copy that is not sent, and why.
+fn dropped(
+    telemetry: &Telemetry,
+    mirror: &Mirror,
+    head: RequestView<'_>,
+    started: Instant,
+    reason: DropReason,
+) {
+    let rec = log_record(mirror, head, None, 0, started, Some(reason.as_str()));
+    telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+}
+
 /// Decides, for each mirror of a route (`shadows`), whether this request is copied.
 /// Copies refused for a reason (method, body size, memory, overload) are
 /// counted and logged here; requests merely not sampled are not. A body
@@ -157,8 +169,7 @@ pub fn admit(
             }),
             None => {
                 let reason = refused.unwrap_or(DropReason::Overload);
-                let rec = log_record(mirror, head, None, 0, Instant::now(), Some(reason.as_str()));
-                telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+                dropped(telemetry, mirror, head, Instant::now(), reason);
             }
         }
     }
@@ -178,17 +189,7 @@ pub fn admit(
                     mirror: secondary.clone(),
                     _permit: permit,
                 }),
-                Err(reason) => {
-                    let rec = log_record(
-                        secondary,
-                        head,
-                        None,
-                        0,
-                        Instant::now(),
-                        Some(reason.as_str()),
-                    );
-                    telemetry.mirror_dropped(&secondary.metrics, reason, &rec);
-                }
+                Err(reason) => dropped(telemetry, secondary, head, Instant::now(), reason),
             }
         }
     }
@@ -275,31 +276,20 @@ async fn send_copy(
     };
     let body = match body {
         Ok(b) if b.body.len() as u64 <= cfg.max_body_bytes => b,
-        Ok(_) | Err(TeeFailure::TooLarge) => {
-            let reason = DropReason::BodyTooLarge;
-            let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
-            telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
-            return;
-        }
-        Err(TeeFailure::Memory) => {
-            let reason = DropReason::Memory;
-            let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
-            telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
-            return;
-        }
-        Err(TeeFailure::ClientError) => {
-            let reason = DropReason::BodyIncomplete;
-            let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
-            telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+        refused => {
+            let reason = match refused {
+                Ok(_) | Err(TeeFailure::TooLarge) => DropReason::BodyTooLarge,
+                Err(TeeFailure::Memory) => DropReason::Memory,
+                Err(TeeFailure::ClientError) => DropReason::BodyIncomplete,
+            };
+            dropped(telemetry, mirror, view, started, reason);
             return;
         }
     };
     // A backend whose every endpoint refused connections lately is skipped
     // (counted) until its ejection lapses; then one copy probes it again.
     if mirror.backend.all_ejected() {
-        let reason = DropReason::Unhealthy;
-        let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
-        telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+        dropped(telemetry, mirror, view, started, DropReason::Unhealthy);
         return;
     }
     let copy = copy_request(mirror, head, body);

@@ -302,17 +302,24 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
     }
 
-    #[test]
-    fn forwarded_fields() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("via", "1.1 edge")]);
+    /// Forwarding fields added for a cleartext HTTP/1.1 request to
+    /// `my-app.local` from `peer`.
+    fn forward(h: &mut HeaderMap, peer: &str, trusted: bool) {
+        let peer = peer.parse().unwrap();
         add_forwarded(
-            &mut h,
-            "127.0.0.1".parse().unwrap(),
+            h,
+            peer,
             false,
             "my-app.local",
             http::Version::HTTP_11,
-            true,
+            trusted,
         );
+    }
+
+    #[test]
+    fn forwarded_fields() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("via", "1.1 edge")]);
+        forward(&mut h, "127.0.0.1", true);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "my-app.local");
@@ -328,28 +335,14 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ];
         let mut h = map(&sent);
-        add_forwarded(
-            &mut h,
-            "::ffff:127.0.0.1".parse().unwrap(),
-            false,
-            "my-app.local",
-            http::Version::HTTP_11,
-            false,
-        );
+        forward(&mut h, "::ffff:127.0.0.1", false);
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "my-app.local");
         // From a trusted peer: several lines are one list, appended to.
         let mut h = map(&sent);
-        add_forwarded(
-            &mut h,
-            "127.0.0.1".parse().unwrap(),
-            false,
-            "my-app.local",
-            http::Version::HTTP_11,
-            true,
-        );
+        forward(&mut h, "127.0.0.1", true);
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 7.7.7.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "evil.example");

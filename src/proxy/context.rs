@@ -4,10 +4,11 @@
 
 use std::net::SocketAddr;
 
-use http::header::HeaderValue;
-use http::{Method, Uri};
+use http::header::{HeaderMap, HeaderValue};
+use http::{Method, Uri, Version};
 use tokio::time::Instant;
 
+use crate::protocol::headers::add_forwarded;
 use crate::telemetry::AccessRecord;
 
 /// Facts about the client connection.
@@ -37,6 +38,19 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// Adds the forwarding fields (`X-Forwarded-*`, `Via`) of this request,
+    /// received on `conn`, to `headers` (sent upstream as `version`).
+    pub fn add_forwarded(&self, headers: &mut HeaderMap, conn: ConnInfo, version: Version) {
+        add_forwarded(
+            headers,
+            conn.peer.ip(),
+            conn.tls,
+            &self.authority,
+            version,
+            self.trusted_peer,
+        );
+    }
+
     /// The access-log record of this request as answered by `backend`.
     pub fn access_record<'a>(
         &'a self,

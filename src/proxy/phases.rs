@@ -31,7 +31,7 @@ use crate::comparison::capture::{Capturer, PrimaryCapturer};
 use crate::mirror::{self, tee::TeeBody, CompareLink, MirrorBody, MirrorHead, RequestView};
 use crate::protocol::grpc;
 use crate::protocol::headers::{
-    add_forwarded, join_cookies, response_framing, split_host_port, strip_hop_by_hop, trace_id,
+    join_cookies, response_framing, split_host_port, strip_hop_by_hop, trace_id,
 };
 use crate::runtime::{Route, Runtime, Shared};
 use crate::telemetry::{TargetMetrics, Telemetry};
@@ -179,19 +179,7 @@ pub async fn handle(
                 }
                 _ => ProxyError::from(e),
             };
-            tracing::warn!(route = %route.name, request_id = ctx.request_id.to_str().unwrap_or("-"), error = %e, "primary failed");
-            let resp = e.to_response(Some(&ctx.request_id));
-            log_primary(
-                telemetry,
-                target,
-                route,
-                backend,
-                &ctx,
-                resp.status().as_u16(),
-                0,
-                Some(e.status_reason()),
-            );
-            return resp;
+            return primary_failed(e, &ctx, route, backend, target, telemetry);
         }
     };
 
@@ -204,19 +192,7 @@ pub async fn handle(
             endpoint: "primary".to_string(),
             source: why.into(),
         });
-        tracing::warn!(route = %route.name, request_id = ?ctx.request_id, error = %e, "primary failed");
-        let resp = e.to_response(Some(&ctx.request_id));
-        log_primary(
-            telemetry,
-            target,
-            route,
-            backend,
-            &ctx,
-            resp.status().as_u16(),
-            0,
-            Some("upstream_failed"),
-        );
-        return resp;
+        return primary_failed(e, &ctx, route, backend, target, telemetry);
     }
 
     // 8. response filter
@@ -324,14 +300,7 @@ fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, con
     strip_hop_by_hop(&mut parts.headers, false);
     restore_trailer_field(&mut parts.headers, trailer);
     join_cookies(&mut parts.headers);
-    add_forwarded(
-        &mut parts.headers,
-        conn.peer.ip(),
-        conn.tls,
-        &ctx.authority,
-        parts.version,
-        ctx.trusted_peer,
-    );
+    ctx.add_forwarded(&mut parts.headers, conn, parts.version);
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
@@ -472,6 +441,31 @@ fn response_filter(
         }),
     };
     Response::from_parts(parts, observed.boxed())
+}
+
+/// The primary's exchange failed: the client gets the error's response,
+/// logged and counted as the primary's answer (reason from its status).
+fn primary_failed(
+    e: ProxyError,
+    ctx: &RequestContext,
+    route: &Route,
+    backend: &Backend,
+    target: &TargetMetrics,
+    telemetry: &Telemetry,
+) -> Response<ProxyBody> {
+    tracing::warn!(route = %route.name, request_id = ctx.request_id.to_str().unwrap_or("-"), error = %e, "primary failed");
+    let resp = e.to_response(Some(&ctx.request_id));
+    log_primary(
+        telemetry,
+        target,
+        route,
+        backend,
+        ctx,
+        resp.status().as_u16(),
+        0,
+        Some(e.status_reason()),
+    );
+    resp
 }
 
 #[allow(clippy::too_many_arguments)]
