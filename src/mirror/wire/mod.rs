@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 #[doc(hidden)]
 pub use fuzz::{check_split_properties, replay, Replay};
-use parse::{parse_head, read_chunked, read_length, read_to_close, BodyFraming, Buffer};
+use parse::{parse_head, read_chunked, read_length, read_to_close, Buffer, ResponseFraming};
 
 /// Largest response head accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -237,16 +237,16 @@ pub async fn exchange<S: Io>(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        BodyFraming::Empty
+        ResponseFraming::Empty
     } else {
         parsed.framing
     };
     sink.head(status, &parsed.headers.unwrap_or_default());
     let (body_bytes, clean_end) = match framing {
-        BodyFraming::Empty => (0, true),
-        BodyFraming::Length(n) => (read_length(stream, &mut buf, n, sink).await?, true),
-        BodyFraming::Chunked => read_chunked(stream, &mut buf, sink).await?,
-        BodyFraming::Close => (read_to_close(stream, &mut buf, sink).await?, false),
+        ResponseFraming::Empty => (0, true),
+        ResponseFraming::Length(n) => (read_length(stream, &mut buf, n, sink).await?, true),
+        ResponseFraming::Chunked => read_chunked(stream, &mut buf, sink).await?,
+        ResponseFraming::Close => (read_to_close(stream, &mut buf, sink).await?, false),
     };
     Ok(Answered {
         status,

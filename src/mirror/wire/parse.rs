@@ -51,7 +51,7 @@ impl Buffer {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum BodyFraming {
+pub(super) enum ResponseFraming {
     Empty,
     Length(u64),
     Chunked,
@@ -61,7 +61,7 @@ pub(super) enum BodyFraming {
 #[derive(Debug)]
 pub(super) struct ParsedHead {
     pub(super) status: StatusCode,
-    pub(super) framing: BodyFraming,
+    pub(super) framing: ResponseFraming,
     pub(super) keep_alive: bool,
     pub(super) headers: Option<HeaderMap>,
     /// Bytes the head took.
@@ -118,10 +118,10 @@ pub(super) fn parse_head(
     }
     let has_coding = chunked || other_coding;
     let framing = match (has_coding, chunked, length) {
-        (true, true, _) => BodyFraming::Chunked,
-        (true, false, _) => BodyFraming::Close,
-        (false, _, Some(n)) => BodyFraming::Length(n),
-        (false, _, None) => BodyFraming::Close,
+        (true, true, _) => ResponseFraming::Chunked,
+        (true, false, _) => ResponseFraming::Close,
+        (false, _, Some(n)) => ResponseFraming::Length(n),
+        (false, _, None) => ResponseFraming::Close,
     };
     let headers = if want_headers {
         let mut map = HeaderMap::with_capacity(response.headers.len());
