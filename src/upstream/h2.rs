@@ -18,7 +18,7 @@ use crate::body::UpstreamBody;
 use crate::config::UpstreamProtocol;
 
 /// Streams carried by one HTTP/2 connection before another is opened.
-pub(super) const STREAMS_PER_CONNECTION: usize = 100;
+const STREAMS_PER_CONNECTION: usize = 100;
 
 /// HTTP/2 flow control towards a backend: what one stream may receive
 /// before the proxy has passed it on to its client.

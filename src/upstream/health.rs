@@ -11,6 +11,7 @@ impl Backend {
     pub(super) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
+
     /// True when every endpoint is being passed over after refusing
     /// connections. Mirrors skip such a backend rather than knock again.
     pub fn all_ejected(&self) -> bool {
