@@ -6,11 +6,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-
-use crate::mirror::tee::TeeBody;
 
 /// Error type carried by boxed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -114,8 +112,10 @@ pin_project_lite::pin_project! {
     pub enum UpstreamBody {
         /// The client's body, streamed.
         Streamed { #[pin] inner: ClientBody },
-        /// The client's body, streamed, with a copy kept for the mirrors.
-        Teed { #[pin] inner: TeeBody },
+        /// The client's body, streamed, with a copy kept for the mirrors
+        /// (the tee is `crate::mirror::tee::TeeBody`; boxed here so that
+        /// this room does not depend on the mirrors).
+        Teed { #[pin] inner: UnsyncBoxBody<Bytes, BoxError> },
         /// A body already in memory (a mirror's copy).
         Buffered { #[pin] inner: Full<Bytes> },
         /// A body in memory followed by trailer fields (a mirror's copy of
@@ -129,6 +129,13 @@ impl UpstreamBody {
     pub fn buffered(data: Bytes) -> Self {
         UpstreamBody::Buffered {
             inner: Full::new(data),
+        }
+    }
+
+    /// The client's body passed through the mirrors' tee.
+    pub fn teed(tee: impl Body<Data = Bytes, Error = BoxError> + Send + 'static) -> Self {
+        UpstreamBody::Teed {
+            inner: UnsyncBoxBody::new(tee),
         }
     }
 

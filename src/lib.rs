@@ -8,19 +8,24 @@
 //!
 //! - `config`: files (native YAML, or Istio / Gateway API manifests) →
 //!   validated model;
-//! - `runtime`: live state built from a config (with promotion switches
-//!   applied), swapped atomically on reload;
+//! - `runtime`: live state built from a config (with the promotion
+//!   switches of `runtime::switch` applied), swapped atomically on reload;
 //! - `proxy`: listeners, TLS, the request path, guards on malformed
-//!   requests, gRPC, upgrades and CONNECT tunnels, and the upstream
-//!   clients;
-//! - `mirror`: sampling, body tee, bounded shadow dispatch;
+//!   requests, upgrades and CONNECT tunnels;
+//! - `upstream`: the primary's client of a backend (endpoint health,
+//!   connections, HTTP/1.1 and HTTP/2 pools);
+//! - `mirror`: sampling, body tee, bounded shadow dispatch, and the copy's
+//!   own HTTP/1.1 client;
+//! - `memory`: the byte budget of what is held for shadows;
+//! - `protocol`: header manners, gRPC status, ALPN ids (shared by the
+//!   request path and the copy path);
 //! - `body`: the body types of the request path (what goes upstream, what
 //!   goes back to the client);
 //! - `diff`: pure comparison of two answers (JSON, bodies, rules,
 //!   noise, per-endpoint tallies and reports);
 //! - `compare`: the comparison pipeline — captures of the primary's
 //!   answer, the bounded queue, worker threads, tallies, persistence;
-//! - `promote`: promotion gates, the switch, rollback and `auto` mode;
+//! - `promote`: promotion gates, switching, rollback and `auto` mode;
 //! - `store`: persisted state (SQLite file or memory);
 //! - `telemetry`: access logs, Prometheus metrics, sliding windows;
 //! - `admin`: the admin server (JSON API, dashboard, `/metrics`) and the
@@ -37,10 +42,13 @@ pub mod compare;
 pub mod config;
 pub mod demo;
 pub mod diff;
+pub mod memory;
 pub mod mirror;
 pub mod process;
 pub mod promote;
+pub mod protocol;
 pub mod proxy;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;
+pub mod upstream;

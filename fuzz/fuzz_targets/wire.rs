@@ -1,4 +1,4 @@
-//! The mirror copies' HTTP/1.1 client (`proxy::wire`) reading arbitrary
+//! The mirror copies' HTTP/1.1 client (`mirror::wire`) reading arbitrary
 //! server bytes: never a panic; the same outcome, body, fields and trailers
 //! whether the answer arrives in large reads or in small pieces; a body
 //! never longer than what arrived (`wire::check_split_properties`).
@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    shadowgate::proxy::wire::check_split_properties(data);
+    shadowgate::mirror::wire::check_split_properties(data);
 });

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::PrimaryAnswer;
 use crate::diff::Captured;
-use crate::mirror::budget::{BoundedBuf, BufRefused, MemoryBudget};
+use crate::memory::{BoundedBuf, BufRefused, MemoryBudget};
 
 /// The shadow memory budget could not hold a capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

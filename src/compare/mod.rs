@@ -27,7 +27,7 @@ use crate::diff::{
     self, Captured, CompareRules, EndpointTemplater, ExampleLimits, PairVerdict, Tally,
     TallyLimits, TallyState,
 };
-use crate::mirror::budget::MemoryBudget;
+use crate::memory::MemoryBudget;
 use crate::store::Store;
 use crate::telemetry::metrics::CompareLabels;
 use crate::telemetry::window::Window;

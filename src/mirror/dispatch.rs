@@ -10,17 +10,18 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::bound::InFlightPermit;
+use super::client::{self, CopyRequest};
 use super::sample::sampled;
+use super::target::{Mirror, RouteShadows};
 use super::tee::{TeeCopy, TeeFailure, TeeResult};
+use super::wire::Sink;
 use crate::compare::capture::Capturer;
 use crate::compare::{Engine, Job, PrimaryAnswer, PrimaryCapture, RouteComparison, Side};
-use crate::proxy::grpc;
-use crate::proxy::headers::suffixed_authority;
-use crate::proxy::upstream::{CopyRequest, UpstreamError};
-use crate::proxy::wire::Sink;
-use crate::runtime::{Mirror, Route};
+use crate::protocol::grpc;
+use crate::protocol::headers::suffixed_authority;
 use crate::telemetry::Role;
 use crate::telemetry::{AccessRecord, DropReason, MirrorErrorKind, Telemetry};
+use crate::upstream::UpstreamError;
 
 /// A copy admitted for one mirror; holds its in-flight permit.
 #[derive(Debug)]
@@ -108,24 +109,36 @@ fn log_record<'a>(
     }
 }
 
-/// Decides, for each mirror of `route`, whether this request is copied.
+/// Counts and logs a copy that is not sent, and why.
+fn dropped(
+    telemetry: &Telemetry,
+    mirror: &Mirror,
+    head: RequestView<'_>,
+    started: Instant,
+    reason: DropReason,
+) {
+    let rec = log_record(mirror, head, None, 0, started, Some(reason.as_str()));
+    telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+}
+
+/// Decides, for each mirror of a route (`shadows`), whether this request is copied.
 /// Copies refused for a reason (method, body size, memory, overload) are
 /// counted and logged here; requests merely not sampled are not. A body
 /// the shadow memory budget cannot hold now (its declared length, or any
 /// body when the budget is spent) is refused here; the tee reserves the
 /// bytes themselves as they arrive.
 pub fn admit(
-    route: &Route,
+    shadows: RouteShadows<'_>,
     answerer: &str,
     head: RequestView<'_>,
     content_length: Option<u64>,
     telemetry: &Telemetry,
 ) -> Vec<MirrorJob> {
     let mut jobs = Vec::new();
-    for mirror in &route.mirrors {
+    for mirror in shadows.mirrors {
         // While a split gives the candidate live traffic, the requests it
         // answers itself are not copied to it again.
-        if !route.split.is_empty() && mirror.backend.name() == answerer {
+        if shadows.splits && mirror.backend.name() == answerer {
             continue;
         }
         let cfg = &mirror.config;
@@ -156,13 +169,12 @@ pub fn admit(
             }),
             None => {
                 let reason = refused.unwrap_or(DropReason::Overload);
-                let rec = log_record(mirror, head, None, 0, Instant::now(), Some(reason.as_str()));
-                telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+                dropped(telemetry, mirror, head, Instant::now(), reason);
             }
         }
     }
     // The secondary (noise learning) gets what a compared mirror gets.
-    if let Some(secondary) = &route.secondary {
+    if let Some(secondary) = shadows.secondary {
         if jobs.iter().any(|j| j.mirror.config.compare) {
             let permit = if body_over_budget(secondary, content_length) {
                 Err(DropReason::Memory)
@@ -177,17 +189,7 @@ pub fn admit(
                     mirror: secondary.clone(),
                     _permit: permit,
                 }),
-                Err(reason) => {
-                    let rec = log_record(
-                        secondary,
-                        head,
-                        None,
-                        0,
-                        Instant::now(),
-                        Some(reason.as_str()),
-                    );
-                    telemetry.mirror_dropped(&secondary.metrics, reason, &rec);
-                }
+                Err(reason) => dropped(telemetry, secondary, head, Instant::now(), reason),
             }
         }
     }
@@ -274,31 +276,20 @@ async fn send_copy(
     };
     let body = match body {
         Ok(b) if b.body.len() as u64 <= cfg.max_body_bytes => b,
-        Ok(_) | Err(TeeFailure::TooLarge) => {
-            let reason = DropReason::BodyTooLarge;
-            let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
-            telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
-            return;
-        }
-        Err(TeeFailure::Memory) => {
-            let reason = DropReason::Memory;
-            let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
-            telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
-            return;
-        }
-        Err(TeeFailure::ClientError) => {
-            let reason = DropReason::BodyIncomplete;
-            let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
-            telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+        refused => {
+            let reason = match refused {
+                Ok(_) | Err(TeeFailure::TooLarge) => DropReason::BodyTooLarge,
+                Err(TeeFailure::Memory) => DropReason::Memory,
+                Err(TeeFailure::ClientError) => DropReason::BodyIncomplete,
+            };
+            dropped(telemetry, mirror, view, started, reason);
             return;
         }
     };
     // A backend whose every endpoint refused connections lately is skipped
     // (counted) until its ejection lapses; then one copy probes it again.
     if mirror.backend.all_ejected() {
-        let reason = DropReason::Unhealthy;
-        let rec = log_record(mirror, view, None, 0, started, Some(reason.as_str()));
-        telemetry.mirror_dropped(&mirror.metrics, reason, &rec);
+        dropped(telemetry, mirror, view, started, DropReason::Unhealthy);
         return;
     }
     let copy = copy_request(mirror, head, body);
@@ -316,7 +307,7 @@ async fn send_copy(
     let remaining = deadline.saturating_duration_since(Instant::now());
     let outcome = tokio::time::timeout_at(
         deadline,
-        mirror.backend.send_copy(copy, remaining, &mut sink),
+        client::send_copy(&mirror.backend, copy, remaining, &mut sink),
     )
     .await
     .map_err(|_| MirrorErrorKind::Timeout)
@@ -367,7 +358,7 @@ async fn send_copy(
 struct CopySink {
     /// `Some(cap)` when the answer is compared.
     capture_cap: Option<usize>,
-    memory: Arc<crate::mirror::budget::MemoryBudget>,
+    memory: Arc<crate::memory::MemoryBudget>,
     capture: Option<Capturer>,
     grpc_status: Option<u16>,
 }
@@ -451,7 +442,7 @@ fn classify_upstream(e: UpstreamError) -> MirrorErrorKind {
         UpstreamError::Connect { .. } => MirrorErrorKind::Connect,
         UpstreamError::Timeout { .. } => MirrorErrorKind::Timeout,
         UpstreamError::Uri { .. } | UpstreamError::Tunnel { .. } => MirrorErrorKind::Protocol,
-        UpstreamError::Exchange { .. } if e.is_protocol() => MirrorErrorKind::Protocol,
+        UpstreamError::Exchange { .. } if client::is_protocol(&e) => MirrorErrorKind::Protocol,
         UpstreamError::Exchange { .. } if e.hyper_error().is_some_and(|h| h.is_timeout()) => {
             MirrorErrorKind::Timeout
         }

@@ -1,17 +1,20 @@
 //! Mirroring: which requests are copied (`sample`), how the body is copied
 //! without holding back the primary (`tee`), and how copies are sent:
-//! spawned, bounded, timed out, and counted when dropped (`dispatch`).
+//! spawned, bounded, timed out, and counted when dropped (`dispatch`);
+//! the copy's own HTTP/1.1 client (`client`, over `wire`).
 //!
-//! `budget` bounds in bytes what is held for shadows (body copies,
-//! captures, the comparison queue); `bound` is the per-mirror in-flight
-//! bound that survives reloads.
+//! `bound` is the per-mirror in-flight bound that survives reloads (the
+//! bytes held for shadows are bounded by `crate::memory`).
 //!
 //! Invariant: nothing here is ever awaited by the primary request path.
 
 pub mod bound;
-pub mod budget;
+pub mod client;
 pub mod dispatch;
 pub mod sample;
+pub mod target;
 pub mod tee;
+pub mod wire;
 
 pub use dispatch::{admit, dispatch, CompareLink, MirrorBody, MirrorHead, MirrorJob, RequestView};
+pub use target::{Mirror, RouteShadows};

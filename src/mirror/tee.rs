@@ -24,8 +24,8 @@ use tokio::sync::oneshot;
 
 use http::{HeaderMap, HeaderName};
 
-use super::budget::{BoundedBuf, BufRefused, MemoryBudget, Reservation};
 use crate::body::{is_body_too_large, BoxError, ClientBody};
+use crate::memory::{BoundedBuf, BufRefused, MemoryBudget, Reservation};
 
 /// Why the mirrors got no body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +185,19 @@ impl TeeBody {
     }
 }
 
+/// Sends the mirror task its result (made only if it is still owed): the
+/// first result of a body is the only one.
+fn hand_over(done: &mut Option<oneshot::Sender<TeeResult>>, result: impl FnOnce() -> TeeResult) {
+    if let Some(tx) = done.take() {
+        let _ = tx.send(result());
+    }
+}
+
+/// The complete copy of a body that ended without trailers.
+fn whole(copy: &mut BoundedBuf) -> TeeResult {
+    Ok(TeeCopy::body_only(copy.take().freeze()))
+}
+
 impl Body for TeeBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -210,9 +223,7 @@ impl Body for TeeBody {
                     };
                     if let Some(failure) = failed {
                         drop(this.copy.take());
-                        if let Some(tx) = this.done.take() {
-                            let _ = tx.send(Err(failure));
-                        }
+                        hand_over(this.done, || Err(failure));
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     // Trailers end the body: hyper's client sends them as the
@@ -220,41 +231,33 @@ impl Body for TeeBody {
                     // is never seen. Before, such a complete body was
                     // counted `body_incomplete` and never mirrored. The
                     // trailers go to the mirrors with the body.
-                    if let Some(tx) = this.done.take() {
+                    hand_over(this.done, || {
                         let copy = this.copy.take();
-                        let result = keep_trailers(this.memory, trailers).map(|trailers| TeeCopy {
+                        keep_trailers(this.memory, trailers).map(|trailers| TeeCopy {
                             body: copy.freeze(),
                             trailers,
-                        });
-                        let _ = tx.send(result);
-                    }
+                        })
+                    });
                 }
             }
             Poll::Ready(Some(Err(e))) => {
                 drop(this.copy.take());
-                if let Some(tx) = this.done.take() {
-                    // Over the route's limit: as large for the mirrors too.
-                    let failure = if is_body_too_large(e.as_ref()) {
+                // Over the route's limit: as large for the mirrors too.
+                hand_over(this.done, || {
+                    Err(if is_body_too_large(e.as_ref()) {
                         TeeFailure::TooLarge
                     } else {
                         TeeFailure::ClientError
-                    };
-                    let _ = tx.send(Err(failure));
-                }
+                    })
+                });
             }
-            Poll::Ready(None) => {
-                if let Some(tx) = this.done.take() {
-                    let _ = tx.send(Ok(TeeCopy::body_only(this.copy.take().freeze())));
-                }
-            }
+            Poll::Ready(None) => hand_over(this.done, || whole(this.copy)),
             Poll::Pending => {}
         }
         // hyper may stop polling once is_end_stream() is true: hand over the
         // copy as soon as the last data frame has passed.
         if this.inner.is_end_stream() {
-            if let Some(tx) = this.done.take() {
-                let _ = tx.send(Ok(TeeCopy::body_only(this.copy.take().freeze())));
-            }
+            hand_over(this.done, || whole(this.copy));
         }
         polled
     }

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::gates::{judge, Judgement, Verdict};
-use super::switch::{Book, HistoryEntry, Switch};
 use crate::config::{Config, PromotionConfig, PromotionMode};
+use crate::runtime::switch::{Book, HistoryEntry, Switch};
 use crate::runtime::{Route, Runtime, Shared};
 use crate::store::Store;
 use crate::telemetry::access::rfc3339_now;

@@ -4,8 +4,8 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use super::upstream::UpstreamError;
 use crate::body::{full, ProxyBody};
+use crate::upstream::UpstreamError;
 
 /// A request-path failure.
 #[derive(Debug, thiserror::Error)]

@@ -59,7 +59,7 @@ enum State {
     Chunked(Chunk),
     /// After the request numbered `.0` on this connection (and its body),
     /// which may start a tunnel: the bytes that follow are held until the
-    /// service's answer to it is known (see `Verdicts`).
+    /// service's answer to it is known (see `TunnelVerdicts`).
     AwaitVerdict(u64),
     /// HTTP/2, or after an upgrade: no more inspection.
     Passthrough,
@@ -108,7 +108,7 @@ pin_project_lite::pin_project! {
         tunnel_pending: bool,
         // How the service answered each request (None: no tunnel ever
         // starts, every request is followed by another to inspect).
-        verdicts: Option<Arc<Verdicts>>,
+        verdicts: Option<Arc<TunnelVerdicts>>,
         chunk_size: u64,
         // Past this many bytes without a complete head, the bytes go on to
         // hyper, whose own limit (`limits.max_header_bytes`) answers 431.
@@ -158,7 +158,7 @@ impl<IO> FramingGuard<IO> {
     /// Lets a 101 (or a 2xx to CONNECT) sent by the service turn the
     /// connection into a tunnel: `verdicts` is told how each request was
     /// answered. Without it, the guard never stops inspecting.
-    pub fn with_verdicts(mut self, verdicts: Arc<Verdicts>) -> Self {
+    pub fn with_verdicts(mut self, verdicts: Arc<TunnelVerdicts>) -> Self {
         self.verdicts = Some(verdicts);
         self
     }
@@ -174,7 +174,7 @@ impl<IO> FramingGuard<IO> {
 /// off for the rest of the connection, whether or not a tunnel followed:
 /// the next requests went to hyper, and to the backend, unchecked.
 #[derive(Debug, Default)]
-pub struct Verdicts {
+pub struct TunnelVerdicts {
     calls: AtomicU64,
     state: Mutex<VerdictState>,
 }
@@ -189,7 +189,7 @@ struct VerdictState {
     waker: Option<Waker>,
 }
 
-impl Verdicts {
+impl TunnelVerdicts {
     /// Called as the service receives a request: its number on the connection.
     pub fn request(&self) -> u64 {
         self.calls.fetch_add(1, Ordering::SeqCst) + 1
@@ -224,7 +224,7 @@ impl Verdicts {
 
 /// What a complete head says about the body that follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+enum RequestFraming {
     None,
     Fixed(u64),
     Chunked,
@@ -237,7 +237,7 @@ enum Framing {
 /// the next bytes are another request to inspect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Head {
-    framing: Framing,
+    framing: RequestFraming,
     tunnel: bool,
 }
 
@@ -319,7 +319,7 @@ fn check_head(head: &[u8]) -> Result<Head, ()> {
     let tunnel = method == b"CONNECT" || upgrade;
     let framing = match (length, te) {
         (Some(_), Some(_)) => return Err(()),
-        (None, Some(t)) if t.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+        (None, Some(t)) if t.eq_ignore_ascii_case(b"chunked") => RequestFraming::Chunked,
         (None, Some(_)) => return Err(()),
         (Some(l), None) => {
             // Digits only; unparseable or too large for hyper is 400.
@@ -333,9 +333,9 @@ fn check_head(head: &[u8]) -> Result<Head, ()> {
             if n > MAX_CONTENT_LENGTH {
                 return Err(());
             }
-            Framing::Fixed(n)
+            RequestFraming::Fixed(n)
         }
-        (None, None) => Framing::None,
+        (None, None) => RequestFraming::None,
     };
     Ok(Head { framing, tunnel })
 }
@@ -398,7 +398,7 @@ impl<IO: AsyncRead + AsyncWrite> FramingGuard<IO> {
                             *this.tunnel_pending = checked.tunnel;
                             *this.scanned = start + end;
                             match checked.framing {
-                                Framing::None | Framing::Fixed(0) => {
+                                RequestFraming::None | RequestFraming::Fixed(0) => {
                                     *this.released = *this.scanned;
                                     *this.state = message_done(
                                         this.tunnel_pending,
@@ -406,11 +406,11 @@ impl<IO: AsyncRead + AsyncWrite> FramingGuard<IO> {
                                         this.verdicts,
                                     );
                                 }
-                                Framing::Fixed(n) => {
+                                RequestFraming::Fixed(n) => {
                                     *this.released = *this.scanned;
                                     *this.state = State::Fixed(n);
                                 }
-                                Framing::Chunked => {
+                                RequestFraming::Chunked => {
                                     *this.state = State::HeldChunked;
                                 }
                             }
@@ -581,7 +581,11 @@ fn refuse_head(pending: &mut Vec<u8>, scanned: &mut usize, at: usize, earlier: b
 
 /// The state once a request (head and body) has passed: the next head, or,
 /// after a request that may start a tunnel, the wait for its answer.
-fn message_done(tunnel_pending: &mut bool, heads: u64, verdicts: &Option<Arc<Verdicts>>) -> State {
+fn message_done(
+    tunnel_pending: &mut bool,
+    heads: u64,
+    verdicts: &Option<Arc<TunnelVerdicts>>,
+) -> State {
     match (std::mem::take(tunnel_pending), verdicts) {
         (true, Some(_)) => State::AwaitVerdict(heads),
         _ => State::Head,
@@ -886,28 +890,28 @@ mod tests {
 
     #[test]
     fn heads() {
-        let ok: &[(&[u8], Framing)] = &[
-            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Framing::None),
+        let ok: &[(&[u8], RequestFraming)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", RequestFraming::None),
             // obs-text (Latin-1) in a field value is allowed (RFC 9110 §5.5).
             (
                 b"GET / HTTP/1.1\r\nHost: a\r\nX-Name: caf\xe9\r\n\r\n",
-                Framing::None,
+                RequestFraming::None,
             ),
             (
                 b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551613\r\n\r\n",
-                Framing::Fixed(u64::MAX - 2),
+                RequestFraming::Fixed(u64::MAX - 2),
             ),
             (
                 b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
-                Framing::Fixed(5),
+                RequestFraming::Fixed(5),
             ),
             (
                 b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 5\r\nContent-Length: 5\r\n\r\n",
-                Framing::Fixed(5),
+                RequestFraming::Fixed(5),
             ),
             (
                 b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Framing::Chunked,
+                RequestFraming::Chunked,
             ),
         ];
         for (head, want) in ok {
@@ -922,22 +926,22 @@ mod tests {
             );
         }
         // Requests that may start a tunnel are marked, their framing kept.
-        let tunnels: &[(&[u8], Framing)] = &[
+        let tunnels: &[(&[u8], RequestFraming)] = &[
             (
                 b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-                Framing::None,
+                RequestFraming::None,
             ),
             (
                 b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\n\r\n",
-                Framing::None,
+                RequestFraming::None,
             ),
             (
                 b"POST / HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\nContent-Length: 3\r\n\r\n",
-                Framing::Fixed(3),
+                RequestFraming::Fixed(3),
             ),
             (
                 b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
-                Framing::None,
+                RequestFraming::None,
             ),
         ];
         for (head, want) in tunnels {
@@ -955,14 +959,14 @@ mod tests {
         assert_eq!(
             check_head(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"),
             Ok(Head {
-                framing: Framing::None,
+                framing: RequestFraming::None,
                 tunnel: false
             })
         );
         assert_eq!(
             check_head(b"\r\nCONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"),
             Ok(Head {
-                framing: Framing::None,
+                framing: RequestFraming::None,
                 tunnel: true
             })
         );

@@ -1,16 +1,15 @@
-//! The proxy: listeners (`server`), the request path as named phases
-//! (`phases`), upstream clients (`upstream`), tunnels for Upgrade and
-//! CONNECT (`tunnel`), header manners (`headers`) and the one place that
-//! turns failures into responses (`error`).
+//! The proxy: listeners (`server`, `tls`, `guard`), the request path as
+//! named phases (`phases`, carrying a `context::RequestContext`), tunnels
+//! for Upgrade and CONNECT (`tunnel`), path checks (`path`) and the one
+//! place that turns failures into responses (`error`). The primary's
+//! upstream client is `crate::upstream`; header manners are
+//! `crate::protocol::headers`.
 
+pub mod context;
 pub mod error;
-pub mod grpc;
 pub mod guard;
-pub mod headers;
 pub mod path;
 pub mod phases;
 pub mod server;
 pub mod tls;
 pub mod tunnel;
-pub mod upstream;
-pub mod wire;

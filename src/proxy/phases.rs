@@ -9,9 +9,8 @@
 //! 7. `forward`         — the primary exchange, with timeout and retry
 //! 8. `response_filter` — hop-by-hop removed; body observed for the log
 //!
-//! Per-request state lives in one `RequestContext`.
+//! Per-request state lives in one `RequestContext` (`context`).
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,73 +23,21 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::context::{ConnInfo, RequestContext};
 use super::error::ProxyError;
-use super::grpc;
-use super::headers::{add_forwarded, join_cookies, split_host_port, strip_hop_by_hop, trace_id};
 use super::tunnel;
-use super::upstream::{Backend, ResponseBody};
 use crate::body::{BoxError, ClientBody, ProxyBody, UpstreamBody};
 use crate::compare::capture::{Capturer, PrimaryCapturer};
 use crate::mirror::{self, tee::TeeBody, CompareLink, MirrorBody, MirrorHead, RequestView};
+use crate::protocol::grpc;
+use crate::protocol::headers::{
+    join_cookies, response_framing, split_host_port, strip_hop_by_hop, trace_id,
+};
 use crate::runtime::{Route, Runtime, Shared};
-use crate::telemetry::{AccessRecord, TargetMetrics, Telemetry};
+use crate::telemetry::{TargetMetrics, Telemetry};
+use crate::upstream::{Backend, ResponseBody};
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-
-/// Facts about the client connection.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
-}
-
-/// Per-request state carried through the phases.
-#[derive(Debug)]
-pub struct RequestContext {
-    pub started: Instant,
-    pub request_id: HeaderValue,
-    pub method: Method,
-    pub uri: Uri,
-    /// The authority the client addressed, as sent (may carry a port).
-    pub authority: String,
-    /// The client connection's peer.
-    pub peer: SocketAddr,
-    /// Whether the peer is a configured trusted proxy.
-    pub trusted_peer: bool,
-    /// The W3C trace id of the request's `traceparent`, if valid.
-    pub trace_id: Option<String>,
-    /// The endpoint that answered (or failed), once known.
-    pub upstream: Option<String>,
-}
-
-impl RequestContext {
-    /// The access-log record of this request as answered by `backend`.
-    pub fn access_record<'a>(
-        &'a self,
-        route: &'a str,
-        backend: &'a str,
-        status: u16,
-        bytes: u64,
-        reason: Option<&'a str>,
-    ) -> AccessRecord<'a> {
-        AccessRecord {
-            route,
-            backend,
-            role: "primary",
-            method: self.method.as_str(),
-            path: self.uri.path(),
-            status: Some(status),
-            bytes,
-            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
-            request_id: self.request_id.to_str().unwrap_or("-"),
-            reason,
-            authority: Some(&self.authority),
-            trace_id: self.trace_id.as_deref(),
-            client: Some(self.peer),
-            upstream: self.upstream.as_deref(),
-        }
-    }
-}
 
 /// Serves one client request.
 pub async fn handle(
@@ -181,7 +128,13 @@ pub async fn handle(
     let jobs = if route.mirrors.is_empty() {
         Vec::new()
     } else {
-        mirror::admit(route, backend.name(), view, content_length, telemetry)
+        mirror::admit(
+            route.shadows(),
+            backend.name(),
+            view,
+            content_length,
+            telemetry,
+        )
     };
 
     // 5. body: tee a bounded copy for the mirrors while it streams to the primary
@@ -214,7 +167,7 @@ pub async fn handle(
         Ok(resp) => {
             ctx.upstream = resp
                 .extensions()
-                .get::<super::upstream::AnsweredBy>()
+                .get::<crate::upstream::AnsweredBy>()
                 .map(|a| a.0.clone());
             resp
         }
@@ -226,19 +179,7 @@ pub async fn handle(
                 }
                 _ => ProxyError::from(e),
             };
-            tracing::warn!(route = %route.name, request_id = ctx.request_id.to_str().unwrap_or("-"), error = %e, "primary failed");
-            let resp = e.to_response(Some(&ctx.request_id));
-            log_primary(
-                telemetry,
-                target,
-                route,
-                backend,
-                &ctx,
-                resp.status().as_u16(),
-                0,
-                Some(e.status_reason()),
-            );
-            return resp;
+            return primary_failed(e, &ctx, route, backend, target, telemetry);
         }
     };
 
@@ -246,24 +187,12 @@ pub async fn handle(
     // a transfer coding other than chunked is not passed on.
     let mut resp = resp;
     if let Err(why) = response_framing(resp.headers_mut()) {
-        let e = ProxyError::Upstream(super::upstream::UpstreamError::Exchange {
+        let e = ProxyError::Upstream(crate::upstream::UpstreamError::Exchange {
             backend: backend.name().to_string(),
             endpoint: "primary".to_string(),
             source: why.into(),
         });
-        tracing::warn!(route = %route.name, request_id = ?ctx.request_id, error = %e, "primary failed");
-        let resp = e.to_response(Some(&ctx.request_id));
-        log_primary(
-            telemetry,
-            target,
-            route,
-            backend,
-            &ctx,
-            resp.status().as_u16(),
-            0,
-            Some("upstream_failed"),
-        );
-        return resp;
+        return primary_failed(e, &ctx, route, backend, target, telemetry);
     }
 
     // 8. response filter
@@ -371,14 +300,7 @@ fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, con
     strip_hop_by_hop(&mut parts.headers, false);
     restore_trailer_field(&mut parts.headers, trailer);
     join_cookies(&mut parts.headers);
-    add_forwarded(
-        &mut parts.headers,
-        conn.peer.ip(),
-        conn.tls,
-        &ctx.authority,
-        parts.version,
-        ctx.trusted_peer,
-    );
+    ctx.add_forwarded(&mut parts.headers, conn, parts.version);
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
@@ -455,7 +377,7 @@ fn tee_body(
         .unwrap_or(0);
     let memory = &jobs[0].mirror.memory;
     let (tee, rx) = TeeBody::new(body, usize::try_from(cap).unwrap_or(usize::MAX), memory);
-    (UpstreamBody::Teed { inner: tee }, MirrorBody::Pending(rx))
+    (UpstreamBody::teed(tee), MirrorBody::Pending(rx))
 }
 
 /// A copy of the head for one retry on another endpoint, only when a retry
@@ -482,45 +404,6 @@ fn retry_copy(
     *copy.version_mut() = parts.version;
     *copy.headers_mut() = parts.headers.clone();
     Some(copy.into_parts().0)
-}
-
-/// Checks and settles the framing fields of a response from an HTTP/1.1
-/// upstream before its head goes on (hyper's client has already decoded a
-/// chunked body; the fields are as the backend sent them).
-///
-/// * `Transfer-Encoding: chunked` together with `Content-Length`: RFC 9112
-///   §6.3 — the transfer coding wins, the length is wrong by definition and
-///   is dropped. Passed on, it made hyper send the client `content-length: 3`
-///   and cut the dechunked body there (HTTP/1.1: truncated, and the
-///   keep-alive connection went on, out of step; HTTP/2: a stream error).
-/// * Any other transfer coding (`gzip, chunked`, `deflate`, …): an error
-///   (502). hyper's client removes only `chunked`, so the body still carries
-///   the other coding, and `Transfer-Encoding` is hop-by-hop: forwarded as
-///   is, the client got raw gzip with nothing saying so. Passing it on as a
-///   transfer coding would only do for HTTP/1.1 clients that sent a
-///   matching `TE`, never for HTTP/2; decoding it here would be a
-///   decompressor on the request path for something backends do not send
-///   in practice. Production proxies refuse it the same way (nginx: "upstream
-///   sent unknown Transfer-Encoding", 502; Envoy and HAProxy likewise).
-pub(super) fn response_framing(headers: &mut http::HeaderMap) -> Result<(), &'static str> {
-    if !headers.contains_key(header::TRANSFER_ENCODING) {
-        return Ok(());
-    }
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty());
-    let only_chunked = codings
-        .next()
-        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
-        && codings.next().is_none();
-    if !only_chunked {
-        return Err("response with a transfer coding other than chunked");
-    }
-    headers.remove(header::CONTENT_LENGTH);
-    Ok(())
 }
 
 /// Phase 8: the primary's response goes back untouched but for hop-by-hop
@@ -558,6 +441,31 @@ fn response_filter(
         }),
     };
     Response::from_parts(parts, observed.boxed())
+}
+
+/// The primary's exchange failed: the client gets the error's response,
+/// logged and counted as the primary's answer (reason from its status).
+fn primary_failed(
+    e: ProxyError,
+    ctx: &RequestContext,
+    route: &Route,
+    backend: &Backend,
+    target: &TargetMetrics,
+    telemetry: &Telemetry,
+) -> Response<ProxyBody> {
+    tracing::warn!(route = %route.name, request_id = ctx.request_id.to_str().unwrap_or("-"), error = %e, "primary failed");
+    let resp = e.to_response(Some(&ctx.request_id));
+    log_primary(
+        telemetry,
+        target,
+        route,
+        backend,
+        ctx,
+        resp.status().as_u16(),
+        0,
+        Some(e.status_reason()),
+    );
+    resp
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -30,8 +30,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
-use super::guard::{FramingGuard, Verdicts};
-use super::phases::{handle, ConnInfo};
+use super::context::ConnInfo;
+use super::guard::{FramingGuard, TunnelVerdicts};
+use super::phases::handle;
 use crate::config::Limits;
 use crate::runtime::Shared;
 
@@ -222,12 +223,12 @@ async fn serve<S>(
     let arrived = first_request.clone();
     // The guard stays on after a request that may start a tunnel until the
     // answer to it is known: only a 101, or a 2xx to CONNECT, switches it off.
-    let verdicts = Arc::new(Verdicts::default());
+    let verdicts = Arc::new(TunnelVerdicts::default());
     let told = verdicts.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         arrived.notify_one();
-        let verdict = Verdict {
+        let verdict = TunnelVerdict {
             n: told.request(),
             connect: req.method() == Method::CONNECT,
             verdicts: told.clone(),
@@ -291,13 +292,13 @@ async fn serve<S>(
 
 /// Tells the connection's guard how one request was answered; a request
 /// whose handling is dropped unanswered counts as no tunnel.
-struct Verdict {
+struct TunnelVerdict {
     n: u64,
     connect: bool,
-    verdicts: Arc<Verdicts>,
+    verdicts: Arc<TunnelVerdicts>,
 }
 
-impl Verdict {
+impl TunnelVerdict {
     fn tell(self, status: StatusCode) {
         let tunnel =
             status == StatusCode::SWITCHING_PROTOCOLS || (self.connect && status.is_success());
@@ -305,7 +306,7 @@ impl Verdict {
     }
 }
 
-impl Drop for Verdict {
+impl Drop for TunnelVerdict {
     fn drop(&mut self) {
         // After `tell` this changes nothing (the verdict is kept).
         self.verdicts.decide(self.n, false);

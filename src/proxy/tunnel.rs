@@ -13,13 +13,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::context::{ConnInfo, RequestContext};
 use super::error::ProxyError;
-use super::headers::{add_forwarded, strip_hop_by_hop};
-use super::phases::{ConnInfo, RequestContext};
-use super::upstream::{Backend, UpstreamError};
 use crate::body::{ProxyBody, UpstreamBody};
+use crate::protocol::headers::{response_framing, strip_hop_by_hop};
 use crate::runtime::Route;
 use crate::telemetry::{TargetMetrics, Telemetry};
+use crate::upstream::{Backend, UpstreamError};
 
 /// Whether the request asks for a tunnel.
 pub fn is_tunnel<B>(req: &Request<B>) -> bool {
@@ -52,14 +52,7 @@ pub async fn forward(
     let is_connect = req.method() == Method::CONNECT;
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, !is_connect);
-    add_forwarded(
-        &mut parts.headers,
-        conn.peer.ip(),
-        conn.tls,
-        &ctx.authority,
-        parts.version,
-        ctx.trusted_peer,
-    );
+    ctx.add_forwarded(&mut parts.headers, conn, parts.version);
     parts.headers.insert("x-request-id", ctx.request_id.clone());
     if let Ok(v) = HeaderValue::from_str(&ctx.authority) {
         parts.headers.insert(header::HOST, v);
@@ -121,7 +114,7 @@ pub async fn forward(
     log(resp.status().as_u16(), agreed.then_some("tunnel"));
     if !agreed {
         let (mut parts, body) = resp.into_parts();
-        if super::phases::response_framing(&mut parts.headers).is_err() {
+        if response_framing(&mut parts.headers).is_err() {
             let e = ProxyError::from(UpstreamError::Tunnel {
                 backend: backend.name().to_string(),
                 endpoint: "primary".to_string(),

@@ -3,6 +3,11 @@
 //! `Runtime` and swaps it in atomically; requests in flight keep the one
 //! they started with. Backends whose settings did not change are carried
 //! over, so their connection pools and health survive a reload.
+//!
+//! `switch`: the promotion switches (who answers a route's traffic) that a
+//! build applies; `promote` decides them, the runtime only applies them.
+
+pub mod switch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,11 +18,12 @@ use crate::compare::{Engine, RouteComparison};
 use crate::config::{
     Config, HostMatch, MirrorConfig, PathMatch, RouteConfig, RouteMatch, ValueMatch,
 };
-use crate::mirror::bound::{InFlightBound, MirrorBounds};
-use crate::mirror::budget::MemoryBudget;
-use crate::promote::switch::Book;
-use crate::proxy::upstream::Backend;
+use crate::memory::MemoryBudget;
+use crate::mirror::bound::MirrorBounds;
+pub use crate::mirror::{Mirror, RouteShadows};
 use crate::telemetry::{Metrics, Role, TargetMetrics};
+use crate::upstream::Backend;
+use switch::Book;
 
 /// Everything the request path needs, for one configuration generation.
 #[derive(Debug)]
@@ -52,18 +58,15 @@ pub struct Route {
     pub memory: Arc<MemoryBudget>,
 }
 
-/// A mirror of a route, with its bound on copies in flight.
-#[derive(Debug)]
-pub struct Mirror {
-    pub route: Arc<str>,
-    pub config: MirrorConfig,
-    pub backend: Arc<Backend>,
-    pub metrics: TargetMetrics,
-    /// Permits for copies in flight, shared by every generation of this
-    /// mirror (route, backend, role); `try_acquire` failing means overload.
-    pub in_flight: Arc<InFlightBound>,
-    /// The byte budget that body copies and captures are reserved from.
-    pub memory: Arc<MemoryBudget>,
+impl Route {
+    /// What the mirrors' admission needs of this route.
+    pub fn shadows(&self) -> RouteShadows<'_> {
+        RouteShadows {
+            mirrors: &self.mirrors,
+            secondary: self.secondary.as_ref(),
+            splits: !self.split.is_empty(),
+        }
+    }
 }
 
 impl Runtime {

@@ -195,6 +195,45 @@ pub fn suffixed_authority(authority: &str, suffix: &str) -> String {
     out
 }
 
+/// Checks and settles the framing fields of a response from an HTTP/1.1
+/// upstream before its head goes on (hyper's client has already decoded a
+/// chunked body; the fields are as the backend sent them).
+///
+/// * `Transfer-Encoding: chunked` together with `Content-Length`: RFC 9112
+///   §6.3 — the transfer coding wins, the length is wrong by definition and
+///   is dropped. Passed on, it made hyper send the client `content-length: 3`
+///   and cut the dechunked body there (HTTP/1.1: truncated, and the
+///   keep-alive connection went on, out of step; HTTP/2: a stream error).
+/// * Any other transfer coding (`gzip, chunked`, `deflate`, …): an error
+///   (502). hyper's client removes only `chunked`, so the body still carries
+///   the other coding, and `Transfer-Encoding` is hop-by-hop: forwarded as
+///   is, the client got raw gzip with nothing saying so. Passing it on as a
+///   transfer coding would only do for HTTP/1.1 clients that sent a
+///   matching `TE`, never for HTTP/2; decoding it here would be a
+///   decompressor on the request path for something backends do not send
+///   in practice. Production proxies refuse it the same way (nginx: "upstream
+///   sent unknown Transfer-Encoding", 502; Envoy and HAProxy likewise).
+pub fn response_framing(headers: &mut http::HeaderMap) -> Result<(), &'static str> {
+    if !headers.contains_key(header::TRANSFER_ENCODING) {
+        return Ok(());
+    }
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty());
+    let only_chunked = codings
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none();
+    if !only_chunked {
+        return Err("response with a transfer coding other than chunked");
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,17 +302,24 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
     }
 
-    #[test]
-    fn forwarded_fields() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("via", "1.1 edge")]);
+    /// Forwarding fields added for a cleartext HTTP/1.1 request to
+    /// `my-app.local` from `peer`.
+    fn forward(h: &mut HeaderMap, peer: &str, trusted: bool) {
+        let peer = peer.parse().unwrap();
         add_forwarded(
-            &mut h,
-            "127.0.0.1".parse().unwrap(),
+            h,
+            peer,
             false,
             "my-app.local",
             http::Version::HTTP_11,
-            true,
+            trusted,
         );
+    }
+
+    #[test]
+    fn forwarded_fields() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("via", "1.1 edge")]);
+        forward(&mut h, "127.0.0.1", true);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "my-app.local");
@@ -289,28 +335,14 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ];
         let mut h = map(&sent);
-        add_forwarded(
-            &mut h,
-            "::ffff:127.0.0.1".parse().unwrap(),
-            false,
-            "my-app.local",
-            http::Version::HTTP_11,
-            false,
-        );
+        forward(&mut h, "::ffff:127.0.0.1", false);
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "my-app.local");
         // From a trusted peer: several lines are one list, appended to.
         let mut h = map(&sent);
-        add_forwarded(
-            &mut h,
-            "127.0.0.1".parse().unwrap(),
-            false,
-            "my-app.local",
-            http::Version::HTTP_11,
-            true,
-        );
+        forward(&mut h, "127.0.0.1", true);
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 7.7.7.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "evil.example");
