@@ -328,14 +328,14 @@ fn worker(
     let mut batch = Vec::with_capacity(BATCH);
     while queue.take(&mut batch) {
         for job in batch.drain(..) {
-            judge(job, &tally, &metrics, &example_limits, work.per_worker());
+            compare_pair(job, &tally, &metrics, &example_limits, work.per_worker());
         }
         dirty.store(true, Ordering::Release);
     }
 }
 
 /// Compares one pair and records the outcome.
-fn judge(
+fn compare_pair(
     job: Job,
     tally: &parking_lot::Mutex<Tally>,
     metrics: &Metrics,
