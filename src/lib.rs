@@ -25,18 +25,18 @@
 //! - `telemetry`: access logs, Prometheus metrics, sliding windows;
 //! - `admin`: the admin server (JSON API, dashboard, `/metrics`) and the
 //!   CLI's client and terminal views;
-//! - `app`: start, reload, drain; `process`: descriptor table set-up;
-//! - `demo` and `bench_backend`: sample servers.
+//! - `app`: start, reload, drain; `process`: descriptor table set-up.
+//!
+//! The sample servers (`demo`, `bench-backend`) are tools of the binary
+//! (`src/tools/`), not part of the library.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
-pub mod bench_backend;
 pub mod body;
 pub mod compare;
 pub mod comparison;
 pub mod config;
-pub mod demo;
 pub mod mirror;
 pub mod process;
 pub mod promote;

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use shadowgate::app::{self, StartOptions};
 use shadowgate::telemetry::{init_logging, LogFormat};
 
+mod tools;
+
 /// shadowgate: serve from v1, mirror to v2, compare, promote.
 #[derive(Debug, Parser)]
 #[command(name = "shadowgate", version, about, long_about = None)]
@@ -51,7 +53,7 @@ enum Command {
     },
     /// The seeds' walkthrough on one machine: sample apps v1 and v2, the
     /// proxy routing my-app.local to v1 and mirroring 100% to v2.
-    Demo(shadowgate::demo::DemoArgs),
+    Demo(tools::demo::DemoArgs),
     /// Show each route's primary and mirrors side by side: request rate,
     /// errors, latency percentiles, dropped and failed mirrors, diff rate.
     Status {
@@ -94,7 +96,7 @@ enum Command {
         admin: AdminArgs,
     },
     /// Run the bench backend: a small fast HTTP server for benchmarks.
-    BenchBackend(shadowgate::bench_backend::BenchBackendArgs),
+    BenchBackend(tools::bench_backend::BenchBackendArgs),
 }
 
 /// Where the admin server is.
@@ -302,7 +304,7 @@ fn main() -> ExitCode {
             Ok(())
         })),
         Command::BenchBackend(args) => exit(
-            rt.block_on(shadowgate::bench_backend::run(args))
+            rt.block_on(tools::bench_backend::run(args))
                 .context("bench-backend"),
         ),
     }
@@ -352,9 +354,9 @@ async fn run(config: shadowgate::config::Config, log_format: LogFormat) -> anyho
     Ok(())
 }
 
-async fn demo(args: shadowgate::demo::DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
+async fn demo(args: tools::demo::DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let running = shadowgate::demo::start(&args, log_format)
+    let running = tools::demo::start(&args, log_format)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tokio::select! {
