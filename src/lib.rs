@@ -23,6 +23,8 @@
 //! - `promote`: promotion gates, the switch, rollback and `auto` mode;
 //! - `store`: persisted state (SQLite file or memory);
 //! - `telemetry`: access logs, Prometheus metrics, sliding windows;
+//! - `tls`: certificate and key files read into rustls types, and the
+//!   listener and upstream TLS configurations built from them;
 //! - `admin`: the admin server (JSON API, dashboard, `/metrics`) and the
 //!   CLI's client and terminal views;
 //! - `app`: start, reload, drain; `process`: descriptor table set-up.
@@ -44,3 +46,4 @@ pub mod proxy;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -57,10 +57,11 @@ use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::tls::{UpstreamStream, ALPN_H2, ALPN_HTTP11};
+use super::tls::UpstreamStream;
 use super::wire::{self, Answered, IdleConns, Sink, WireError};
 use crate::body::{BoxError, UpstreamBody};
 use crate::config::{self, BackendConfig, UpstreamProtocol};
+use crate::tls::{ALPN_H2, ALPN_HTTP11};
 
 /// Streams carried by one HTTP/2 connection before another is opened.
 const STREAMS_PER_CONNECTION: usize = 100;

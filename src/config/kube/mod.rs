@@ -15,8 +15,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_norway::Value;
 
+use super::backends::endpoint;
 use super::error::{ConfigError, ConfigErrors};
-use super::load::{endpoint, parse_text};
+use super::parse::parse_text;
 use super::raw::{RawConfig, RawService};
 
 mod build;
@@ -567,7 +568,7 @@ fn parse_all(files: &[FileText]) -> Result<Vec<(String, RawConfig)>, ConfigError
 
 /// Reads and splits files, and converts their Kubernetes objects: the
 /// native configs, followed by the config converted from the objects (when
-/// there are any), ready for [`validate`](super::load::validate).
+/// there are any), ready for [`validate`](super::validate::validate).
 pub fn parse_files(paths: &[PathBuf]) -> Result<Vec<(String, RawConfig)>, ConfigErrors> {
     parse_all(&read_all(paths))
 }
@@ -582,7 +583,7 @@ fn convert_all(files: &[FileText]) -> Result<String, ConfigErrors> {
     let raw = convert(&manifests, &native)?;
     let mut all = native;
     all.push((converted_name(&sources), raw.clone()));
-    super::load::validate(all)?;
+    super::validate::validate(all)?;
     let yaml = serde_norway::to_string(&raw).map_err(|e| {
         ConfigErrors(vec![ConfigError::new(
             "<convert>",
