@@ -235,3 +235,68 @@ fn upstream_tls(c: &mut Check, path: &str, raw: &RawBackend) -> Option<UpstreamT
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::check::{checked, raw};
+
+    #[test]
+    fn a_backend_with_its_endpoints_and_settings() {
+        let (b, errors) = checked(|c| {
+            backend(
+                c,
+                "backends.v1",
+                "v1",
+                &raw("endpoints: [\"127.0.0.1:9000\", \"http://localhost:9001/\"]\nprotocol: h2\ntimeout: 2s\n"),
+            )
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let b = b.expect("backend");
+        assert_eq!(b.endpoints.len(), 2);
+        assert_eq!(b.endpoints[1].authority, "localhost:9001");
+        assert_eq!(b.protocol, UpstreamProtocol::H2);
+        assert_eq!(b.timeout, Duration::from_secs(2));
+        assert_eq!(b.connect_timeout, Duration::from_secs(1));
+        assert!(b.tls.is_none());
+        let secure = endpoint("https://api.example:443").expect("endpoint");
+        assert_eq!(secure.scheme, Scheme::Https);
+    }
+
+    #[test]
+    fn bad_backends_are_refused_with_their_key_path() {
+        let (_, errors) = checked(|c| {
+            backend(
+                c,
+                "backends.v1",
+                "v1",
+                &raw("endpoints: [\"ftp://x:1\", \"localhost\"]\nprotocol: h3\nca_file: ca.pem\ntimeout: 0s\n"),
+            )
+        });
+        assert_eq!(
+            errors,
+            [
+                "backends.v1.endpoints[0]: scheme `ftp` is not supported (use http or https)",
+                "backends.v1.endpoints[1]: `localhost` has no port; write it as host:port",
+                "backends.v1.protocol: `h3` is not one of: http1, h2, auto",
+                "backends.v1.ca_file: applies to https:// endpoints only, and this backend has none",
+                "backends.v1.timeout: must be more than 0",
+            ]
+        );
+        let (_, errors) = checked(|c| {
+            backend(
+                c,
+                "backends.v2",
+                "v2",
+                &raw("endpoints: [\"https://x:1\"]\nclient_cert: c.pem\ntls_server_name: \"not a name\"\n"),
+            )
+        });
+        assert_eq!(
+            errors,
+            [
+                "backends.v2.client_key: `client_cert` needs a `client_key`",
+                "backends.v2.tls_server_name: `not a name` is not a DNS name or IP address",
+            ]
+        );
+    }
+}

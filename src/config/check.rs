@@ -95,3 +95,85 @@ pub(super) struct Origin {
     pub(super) file: String,
     pub(super) path: String,
 }
+
+/// Runs `f` with a collector for the file `conf/test.yaml`; the problems
+/// it recorded as `path: reason` lines.
+#[cfg(test)]
+pub(super) fn checked<T>(f: impl FnOnce(&mut Check) -> T) -> (T, Vec<String>) {
+    let mut errors = Vec::new();
+    let out = f(&mut Check {
+        file: "conf/test.yaml",
+        errors: &mut errors,
+    });
+    let lines = errors
+        .iter()
+        .map(|e| {
+            assert_eq!(e.file, "conf/test.yaml");
+            format!("{}: {}", e.path, e.reason)
+        })
+        .collect();
+    (out, lines)
+}
+
+/// A raw struct from YAML text, for the section checks' tests.
+#[cfg(test)]
+pub(super) fn raw<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
+    serde_norway::from_str(yaml).expect("test YAML has the expected shape")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_parse_and_files_resolve_beside_the_config() {
+        let ((timeout, size, file, absolute), errors) = checked(|c| {
+            (
+                c.duration("t", &Some("250ms".into()), Duration::ZERO),
+                c.size("s", &Some(RawSize::Text("2KiB".into())), 0),
+                c.resolve("certs/a.pem"),
+                c.resolve("/etc/a.pem"),
+            )
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(timeout, Duration::from_millis(250));
+        assert_eq!(size, 2048);
+        assert_eq!(file, PathBuf::from("conf/certs/a.pem"));
+        assert_eq!(absolute, PathBuf::from("/etc/a.pem"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_key_path_and_the_default_kept() {
+        let ((timeout, regex, method, header), errors) = checked(|c| {
+            (
+                c.duration(
+                    "limits.header_read_timeout",
+                    &Some("soon".into()),
+                    Duration::from_secs(3),
+                ),
+                c.regex("routes[0].match.path_regex", "(unclosed"),
+                c.method("routes[0].match.method", "GE T"),
+                c.header_name("routes[0].match.headers.bad name", "bad name"),
+            )
+        });
+        assert_eq!(timeout, Duration::from_secs(3));
+        assert!(regex.is_none() && method.is_none() && header.is_none());
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(
+            errors[0].starts_with("limits.header_read_timeout: "),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("routes[0].match.path_regex: invalid regular expression"),
+            "{errors:?}"
+        );
+        assert_eq!(
+            errors[2],
+            "routes[0].match.method: `GE T` is not an HTTP method"
+        );
+        assert_eq!(
+            errors[3],
+            "routes[0].match.headers.bad name: `bad name` is not a valid header name"
+        );
+    }
+}

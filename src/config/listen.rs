@@ -152,3 +152,77 @@ fn listener_tls(c: &mut Check, path: &str, raw: &RawTls) -> Option<ListenerTls> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::check::{checked, raw};
+
+    /// A self-signed certificate for `names` and its key, as PEM files in `dir`.
+    fn pem_pair(dir: &std::path::Path, stem: &str, names: &[&str]) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).expect("write");
+    }
+
+    #[test]
+    fn listeners_with_certificates_chosen_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        pem_pair(dir.path(), "a", &["a.example"]);
+        pem_pair(dir.path(), "b", &["b.example"]);
+        let d = dir.path().display();
+        let yaml = format!(
+            "- address: 127.0.0.1:8443\n  tls:\n    certificates:\n      - {{ cert: {d}/a.crt, key: {d}/a.key }}\n      - {{ cert: {d}/b.crt, key: {d}/b.key, server_names: [B.Example, \"*.b.example\"] }}\n"
+        );
+        let (listeners, errors) = checked(|c| {
+            let one = listeners(c, &RawListen::One("127.0.0.1:8080".into()));
+            let many = listeners(c, &RawListen::Many(raw(&yaml)));
+            (one, many)
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(listeners.0[0].address, "127.0.0.1:8080".parse().unwrap());
+        let tls = listeners.1[0].tls.as_ref().expect("tls");
+        assert_eq!(tls.certificates.len(), 2);
+        assert_eq!(
+            tls.certificates[1].server_names,
+            ["b.example", "*.b.example"]
+        );
+    }
+
+    #[test]
+    fn bad_listeners_are_refused_with_their_key_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        pem_pair(dir.path(), "a", &["a.example"]);
+        pem_pair(dir.path(), "b", &["b.example"]);
+        let d = dir.path().display();
+        let yaml = format!(
+            "- address: nowhere\n- address: 127.0.0.1:8443\n  tls: {{ cert: {d}/a.crt }}\n- address: 127.0.0.1:8444\n  tls: {{ cert: {d}/a.crt, key: {d}/b.key }}\n- address: 127.0.0.1:8445\n  tls:\n    certificates:\n      - {{ cert: {d}/a.crt, key: {d}/a.key, server_names: [\"a.*.example\"] }}\n      - {{ cert: {d}/b.crt, key: {d}/b.key }}\n"
+        );
+        let (_, errors) = checked(|c| listeners(c, &RawListen::Many(raw(&yaml))));
+        let paths: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split_once(": ").expect("path: reason").0)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "listen[0].address",
+                "listen[1].tls.key",
+                "listen[2].tls.key",
+                "listen[3].tls.certificates[0].server_names[0]",
+                "listen[3].tls.certificates[1].server_names",
+            ],
+            "{errors:?}"
+        );
+        assert!(errors[0].ends_with("`nowhere` is not a socket address like 127.0.0.1:8080"));
+        assert!(
+            errors[2].contains("does not match the certificate"),
+            "{errors:?}"
+        );
+    }
+}

@@ -77,3 +77,48 @@ pub fn summary(config: &Config) -> String {
         mirrors
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_file_is_loaded_and_summarised() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("shadowgate.yaml");
+        std::fs::write(
+            &file,
+            "backends:\n  v1: { endpoints: [\"127.0.0.1:9000\"] }\n  v2: { endpoints: [\"127.0.0.1:9001\"] }\nroutes:\n  - { name: r, backend: v1, mirrors: [{ backend: v2 }] }\n",
+        )
+        .expect("write");
+        let config = load_files(std::slice::from_ref(&file)).expect("valid");
+        assert_eq!(config.sources, [file]);
+        assert_eq!(
+            summary(&config),
+            "1 listener(s), 2 backend(s), 1 route(s), 1 mirror(s)"
+        );
+    }
+
+    #[test]
+    fn empty_files_and_configs_without_routes_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("empty.yaml");
+        let no_routes = dir.path().join("backends.yaml");
+        std::fs::write(&empty, "# nothing yet\n").expect("write");
+        std::fs::write(
+            &no_routes,
+            "backends:\n  v1: { endpoints: [\"127.0.0.1:9000\"] }\n",
+        )
+        .expect("write");
+        let err = load_files(std::slice::from_ref(&empty)).expect_err("empty");
+        assert_eq!(err.0[0].file, empty.display().to_string());
+        assert_eq!(err.0[0].path, "");
+        assert!(err.0[0].reason.contains("holds no settings"), "{err}");
+        let err = load_files(std::slice::from_ref(&no_routes)).expect_err("no routes");
+        assert_eq!(err.0[0].path, "routes");
+        assert!(
+            err.0[0].reason.starts_with("no routes are defined"),
+            "{err}"
+        );
+    }
+}

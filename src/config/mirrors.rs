@@ -143,3 +143,50 @@ pub(super) fn route_compare(c: &mut Check, path: &str, raw: &RawRoute) -> RouteC
         noise,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::check::{checked, raw};
+
+    #[test]
+    fn a_mirror_and_the_routes_compare_rules() {
+        let route: RawRoute = raw("name: shop\nbackend: v1\nmirrors:\n  - backend: v2\n    percent: 25\n    methods: [get]\n    headers: { set: { x-shadow: \"1\" }, remove: [authorization] }\n    compare: true\ncompare:\n  ignore_headers: [date]\n  endpoints: [\"/items/{id}\"]\nnoise: { relative: 5 }\nsecondary: v1b\n");
+        let ((m, cmp), errors) = checked(|c| {
+            (
+                mirror(c, "routes[0].mirrors[0]", &route.mirrors[0]),
+                route_compare(c, "routes[0]", &route),
+            )
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(m.percent, 25.0);
+        assert_eq!(m.methods, Some(vec![http::Method::GET]));
+        assert_eq!(m.set_headers.len(), 1);
+        assert_eq!(m.remove_headers.len(), 1);
+        assert_eq!(m.host_suffix, "-shadow");
+        assert_eq!(m.timeout, Duration::from_secs(5));
+        assert!(m.compare);
+        assert_eq!(cmp.rules.ignore_headers, ["date"]);
+        assert_eq!(cmp.noise.relative, 5.0);
+    }
+
+    #[test]
+    fn bad_mirrors_and_rules_are_refused_with_their_key_path() {
+        let route: RawRoute = raw("name: shop\nbackend: v1\nmirrors:\n  - backend: v2\n    percent: 150\n    max_in_flight: 0\n    host_suffix: \"/x\"\n    timeout: 0s\nnoise: { absolute: -1 }\nsecondary: v1b\n");
+        let (_, errors) = checked(|c| {
+            mirror(c, "routes[0].mirrors[0]", &route.mirrors[0]);
+            route_compare(c, "routes[0]", &route);
+        });
+        assert_eq!(
+            errors,
+            [
+                "routes[0].mirrors[0].percent: 150 is not between 0 and 100",
+                "routes[0].mirrors[0].max_in_flight: must be at least 1",
+                "routes[0].mirrors[0].host_suffix: may use only letters, digits, `-`, `_` and `.`",
+                "routes[0].mirrors[0].timeout: must be more than 0",
+                "routes[0].noise.absolute: -1 is not between 0 and 100",
+                "routes[0].secondary: is only used with a mirror that has `compare: true`",
+            ]
+        );
+    }
+}

@@ -37,3 +37,39 @@ impl<T: for<'de> Deserialize<'de>> DeserializeWithPath for T {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_read_into_the_raw_structs() {
+        let raw = parse_text(
+            "a.yaml",
+            "admin: 127.0.0.1:9000\nroutes:\n  - name: r\n    backend: b\n",
+        )
+        .expect("valid");
+        assert_eq!(raw.admin.as_deref(), Some("127.0.0.1:9000"));
+        assert_eq!(raw.routes[0].name, "r");
+        assert_eq!(
+            parse_text("a.yaml", "  \n").expect("empty"),
+            RawConfig::default()
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_path() {
+        let err = parse_text(
+            "a.yaml",
+            "routes:\n  - name: r\n    backend: b\n    mirorrs: []\n",
+        )
+        .expect_err("unknown key");
+        assert_eq!(err.0.len(), 1);
+        let e = &err.0[0];
+        assert_eq!(
+            (e.file.as_str(), e.path.as_str()),
+            ("a.yaml", "routes[0].mirorrs")
+        );
+        assert!(e.reason.contains("unknown field `mirorrs`"), "{e}");
+    }
+}

@@ -115,3 +115,74 @@ pub(super) fn promotion(
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::check::{checked, raw};
+
+    fn shop(promotion: &str) -> RawRoute {
+        raw(&format!(
+            "name: shop\nbackend: v1\nmirrors: [{{ backend: v2 }}]\npromotion:\n{promotion}"
+        ))
+    }
+
+    #[test]
+    fn a_promotion_block_with_its_gates() {
+        let route = shop("  mode: auto\n  window: 1m\n  max_p99_ratio: 1.5\n  max_diff_rate: off\n  steps: [10, 50, 100]\n");
+        let (p, errors) = checked(|c| {
+            promotion(
+                c,
+                "routes[0].promotion",
+                route.promotion.as_ref().unwrap(),
+                &route,
+            )
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let p = p.expect("promotion");
+        assert_eq!(p.mirror, "v2");
+        assert_eq!(p.mode, PromotionMode::Auto);
+        assert_eq!(p.window, Duration::from_secs(60));
+        assert_eq!(p.max_p99_ratio, GateLimit::Set(1.5));
+        assert_eq!(p.max_diff_rate, GateLimit::Off);
+        assert_eq!(p.max_error_rate_delta, GateLimit::Default);
+        assert_eq!(p.steps, [10, 50, 100]);
+    }
+
+    #[test]
+    fn bad_promotions_are_refused_with_their_key_path() {
+        let route = shop("  mirror: v3\n  window: 1h\n  gates: none\n  max_p99_ratio: 2\n  mode: yolo\n  steps: [50, 10]\n");
+        let (_, errors) = checked(|c| {
+            promotion(
+                c,
+                "routes[0].promotion",
+                route.promotion.as_ref().unwrap(),
+                &route,
+            )
+        });
+        assert_eq!(
+            errors,
+            [
+                "routes[0].promotion.mirror: `v3` is not a mirror of this route",
+                "routes[0].promotion.window: must be between 10s and 15m",
+                "routes[0].promotion.max_p99_ratio: is set, but `gates: none` turns every gate off; remove one of them",
+                "routes[0].promotion.mode: `yolo` is not one of: manual, auto",
+                "routes[0].promotion.steps: must rise strictly from above 0 and end at 100, e.g. [10, 50, 100]",
+            ]
+        );
+        let bare: RawRoute = raw("name: shop\nbackend: v1\npromotion: {}\n");
+        let (p, errors) = checked(|c| {
+            promotion(
+                c,
+                "routes[0].promotion",
+                bare.promotion.as_ref().unwrap(),
+                &bare,
+            )
+        });
+        assert!(p.is_none());
+        assert_eq!(
+            errors,
+            ["routes[0].promotion: needs a mirror to promote; the route has none"]
+        );
+    }
+}

@@ -142,3 +142,48 @@ fn route_match(c: &mut Check, path: &str, raw: &RawMatch) -> RouteMatch {
         headers,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::check::{checked, raw};
+
+    #[test]
+    fn a_route_with_its_conditions() {
+        let (r, errors) = checked(|c| {
+            route(
+                c,
+                "routes[0]",
+                &raw("name: shop\nbackend: v1\nmatch:\n  host: \"*.Shop.Example\"\n  path_regex: /items/[0-9]+\n  method: get\n  headers:\n    x-env: canary\n    x-user: { regex: \"u[0-9]+\" }\nsplit:\n  - { backend: v1, weight: 90 }\n  - { backend: v2, weight: 10 }\n"),
+            )
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let r = r.expect("route");
+        assert!(matches!(&r.matcher.host, Some(HostMatch::Suffix(s)) if s == ".shop.example"));
+        assert!(matches!(&r.matcher.path, Some(PathMatch::Regex(re)) if re.is_match("/items/12")));
+        assert_eq!(r.matcher.method, Some(http::Method::GET));
+        assert_eq!(r.matcher.headers.len(), 2);
+        assert_eq!(r.split, [("v1".to_string(), 90), ("v2".to_string(), 10)]);
+    }
+
+    #[test]
+    fn bad_routes_are_refused_with_their_key_path() {
+        let (_, errors) = checked(|c| {
+            route(
+                c,
+                "routes[1]",
+                &raw("name: \"my shop\"\nbackend: v1\nmatch:\n  host: \"*shop\"\n  path_prefix: items\n  headers:\n    x-env: { exact: a, regex: b }\nsplit:\n  - { backend: v1, weight: 0 }\n"),
+            )
+        });
+        assert_eq!(
+            errors,
+            [
+                "routes[1].name: must be non-empty and use only letters, digits, `-`, `_` and `.`",
+                "routes[1].match.host: a wildcard host is written `*.example.com`",
+                "routes[1].match.path_prefix: must start with `/`",
+                "routes[1].match.headers.x-env: give exactly one of `exact` and `regex`",
+                "routes[1].split: at least one weight must be more than 0",
+            ]
+        );
+    }
+}

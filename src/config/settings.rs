@@ -151,3 +151,77 @@ pub(super) fn trusted_proxies(c: &mut Check, raw: &[String]) -> Vec<ipnet::IpNet
     }
     nets
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::check::{checked, raw};
+
+    #[test]
+    fn sections_take_their_values_and_keep_defaults() {
+        let ((hosts, l, cmp, store, nets), errors) = checked(|c| {
+            (
+                admin_hosts(c, &["Admin.Example.".into()]),
+                limits(c, &raw("max_header_bytes: 16KiB\nshadow_memory: 1MiB\n")),
+                comparison(c, &raw("workers: 4\nexample_max_age: 1h\n")),
+                store(c, "results.db"),
+                trusted_proxies(c, &["10.0.0.0/8".into(), "::1".into()]),
+            )
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(hosts, vec!["admin.example".to_string()]);
+        assert_eq!(l.max_header_bytes, 16 * 1024);
+        assert_eq!(l.shadow_memory, 1 << 20);
+        assert_eq!(l.max_headers, Limits::default().max_headers);
+        assert_eq!(cmp.workers, 4);
+        assert_eq!(cmp.example_max_age, std::time::Duration::from_secs(3600));
+        assert_eq!(cmp.queue, ComparisonSettings::default().queue);
+        assert_eq!(store, StoreLocation::File(PathBuf::from("conf/results.db")));
+        assert_eq!(nets.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_key_path() {
+        let (_, errors) = checked(|c| {
+            admin_hosts(c, &["admin:9901".into()]);
+            limits(c, &raw("max_header_bytes: 1024\nmax_headers: 0\n"));
+            comparison(c, &raw("workers: 65\nqueue: 0\n"));
+            store(c, "");
+            redact(
+                c,
+                &raw("headers: [\"bad header\"]\nquery_params: [\" \"]\n"),
+            );
+            trusted_proxies(c, &["10.0.0.0/33".into()]);
+        });
+        let paths: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split_once(": ").expect("path: reason").0)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "admin_hosts[0]",
+                "limits.max_header_bytes",
+                "limits.max_headers",
+                "comparison.workers",
+                "comparison.queue",
+                "store",
+                "redact.headers[0]",
+                "redact.query_params[0]",
+                "trusted_proxies[0]",
+            ],
+            "{errors:?}"
+        );
+        assert!(errors.contains(&"limits.max_header_bytes: must be at least 8KiB".to_string()));
+        assert!(errors.contains(&"comparison.workers: must be between 1 and 64".to_string()));
+    }
+
+    #[test]
+    fn store_values_become_locations() {
+        assert_eq!(location_from("memory", None), StoreLocation::Memory);
+        assert_eq!(
+            location_from("x.db", Some(Path::new("/etc/sg"))),
+            StoreLocation::File(PathBuf::from("/etc/sg/x.db"))
+        );
+    }
+}

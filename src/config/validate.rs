@@ -269,3 +269,60 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         Err(ConfigErrors(errors))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse::parse_text;
+
+    fn files(texts: &[(&str, &str)]) -> Vec<(String, RawConfig)> {
+        texts
+            .iter()
+            .map(|(f, t)| (f.to_string(), parse_text(f, t).expect("parses")))
+            .collect()
+    }
+
+    #[test]
+    fn files_merge_into_one_config_with_defaults() {
+        let config = validate(files(&[
+            (
+                "conf/a.yaml",
+                "backends:\n  v1: { endpoints: [\"127.0.0.1:9000\"] }\n",
+            ),
+            (
+                "conf/b.yaml",
+                "access_log: off\nroutes:\n  - { name: r, backend: v1 }\n",
+            ),
+        ]))
+        .expect("valid");
+        assert_eq!(config.backends.len(), 1);
+        assert_eq!(config.routes[0].name, "r");
+        assert!(!config.access_log);
+        assert_eq!(config.listeners[0].address, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(config.admin, DEFAULT_ADMIN.parse().unwrap());
+        assert_eq!(
+            config.store,
+            StoreLocation::File(std::path::PathBuf::from("conf").join(DEFAULT_STORE_FILE))
+        );
+    }
+
+    #[test]
+    fn conflicts_across_files_are_refused_with_file_and_key_path() {
+        let err = validate(files(&[
+            ("a.yaml", "access_log: off\nbackends:\n  v1: { endpoints: [\"127.0.0.1:9000\"] }\n"),
+            ("b.yaml", "access_log: stdout\nbackends:\n  v1: { endpoints: [\"127.0.0.1:9001\"] }\nroutes:\n  - { name: r, backend: v9 }\n"),
+            ("c.yaml", "admin: 0.0.0.0:9901\n"),
+        ]))
+        .expect_err("refused");
+        let lines: Vec<String> = err.0.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "b.yaml: access_log: is also set in a.yaml; set it in one file only",
+                "b.yaml: backends.v1: backend `v1` is also defined in a.yaml at backends.v1",
+                "b.yaml: routes[0].backend: no backend named `v9` (defined: v1)",
+                "c.yaml: admin: 0.0.0.0:9901 is not a loopback address; set admin_token to expose the admin server",
+            ]
+        );
+    }
+}
