@@ -60,34 +60,34 @@ impl Check<'_> {
     }
 
     pub(super) fn regex(&mut self, path: &str, pattern: &str) -> Option<Regex> {
-        match Regex::new(&format!("^(?:{pattern})$")) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                self.fail(path, format!("invalid regular expression: {e}"));
-                None
-            }
-        }
+        compile_regex(pattern).map_err(|r| self.fail(path, r)).ok()
     }
 
     pub(super) fn method(&mut self, path: &str, raw: &str) -> Option<Method> {
-        match Method::from_bytes(raw.to_ascii_uppercase().as_bytes()) {
-            Ok(m) => Some(m),
-            Err(_) => {
-                self.fail(path, format!("`{raw}` is not an HTTP method"));
-                None
-            }
-        }
+        parse_method(raw).map_err(|r| self.fail(path, r)).ok()
     }
 
     pub(super) fn header_name(&mut self, path: &str, raw: &str) -> Option<HeaderName> {
-        match HeaderName::from_bytes(raw.as_bytes()) {
-            Ok(h) => Some(h),
-            Err(_) => {
-                self.fail(path, format!("`{raw}` is not a valid header name"));
-                None
-            }
-        }
+        parse_header_name(raw).map_err(|r| self.fail(path, r)).ok()
     }
+}
+
+/// A regular expression of a match condition, anchored as routing uses it
+/// (the Kubernetes importer checks its patterns with it too).
+pub(super) fn compile_regex(pattern: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regular expression: {e}"))
+}
+
+/// An HTTP method, in any case.
+pub(super) fn parse_method(raw: &str) -> Result<Method, String> {
+    Method::from_bytes(raw.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("`{raw}` is not an HTTP method"))
+}
+
+/// A header name (lower-cased by `http`).
+pub(super) fn parse_header_name(raw: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(raw.as_bytes())
+        .map_err(|_| format!("`{raw}` is not a valid header name"))
 }
 
 /// Where a named item was defined, for duplicate errors.
