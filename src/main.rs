@@ -1,6 +1,7 @@
 //! The shadowgate binary: parses the command line, sets up the runtime and
 //! logging, and hands over to the library. Exit codes: 0 success, 1
 //! runtime failure, 2 bad configuration or usage.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

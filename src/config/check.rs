@@ -115,6 +115,15 @@ pub(super) fn checked<T>(f: impl FnOnce(&mut Check) -> T) -> (T, Vec<String>) {
     (out, lines)
 }
 
+/// The key paths of `checked`'s problem lines.
+#[cfg(test)]
+pub(super) fn key_paths(errors: &[String]) -> Vec<&str> {
+    errors
+        .iter()
+        .map(|e| e.split_once(": ").expect("path: reason").0)
+        .collect()
+}
+
 /// A raw struct from YAML text, for the section checks' tests.
 #[cfg(test)]
 pub(super) fn raw<T: serde::de::DeserializeOwned>(yaml: &str) -> T {

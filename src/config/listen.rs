@@ -156,7 +156,7 @@ fn listener_tls(c: &mut Check, path: &str, raw: &RawTls) -> Option<ListenerTls> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::check::{checked, raw};
+    use crate::config::check::{checked, key_paths, raw};
 
     /// A self-signed certificate for `names` and its key, as PEM files in `dir`.
     fn pem_pair(dir: &std::path::Path, stem: &str, names: &[&str]) {
@@ -204,12 +204,8 @@ mod tests {
             "- address: nowhere\n- address: 127.0.0.1:8443\n  tls: {{ cert: {d}/a.crt }}\n- address: 127.0.0.1:8444\n  tls: {{ cert: {d}/a.crt, key: {d}/b.key }}\n- address: 127.0.0.1:8445\n  tls:\n    certificates:\n      - {{ cert: {d}/a.crt, key: {d}/a.key, server_names: [\"a.*.example\"] }}\n      - {{ cert: {d}/b.crt, key: {d}/b.key }}\n"
         );
         let (_, errors) = checked(|c| listeners(c, &RawListen::Many(raw(&yaml))));
-        let paths: Vec<&str> = errors
-            .iter()
-            .map(|e| e.split_once(": ").expect("path: reason").0)
-            .collect();
         assert_eq!(
-            paths,
+            key_paths(&errors),
             [
                 "listen[0].address",
                 "listen[1].tls.key",

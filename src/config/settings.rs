@@ -155,7 +155,7 @@ pub(super) fn trusted_proxies(c: &mut Check, raw: &[String]) -> Vec<ipnet::IpNet
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::check::{checked, raw};
+    use crate::config::check::{checked, key_paths, raw};
 
     #[test]
     fn sections_take_their_values_and_keep_defaults() {
@@ -193,12 +193,8 @@ mod tests {
             );
             trusted_proxies(c, &["10.0.0.0/33".into()]);
         });
-        let paths: Vec<&str> = errors
-            .iter()
-            .map(|e| e.split_once(": ").expect("path: reason").0)
-            .collect();
         assert_eq!(
-            paths,
+            key_paths(&errors),
             [
                 "admin_hosts[0]",
                 "limits.max_header_bytes",
