@@ -28,19 +28,21 @@
 //! - `promote`: promotion gates, switching, rollback and `auto` mode;
 //! - `store`: persisted state (SQLite file or memory);
 //! - `telemetry`: access logs, Prometheus metrics, sliding windows;
+//! - `tls`: certificate and key files read into rustls types, and the
+//!   listener and upstream TLS configurations built from them;
 //! - `admin`: the admin server (JSON API, dashboard, `/metrics`) and the
 //!   CLI's client and terminal views;
-//! - `app`: start, reload, drain; `process`: descriptor table set-up;
-//! - `demo` and `bench_backend`: sample servers.
+//! - `app`: start, reload, drain; `process`: descriptor table set-up.
+//!
+//! The sample servers (`demo`, `bench-backend`) are tools of the binary
+//! (`src/tools/`), not part of the library.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
-pub mod bench_backend;
 pub mod body;
 pub mod compare;
 pub mod config;
-pub mod demo;
 pub mod diff;
 pub mod memory;
 pub mod mirror;
@@ -51,4 +53,5 @@ pub mod proxy;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -1,6 +1,7 @@
 //! The shadowgate binary: parses the command line, sets up the runtime and
 //! logging, and hands over to the library. Exit codes: 0 success, 1
 //! runtime failure, 2 bad configuration or usage.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shadowgate::app::{self, StartOptions};
 use shadowgate::telemetry::{init_logging, LogFormat};
+
+mod tools;
 
 /// shadowgate: serve from v1, mirror to v2, compare, promote.
 #[derive(Debug, Parser)]
@@ -51,7 +54,7 @@ enum Command {
     },
     /// The seeds' walkthrough on one machine: sample apps v1 and v2, the
     /// proxy routing my-app.local to v1 and mirroring 100% to v2.
-    Demo(shadowgate::demo::DemoArgs),
+    Demo(tools::demo::DemoArgs),
     /// Show each route's primary and mirrors side by side: request rate,
     /// errors, latency percentiles, dropped and failed mirrors, diff rate.
     Status {
@@ -94,7 +97,7 @@ enum Command {
         admin: AdminArgs,
     },
     /// Run the bench backend: a small fast HTTP server for benchmarks.
-    BenchBackend(shadowgate::bench_backend::BenchBackendArgs),
+    BenchBackend(tools::bench_backend::BenchBackendArgs),
 }
 
 /// Where the admin server is.
@@ -302,7 +305,7 @@ fn main() -> ExitCode {
             Ok(())
         })),
         Command::BenchBackend(args) => exit(
-            rt.block_on(shadowgate::bench_backend::run(args))
+            rt.block_on(tools::bench_backend::run(args))
                 .context("bench-backend"),
         ),
     }
@@ -352,9 +355,9 @@ async fn run(config: shadowgate::config::Config, log_format: LogFormat) -> anyho
     Ok(())
 }
 
-async fn demo(args: shadowgate::demo::DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
+async fn demo(args: tools::demo::DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let running = shadowgate::demo::start(&args, log_format)
+    let running = tools::demo::start(&args, log_format)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tokio::select! {

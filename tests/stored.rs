@@ -249,7 +249,7 @@ fn the_default_store_is_beside_the_first_config_file_not_in_the_working_director
     let loaded = shadowgate::config::load_files(&[file.clone(), second]).unwrap();
     assert_eq!(
         loaded.store,
-        shadowgate::store::StoreLocation::File(configs.path().join("shadowgate.db"))
+        shadowgate::config::StoreLocation::File(configs.path().join("shadowgate.db"))
     );
 
     // `check` opens it where `run` would.
@@ -296,7 +296,8 @@ fn check_and_run_exit_2_naming_a_store_they_cannot_open() {
 
 #[test]
 fn the_store_waits_for_a_busy_writer_instead_of_failing() {
-    use shadowgate::store::{Store, StoreLocation};
+    use shadowgate::config::StoreLocation;
+    use shadowgate::store::Store;
     let dir = tempfile::tempdir().unwrap();
     let loc = StoreLocation::File(dir.path().join("s.db"));
     let a = Store::open(&loc).unwrap();

@@ -1,13 +1,30 @@
 //! Configuration: raw file structs → validated model. Loading never touches
 //! the running proxy; the runtime is built from a validated `Config` only.
+//!
+//! Reading goes `load` (entry points) → `parse` (one file's YAML) or
+//! `kube` (Kubernetes manifests) → `validate` (merge and check the whole),
+//! which checks each section in its own file: `settings`, `listen`,
+//! `backends`, `routes`, `mirrors`, `promotion`, all writing to the error
+//! collector of `check`.
 
+mod backends;
+mod check;
 pub mod error;
 pub mod kube;
+mod listen;
 pub mod load;
+mod mirrors;
 pub mod model;
+mod parse;
+mod promotion;
 pub mod raw;
+mod routes;
+mod settings;
 pub mod units;
+mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{from_yaml, load_files, parse_text, validate};
+pub use load::{from_yaml, load_files};
 pub use model::*;
+pub use parse::parse_text;
+pub use validate::validate;

@@ -28,7 +28,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub watch_interval: Duration,
     /// Where results and promotion state are kept.
-    pub store: crate::store::StoreLocation,
+    pub store: StoreLocation,
     pub comparison: ComparisonSettings,
     /// The files this configuration was read from, in order.
     pub sources: Vec<PathBuf>,
@@ -46,6 +46,15 @@ impl Config {
         let peer = peer.to_canonical();
         self.trusted_proxies.iter().any(|n| n.contains(&peer))
     }
+}
+
+/// Where the store lives (`store:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite file.
+    File(PathBuf),
+    /// Nothing kept on disk.
+    Memory,
 }
 
 /// One client-facing listener.

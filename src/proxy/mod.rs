@@ -1,4 +1,4 @@
-//! The proxy: listeners (`server`, `tls`, `guard`), the request path as
+//! The proxy: listeners (`server`, `guard`; certificates in `crate::tls`), the request path as
 //! named phases (`phases`, carrying a `context::RequestContext`), tunnels
 //! for Upgrade and CONNECT (`tunnel`), path checks (`path`) and the one
 //! place that turns failures into responses (`error`). The primary's
@@ -11,5 +11,4 @@ pub mod guard;
 pub mod path;
 pub mod phases;
 pub mod server;
-pub mod tls;
 pub mod tunnel;

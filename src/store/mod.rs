@@ -3,11 +3,12 @@
 //! history of promotions. Only background tasks and the admin API touch it;
 //! no request ever waits on disk.
 
-use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{de::DeserializeOwned, Serialize};
+
+use crate::config::StoreLocation;
 
 /// A store failure, naming what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -29,22 +30,9 @@ pub enum StoreError {
     },
 }
 
-/// The store file used when the configuration names none, relative to the
-/// directory of the first configuration file.
-pub const DEFAULT_FILE: &str = "shadowgate.db";
-
 /// How long a write waits for another connection's lock on the same file
 /// before failing with "database is locked".
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Where the store lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreLocation {
-    /// A SQLite file.
-    File(PathBuf),
-    /// Nothing kept on disk.
-    Memory,
-}
 
 /// The store. Cheap operations, called from background tasks and the admin API.
 pub struct Store {
@@ -268,18 +256,6 @@ fn describe(location: &StoreLocation) -> String {
     }
 }
 
-/// Interprets the `store:` config value.
-pub fn location_from(value: &str, base: Option<&Path>) -> StoreLocation {
-    if value == "memory" {
-        return StoreLocation::Memory;
-    }
-    let p = PathBuf::from(value);
-    match base {
-        Some(dir) if p.is_relative() => StoreLocation::File(dir.join(p)),
-        _ => StoreLocation::File(p),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,10 +299,5 @@ mod tests {
         let s = Store::open(&StoreLocation::Memory).unwrap();
         s.put("k", &1).unwrap();
         assert_eq!(s.get::<i32>("k").unwrap(), Some(1));
-        assert_eq!(location_from("memory", None), StoreLocation::Memory);
-        assert_eq!(
-            location_from("x.db", Some(Path::new("/etc/sg"))),
-            StoreLocation::File(PathBuf::from("/etc/sg/x.db"))
-        );
     }
 }

@@ -15,8 +15,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_norway::Value;
 
+use super::backends::endpoint;
+use super::check::{compile_regex, parse_header_name, parse_method};
 use super::error::{ConfigError, ConfigErrors};
-use super::load::{endpoint, parse_text};
+use super::parse::parse_text;
 use super::raw::{RawConfig, RawService};
 
 mod build;
@@ -82,20 +84,13 @@ impl Meta {
 
 /// Checks a regular expression as the native config will compile it.
 pub(crate) fn check_regex(cx: &mut Cx, path: &str, pattern: &str) -> bool {
-    match regex::Regex::new(&format!("^(?:{pattern})$")) {
-        Ok(_) => true,
-        Err(e) => {
-            cx.fail(path, format!("invalid regular expression: {e}"));
-            false
-        }
-    }
+    compile_regex(pattern).map_err(|r| cx.fail(path, r)).is_ok()
 }
 
 /// Checks an HTTP method; returns it upper-cased.
 pub(crate) fn check_method(cx: &mut Cx, path: &str, method: &str) -> Option<String> {
-    let m = method.to_ascii_uppercase();
-    match http::Method::from_bytes(m.as_bytes()) {
-        Ok(_) if !m.is_empty() => Some(m),
+    match parse_method(method) {
+        Ok(m) if !method.is_empty() => Some(m.as_str().to_string()),
         _ => {
             cx.fail(path, format!("`{method}` is not an HTTP method"));
             None
@@ -105,13 +100,10 @@ pub(crate) fn check_method(cx: &mut Cx, path: &str, method: &str) -> Option<Stri
 
 /// Checks a header name; returns it lower-cased.
 pub(crate) fn check_header(cx: &mut Cx, path: &str, name: &str) -> Option<String> {
-    match http::HeaderName::from_bytes(name.as_bytes()) {
-        Ok(h) => Some(h.as_str().to_string()),
-        Err(_) => {
-            cx.fail(path, format!("`{name}` is not a valid header name"));
-            None
-        }
-    }
+    parse_header_name(name)
+        .map(|h| h.as_str().to_string())
+        .map_err(|r| cx.fail(path, r))
+        .ok()
 }
 
 fn is_object(v: &Value) -> bool {
@@ -567,7 +559,7 @@ fn parse_all(files: &[FileText]) -> Result<Vec<(String, RawConfig)>, ConfigError
 
 /// Reads and splits files, and converts their Kubernetes objects: the
 /// native configs, followed by the config converted from the objects (when
-/// there are any), ready for [`validate`](super::load::validate).
+/// there are any), ready for [`validate`](super::validate::validate).
 pub fn parse_files(paths: &[PathBuf]) -> Result<Vec<(String, RawConfig)>, ConfigErrors> {
     parse_all(&read_all(paths))
 }
@@ -582,7 +574,7 @@ fn convert_all(files: &[FileText]) -> Result<String, ConfigErrors> {
     let raw = convert(&manifests, &native)?;
     let mut all = native;
     all.push((converted_name(&sources), raw.clone()));
-    super::load::validate(all)?;
+    super::validate::validate(all)?;
     let yaml = serde_norway::to_string(&raw).map_err(|e| {
         ConfigErrors(vec![ConfigError::new(
             "<convert>",

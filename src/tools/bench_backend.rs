@@ -53,7 +53,7 @@ pub struct BenchBackendArgs {
     pub listen: String,
     /// Time to wait before answering each request, after its body was read
     /// (`0ms`, `200ms`, `1s`).
-    #[arg(long, default_value = "0ms", value_parser = crate::config::units::parse_duration)]
+    #[arg(long, default_value = "0ms", value_parser = shadowgate::config::units::parse_duration)]
     pub delay: Duration,
     /// Size of every response body in bytes.
     #[arg(long, default_value_t = 64)]

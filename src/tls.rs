@@ -1,4 +1,8 @@
-//! TLS on both sides, with rustls and the `ring` provider, TLS 1.2 and 1.3 only.
+//! TLS material on both sides, with rustls and the `ring` provider, TLS 1.2
+//! and 1.3 only: reading certificate and key files into rustls types and
+//! building the rustls configurations. A foundation below `config` (which
+//! reads and checks the files at load) and `proxy` (which uses the built
+//! configurations); it holds no connections.
 //!
 //! * Listeners: certificates are read and parsed when the configuration is
 //!   loaded (a bad file is a configuration error naming it), chosen by SNI
@@ -7,7 +11,8 @@
 //!   (`proxy::server`), bounded by `limits.header_read_timeout`.
 //! * Upstreams: `https://` endpoints are verified against the system roots
 //!   or a `ca_file`, optionally presenting a client certificate (mTLS); SNI
-//!   is the endpoint host unless `tls_server_name` says otherwise.
+//!   is the endpoint host unless `tls_server_name` says otherwise. The
+//!   stream type of those connections is `upstream::stream::UpstreamStream`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,7 +26,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
-/// ALPN protocol ids.
+/// ALPN protocol ids (defined with the other protocol constants).
 pub use crate::protocol::{ALPN_H2, ALPN_HTTP11};
 
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =

@@ -17,10 +17,10 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::app::{self, Running, StartOptions};
-use crate::config;
-use crate::telemetry::access::rfc3339_now;
-use crate::telemetry::LogFormat;
+use shadowgate::app::{self, Running, StartOptions};
+use shadowgate::config;
+use shadowgate::telemetry::access::rfc3339_now;
+use shadowgate::telemetry::LogFormat;
 
 /// Options of `shadowgate demo`.
 #[derive(Debug, Clone, clap::Args)]
