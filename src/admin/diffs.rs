@@ -76,14 +76,14 @@ pub struct ExampleQuery {
 #[derive(Debug, Serialize)]
 struct ExampleView<'a> {
     mirror: &'a str,
-    request: RequestView<'a>,
+    request: ExampleRequestView<'a>,
     primary: ResponseView<'a>,
     shadow: ResponseView<'a>,
     differences: &'a [crate::diff::Difference],
 }
 
 #[derive(Debug, Serialize)]
-struct RequestView<'a> {
+struct ExampleRequestView<'a> {
     method: &'a str,
     path: &'a str,
     headers: BTreeMap<&'a str, &'a str>,
@@ -115,7 +115,7 @@ fn response_view(r: &ExampleResponse) -> ResponseView<'_> {
 fn example_view<'a>(mirror: &'a str, e: &'a Example) -> ExampleView<'a> {
     ExampleView {
         mirror,
-        request: RequestView {
+        request: ExampleRequestView {
             method: &e.request.method,
             path: &e.request.uri,
             headers: e

@@ -54,7 +54,7 @@ pub struct AccessRecord<'a> {
 }
 
 #[derive(Serialize)]
-struct Line<'a> {
+struct LogLine<'a> {
     time: String,
     #[serde(flatten)]
     record: &'a AccessRecord<'a>,
@@ -127,7 +127,7 @@ impl AccessLog {
         let line = match self.format {
             LogFormat::Json => {
                 let mut buf = Vec::with_capacity(256);
-                let line = Line {
+                let line = LogLine {
                     time: rfc3339_now(),
                     record,
                 };

@@ -155,7 +155,7 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-struct Shared {
+struct BackendState {
     stats: Arc<Stats>,
     body: Bytes,
     content_type: http::HeaderValue,
@@ -206,7 +206,7 @@ pub async fn serve(
     if let Some(sl) = stats_listener {
         tokio::spawn(serve_stats(sl, stats.clone()));
     }
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(BackendState {
         stats,
         body: if opts.json {
             json_body(opts.body_bytes)
@@ -272,7 +272,7 @@ async fn swallow(mut stream: TcpStream) {
 
 async fn handle(
     req: Request<Incoming>,
-    shared: Arc<Shared>,
+    shared: Arc<BackendState>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let stats = &shared.stats;
     stats.requests.fetch_add(1, Relaxed);

@@ -243,14 +243,14 @@ pub(super) async fn read_chunked<S: Io>(
 
 /// Where the next line ends in the buffer (reading more as needed).
 #[derive(Debug, Clone, Copy)]
-struct Line {
+struct LineEnd {
     /// Length without the line ending.
     content: usize,
     /// Length with it.
     total: usize,
 }
 
-async fn next_line<S: Io>(stream: &mut S, buf: &mut Buffer) -> Result<Line, WireError> {
+async fn next_line<S: Io>(stream: &mut S, buf: &mut Buffer) -> Result<LineEnd, WireError> {
     loop {
         if let Some(lf) = buf.unread().iter().position(|b| *b == b'\n') {
             if lf > MAX_LINE_BYTES {
@@ -261,7 +261,7 @@ async fn next_line<S: Io>(stream: &mut S, buf: &mut Buffer) -> Result<Line, Wire
             } else {
                 lf
             };
-            return Ok(Line {
+            return Ok(LineEnd {
                 content,
                 total: lf + 1,
             });
