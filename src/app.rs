@@ -193,13 +193,31 @@ impl Running {
         tokio::task::spawn_blocking(move || reload(&shared, &sources))
     }
 
-    /// Stops accepting (the listeners close, so new connections are
-    /// refused), lets every connection finish its requests (at most the
-    /// grace period), and returns.
+    /// Marks the proxy not ready (`/readyz` answers 503) and keeps serving
+    /// for `shutdown_delay`; then stops accepting (the listeners close, so
+    /// new connections are refused), lets every connection finish its
+    /// requests (at most the grace period), and returns.
     pub async fn shutdown(self) {
-        // `shutdown_grace` as the configuration says now (reloads apply it).
-        let grace = self.shared.runtime.load().config.shutdown_grace;
+        self.shutdown_or_skip(std::future::pending()).await;
+    }
+
+    /// [`Running::shutdown`], where `skip` ending cuts the rest of
+    /// `shutdown_delay` short (a second SIGTERM or Ctrl-C in the binary).
+    pub async fn shutdown_or_skip(self, skip: impl std::future::Future<Output = ()>) {
+        // `shutdown_delay` and `shutdown_grace` as the configuration says
+        // now (reloads apply them).
+        let (delay, grace) = {
+            let rt = self.shared.runtime.load();
+            (rt.config.shutdown_delay, rt.config.shutdown_grace)
+        };
         self.shared.ready.store(false, Ordering::Release);
+        if !delay.is_zero() {
+            tracing::info!(delay = ?delay, "not ready; still serving until shutdown_delay is over");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = skip => tracing::info!("shutdown_delay cut short"),
+            }
+        }
         let _ = self.stop.send(true);
         for task in self.accept_tasks {
             let _ = task.await;

@@ -26,6 +26,8 @@ pub struct Config {
     pub access_log: bool,
     pub limits: Limits,
     pub shutdown_grace: Duration,
+    /// Time after SIGTERM spent not ready but still serving, before the drain.
+    pub shutdown_delay: Duration,
     pub watch_interval: Duration,
     /// Where results and promotion state are kept.
     pub store: StoreLocation,

@@ -51,6 +51,13 @@ pub struct RawConfig {
     /// How long SIGTERM waits for in-flight requests before exiting. Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<String>,
+    /// How long after SIGTERM the proxy keeps accepting and serving new
+    /// connections while `/readyz` answers 503, before it stops accepting
+    /// and drains (`shutdown_grace`): the time Kubernetes needs to take the
+    /// pod out of its Services' endpoints, so a rolling update loses no
+    /// request. A second SIGTERM or Ctrl-C skips the rest of it. Default `0s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_delay: Option<String>,
     /// Comparison workers and retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comparison: Option<RawComparison>,

@@ -40,6 +40,7 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         access_log: true,
         limits: Limits::default(),
         shutdown_grace: Duration::from_secs(30),
+        shutdown_delay: Duration::ZERO,
         watch_interval: Duration::from_secs(1),
         store: StoreLocation::File(DEFAULT_STORE_FILE.into()),
         comparison: ComparisonSettings::default(),
@@ -122,6 +123,10 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         if once("shutdown_grace", raw.shutdown_grace.is_some(), &mut c) {
             config.shutdown_grace =
                 c.duration("shutdown_grace", &raw.shutdown_grace, config.shutdown_grace);
+        }
+        if once("shutdown_delay", raw.shutdown_delay.is_some(), &mut c) {
+            config.shutdown_delay =
+                c.duration("shutdown_delay", &raw.shutdown_delay, config.shutdown_delay);
         }
         if once("store", raw.store.is_some(), &mut c) {
             config.store = store(&mut c, &raw.store.clone().unwrap_or_default());
