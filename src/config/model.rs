@@ -21,6 +21,8 @@ pub struct Config {
     pub admin_hosts: Vec<String>,
     /// Most admin connections open at once.
     pub admin_max_connections: usize,
+    /// Where `/metrics` is served without the token (`metrics.listen`).
+    pub metrics_listen: Option<SocketAddr>,
     pub backends: BTreeMap<String, BackendConfig>,
     pub routes: Vec<RouteConfig>,
     pub access_log: bool,

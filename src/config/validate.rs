@@ -35,6 +35,7 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         admin_token: None,
         admin_hosts: Vec::new(),
         admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+        metrics_listen: None,
         backends: BTreeMap::new(),
         routes: Vec::new(),
         access_log: true,
@@ -105,6 +106,10 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
                 c.fail("admin_max_connections", "must be at least 1");
             }
             config.admin_max_connections = n.max(1);
+        }
+        if once("metrics", raw.metrics.is_some(), &mut c) {
+            let text = raw.metrics.as_ref().map_or("", |m| m.listen.as_str());
+            config.metrics_listen = socket_addr(&mut c, "metrics.listen", text);
         }
         if once("access_log", raw.access_log.is_some(), &mut c) {
             match raw.access_log.as_deref() {
