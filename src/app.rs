@@ -43,6 +43,8 @@ pub struct Running {
     pub listen_addrs: Vec<SocketAddr>,
     /// Bound address of the admin server.
     pub admin_addr: SocketAddr,
+    /// Bound address of the metrics listener (`metrics.listen`), if any.
+    pub metrics_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
@@ -73,6 +75,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
     let listeners = config.listeners.clone();
     let limits = config.limits.clone();
     let admin = config.admin;
+    let config_metrics = config.metrics_listen;
     let store = Arc::new(Store::open(&config.store)?);
     let book = crate::promote::ops::load_book(&store, &config);
     let shared = Shared::new(config, book, telemetry, store);
@@ -99,6 +102,15 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
             source,
         })?;
     let admin_addr = admin_listener.local_addr().unwrap_or(admin);
+    let metrics_listener = match config_metrics {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| StartError::Bind { address, source })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let mut listen_addrs = Vec::new();
     let mut accept_tasks = Vec::new();
@@ -120,6 +132,15 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         router,
         stop_rx.clone(),
     ));
+
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(crate::admin::serve::serve(
+            listener,
+            shared.clone(),
+            crate::admin::metrics_router(shared.clone()),
+            stop_rx.clone(),
+        ));
+    }
 
     tokio::spawn(crate::promote::controller::run(
         shared.clone(),
@@ -152,10 +173,14 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
     }
 
     shared.ready.store(true, Ordering::Release);
+    if let Some(metrics) = metrics_addr {
+        tracing::info!(metrics = %metrics, "serving /metrics without the admin token");
+    }
     tracing::info!(listen = ?listen_addrs, admin = %admin_addr, "shadowgate is serving");
     Ok(Running {
         listen_addrs,
         admin_addr,
+        metrics_addr,
         shared,
         stop,
         accept_tasks,
@@ -193,13 +218,31 @@ impl Running {
         tokio::task::spawn_blocking(move || reload(&shared, &sources))
     }
 
-    /// Stops accepting (the listeners close, so new connections are
-    /// refused), lets every connection finish its requests (at most the
-    /// grace period), and returns.
+    /// Marks the proxy not ready (`/readyz` answers 503) and keeps serving
+    /// for `shutdown_delay`; then stops accepting (the listeners close, so
+    /// new connections are refused), lets every connection finish its
+    /// requests (at most the grace period), and returns.
     pub async fn shutdown(self) {
-        // `shutdown_grace` as the configuration says now (reloads apply it).
-        let grace = self.shared.runtime.load().config.shutdown_grace;
+        self.shutdown_or_skip(std::future::pending()).await;
+    }
+
+    /// [`Running::shutdown`], where `skip` ending cuts the rest of
+    /// `shutdown_delay` short (a second SIGTERM or Ctrl-C in the binary).
+    pub async fn shutdown_or_skip(self, skip: impl std::future::Future<Output = ()>) {
+        // `shutdown_delay` and `shutdown_grace` as the configuration says
+        // now (reloads apply them).
+        let (delay, grace) = {
+            let rt = self.shared.runtime.load();
+            (rt.config.shutdown_delay, rt.config.shutdown_grace)
+        };
         self.shared.ready.store(false, Ordering::Release);
+        if !delay.is_zero() {
+            tracing::info!(delay = ?delay, "not ready; still serving until shutdown_delay is over");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = skip => tracing::info!("shutdown_delay cut short"),
+            }
+        }
         let _ = self.stop.send(true);
         for task in self.accept_tasks {
             let _ = task.await;
@@ -283,6 +326,10 @@ pub fn keep_restart_only(started: &Config, new: &mut Config) -> Vec<String> {
     if new.admin != started.admin {
         pending.push("admin".into());
         new.admin = started.admin;
+    }
+    if new.metrics_listen != started.metrics_listen {
+        pending.push("metrics".into());
+        new.metrics_listen = started.metrics_listen;
     }
     if new.admin_token != started.admin_token {
         pending.push("admin_token".into());

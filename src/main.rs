@@ -33,7 +33,9 @@ enum Command {
     ///
     /// SIGHUP or a change of a config file reloads the configuration (an
     /// invalid one is rejected and the old one keeps serving); SIGTERM or
-    /// Ctrl-C stops accepting, drains in-flight requests and exits 0.
+    /// Ctrl-C marks it not ready, keeps serving for `shutdown_delay` (a
+    /// second one skips the rest), stops accepting, drains in-flight
+    /// requests and exits 0.
     Run {
         /// Configuration file (YAML); may be given several times, the files merge.
         #[arg(long, short, required = true)]
@@ -350,8 +352,15 @@ async fn run(config: shadowgate::config::Config, log_format: LogFormat) -> anyho
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    tracing::info!("shutting down: no new connections; draining in-flight requests");
-    running.shutdown().await;
+    tracing::info!("shutting down: not ready; draining in-flight requests after shutdown_delay");
+    // A second SIGTERM or Ctrl-C skips the rest of `shutdown_delay`.
+    let again = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    running.shutdown_or_skip(again).await;
     Ok(())
 }
 

@@ -137,3 +137,197 @@ fn sidecar_config_loads() {
         "sa-logic-0-0-0 127.0.0.1:5000 mirror 100%→sa-logic-buggy.default.svc.cluster.local:80"
     );
 }
+
+/// The shadowgate container and its pod spec in a kustomize directory.
+fn shadowgate_pod(objs: &[Value]) -> (&Value, &Value) {
+    let deployment = objs
+        .iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .find(|d| {
+            d["spec"]["template"]["spec"]["containers"]
+                .as_sequence()
+                .is_some_and(|cs| cs.iter().any(|c| c["name"] == "shadowgate"))
+        })
+        .expect("a deployment with shadowgate");
+    let container = deployment["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "shadowgate"))
+        .expect("shadowgate container");
+    (deployment, container)
+}
+
+/// The container port named `name`.
+fn port_named(container: &Value, name: &str) -> u64 {
+    container["ports"]
+        .as_sequence()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap_or_else(|| panic!("port {name}"))
+}
+
+/// Whether every `matchLabels` pair is among `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector["matchLabels"]
+        .as_mapping()
+        .expect("matchLabels")
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Rolling updates: SIGTERM leaves `shutdown_delay` of serving while not
+/// ready, then `shutdown_grace` of draining, both within the pod's
+/// termination grace period (the kubelet kills the container after it).
+#[test]
+fn deploy_shutdown_delay_and_grace_fit_the_termination_grace_period() {
+    for dir in ["deploy/kubernetes/gateway", "deploy/kubernetes/sidecar"] {
+        let c = load(dir);
+        assert!(
+            c.shutdown_delay.as_secs() >= 5,
+            "{dir}: {:?}",
+            c.shutdown_delay
+        );
+        let objs = objects(dir);
+        let (deployment, _) = shadowgate_pod(&objs);
+        let period = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .expect("terminationGracePeriodSeconds");
+        assert!(
+            period > (c.shutdown_delay + c.shutdown_grace).as_secs(),
+            "{dir}: {period}s ≤ {:?} + {:?}",
+            c.shutdown_delay,
+            c.shutdown_grace
+        );
+    }
+}
+
+/// Prometheus: the annotations, the container port, `metrics.listen`, and
+/// the ServiceMonitor / PodMonitor (custom resources: no schema in
+/// kubernetes-validate, so checked here against what they select) agree.
+#[test]
+fn deploy_scrape_targets_point_at_the_metrics_listener() {
+    for dir in ["deploy/kubernetes/gateway", "deploy/kubernetes/sidecar"] {
+        let c = load(dir);
+        let listen = c.metrics_listen.expect("metrics.listen set");
+        let objs = objects(dir);
+        let (deployment, container) = shadowgate_pod(&objs);
+        let template = &deployment["spec"]["template"];
+        let port = port_named(container, "metrics");
+        assert_eq!(u64::from(listen.port()), port, "{dir}");
+        let ann = &template["metadata"]["annotations"];
+        assert_eq!(ann["prometheus.io/scrape"], "true", "{dir}");
+        assert_eq!(
+            ann["prometheus.io/port"],
+            port.to_string().as_str(),
+            "{dir}"
+        );
+        assert_eq!(ann["prometheus.io/path"], "/metrics", "{dir}");
+    }
+    let objs = objects("deploy/kubernetes/gateway");
+    let (deployment, _) = shadowgate_pod(&objs);
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let kind = |k: &str| -> Vec<&Value> { objs.iter().filter(|o| o["kind"] == k).collect() };
+    let pod_monitor = kind("PodMonitor");
+    assert_eq!(pod_monitor.len(), 1);
+    assert_eq!(pod_monitor[0]["apiVersion"], "monitoring.coreos.com/v1");
+    assert!(selects(&pod_monitor[0]["spec"]["selector"], pod_labels));
+    assert_eq!(
+        pod_monitor[0]["spec"]["podMetricsEndpoints"][0]["port"],
+        "metrics"
+    );
+    let service_monitor = kind("ServiceMonitor");
+    assert_eq!(service_monitor.len(), 1);
+    assert_eq!(service_monitor[0]["apiVersion"], "monitoring.coreos.com/v1");
+    let services: Vec<&Value> = kind("Service")
+        .into_iter()
+        .filter(|s| {
+            selects(
+                &service_monitor[0]["spec"]["selector"],
+                &s["metadata"]["labels"],
+            )
+        })
+        .collect();
+    assert_eq!(services.len(), 1, "one Service for the ServiceMonitor");
+    let svc = services[0];
+    assert!(svc["spec"]["selector"]
+        .as_mapping()
+        .expect("selector")
+        .iter()
+        .all(|(k, v)| pod_labels.get(k) == Some(v)));
+    let endpoint_port = &service_monitor[0]["spec"]["endpoints"][0]["port"];
+    let svc_port = svc["spec"]["ports"]
+        .as_sequence()
+        .and_then(|ps| ps.iter().find(|p| &p["name"] == endpoint_port))
+        .expect("the ServiceMonitor's port is a port of the Service");
+    assert_eq!(svc_port["targetPort"], "metrics");
+}
+
+/// The gateway variant survives voluntary disruptions and node loss: a
+/// PodDisruptionBudget and anti-affinity over its pods, and the manifests
+/// kustomize applies include the budget.
+#[test]
+fn gateway_has_a_disruption_budget_and_anti_affinity() {
+    let objs = objects("deploy/kubernetes/gateway");
+    let (deployment, _) = shadowgate_pod(&objs);
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let pdb = objs
+        .iter()
+        .find(|o| o["kind"] == "PodDisruptionBudget")
+        .expect("a PodDisruptionBudget");
+    assert!(selects(&pdb["spec"]["selector"], pod_labels));
+    let replicas = deployment["spec"]["replicas"].as_u64().expect("replicas");
+    let min = pdb["spec"]["minAvailable"].as_u64().expect("minAvailable");
+    assert!(min >= 1 && min < replicas, "{min} of {replicas}");
+    let anti = &deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        ["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+    assert_eq!(anti["topologyKey"], "kubernetes.io/hostname");
+    assert!(selects(&anti["labelSelector"], pod_labels));
+    let kustomization = objs
+        .iter()
+        .find(|o| o["kind"] == "Kustomization")
+        .expect("kustomization");
+    let resources = kustomization["resources"].as_sequence().expect("resources");
+    assert!(resources.iter().any(|r| r == "pdb.yaml"));
+}
+
+/// Memory: the shadow budget plus the proxy's own baseline (≤ 64 MiB:
+/// docs/benchmarks.md measures 13–32 MiB idle and 35 MiB under plain load)
+/// fit the container's memory limit; the store is on a writable emptyDir.
+#[test]
+fn deploy_memory_budget_fits_the_limit_and_the_store_is_writable() {
+    const BASELINE: u64 = 64 << 20;
+    for dir in ["deploy/kubernetes/gateway", "deploy/kubernetes/sidecar"] {
+        let c = load(dir);
+        let objs = objects(dir);
+        let (deployment, container) = shadowgate_pod(&objs);
+        let limit = container["resources"]["limits"]["memory"]
+            .as_str()
+            .and_then(|m| m.strip_suffix("Mi"))
+            .and_then(|m| m.parse::<u64>().ok())
+            .expect("memory limit in Mi")
+            << 20;
+        let budget = c.limits.shadow_memory as u64;
+        assert!(
+            budget + BASELINE <= limit,
+            "{dir}: shadow_memory {budget} + {BASELINE} > {limit}"
+        );
+        let shadowgate::config::StoreLocation::File(store) = &c.store else {
+            panic!("{dir}: the store is a file on the emptyDir")
+        };
+        let mount = container["volumeMounts"]
+            .as_sequence()
+            .and_then(|ms| {
+                ms.iter().find(|m| {
+                    m["mountPath"]
+                        .as_str()
+                        .is_some_and(|p| store.starts_with(p))
+                })
+            })
+            .expect("the store's directory is mounted");
+        assert!(mount["readOnly"] != true, "{dir}");
+        let volume = deployment["spec"]["template"]["spec"]["volumes"]
+            .as_sequence()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == mount["name"]))
+            .expect("volume");
+        assert!(volume.get("emptyDir").is_some(), "{dir}: {volume:?}");
+    }
+}

@@ -1,7 +1,9 @@
 //! The admin server: health, readiness, metrics and the JSON API. It has
 //! its own socket and is never reachable through the proxy listeners.
 //! With `admin_token` set, every endpoint but `/healthz` and `/readyz`
-//! wants `Authorization: Bearer <token>`.
+//! wants `Authorization: Bearer <token>`. `metrics.listen` serves
+//! `/metrics` alone on an address of its own without the token
+//! ([`metrics_router`]), for Prometheus.
 //!
 //! Browsers: every endpoint but `/healthz` and `/readyz` answers only to a
 //! `Host` that is an IP address, `localhost` (or `*.localhost`) or a name
@@ -69,6 +71,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(browser_checked)
+        .with_state(shared)
+}
+
+/// The metrics listener's routes (`metrics.listen`): `/metrics` without
+/// the token, behind the same host check as the admin server.
+pub fn metrics_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            same_origin_only,
+        ))
         .with_state(shared)
 }
 

@@ -21,11 +21,15 @@ pub struct Config {
     pub admin_hosts: Vec<String>,
     /// Most admin connections open at once.
     pub admin_max_connections: usize,
+    /// Where `/metrics` is served without the token (`metrics.listen`).
+    pub metrics_listen: Option<SocketAddr>,
     pub backends: BTreeMap<String, BackendConfig>,
     pub routes: Vec<RouteConfig>,
     pub access_log: bool,
     pub limits: Limits,
     pub shutdown_grace: Duration,
+    /// Time after SIGTERM spent not ready but still serving, before the drain.
+    pub shutdown_delay: Duration,
     pub watch_interval: Duration,
     /// Where results and promotion state are kept.
     pub store: StoreLocation,

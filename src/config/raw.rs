@@ -36,6 +36,13 @@ pub struct RawConfig {
     /// reload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_max_connections: Option<usize>,
+    /// A listener of its own for Prometheus: `GET /metrics` only, plain
+    /// HTTP, no admin token (so a scrape job needs no secret), with the
+    /// admin server's cut-offs (`limits.header_read_timeout`,
+    /// `admin_max_connections`) and host check (`admin_hosts`). Off unless
+    /// set. Changes only on restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<RawMetrics>,
     /// Named groups of upstream endpoints.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub backends: BTreeMap<String, RawBackend>,
@@ -51,6 +58,13 @@ pub struct RawConfig {
     /// How long SIGTERM waits for in-flight requests before exiting. Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<String>,
+    /// How long after SIGTERM the proxy keeps accepting and serving new
+    /// connections while `/readyz` answers 503, before it stops accepting
+    /// and drains (`shutdown_grace`): the time Kubernetes needs to take the
+    /// pod out of its Services' endpoints, so a rolling update loses no
+    /// request. A second SIGTERM or Ctrl-C skips the rest of it. Default `0s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_delay: Option<String>,
     /// Comparison workers and retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comparison: Option<RawComparison>,
@@ -158,6 +172,15 @@ pub struct RawCertificate {
     /// Needed on every certificate but the first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub server_names: Vec<String>,
+}
+
+/// The metrics listener (`metrics:`).
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Address that serves `/metrics` without the admin token, e.g.
+    /// `0.0.0.0:9090`.
+    pub listen: String,
 }
 
 /// Limits on what clients may send.

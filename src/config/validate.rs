@@ -35,11 +35,13 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         admin_token: None,
         admin_hosts: Vec::new(),
         admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+        metrics_listen: None,
         backends: BTreeMap::new(),
         routes: Vec::new(),
         access_log: true,
         limits: Limits::default(),
         shutdown_grace: Duration::from_secs(30),
+        shutdown_delay: Duration::ZERO,
         watch_interval: Duration::from_secs(1),
         store: StoreLocation::File(DEFAULT_STORE_FILE.into()),
         comparison: ComparisonSettings::default(),
@@ -105,6 +107,10 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
             }
             config.admin_max_connections = n.max(1);
         }
+        if once("metrics", raw.metrics.is_some(), &mut c) {
+            let text = raw.metrics.as_ref().map_or("", |m| m.listen.as_str());
+            config.metrics_listen = socket_addr(&mut c, "metrics.listen", text);
+        }
         if once("access_log", raw.access_log.is_some(), &mut c) {
             match raw.access_log.as_deref() {
                 Some("stdout") => config.access_log = true,
@@ -122,6 +128,10 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         if once("shutdown_grace", raw.shutdown_grace.is_some(), &mut c) {
             config.shutdown_grace =
                 c.duration("shutdown_grace", &raw.shutdown_grace, config.shutdown_grace);
+        }
+        if once("shutdown_delay", raw.shutdown_delay.is_some(), &mut c) {
+            config.shutdown_delay =
+                c.duration("shutdown_delay", &raw.shutdown_delay, config.shutdown_delay);
         }
         if once("store", raw.store.is_some(), &mut c) {
             config.store = store(&mut c, &raw.store.clone().unwrap_or_default());
