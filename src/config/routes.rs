@@ -5,9 +5,19 @@
 
 use super::check::Check;
 use super::mirrors::{mirror, route_compare};
-use super::model::{HostMatch, PathMatch, RouteConfig, RouteMatch, ValueMatch};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use super::model::{
+    HostMatch, PathMatch, RetryOn, RetryPolicy, RouteConfig, RouteHeaders, RouteMatch, ValueMatch,
+};
 use super::promotion::promotion;
-use super::raw::{RawHeaderMatch, RawHeaderRule, RawMatch, RawRoute};
+use super::raw::{
+    RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRoute, RawRouteHeaders,
+};
+use crate::protocol::headers::HeaderEdits;
 
 pub(super) fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteConfig> {
     if raw.name.is_empty()
@@ -43,7 +53,26 @@ pub(super) fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteCo
             "at least one weight must be more than 0",
         );
     }
+    let headers = raw
+        .headers
+        .as_ref()
+        .map(|h| route_headers(c, &format!("{path}.headers"), h))
+        .unwrap_or_default();
+    let mut backend_headers = BTreeMap::new();
+    for (j, s) in raw.split.iter().enumerate() {
+        if let Some(h) = &s.headers {
+            let h = route_headers(c, &format!("{path}.split[{j}].headers"), h);
+            backend_headers.insert(s.backend.clone(), h);
+        }
+    }
+    let retries = raw
+        .retries
+        .as_ref()
+        .map(|r| retries(c, &format!("{path}.retries"), r));
     Some(RouteConfig {
+        headers,
+        backend_headers,
+        retries,
         name: raw.name.clone(),
         matcher,
         backend: raw.backend.clone(),
@@ -116,23 +145,19 @@ fn route_match(c: &mut Check, path: &str, raw: &RawMatch) -> RouteMatch {
         let Some(h) = c.header_name(&hpath, name) else {
             continue;
         };
-        let value = match rule {
-            RawHeaderMatch::Exact(v) => Some(ValueMatch::Exact(v.clone())),
-            RawHeaderMatch::Rule(RawHeaderRule {
-                exact: Some(v),
-                regex: None,
-            }) => Some(ValueMatch::Exact(v.clone())),
-            RawHeaderMatch::Rule(RawHeaderRule {
-                exact: None,
-                regex: Some(r),
-            }) => c.regex(&format!("{hpath}.regex"), r).map(ValueMatch::Regex),
-            RawHeaderMatch::Rule(_) => {
-                c.fail(&hpath, "give exactly one of `exact` and `regex`");
-                None
-            }
-        };
-        if let Some(v) = value {
+        if let Some(v) = value_match(c, &hpath, rule) {
             headers.push((h, v));
+        }
+    }
+    let mut query = Vec::new();
+    for (name, rule) in &raw.query_params {
+        let qpath = format!("{path}.query_params.{name}");
+        if name.is_empty() {
+            c.fail(&qpath, "a query parameter name must not be empty");
+            continue;
+        }
+        if let Some(v) = value_match(c, &qpath, rule) {
+            query.push((name.clone(), v));
         }
     }
     RouteMatch {
@@ -140,6 +165,157 @@ fn route_match(c: &mut Check, path: &str, raw: &RawMatch) -> RouteMatch {
         path: path_match,
         method,
         headers,
+        query,
+    }
+}
+
+fn value_match(c: &mut Check, path: &str, rule: &RawHeaderMatch) -> Option<ValueMatch> {
+    match rule {
+        RawHeaderMatch::Exact(v) => Some(ValueMatch::Exact(v.clone())),
+        RawHeaderMatch::Rule(RawHeaderRule {
+            exact: Some(v),
+            regex: None,
+        }) => Some(ValueMatch::Exact(v.clone())),
+        RawHeaderMatch::Rule(RawHeaderRule {
+            exact: None,
+            regex: Some(r),
+        }) => c.regex(&format!("{path}.regex"), r).map(ValueMatch::Regex),
+        RawHeaderMatch::Rule(_) => {
+            c.fail(path, "give exactly one of `exact` and `regex`");
+            None
+        }
+    }
+}
+
+fn route_headers(c: &mut Check, path: &str, raw: &RawRouteHeaders) -> RouteHeaders {
+    let ops = |c: &mut Check, key: &str, o: &Option<RawHeaderOps>| {
+        o.as_ref()
+            .map(|o| header_ops(c, &format!("{path}.{key}"), o))
+            .unwrap_or_default()
+    };
+    RouteHeaders {
+        request: ops(c, "request", &raw.request),
+        response: ops(c, "response", &raw.response),
+    }
+}
+
+fn header_ops(c: &mut Check, path: &str, raw: &RawHeaderOps) -> HeaderEdits {
+    let mut edits = HeaderEdits::default();
+    for (key, map, out) in [
+        ("set", &raw.set, &mut edits.set),
+        ("add", &raw.add, &mut edits.add),
+    ] {
+        for (name, value) in map {
+            let hpath = format!("{path}.{key}.{name}");
+            let Some(h) = c.header_name(&hpath, name) else {
+                continue;
+            };
+            if matches!(h.as_str(), "host" | "content-length" | "transfer-encoding") {
+                c.fail(&hpath, format!("`{h}` cannot be changed here"));
+                continue;
+            }
+            match HeaderValue::from_str(value) {
+                Ok(v) => out.push((h, v)),
+                Err(_) => c.fail(&hpath, "is not a valid header value"),
+            }
+        }
+    }
+    for (i, name) in raw.remove.iter().enumerate() {
+        if let Some(h) = c.header_name(&format!("{path}.remove[{i}]"), name) {
+            edits.remove.push(h);
+        }
+    }
+    edits
+}
+
+/// Most retries after the first try.
+const MAX_RETRIES: u32 = 10;
+
+fn retries(c: &mut Check, path: &str, raw: &RawRetries) -> RetryPolicy {
+    if raw.attempts > MAX_RETRIES {
+        c.fail(
+            format!("{path}.attempts"),
+            format!("{} is more than {MAX_RETRIES}", raw.attempts),
+        );
+    }
+    let per_try_timeout = raw.per_try_timeout.as_ref().map(|_| {
+        c.duration(
+            &format!("{path}.per_try_timeout"),
+            &raw.per_try_timeout,
+            Duration::from_secs(30),
+        )
+    });
+    if per_try_timeout.is_some_and(|d| d.is_zero()) {
+        c.fail(format!("{path}.per_try_timeout"), "must be more than 0s");
+    }
+    let backoff = c.duration(
+        &format!("{path}.backoff"),
+        &raw.backoff,
+        Duration::from_millis(25),
+    );
+    let mut statuses = Vec::new();
+    for (i, code) in raw.retriable_status_codes.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            c.fail(
+                format!("{path}.retriable_status_codes[{i}]"),
+                format!("{code} is not an HTTP status"),
+            );
+        }
+        statuses.push(*code);
+    }
+    let mut on = Vec::new();
+    let words: Vec<&str> = if raw.retry_on.is_empty() {
+        if statuses.is_empty() {
+            statuses.push(503);
+        }
+        vec![
+            "connect-failure",
+            "refused-stream",
+            "unavailable",
+            "cancelled",
+            "retriable-status-codes",
+        ]
+    } else {
+        raw.retry_on.iter().map(String::as_str).collect()
+    };
+    for (i, word) in words.iter().enumerate() {
+        let cond = match word.trim() {
+            "5xx" => RetryOn::FiveXx,
+            "gateway-error" => RetryOn::GatewayError,
+            "reset" => RetryOn::Reset,
+            "connect-failure" => RetryOn::ConnectFailure,
+            "refused-stream" => RetryOn::RefusedStream,
+            "retriable-status-codes" => RetryOn::StatusCodes,
+            "retriable-4xx" => RetryOn::Retriable4xx,
+            "cancelled" => RetryOn::Grpc(1),
+            "deadline-exceeded" => RetryOn::Grpc(4),
+            "resource-exhausted" => RetryOn::Grpc(8),
+            "internal" => RetryOn::Grpc(13),
+            "unavailable" => RetryOn::Grpc(14),
+            other => match other.parse::<u16>() {
+                Ok(code) if (100..=599).contains(&code) => {
+                    statuses.push(code);
+                    RetryOn::StatusCodes
+                }
+                _ => {
+                    c.fail(
+                        format!("{path}.retry_on[{i}]"),
+                        format!("`{other}` is not a retry condition (5xx, gateway-error, reset, connect-failure, refused-stream, retriable-status-codes, retriable-4xx, a gRPC status name, or a status code)"),
+                    );
+                    continue;
+                }
+            },
+        };
+        if !on.contains(&cond) {
+            on.push(cond);
+        }
+    }
+    RetryPolicy {
+        attempts: raw.attempts.min(MAX_RETRIES),
+        per_try_timeout,
+        on,
+        statuses,
+        backoff,
     }
 }
 
