@@ -283,7 +283,12 @@ mod tests {
         };
         assert!(!edits.is_empty());
         edits.apply(&mut h);
-        let all = |n: &str| h.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+        let all = |n: &str| {
+            h.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(all("x-a"), ["only", "more"]);
         assert_eq!(all("x-b"), ["new"]);
         assert_eq!(all("x-c"), ["c"]);

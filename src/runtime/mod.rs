@@ -130,9 +130,9 @@ impl Runtime {
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| matches(&r.matcher, host, path, method, headers) && query_matches(&r.matcher, query))
+        self.routes.iter().find(|r| {
+            matches(&r.matcher, host, path, method, headers) && query_matches(&r.matcher, query)
+        })
     }
 }
 
@@ -288,9 +288,11 @@ pub fn query_matches(m: &RouteMatch, query: Option<&str>) -> bool {
         return true;
     }
     let pairs = || {
-        query.unwrap_or("").split('&').filter(|p| !p.is_empty()).map(|p| {
-            p.split_once('=').unwrap_or((p, ""))
-        })
+        query
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
     };
     m.query.iter().all(|(name, rule)| {
         pairs().any(|(k, v)| {
@@ -379,7 +381,9 @@ routes:
             ),
         ];
         for (host, path, method, headers, want) in cases {
-            let got = rt.select(host, path, None, method, headers).map(|r| &*r.name);
+            let got = rt
+                .select(host, path, None, method, headers)
+                .map(|r| &*r.name);
             assert_eq!(got, *want, "{host} {method} {path} {headers:?}");
         }
     }
@@ -409,7 +413,9 @@ routes:
             (None, "rest"),
         ];
         for (query, want) in cases {
-            let got = rt.select("x", "/", *query, &Method::GET, &h).map(|r| &*r.name);
+            let got = rt
+                .select("x", "/", *query, &Method::GET, &h)
+                .map(|r| &*r.name);
             assert_eq!(got, Some(*want), "{query:?}");
         }
     }

@@ -59,7 +59,14 @@ fn route_rule(
     match kind {
         Kind::Http => r.fields(
             cx,
-            &["name", "matches", "filters", "backendRefs", "timeouts", "retry"],
+            &[
+                "name",
+                "matches",
+                "filters",
+                "backendRefs",
+                "timeouts",
+                "retry",
+            ],
             &[],
         ),
         Kind::Grpc => r.fields(cx, &["name", "matches", "filters", "backendRefs"], &[]),
@@ -121,7 +128,15 @@ fn route_rule(
     for b in &refs {
         b.fields(
             cx,
-            &["group", "kind", "name", "namespace", "port", "weight", "filters"],
+            &[
+                "group",
+                "kind",
+                "name",
+                "namespace",
+                "port",
+                "weight",
+                "filters",
+            ],
             &[],
         );
         let mut dest_headers = RawRouteHeaders::default();
@@ -222,7 +237,11 @@ fn header_filter(cx: &mut Cx, f: &Obj, t: &str, out: &mut RawRouteHeaders) -> bo
             let Some(name) = check_header(cx, &h.at("name"), &name) else {
                 continue;
             };
-            let map = if key == "set" { &mut ops.set } else { &mut ops.add };
+            let map = if key == "set" {
+                &mut ops.set
+            } else {
+                &mut ops.add
+            };
             if map.insert(name.clone(), value).is_some() {
                 cx.fail(&h.at("name"), format!("header `{name}` is given twice"));
             }
@@ -248,13 +267,15 @@ fn retry(cx: &mut Cx, r: &Obj) -> Option<RawRetries> {
         None if !r.has("attempts") => 1,
         None => return None,
     };
-    let backoff = r.str(cx, "backoff").and_then(|t| match parse_k8s_duration(&t) {
-        Ok(d) => Some(super::build::format_duration(d)),
-        Err(e) => {
-            cx.fail(&r.at("backoff"), e);
-            None
-        }
-    });
+    let backoff = r
+        .str(cx, "backoff")
+        .and_then(|t| match parse_k8s_duration(&t) {
+            Ok(d) => Some(super::build::format_duration(d)),
+            Err(e) => {
+                cx.fail(&r.at("backoff"), e);
+                None
+            }
+        });
     let mut codes = Vec::new();
     for (path, n) in r.list(cx, "codes") {
         match n.value.as_u64() {

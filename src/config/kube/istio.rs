@@ -332,7 +332,11 @@ fn header_ops(cx: &mut Cx, o: &Obj) -> RawHeaderOps {
                 cx.fail(&path, "must be a string");
                 continue;
             };
-            let out = if key == "set" { &mut ops.set } else { &mut ops.add };
+            let out = if key == "set" {
+                &mut ops.set
+            } else {
+                &mut ops.add
+            };
             out.insert(name, value.to_string());
         }
     }

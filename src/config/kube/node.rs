@@ -116,7 +116,8 @@ impl<'v> Obj<'v> {
             }
             let path = join(&self.path, k);
             if ignored.contains(&k) {
-                cx.ignored.push(format!("{}: {} {}", cx.file, cx.label, path));
+                cx.ignored
+                    .push(format!("{}: {} {}", cx.file, cx.label, path));
                 tracing::info!(
                     file = %cx.file,
                     object = %cx.label,

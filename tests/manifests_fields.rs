@@ -1,0 +1,219 @@
+//! Manifest fields people use (#15.1), end to end: the Flagger podinfo
+//! VirtualService (route `headers`, `retries`, a mirror) and an HTTPRoute
+//! with `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestMirror`
+//! and a `queryParams` match, loaded unchanged from `tests/fixtures/kube/`
+//! and sent traffic through the real proxy; plus the native config's own
+//! `headers`, `retries` and `query_params`.
+
+mod support;
+
+use bytes::Bytes;
+use http::Method;
+use shadowgate::app::{self, Running, StartOptions};
+use shadowgate::config::load::load_texts;
+use std::path::Path;
+use support::*;
+
+/// The fixture files of a scenario (without its `services.yaml`), plus a
+/// generated native file: test listeners and the backends' real ports.
+fn files(scenario: &str, services: &str) -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/kube")
+        .join(scenario);
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| !p.ends_with("services.yaml"))
+        .collect();
+    paths.sort();
+    let mut out: Vec<(String, String)> = paths
+        .iter()
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(p).expect("read"),
+            )
+        })
+        .collect();
+    out.push((
+        "generated.yaml".into(),
+        format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\nservices:\n{services}"),
+    ));
+    out
+}
+
+async fn start(files: Vec<(String, String)>) -> Running {
+    let config = load_texts(&files).unwrap_or_else(|e| panic!("{e}"));
+    app::start(config, StartOptions::default())
+        .await
+        .expect("start")
+}
+
+async fn request(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    send(
+        &client(),
+        addr,
+        Method::GET,
+        host,
+        path,
+        headers,
+        Bytes::new(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn flagger_podinfo_virtual_service_headers_mirror_and_primary_only_retries() {
+    // The primary fails its first try with 503 (gateway-error: retried);
+    // the canary always fails, and its copy is never retried.
+    let mut primary = TestBackend::new()
+        .body("primary")
+        .header("x-powered-by", "go")
+        .fail_first(1, 503)
+        .spawn()
+        .await;
+    let mut canary = TestBackend::new().body("canary").status(503).spawn().await;
+    let services = format!(
+        "  podinfo-primary.test: [\"{}\"]\n  podinfo-canary.test: [\"{}\"]\n",
+        primary.addr, canary.addr
+    );
+    let running = start(files("flagger-podinfo", &services)).await;
+    let addr = running.listen_addrs[0];
+
+    let a = request(addr, "app.example.com", "/api/info", &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.text(), "primary");
+    // headers.response: set x-served-by, remove x-powered-by.
+    assert_eq!(
+        a.headers.get("x-served-by").map(|v| v.as_bytes()),
+        Some(&b"podinfo"[..])
+    );
+    assert!(a.headers.get("x-powered-by").is_none(), "{:?}", a.headers);
+
+    // Two tries reached the primary, each with headers.request.add.
+    for _ in 0..2 {
+        let got = primary.next().await;
+        assert_eq!(got.uri.path(), "/api/info");
+        assert_eq!(got.header("x-some-header"), Some("value"));
+    }
+    // The mirror got one copy, with the route's request header too.
+    let copy = canary.next().await;
+    assert_eq!(copy.uri.path(), "/api/info");
+    assert_eq!(copy.header("x-some-header"), Some("value"));
+    mirrors_settled(&running).await;
+    assert_eq!(primary.received(), 2, "the primary is retried once");
+    assert_eq!(canary.received(), 1, "a mirror's copy is never retried");
+
+    // The Kubernetes service name is a host of the VirtualService too;
+    // the primary now answers at once.
+    let b = request(addr, "podinfo.test", "/", &[]).await;
+    assert_eq!(b.status, 200);
+    assert_eq!(primary.next().await.header("x-some-header"), Some("value"));
+    mirrors_settled(&running).await;
+    assert_eq!(primary.received(), 3);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn gateway_api_header_modifiers_mirror_and_query_match() {
+    let mut primary = TestBackend::new().body("primary").spawn().await;
+    let mut canary = TestBackend::new().body("canary").spawn().await;
+    let services = format!(
+        "  podinfo-primary.test: [\"{}\"]\n  podinfo-canary.test: [\"{}\"]\n",
+        primary.addr, canary.addr
+    );
+    let running = start(files("gateway-api-filters", &services)).await;
+    let addr = running.listen_addrs[0];
+    let sent = [
+        ("x-debug", "1"),
+        ("x-route", "client"),
+        ("x-canary", "maybe"),
+    ];
+
+    // The query match takes the first rule: header changes, a mirror copy.
+    let a = request(
+        addr,
+        "app.example.com",
+        "/api/items?version=v2&page=1",
+        &sent,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), "primary");
+    assert_eq!(
+        a.headers.get("x-preview").map(|v| v.as_bytes()),
+        Some(&b"v2"[..])
+    );
+    let check = |r: &Recorded| {
+        assert_eq!(r.uri.query(), Some("version=v2&page=1"));
+        assert_eq!(r.header("x-debug"), None, "removed");
+        assert_eq!(r.header("x-route"), Some("canary-preview"), "set");
+        let canaries: Vec<_> = r.headers.get_all("x-canary").iter().collect();
+        assert_eq!(canaries, ["maybe", "true"], "added after the client's");
+    };
+    check(&primary.next().await);
+    let copy = canary.next().await;
+    check(&copy);
+    assert_eq!(copy.header("host"), Some("app.example.com-shadow"));
+
+    // Another value, or none: the second rule, untouched and not mirrored.
+    for path in [
+        "/api/items?version=v1",
+        "/api/items",
+        "/api/items?xversion=v2",
+    ] {
+        let b = request(addr, "app.example.com", path, &sent).await;
+        assert_eq!(b.status, 200, "{path}");
+        assert!(b.headers.get("x-preview").is_none(), "{path}");
+        let got = primary.next().await;
+        assert_eq!(got.header("x-debug"), Some("1"), "{path}");
+        assert_eq!(got.header("x-route"), Some("client"), "{path}");
+    }
+    mirrors_settled(&running).await;
+    assert_eq!(
+        canary.received(),
+        1,
+        "only the query-matched request is mirrored"
+    );
+    running.shutdown().await;
+}
+
+/// The native config's `retries`: a request with a body is not retried, a
+/// status outside `retry_on` is not retried, `attempts` bounds the tries.
+#[tokio::test]
+async fn native_retries_bound_and_conditions() {
+    let mut flaky = TestBackend::new().fail_first(10, 502).spawn().await;
+    let config = format!(
+        r#"
+backends:
+  v1: {{ endpoints: ["{}"] }}
+routes:
+  - name: r
+    backend: v1
+    retries: {{ attempts: 2, retry_on: [gateway-error], backoff: 1ms }}
+"#,
+        flaky.addr
+    );
+    let running = start_proxy(&config).await;
+    let addr = running.listen_addrs[0];
+    // Three tries (1 + 2 retries), all 502: the client gets the last one.
+    let a = request(addr, "x", "/", &[]).await;
+    assert_eq!(a.status, 502);
+    for _ in 0..3 {
+        flaky.next().await;
+    }
+    assert_eq!(flaky.received(), 3);
+    // A POST with a body is sent once.
+    let b = send(&client(), addr, Method::POST, "x", "/", &[], "payload").await;
+    assert_eq!(b.status, 502);
+    assert_eq!(flaky.next().await.body, "payload");
+    // A retry would have reached the backend before the client's answer.
+    assert_eq!(flaky.received(), 4);
+    running.shutdown().await;
+}
