@@ -217,3 +217,49 @@ routes:
     assert_eq!(flaky.received(), 4);
     running.shutdown().await;
 }
+
+/// Istio `route[].headers` (destination level) apply when that destination
+/// answers, before the rule's own `headers`: a field both set is the
+/// rule's (Envoy's default order), the others add up.
+#[tokio::test]
+async fn istio_destination_headers_apply_before_the_rule_headers() {
+    let mut v1 = TestBackend::new().body("v1").spawn().await;
+    let vs = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - headers:
+      request: {set: {x-layer: rule}}
+    route:
+    - destination: {host: reviews}
+      headers:
+        request: {set: {x-layer: destination, x-dest: v1}, remove: [x-drop]}
+        response: {add: {x-answered-by: v1}}
+"#;
+    let files = vec![
+        ("vs.yaml".to_string(), vs.to_string()),
+        (
+            "generated.yaml".to_string(),
+            format!(
+                "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\nservices:\n  reviews: [\"{}\"]\n",
+                v1.addr
+            ),
+        ),
+    ];
+    let running = start(files).await;
+    let addr = running.listen_addrs[0];
+    let a = request(addr, "reviews", "/", &[("x-drop", "1")]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.headers.get("x-answered-by").map(|v| v.as_bytes()),
+        Some(&b"v1"[..])
+    );
+    let got = v1.next().await;
+    assert_eq!(got.header("x-layer"), Some("rule"));
+    assert_eq!(got.header("x-dest"), Some("v1"));
+    assert_eq!(got.header("x-drop"), None);
+    running.shutdown().await;
+}

@@ -343,6 +343,66 @@ mod tests {
     }
 
     #[test]
+    fn header_changes_retries_and_query_conditions() {
+        let (r, errors) = checked(|c| {
+            route(
+                c,
+                "routes[0]",
+                &raw("name: r\nbackend: v1\nmatch:\n  query_params: {v: \"2\", u: {regex: \"[0-9]+\"}}\nheaders:\n  request: {set: {x-a: b}, add: {x-b: c}, remove: [x-c]}\n  response: {remove: [server]}\nsplit:\n  - {backend: v1, weight: 1, headers: {request: {set: {x-s: v1}}}}\nretries: {attempts: 2, per_try_timeout: 500ms, retry_on: [5xx, \"409\"]}\n"),
+            )
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let r = r.expect("route");
+        assert_eq!(r.matcher.query.len(), 2);
+        assert_eq!(r.headers.request.set.len(), 1);
+        assert_eq!(r.headers.request.add.len(), 1);
+        assert_eq!(r.headers.request.remove.len(), 1);
+        assert_eq!(r.headers.response.remove.len(), 1);
+        assert_eq!(r.backend_headers["v1"].request.set.len(), 1);
+        let retries = r.retries.expect("retries");
+        assert_eq!(retries.attempts, 2);
+        assert_eq!(
+            retries.per_try_timeout,
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(retries.on, [RetryOn::FiveXx, RetryOn::StatusCodes]);
+        assert_eq!(retries.statuses, [409]);
+        // Istio's defaults when retry_on is left out.
+        let (r, _) = checked(|c| {
+            route(
+                c,
+                "routes[0]",
+                &raw("name: r\nbackend: v1\nretries: {attempts: 1}\n"),
+            )
+        });
+        let retries = r.and_then(|r| r.retries).expect("retries");
+        assert_eq!(retries.statuses, [503]);
+        assert!(retries.on.contains(&RetryOn::Grpc(14)));
+    }
+
+    #[test]
+    fn bad_header_changes_and_retries_are_refused_with_their_key_path() {
+        let (_, errors) = checked(|c| {
+            route(
+                c,
+                "routes[0]",
+                &raw("name: r\nbackend: v1\nmatch:\n  query_params: {v: {exact: a, regex: b}}\nheaders:\n  request: {set: {host: x, \"bad name\": y}}\nretries: {attempts: 11, retry_on: [sometimes], per_try_timeout: 0s}\n"),
+            )
+        });
+        assert_eq!(
+            errors,
+            [
+                "routes[0].match.query_params.v: give exactly one of `exact` and `regex`",
+                "routes[0].headers.request.set.bad name: `bad name` is not a valid header name",
+                "routes[0].headers.request.set.host: `host` cannot be changed here",
+                "routes[0].retries.attempts: 11 is more than 10",
+                "routes[0].retries.per_try_timeout: must be more than 0s",
+                "routes[0].retries.retry_on[0]: `sometimes` is not a retry condition (5xx, gateway-error, reset, connect-failure, refused-stream, retriable-status-codes, retriable-4xx, a gRPC status name, or a status code)",
+            ]
+        );
+    }
+
+    #[test]
     fn bad_routes_are_refused_with_their_key_path() {
         let (_, errors) = checked(|c| {
             route(
