@@ -263,3 +263,52 @@ spec:
     assert_eq!(got.header("x-drop"), None);
     running.shutdown().await;
 }
+
+/// `convert` writes the new fields as native config that loads back, and
+/// lists the fields accepted without effect as comments.
+#[test]
+fn convert_writes_headers_retries_and_query_params_and_lists_ignored_fields() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kube");
+    let convert = |scenario: &str| {
+        let files = vec![
+            dir.join(scenario).join("services.yaml"),
+            dir.join(scenario).join(match scenario {
+                "flagger-podinfo" => "podinfo-virtualservice.yaml",
+                _ => "podinfo-httproute.yaml",
+            }),
+        ];
+        shadowgate::config::kube::convert_files(&files).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let istio = convert("flagger-podinfo");
+    assert!(
+        istio.contains("(VirtualService podinfo) spec.gateways\n"),
+        "{istio}"
+    );
+    for line in [
+        "      add:\n        x-some-header: value\n",
+        "  retries:\n    attempts: 3\n    per_try_timeout: 1s\n    retry_on:\n    - gateway-error\n    - connect-failure\n    - refused-stream\n",
+        "      remove:\n      - x-powered-by\n",
+    ] {
+        assert!(istio.contains(line), "{line}\n---\n{istio}");
+    }
+    let gateway = convert("gateway-api-filters");
+    assert!(
+        gateway.contains("(HTTPRoute podinfo) spec.parentRefs\n"),
+        "{gateway}"
+    );
+    assert!(
+        gateway.contains("    query_params:\n      version: v2\n"),
+        "{gateway}"
+    );
+    // The output is native config: it loads as it is, with the same routes.
+    for (text, routes) in [(&istio, 5), (&gateway, 2)] {
+        let yaml = format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nstore: memory\n{text}");
+        let config = shadowgate::config::from_yaml("converted.yaml", &yaml)
+            .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert_eq!(config.routes.len(), routes);
+        assert!(config
+            .routes
+            .iter()
+            .all(|r| !r.headers.request.is_empty() || r.matcher.query.is_empty()));
+    }
+}
