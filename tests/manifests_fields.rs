@@ -312,3 +312,35 @@ fn convert_writes_headers_retries_and_query_params_and_lists_ignored_fields() {
             .all(|r| !r.headers.request.is_empty() || r.matcher.query.is_empty()));
     }
 }
+
+/// `per_try_timeout` cuts each try; `reset` retries a try that got no
+/// answer; the backend's `timeout` bounds all tries together.
+#[tokio::test]
+async fn per_try_timeout_and_reset_retry_a_silent_backend() {
+    let silent = TestBackend::new().blackhole().spawn().await;
+    let config = format!(
+        r#"
+backends:
+  v1: {{ endpoints: ["{}"], timeout: 5s }}
+routes:
+  - name: r
+    backend: v1
+    retries: {{ attempts: 2, per_try_timeout: 150ms, retry_on: [reset], backoff: 1ms }}
+"#,
+        silent.addr
+    );
+    let running = start_proxy(&config).await;
+    let started = tokio::time::Instant::now();
+    let a = request(running.listen_addrs[0], "x", "/", &[]).await;
+    let took = started.elapsed();
+    assert_eq!(a.status, 504);
+    // Three tries of 150 ms each, far from the 5 s of one untried request.
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    // The last try's connection may be counted a moment after it opened.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while silent.connections() < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(silent.connections(), 3, "one connection per try");
+    running.shutdown().await;
+}
