@@ -210,6 +210,57 @@ pub struct RouteConfig {
     pub secondary: Option<String>,
     /// Largest request body accepted (`None`: no limit).
     pub max_body_bytes: Option<u64>,
+    /// Header changes on the primary's request and response.
+    pub headers: RouteHeaders,
+    /// Header changes by answering backend (a split share's `headers`),
+    /// applied before the route's own.
+    pub backend_headers: BTreeMap<String, RouteHeaders>,
+    /// Retries of the primary request.
+    pub retries: Option<RetryPolicy>,
+}
+
+/// Header changes on a request and on its response.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteHeaders {
+    pub request: crate::protocol::headers::HeaderEdits,
+    pub response: crate::protocol::headers::HeaderEdits,
+}
+
+/// When and how often the primary request is retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Each try's time for the response head (`None`: the backend's timeout).
+    pub per_try_timeout: Option<Duration>,
+    pub on: Vec<RetryOn>,
+    /// Statuses retried under `RetryOn::StatusCodes`.
+    pub statuses: Vec<u16>,
+    /// Pause before each retry.
+    pub backoff: Duration,
+}
+
+/// A retry condition (Envoy's `retry_on` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    /// `5xx`: a 5xx answer, or no answer.
+    FiveXx,
+    /// `gateway-error`: 502, 503, 504, or no answer.
+    GatewayError,
+    /// `reset`: no answer (reset, closed, timed out) after connecting.
+    Reset,
+    /// `connect-failure`.
+    ConnectFailure,
+    /// `refused-stream`: an HTTP/2 stream refused by the backend.
+    RefusedStream,
+    /// `retriable-status-codes`: a status in `RetryPolicy::statuses`.
+    StatusCodes,
+    /// `retriable-4xx`: 409.
+    Retriable4xx,
+    /// A gRPC status in the response head (`cancelled` 1,
+    /// `deadline-exceeded` 4, `resource-exhausted` 8, `internal` 13,
+    /// `unavailable` 14).
+    Grpc(u16),
 }
 
 /// Comparison rules of a route, checked at load.
@@ -304,6 +355,8 @@ pub struct RouteMatch {
     pub path: Option<PathMatch>,
     pub method: Option<Method>,
     pub headers: Vec<(HeaderName, ValueMatch)>,
+    /// Query parameter conditions (name, value as written in the URL).
+    pub query: Vec<(String, ValueMatch)>,
 }
 
 /// Host condition (compared without the port, case-insensitively).

@@ -291,6 +291,76 @@ pub struct RawRoute {
     /// chunked body is cut at the first byte over it. Default: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<RawSize>,
+    /// Header changes on the primary's request and response (Istio's
+    /// `headers`, the Gateway API's header modifier filters). The request
+    /// changes are made before the request is copied, so mirrors get them
+    /// too (as Envoy does); the response changes apply to the primary's
+    /// answer only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<RawRouteHeaders>,
+    /// Retries of the primary request (never of a mirror's copy), for
+    /// requests without a body. Default: none (the backend's one retry on
+    /// a refused connection, `backends.<name>.retry`, still applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RawRetries>,
+}
+
+/// Header changes of a route (or of one share of its split): on the
+/// request sent to the backend, and on the response sent to the client.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteHeaders {
+    /// Changes to the request sent upstream (and copied to mirrors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RawHeaderOps>,
+    /// Changes to the primary's response sent to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<RawHeaderOps>,
+}
+
+/// Header operations, applied in this order: `remove`, `set`, `add`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderOps {
+    /// Headers set to this value, replacing any the message carries.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Headers added with this value, after any the message carries.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// Retries of a route's primary request.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    /// Retries after the first try (so `2` means at most 3 tries), 0 to 10.
+    pub attempts: u32,
+    /// Time each try has to get the response head. Default: the backend's
+    /// `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<String>,
+    /// When a try is retried, with Envoy's condition names: `5xx` (a 5xx
+    /// answer, or no answer), `gateway-error` (502, 503, 504 or no
+    /// answer), `reset` (no answer: connection reset or closed, or the try
+    /// timed out), `connect-failure`, `refused-stream`,
+    /// `retriable-status-codes` (a status in `retriable_status_codes`),
+    /// `retriable-4xx` (409), gRPC `cancelled`, `deadline-exceeded`,
+    /// `internal`, `resource-exhausted`, `unavailable` (a `grpc-status` in
+    /// the response head), or a status code written as a number (`503`).
+    /// Default `[connect-failure, refused-stream, unavailable, cancelled,
+    /// retriable-status-codes]` with `retriable_status_codes: [503]` (Istio's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<String>,
+    /// Statuses retried with `retriable-status-codes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_status_codes: Vec<u16>,
+    /// Pause before each retry. Default `25ms` (Envoy's base interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
 }
 
 /// Promotion gates of a route. A gate left out has its default limit
@@ -378,6 +448,12 @@ pub struct RawMatch {
     /// `{ regex: … }` / `{ exact: … }`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, RawHeaderMatch>,
+    /// Query parameters the request must carry: name (case-sensitive) →
+    /// value (exact), or name → `{ regex: … }` / `{ exact: … }`. Values are
+    /// compared as written in the URL (not percent-decoded); a parameter
+    /// given several times matches when one of its values does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query_params: BTreeMap<String, RawHeaderMatch>,
 }
 
 /// A header condition.
@@ -543,4 +619,8 @@ pub struct RawSplit {
     pub backend: String,
     /// Relative weight (shares are weight / sum of weights).
     pub weight: u32,
+    /// Header changes when this share's backend answers, applied before
+    /// the route's own `headers` (so the route's win, as in Envoy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<RawRouteHeaders>,
 }

@@ -5,9 +5,19 @@
 
 use super::check::Check;
 use super::mirrors::{mirror, route_compare};
-use super::model::{HostMatch, PathMatch, RouteConfig, RouteMatch, ValueMatch};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use super::model::{
+    HostMatch, PathMatch, RetryOn, RetryPolicy, RouteConfig, RouteHeaders, RouteMatch, ValueMatch,
+};
 use super::promotion::promotion;
-use super::raw::{RawHeaderMatch, RawHeaderRule, RawMatch, RawRoute};
+use super::raw::{
+    RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRoute, RawRouteHeaders,
+};
+use crate::protocol::headers::HeaderEdits;
 
 pub(super) fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteConfig> {
     if raw.name.is_empty()
@@ -43,7 +53,26 @@ pub(super) fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteCo
             "at least one weight must be more than 0",
         );
     }
+    let headers = raw
+        .headers
+        .as_ref()
+        .map(|h| route_headers(c, &format!("{path}.headers"), h))
+        .unwrap_or_default();
+    let mut backend_headers = BTreeMap::new();
+    for (j, s) in raw.split.iter().enumerate() {
+        if let Some(h) = &s.headers {
+            let h = route_headers(c, &format!("{path}.split[{j}].headers"), h);
+            backend_headers.insert(s.backend.clone(), h);
+        }
+    }
+    let retries = raw
+        .retries
+        .as_ref()
+        .map(|r| retries(c, &format!("{path}.retries"), r));
     Some(RouteConfig {
+        headers,
+        backend_headers,
+        retries,
         name: raw.name.clone(),
         matcher,
         backend: raw.backend.clone(),
@@ -116,23 +145,19 @@ fn route_match(c: &mut Check, path: &str, raw: &RawMatch) -> RouteMatch {
         let Some(h) = c.header_name(&hpath, name) else {
             continue;
         };
-        let value = match rule {
-            RawHeaderMatch::Exact(v) => Some(ValueMatch::Exact(v.clone())),
-            RawHeaderMatch::Rule(RawHeaderRule {
-                exact: Some(v),
-                regex: None,
-            }) => Some(ValueMatch::Exact(v.clone())),
-            RawHeaderMatch::Rule(RawHeaderRule {
-                exact: None,
-                regex: Some(r),
-            }) => c.regex(&format!("{hpath}.regex"), r).map(ValueMatch::Regex),
-            RawHeaderMatch::Rule(_) => {
-                c.fail(&hpath, "give exactly one of `exact` and `regex`");
-                None
-            }
-        };
-        if let Some(v) = value {
+        if let Some(v) = value_match(c, &hpath, rule) {
             headers.push((h, v));
+        }
+    }
+    let mut query = Vec::new();
+    for (name, rule) in &raw.query_params {
+        let qpath = format!("{path}.query_params.{name}");
+        if name.is_empty() {
+            c.fail(&qpath, "a query parameter name must not be empty");
+            continue;
+        }
+        if let Some(v) = value_match(c, &qpath, rule) {
+            query.push((name.clone(), v));
         }
     }
     RouteMatch {
@@ -140,6 +165,157 @@ fn route_match(c: &mut Check, path: &str, raw: &RawMatch) -> RouteMatch {
         path: path_match,
         method,
         headers,
+        query,
+    }
+}
+
+fn value_match(c: &mut Check, path: &str, rule: &RawHeaderMatch) -> Option<ValueMatch> {
+    match rule {
+        RawHeaderMatch::Exact(v) => Some(ValueMatch::Exact(v.clone())),
+        RawHeaderMatch::Rule(RawHeaderRule {
+            exact: Some(v),
+            regex: None,
+        }) => Some(ValueMatch::Exact(v.clone())),
+        RawHeaderMatch::Rule(RawHeaderRule {
+            exact: None,
+            regex: Some(r),
+        }) => c.regex(&format!("{path}.regex"), r).map(ValueMatch::Regex),
+        RawHeaderMatch::Rule(_) => {
+            c.fail(path, "give exactly one of `exact` and `regex`");
+            None
+        }
+    }
+}
+
+fn route_headers(c: &mut Check, path: &str, raw: &RawRouteHeaders) -> RouteHeaders {
+    let ops = |c: &mut Check, key: &str, o: &Option<RawHeaderOps>| {
+        o.as_ref()
+            .map(|o| header_ops(c, &format!("{path}.{key}"), o))
+            .unwrap_or_default()
+    };
+    RouteHeaders {
+        request: ops(c, "request", &raw.request),
+        response: ops(c, "response", &raw.response),
+    }
+}
+
+fn header_ops(c: &mut Check, path: &str, raw: &RawHeaderOps) -> HeaderEdits {
+    let mut edits = HeaderEdits::default();
+    for (key, map, out) in [
+        ("set", &raw.set, &mut edits.set),
+        ("add", &raw.add, &mut edits.add),
+    ] {
+        for (name, value) in map {
+            let hpath = format!("{path}.{key}.{name}");
+            let Some(h) = c.header_name(&hpath, name) else {
+                continue;
+            };
+            if matches!(h.as_str(), "host" | "content-length" | "transfer-encoding") {
+                c.fail(&hpath, format!("`{h}` cannot be changed here"));
+                continue;
+            }
+            match HeaderValue::from_str(value) {
+                Ok(v) => out.push((h, v)),
+                Err(_) => c.fail(&hpath, "is not a valid header value"),
+            }
+        }
+    }
+    for (i, name) in raw.remove.iter().enumerate() {
+        if let Some(h) = c.header_name(&format!("{path}.remove[{i}]"), name) {
+            edits.remove.push(h);
+        }
+    }
+    edits
+}
+
+/// Most retries after the first try.
+const MAX_RETRIES: u32 = 10;
+
+fn retries(c: &mut Check, path: &str, raw: &RawRetries) -> RetryPolicy {
+    if raw.attempts > MAX_RETRIES {
+        c.fail(
+            format!("{path}.attempts"),
+            format!("{} is more than {MAX_RETRIES}", raw.attempts),
+        );
+    }
+    let per_try_timeout = raw.per_try_timeout.as_ref().map(|_| {
+        c.duration(
+            &format!("{path}.per_try_timeout"),
+            &raw.per_try_timeout,
+            Duration::from_secs(30),
+        )
+    });
+    if per_try_timeout.is_some_and(|d| d.is_zero()) {
+        c.fail(format!("{path}.per_try_timeout"), "must be more than 0s");
+    }
+    let backoff = c.duration(
+        &format!("{path}.backoff"),
+        &raw.backoff,
+        Duration::from_millis(25),
+    );
+    let mut statuses = Vec::new();
+    for (i, code) in raw.retriable_status_codes.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            c.fail(
+                format!("{path}.retriable_status_codes[{i}]"),
+                format!("{code} is not an HTTP status"),
+            );
+        }
+        statuses.push(*code);
+    }
+    let mut on = Vec::new();
+    let words: Vec<&str> = if raw.retry_on.is_empty() {
+        if statuses.is_empty() {
+            statuses.push(503);
+        }
+        vec![
+            "connect-failure",
+            "refused-stream",
+            "unavailable",
+            "cancelled",
+            "retriable-status-codes",
+        ]
+    } else {
+        raw.retry_on.iter().map(String::as_str).collect()
+    };
+    for (i, word) in words.iter().enumerate() {
+        let cond = match word.trim() {
+            "5xx" => RetryOn::FiveXx,
+            "gateway-error" => RetryOn::GatewayError,
+            "reset" => RetryOn::Reset,
+            "connect-failure" => RetryOn::ConnectFailure,
+            "refused-stream" => RetryOn::RefusedStream,
+            "retriable-status-codes" => RetryOn::StatusCodes,
+            "retriable-4xx" => RetryOn::Retriable4xx,
+            "cancelled" => RetryOn::Grpc(1),
+            "deadline-exceeded" => RetryOn::Grpc(4),
+            "resource-exhausted" => RetryOn::Grpc(8),
+            "internal" => RetryOn::Grpc(13),
+            "unavailable" => RetryOn::Grpc(14),
+            other => match other.parse::<u16>() {
+                Ok(code) if (100..=599).contains(&code) => {
+                    statuses.push(code);
+                    RetryOn::StatusCodes
+                }
+                _ => {
+                    c.fail(
+                        format!("{path}.retry_on[{i}]"),
+                        format!("`{other}` is not a retry condition (5xx, gateway-error, reset, connect-failure, refused-stream, retriable-status-codes, retriable-4xx, a gRPC status name, or a status code)"),
+                    );
+                    continue;
+                }
+            },
+        };
+        if !on.contains(&cond) {
+            on.push(cond);
+        }
+    }
+    RetryPolicy {
+        attempts: raw.attempts.min(MAX_RETRIES),
+        per_try_timeout,
+        on,
+        statuses,
+        backoff,
     }
 }
 
@@ -164,6 +340,66 @@ mod tests {
         assert_eq!(r.matcher.method, Some(http::Method::GET));
         assert_eq!(r.matcher.headers.len(), 2);
         assert_eq!(r.split, [("v1".to_string(), 90), ("v2".to_string(), 10)]);
+    }
+
+    #[test]
+    fn header_changes_retries_and_query_conditions() {
+        let (r, errors) = checked(|c| {
+            route(
+                c,
+                "routes[0]",
+                &raw("name: r\nbackend: v1\nmatch:\n  query_params: {v: \"2\", u: {regex: \"[0-9]+\"}}\nheaders:\n  request: {set: {x-a: b}, add: {x-b: c}, remove: [x-c]}\n  response: {remove: [server]}\nsplit:\n  - {backend: v1, weight: 1, headers: {request: {set: {x-s: v1}}}}\nretries: {attempts: 2, per_try_timeout: 500ms, retry_on: [5xx, \"409\"]}\n"),
+            )
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+        let r = r.expect("route");
+        assert_eq!(r.matcher.query.len(), 2);
+        assert_eq!(r.headers.request.set.len(), 1);
+        assert_eq!(r.headers.request.add.len(), 1);
+        assert_eq!(r.headers.request.remove.len(), 1);
+        assert_eq!(r.headers.response.remove.len(), 1);
+        assert_eq!(r.backend_headers["v1"].request.set.len(), 1);
+        let retries = r.retries.expect("retries");
+        assert_eq!(retries.attempts, 2);
+        assert_eq!(
+            retries.per_try_timeout,
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(retries.on, [RetryOn::FiveXx, RetryOn::StatusCodes]);
+        assert_eq!(retries.statuses, [409]);
+        // Istio's defaults when retry_on is left out.
+        let (r, _) = checked(|c| {
+            route(
+                c,
+                "routes[0]",
+                &raw("name: r\nbackend: v1\nretries: {attempts: 1}\n"),
+            )
+        });
+        let retries = r.and_then(|r| r.retries).expect("retries");
+        assert_eq!(retries.statuses, [503]);
+        assert!(retries.on.contains(&RetryOn::Grpc(14)));
+    }
+
+    #[test]
+    fn bad_header_changes_and_retries_are_refused_with_their_key_path() {
+        let (_, errors) = checked(|c| {
+            route(
+                c,
+                "routes[0]",
+                &raw("name: r\nbackend: v1\nmatch:\n  query_params: {v: {exact: a, regex: b}}\nheaders:\n  request: {set: {host: x, \"bad name\": y}}\nretries: {attempts: 11, retry_on: [sometimes], per_try_timeout: 0s}\n"),
+            )
+        });
+        assert_eq!(
+            errors,
+            [
+                "routes[0].match.query_params.v: give exactly one of `exact` and `regex`",
+                "routes[0].headers.request.set.bad name: `bad name` is not a valid header name",
+                "routes[0].headers.request.set.host: `host` cannot be changed here",
+                "routes[0].retries.attempts: 11 is more than 10",
+                "routes[0].retries.per_try_timeout: must be more than 0s",
+                "routes[0].retries.retry_on[0]: `sometimes` is not a retry condition (5xx, gateway-error, reset, connect-failure, refused-stream, retriable-status-codes, retriable-4xx, a gRPC status name, or a status code)",
+            ]
+        );
     }
 
     #[test]

@@ -234,9 +234,66 @@ pub fn response_framing(headers: &mut http::HeaderMap) -> Result<(), &'static st
     Ok(())
 }
 
+/// Header changes of a route (Istio `headers`, the Gateway API's header
+/// modifier filters): applied in the order `remove`, `set`, `add`, as
+/// Envoy does (removing first, so a header both removed and set or added
+/// ends up with the new value).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderEdits {
+    pub remove: Vec<HeaderName>,
+    /// Replaces every field of that name.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Appended after the fields of that name already there.
+    pub add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderEdits {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    /// Applies the changes to `headers`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edits_remove_then_set_then_add() {
+        let mut h = map(&[("x-a", "1"), ("x-a", "2"), ("x-b", "old"), ("x-gone", "z")]);
+        let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).unwrap();
+        let value = |v: &'static str| HeaderValue::from_static(v);
+        let edits = HeaderEdits {
+            remove: vec![name("x-gone"), name("x-b")],
+            set: vec![(name("x-a"), value("only")), (name("x-b"), value("new"))],
+            add: vec![(name("x-a"), value("more")), (name("x-c"), value("c"))],
+        };
+        assert!(!edits.is_empty());
+        edits.apply(&mut h);
+        let all = |n: &str| {
+            h.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("x-a"), ["only", "more"]);
+        assert_eq!(all("x-b"), ["new"]);
+        assert_eq!(all("x-c"), ["c"]);
+        assert!(all("x-gone").is_empty());
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1,5 +1,6 @@
 //! The proxy: listeners (`server`, `guard`; certificates in `crate::tls`), the request path as
-//! named phases (`phases`, carrying a `context::RequestContext`), tunnels
+//! named phases (`phases`, carrying a `context::RequestContext`; the
+//! primary's retries in `retry`), tunnels
 //! for Upgrade and CONNECT (`tunnel`), path checks (`path`) and the one
 //! place that turns failures into responses (`error`). The primary's
 //! upstream client is `crate::upstream`; header manners are
@@ -10,5 +11,6 @@ pub mod error;
 pub mod guard;
 pub mod path;
 pub mod phases;
+pub mod retry;
 pub mod server;
 pub mod tunnel;

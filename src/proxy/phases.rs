@@ -94,7 +94,7 @@ pub async fn handle(
 
     // 3. upstream head
     let (mut parts, body) = req.into_parts();
-    upstream_head(&mut parts, &mut ctx, conn);
+    upstream_head(&mut parts, &mut ctx, conn, route, backend);
 
     // The route's body limit: a declared length over it is refused before
     // anything is sent anywhere; a streamed body is cut by `ClientBody`.
@@ -160,10 +160,19 @@ pub async fn handle(
         mirror::dispatch(telemetry.clone(), jobs, head, mirror_body);
     }
 
-    // 7. forward to the primary
+    // 7. forward to the primary (retried under the route's `retries` when
+    // the request has no body; mirrors were sent their copy already)
     let retry_head = retry_copy(backend, &parts, content_length);
-    let req = Request::from_parts(parts, upstream_body);
-    let resp = match backend.send(req, backend.config.timeout, retry_head).await {
+    let sent = match route.config.retries.as_ref() {
+        Some(policy) if content_length == Some(0) && policy.attempts > 0 => {
+            super::retry::send(backend, parts, upstream_body, policy, retry_head).await
+        }
+        _ => {
+            let req = Request::from_parts(parts, upstream_body);
+            backend.send(req, backend.config.timeout, retry_head).await
+        }
+    };
+    let resp = match sent {
         Ok(resp) => {
             ctx.upstream = resp
                 .extensions()
@@ -291,11 +300,26 @@ fn select_route<'r>(
 ) -> Option<&'r Route> {
     let (host, _) = split_host_port(&ctx.authority);
     let host = host.strip_suffix('.').unwrap_or(host);
-    runtime.select(host, ctx.uri.path(), &ctx.method, req.headers())
+    runtime.select(
+        host,
+        ctx.uri.path(),
+        ctx.uri.query(),
+        &ctx.method,
+        req.headers(),
+    )
 }
 
-/// Phase 3: the head sent upstream (and copied to the mirrors).
-fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, conn: ConnInfo) {
+/// Phase 3: the head sent upstream (and copied to the mirrors). The
+/// route's request header changes are made here, the answering backend's
+/// (a split share's) first and then the route's, so that mirrors get them
+/// too, as Envoy applies route-level request headers before mirroring.
+fn upstream_head(
+    parts: &mut http::request::Parts,
+    ctx: &mut RequestContext,
+    conn: ConnInfo,
+    route: &Route,
+    backend: &Backend,
+) {
     let trailer = trailer_field(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, false);
     restore_trailer_field(&mut parts.headers, trailer);
@@ -307,6 +331,10 @@ fn upstream_head(parts: &mut http::request::Parts, ctx: &mut RequestContext, con
     if let Ok(v) = HeaderValue::from_str(&ctx.authority) {
         parts.headers.insert(header::HOST, v);
     }
+    if let Some(h) = route.config.backend_headers.get(backend.name()) {
+        h.request.apply(&mut parts.headers);
+    }
+    route.config.headers.request.apply(&mut parts.headers);
     // Origin-form upstream; the backend fills in the endpoint (HTTP/1.1)
     // or `:authority` from Host (HTTP/2), and sets the version to match the
     // connection it picks.
@@ -407,7 +435,8 @@ fn retry_copy(
 }
 
 /// Phase 8: the primary's response goes back untouched but for hop-by-hop
-/// fields; its body streams through an observer that logs at its end.
+/// fields and the route's response header changes; its body streams
+/// through an observer that logs at its end.
 fn response_filter(
     resp: Response<ResponseBody>,
     ctx: RequestContext,
@@ -421,10 +450,16 @@ fn response_filter(
     let trailer = trailer_field(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, false);
     restore_trailer_field(&mut parts.headers, trailer);
+    // Captured for comparison as the backend answered, before the route's
+    // response header changes (the shadow's answer gets none).
     let capture = capture.map(|(tx, cap)| {
         let capturer = Capturer::new(parts.status, parts.headers.clone(), cap, &route.memory);
         PrimaryCapturer::new(capturer, tx)
     });
+    if let Some(h) = route.config.backend_headers.get(backend.name()) {
+        h.response.apply(&mut parts.headers);
+    }
+    route.config.headers.response.apply(&mut parts.headers);
     let observed = ObservedBody {
         inner: body,
         bytes: 0,

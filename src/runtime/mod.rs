@@ -120,17 +120,19 @@ impl Runtime {
         }
     }
 
-    /// The first route whose conditions all hold.
+    /// The first route whose conditions all hold (`query`: the request's
+    /// query string, without `?`).
     pub fn select(
         &self,
         host: &str,
         path: &str,
+        query: Option<&str>,
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| matches(&r.matcher, host, path, method, headers))
+        self.routes.iter().find(|r| {
+            matches(&r.matcher, host, path, method, headers) && query_matches(&r.matcher, query)
+        })
     }
 }
 
@@ -278,6 +280,31 @@ pub fn matches(
     })
 }
 
+/// Whether the query string meets every query condition of `m`: each
+/// named parameter is present with a matching value (values as written,
+/// not percent-decoded; `a` alone has the value ``).
+pub fn query_matches(m: &RouteMatch, query: Option<&str>) -> bool {
+    if m.query.is_empty() {
+        return true;
+    }
+    let pairs = || {
+        query
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
+    };
+    m.query.iter().all(|(name, rule)| {
+        pairs().any(|(k, v)| {
+            k == name
+                && match rule {
+                    ValueMatch::Exact(e) => v == e,
+                    ValueMatch::Regex(r) => r.is_match(v),
+                }
+        })
+    })
+}
+
 /// Gives the tally each route's noise thresholds (`routes[].noise`) and
 /// what to redact (`redact`).
 fn use_route_noise(engine: &Engine, config: &Config) {
@@ -354,8 +381,42 @@ routes:
             ),
         ];
         for (host, path, method, headers, want) in cases {
-            let got = rt.select(host, path, method, headers).map(|r| &*r.name);
+            let got = rt
+                .select(host, path, None, method, headers)
+                .map(|r| &*r.name);
             assert_eq!(got, *want, "{host} {method} {path} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn query_parameters_select_routes() {
+        let rt = runtime(
+            r#"
+backends: { a: { endpoints: ["127.0.0.1:1"] } }
+routes:
+  - { name: exact, match: { query_params: { v: "2", u: { regex: "[0-9]+" } } }, backend: a }
+  - { name: flag, match: { query_params: { debug: "" } }, backend: a }
+  - { name: rest, backend: a }
+"#,
+        );
+        let h = HeaderMap::new();
+        let cases: &[(Option<&str>, &str)] = &[
+            (Some("v=2&u=17"), "exact"),
+            (Some("u=17&x=1&v=2"), "exact"),
+            (Some("v=1&v=2&u=3"), "exact"),
+            (Some("v=2&u=x"), "rest"),
+            (Some("v=2"), "rest"),
+            (Some("V=2&u=1"), "rest"),
+            (Some("debug"), "flag"),
+            (Some("debug="), "flag"),
+            (Some("debugx"), "rest"),
+            (None, "rest"),
+        ];
+        for (query, want) in cases {
+            let got = rt
+                .select("x", "/", *query, &Method::GET, &h)
+                .map(|r| &*r.name);
+            assert_eq!(got, Some(*want), "{query:?}");
         }
     }
 

@@ -47,6 +47,8 @@ pub struct TestBackend {
     blackhole: bool,
     echo_host: bool,
     random_token: bool,
+    /// The first `.0` requests are answered with status `.1`.
+    fail_first: (usize, u16),
 }
 
 impl Default for TestBackend {
@@ -65,7 +67,13 @@ impl TestBackend {
             blackhole: false,
             echo_host: false,
             random_token: false,
+            fail_first: (0, 200),
         }
+    }
+    /// Answer the first `n` requests with `status`, the later ones as usual.
+    pub fn fail_first(mut self, n: usize, status: u16) -> Self {
+        self.fail_first = (n, status);
+        self
     }
     pub fn status(mut self, s: u16) -> Self {
         self.status = s;
@@ -153,7 +161,7 @@ impl TestBackend {
                                 trailers,
                             };
                             let host = rec.header("host").unwrap_or("").to_string();
-                            counter.fetch_add(1, Ordering::SeqCst);
+                            let nth = counter.fetch_add(1, Ordering::SeqCst);
                             let _ = tx.send(rec);
                             if !this.delay.is_zero() {
                                 tokio::time::sleep(this.delay).await;
@@ -168,8 +176,12 @@ impl TestBackend {
                                 this.body.clone()
                             };
                             let mut resp = Response::new(Full::new(body));
-                            *resp.status_mut() =
-                                StatusCode::from_u16(status_now.load(Ordering::SeqCst)).unwrap();
+                            let status = if nth < this.fail_first.0 {
+                                this.fail_first.1
+                            } else {
+                                status_now.load(Ordering::SeqCst)
+                            };
+                            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
                             for (k, v) in &this.headers {
                                 resp.headers_mut().append(k.clone(), v.clone());
                             }

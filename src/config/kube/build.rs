@@ -157,6 +157,8 @@ pub struct Builder<'a> {
     registry: &'a Registry,
     origins: &'a [ObjectOrigin],
     errors: &'a mut Vec<ConfigError>,
+    /// Never filled: the builder reads no manifest fields.
+    ignored: Vec<String>,
     backends: BTreeMap<String, RawBackend>,
     used_services: BTreeSet<String>,
 }
@@ -164,7 +166,7 @@ pub struct Builder<'a> {
 type SortKey = (
     (u8, Reverse<usize>, String),
     u8,
-    (u8, Reverse<usize>, u8, Reverse<usize>),
+    (u8, Reverse<usize>, u8, Reverse<usize>, Reverse<usize>),
     Family,
     usize,
     usize,
@@ -181,6 +183,7 @@ impl<'a> Builder<'a> {
             registry,
             origins,
             errors,
+            ignored: Vec::new(),
             backends: BTreeMap::new(),
             used_services: BTreeSet::new(),
         }
@@ -192,6 +195,7 @@ impl<'a> Builder<'a> {
             file: o.file.clone(),
             label: o.label.clone(),
             errors: &mut *self.errors,
+            ignored: &mut self.ignored,
         }
     }
 
@@ -259,6 +263,8 @@ impl<'a> Builder<'a> {
                             secondary: None,
                             noise: None,
                             max_body_bytes: None,
+                            headers: rule.headers.clone(),
+                            retries: rule.retries.clone(),
                         },
                     ));
                 }
@@ -307,10 +313,16 @@ impl<'a> Builder<'a> {
                 continue;
             };
             match shares.iter_mut().find(|s| s.backend == name) {
-                Some(s) => s.weight = s.weight.saturating_add(d.weight),
+                Some(s) => {
+                    s.weight = s.weight.saturating_add(d.weight);
+                    if s.headers.is_none() {
+                        s.headers = d.headers.clone();
+                    }
+                }
                 None => shares.push(RawSplit {
                     backend: name,
                     weight: d.weight,
+                    headers: d.headers.clone(),
                 }),
             }
         }
@@ -324,7 +336,8 @@ impl<'a> Builder<'a> {
             }
         }
         let backend = shares[best].backend.clone();
-        if shares.len() == 1 {
+        // One destination without header changes of its own needs no split.
+        if shares.len() == 1 && shares[0].headers.is_none() {
             shares.clear();
         }
         Some((backend, shares))
@@ -512,7 +525,8 @@ impl<'a> Builder<'a> {
 /// Order of native routes: exact hosts first, then wildcards (longest
 /// first), then routes for any host; within a host, Istio rules in the
 /// order written and Gateway API rules by match precedence (exact path,
-/// regular expression, longest prefix; then method; then most headers),
+/// regular expression, longest prefix; then method; then most headers;
+/// then most query parameters),
 /// ties going to `namespace/name` and then to rule order.
 fn sort_key(rule: &Rule, host: Option<&str>, m: &RawMatch, k: usize, j: usize) -> SortKey {
     // Different exact hosts never take the same request, nor do different
@@ -526,7 +540,7 @@ fn sort_key(rule: &Rule, host: Option<&str>, m: &RawMatch, k: usize, j: usize) -
         Family::Istio { .. } => (
             host_rank,
             0,
-            (0, Reverse(0), 0, Reverse(0)),
+            (0, Reverse(0), 0, Reverse(0), Reverse(0)),
             rule.family.clone(),
             k,
             rule.index,
@@ -546,7 +560,13 @@ fn sort_key(rule: &Rule, host: Option<&str>, m: &RawMatch, k: usize, j: usize) -
             (
                 host_rank,
                 1,
-                (path.0, path.1, method, Reverse(m.headers.len())),
+                (
+                    path.0,
+                    path.1,
+                    method,
+                    Reverse(m.headers.len()),
+                    Reverse(m.query_params.len()),
+                ),
                 rule.family.clone(),
                 k,
                 rule.index,

@@ -1,6 +1,8 @@
 //! Gateway API `HTTPRoute` and `GRPCRoute` (gateway.networking.k8s.io).
 
-use crate::config::raw::{RawHeaderMatch, RawHeaderRule, RawMatch};
+use crate::config::raw::{
+    RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRouteHeaders,
+};
 
 use super::build::parse_k8s_duration;
 use super::model::{Dest, Family, MatchEntry, MirrorDest, Rule, WeightedDest};
@@ -57,7 +59,14 @@ fn route_rule(
     match kind {
         Kind::Http => r.fields(
             cx,
-            &["name", "matches", "filters", "backendRefs", "timeouts"],
+            &[
+                "name",
+                "matches",
+                "filters",
+                "backendRefs",
+                "timeouts",
+                "retry",
+            ],
             &[],
         ),
         Kind::Grpc => r.fields(cx, &["name", "matches", "filters", "backendRefs"], &[]),
@@ -76,10 +85,14 @@ fn route_rule(
     }
 
     let mut mirrors = Vec::new();
+    let mut rule_headers = RawRouteHeaders::default();
     for f in r.objs(cx, "filters") {
         let Some(t) = f.req_str(cx, "type") else {
             continue;
         };
+        if header_filter(cx, &f, &t, &mut rule_headers) {
+            continue;
+        }
         if t != "RequestMirror" {
             cx.fail(
                 &f.at("type"),
@@ -115,15 +128,39 @@ fn route_rule(
     for b in &refs {
         b.fields(
             cx,
-            &["group", "kind", "name", "namespace", "port", "weight"],
+            &[
+                "group",
+                "kind",
+                "name",
+                "namespace",
+                "port",
+                "weight",
+                "filters",
+            ],
             &[],
         );
+        let mut dest_headers = RawRouteHeaders::default();
+        for f in b.objs(cx, "filters") {
+            let Some(t) = f.req_str(cx, "type") else {
+                continue;
+            };
+            if !header_filter(cx, &f, &t, &mut dest_headers) {
+                cx.fail(
+                    &f.at("type"),
+                    format!("filter type `{t}` on a backendRef is {NOT_SUPPORTED} (use RequestHeaderModifier or ResponseHeaderModifier)"),
+                );
+            }
+        }
         let weight = b
             .uint(cx, "weight", 1_000_000)
             .map(|w| w as u32)
             .unwrap_or(1);
         if let Some(dest) = backend_ref(cx, meta, b) {
-            dests.push(WeightedDest { dest, weight });
+            dests.push(WeightedDest {
+                dest,
+                weight,
+                headers: (dest_headers != RawRouteHeaders::default()).then_some(dest_headers),
+            });
         }
     }
     if !refs.is_empty() && dests.len() == refs.len() && dests.iter().all(|d| d.weight == 0) {
@@ -146,10 +183,14 @@ fn route_rule(
         }
     }
 
+    let retries = r.obj(cx, "retry").and_then(|o| retry(cx, &o));
+
     if cx.errors.len() > before {
         return None;
     }
     Some(Rule {
+        headers: (rule_headers != RawRouteHeaders::default()).then_some(rule_headers),
+        retries,
         origin: meta.object,
         base: meta.base(),
         index,
@@ -163,6 +204,131 @@ fn route_rule(
             object: format!("{}/{}", meta.namespace, meta.name),
         },
     })
+}
+
+/// A `RequestHeaderModifier` or `ResponseHeaderModifier` filter, read
+/// into `out`; `false` when the filter is of another type.
+fn header_filter(cx: &mut Cx, f: &Obj, t: &str, out: &mut RawRouteHeaders) -> bool {
+    let (key, slot) = match t {
+        "RequestHeaderModifier" => ("requestHeaderModifier", &mut out.request),
+        "ResponseHeaderModifier" => ("responseHeaderModifier", &mut out.response),
+        _ => return false,
+    };
+    f.fields(cx, &["type", key], &[]);
+    let Some(m) = f.obj(cx, key) else {
+        cx.fail(&f.at(key), "is required");
+        return true;
+    };
+    if slot.is_some() {
+        cx.fail(&f.at("type"), format!("only one {t} filter is allowed"));
+        return true;
+    }
+    m.fields(cx, &["set", "add", "remove"], &[]);
+    let mut ops = RawHeaderOps::default();
+    for key in ["set", "add"] {
+        for h in m.objs(cx, key) {
+            h.fields(cx, &["name", "value"], &[]);
+            let (Some(name), Some(value)) = (h.req_str(cx, "name"), h.str(cx, "value")) else {
+                if !h.has("value") {
+                    cx.fail(&h.at("value"), "is required");
+                }
+                continue;
+            };
+            let Some(name) = check_header(cx, &h.at("name"), &name) else {
+                continue;
+            };
+            let map = if key == "set" {
+                &mut ops.set
+            } else {
+                &mut ops.add
+            };
+            if map.insert(name.clone(), value).is_some() {
+                cx.fail(&h.at("name"), format!("header `{name}` is given twice"));
+            }
+        }
+    }
+    for (path, name) in m.strs(cx, "remove") {
+        if let Some(name) = check_header(cx, &path, &name) {
+            ops.remove.push(name);
+        }
+    }
+    *slot = Some(ops);
+    true
+}
+
+/// An HTTPRoute rule's `retry` (GEP-1731): `attempts` retries, on the
+/// status `codes` and on connection errors (which the GEP says are always
+/// retried), with `backoff` between tries.
+fn retry(cx: &mut Cx, r: &Obj) -> Option<RawRetries> {
+    r.fields(cx, &["attempts", "backoff", "codes"], &[]);
+    let attempts = match r.uint(cx, "attempts", 10) {
+        Some(a) => a as u32,
+        // Unset: implementation-specific; shadowgate retries once.
+        None if !r.has("attempts") => 1,
+        None => return None,
+    };
+    let backoff = r
+        .str(cx, "backoff")
+        .and_then(|t| match parse_k8s_duration(&t) {
+            Ok(d) => Some(super::build::format_duration(d)),
+            Err(e) => {
+                cx.fail(&r.at("backoff"), e);
+                None
+            }
+        });
+    let mut codes = Vec::new();
+    for (path, n) in r.list(cx, "codes") {
+        match n.value.as_u64() {
+            Some(c) if (400..=599).contains(&c) => codes.push(c as u16),
+            _ => cx.fail(&path, "must be a status code between 400 and 599"),
+        }
+    }
+    let mut retry_on = vec!["connect-failure".to_string(), "reset".to_string()];
+    if !codes.is_empty() {
+        retry_on.push("retriable-status-codes".to_string());
+    }
+    (attempts > 0).then_some(RawRetries {
+        attempts,
+        per_try_timeout: None,
+        retry_on,
+        retriable_status_codes: codes,
+        backoff,
+    })
+}
+
+/// Query parameter matches of an HTTPRoute: `Exact` (the default) or
+/// `RegularExpression`; the first entry of a name wins.
+fn query_matches(cx: &mut Cx, m: &Obj, raw: &mut RawMatch) {
+    for q in m.objs(cx, "queryParams") {
+        q.fields(cx, &["type", "name", "value"], &[]);
+        let t = q.str(cx, "type").unwrap_or_else(|| "Exact".into());
+        let (Some(name), Some(value)) = (q.req_str(cx, "name"), q.str(cx, "value")) else {
+            if !q.has("value") {
+                cx.fail(&q.at("value"), "is required");
+            }
+            continue;
+        };
+        let rule = match t.as_str() {
+            "Exact" => RawHeaderMatch::Exact(value),
+            "RegularExpression" => {
+                if !check_regex(cx, &q.at("value"), &value) {
+                    continue;
+                }
+                RawHeaderMatch::Rule(RawHeaderRule {
+                    exact: None,
+                    regex: Some(value),
+                })
+            }
+            other => {
+                cx.fail(
+                    &q.at("type"),
+                    format!("query match type `{other}` is {NOT_SUPPORTED} (use Exact or RegularExpression)"),
+                );
+                continue;
+            }
+        };
+        raw.query_params.entry(name).or_insert(rule);
+    }
 }
 
 /// `percent: 0..100` or `fraction: {numerator, denominator}`; absent = 100.
@@ -310,9 +476,7 @@ fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
         }
     }
     header_matches(cx, m, &mut raw);
-    if !m.list(cx, "queryParams").is_empty() {
-        cx.unsupported(&m.at("queryParams"));
-    }
+    query_matches(cx, m, &mut raw);
     if let Some(method) = m.str(cx, "method") {
         raw.method = check_method(cx, &m.at("method"), &method);
     }

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::raw::{RawHeaderMatch, RawHeaderRule, RawMatch};
+use crate::config::raw::{
+    RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRouteHeaders,
+};
 
 use super::build::{istio_hosts, parse_k8s_duration, Registry, Target};
 use super::model::{Dest, Family, MatchEntry, MirrorDest, Rule, WeightedDest};
-use super::node::{join, Cx, Obj};
+use super::node::{join, Cx, Obj, NOT_SUPPORTED};
 use super::{check_header, check_method, check_regex, Meta};
 
 /// An Istio `StringMatch`.
@@ -129,6 +131,8 @@ fn http_route(
             "mirrorPercentage",
             "mirror_percent",
             "mirrorPercent",
+            "headers",
+            "retries",
         ],
         &[],
     );
@@ -152,7 +156,8 @@ fn http_route(
     }
     let single = routes.len() == 1;
     for r in &routes {
-        r.fields(cx, &["destination", "weight"], &[]);
+        r.fields(cx, &["destination", "weight", "headers"], &[]);
+        let dest_headers = r.obj(cx, "headers").and_then(|h| headers(cx, &h));
         let weight = r.uint(cx, "weight", u32::MAX as u64).map(|w| w as u32);
         let Some(d) = r.obj(cx, "destination") else {
             cx.fail(&r.at("destination"), "is required");
@@ -164,7 +169,11 @@ fn http_route(
         // One destination takes all traffic whatever its weight; with
         // several, an unset weight is 0.
         let weight = if single { 100 } else { weight.unwrap_or(0) };
-        dests.push(WeightedDest { dest, weight });
+        dests.push(WeightedDest {
+            dest,
+            weight,
+            headers: dest_headers,
+        });
     }
     if routes.len() > 1 && dests.len() == routes.len() && dests.iter().all(|d| d.weight == 0) {
         cx.fail(&http.at("route"), "the weights add up to 0");
@@ -217,10 +226,15 @@ fn http_route(
         }
     });
 
+    let rule_headers = http.obj(cx, "headers").and_then(|h| headers(cx, &h));
+    let retries = http.obj(cx, "retries").and_then(|r| retries(cx, &r));
+
     if cx.errors.len() > before {
         return None;
     }
     Some(Rule {
+        headers: rule_headers,
+        retries,
         origin: meta.object,
         base: meta.base(),
         index,
@@ -289,11 +303,111 @@ fn destination(cx: &mut Cx, meta: &Meta, d: &Obj) -> Option<Dest> {
     })
 }
 
+/// An Istio `Headers`: `{request: {set, add, remove}, response: {…}}`.
+fn headers(cx: &mut Cx, h: &Obj) -> Option<RawRouteHeaders> {
+    h.fields(cx, &["request", "response"], &[]);
+    let request = h.obj(cx, "request").map(|o| header_ops(cx, &o));
+    let response = h.obj(cx, "response").map(|o| header_ops(cx, &o));
+    (request.is_some() || response.is_some()).then_some(RawRouteHeaders { request, response })
+}
+
+/// An Istio `HeaderOperations`: `set` and `add` maps, a `remove` list.
+fn header_ops(cx: &mut Cx, o: &Obj) -> RawHeaderOps {
+    o.fields(cx, &["set", "add", "remove"], &[]);
+    let mut ops = RawHeaderOps::default();
+    for key in ["set", "add"] {
+        let Some(map) = o.obj(cx, key) else {
+            continue;
+        };
+        for (k, v) in map.map {
+            let Some(name) = k.as_str() else {
+                cx.fail(&map.path, "keys must be strings");
+                continue;
+            };
+            let path = join(&map.path, name);
+            let Some(name) = check_header(cx, &path, name) else {
+                continue;
+            };
+            let Some(value) = v.as_str() else {
+                cx.fail(&path, "must be a string");
+                continue;
+            };
+            let out = if key == "set" {
+                &mut ops.set
+            } else {
+                &mut ops.add
+            };
+            out.insert(name, value.to_string());
+        }
+    }
+    for (path, name) in o.strs(cx, "remove") {
+        if let Some(name) = check_header(cx, &path, &name) {
+            ops.remove.push(name);
+        }
+    }
+    ops
+}
+
+/// An Istio `HTTPRetry`: `attempts`, `perTryTimeout`, `retryOn` (Envoy's
+/// conditions, comma-separated; status codes allowed), `backoff`.
+/// `attempts: 0` turns retries off.
+fn retries(cx: &mut Cx, r: &Obj) -> Option<RawRetries> {
+    r.fields(
+        cx,
+        &["attempts", "perTryTimeout", "retryOn", "backoff"],
+        &["retryRemoteLocalities"],
+    );
+    let attempts = r.uint(cx, "attempts", 10)? as u32;
+    let duration = |cx: &mut Cx, key: &str| {
+        let text = r.str(cx, key)?;
+        match parse_k8s_duration(&text) {
+            Ok(d) if d.is_zero() => {
+                cx.fail(&r.at(key), "must be more than 0s");
+                None
+            }
+            Ok(d) => Some(super::build::format_duration(d)),
+            Err(e) => {
+                cx.fail(&r.at(key), e);
+                None
+            }
+        }
+    };
+    let per_try_timeout = duration(cx, "perTryTimeout");
+    let backoff = duration(cx, "backoff");
+    let mut retry_on = Vec::new();
+    if let Some(list) = r.str(cx, "retryOn") {
+        for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            if !super::RETRY_CONDITIONS.contains(&word) && word.parse::<u16>().is_err() {
+                cx.fail(
+                    &r.at("retryOn"),
+                    format!("retry condition `{word}` is {NOT_SUPPORTED}"),
+                );
+                continue;
+            }
+            retry_on.push(word.to_string());
+        }
+    }
+    (attempts > 0).then_some(RawRetries {
+        attempts,
+        per_try_timeout,
+        retry_on,
+        retriable_status_codes: Vec::new(),
+        backoff,
+    })
+}
+
 /// An Istio `HTTPMatchRequest` → native match conditions (ANDed).
 fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
     m.fields(
         cx,
-        &["name", "uri", "method", "headers", "ignoreUriCase"],
+        &[
+            "name",
+            "uri",
+            "method",
+            "headers",
+            "ignoreUriCase",
+            "queryParams",
+        ],
         &[],
     );
     let before = cx.errors.len();
@@ -351,6 +465,26 @@ fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
         if raw.headers.insert(name.clone(), rule).is_some() {
             cx.fail(&path, format!("header `{name}` is matched twice"));
         }
+    }
+    for (name, q) in m.entries(cx, "queryParams") {
+        let path = join(&m.at("queryParams"), &name);
+        let rule = match string_match(cx, &q) {
+            Some(StringMatch::Exact(v)) => RawHeaderMatch::Exact(v),
+            Some(StringMatch::Prefix(p)) => RawHeaderMatch::Rule(RawHeaderRule {
+                exact: None,
+                regex: Some(format!("{}.*", regex::escape(&p))),
+            }),
+            Some(StringMatch::Regex(r)) => RawHeaderMatch::Rule(RawHeaderRule {
+                exact: None,
+                regex: Some(r),
+            }),
+            Some(StringMatch::Present) => {
+                cx.fail(&path, "give one of exact, prefix and regex");
+                continue;
+            }
+            None => continue,
+        };
+        raw.query_params.insert(name, rule);
     }
     (cx.errors.len() == before).then_some(raw)
 }

@@ -82,6 +82,22 @@ impl Meta {
     }
 }
 
+/// Envoy's retry conditions that shadowgate honours (`routes[].retries.retry_on`).
+pub(crate) const RETRY_CONDITIONS: [&str; 12] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-4xx",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
 /// Checks a regular expression as the native config will compile it.
 pub(crate) fn check_regex(cx: &mut Cx, path: &str, pattern: &str) -> bool {
     compile_regex(pattern).map_err(|r| cx.fail(path, r)).is_ok()
@@ -346,7 +362,17 @@ pub fn convert(
     manifests: &[Manifest],
     native: &[(String, RawConfig)],
 ) -> Result<RawConfig, ConfigErrors> {
+    convert_noting(manifests, native).map(|(raw, _)| raw)
+}
+
+/// [`convert`], with the fields that were accepted without effect
+/// (`file: document 1 (VirtualService x) spec.gateways`), in order.
+fn convert_noting(
+    manifests: &[Manifest],
+    native: &[(String, RawConfig)],
+) -> Result<(RawConfig, Vec<String>), ConfigErrors> {
     let mut errors = Vec::new();
+    let mut ignored = Vec::new();
     let mut registry = merge_services(native, &mut errors);
     let mut origins = Vec::new();
     let mut rules = Vec::new();
@@ -381,6 +407,7 @@ pub fn convert(
             file: m.file.clone(),
             label,
             errors: &mut errors,
+            ignored: &mut ignored,
         };
         if api_version.is_empty() || kind.is_empty() {
             cx.fail("", "apiVersion and kind must be non-empty strings");
@@ -459,6 +486,7 @@ pub fn convert(
             file: m.file.clone(),
             label: origins[object].label.clone(),
             errors: &mut errors,
+            ignored: &mut ignored,
         };
         let Some(spec) = m
             .value
@@ -480,7 +508,7 @@ pub fn convert(
     }
     let raw = Builder::new(&registry, &origins, &mut errors).build(&rules);
     if errors.is_empty() {
-        Ok(raw)
+        Ok((raw, ignored))
     } else {
         Err(ConfigErrors(errors))
     }
@@ -571,7 +599,7 @@ pub fn parse_texts(files: &[(String, String)]) -> Result<Vec<(String, RawConfig)
 
 fn convert_all(files: &[FileText]) -> Result<String, ConfigErrors> {
     let (native, manifests, sources) = gather(files)?;
-    let raw = convert(&manifests, &native)?;
+    let (raw, ignored) = convert_noting(&manifests, &native)?;
     let mut all = native;
     all.push((converted_name(&sources), raw.clone()));
     super::validate::validate(all)?;
@@ -590,7 +618,14 @@ fn convert_all(files: &[FileText]) -> Result<String, ConfigErrors> {
             sources.join(", ")
         )
     };
-    Ok(format!("{header}{yaml}"))
+    let mut notes = String::new();
+    if !ignored.is_empty() {
+        notes.push_str("# accepted, but without effect in shadowgate:\n");
+        for i in &ignored {
+            notes.push_str(&format!("#   {i}\n"));
+        }
+    }
+    Ok(format!("{header}{notes}{yaml}"))
 }
 
 /// `shadowgate convert FILE…`: the native config (backends and routes)

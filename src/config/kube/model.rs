@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::raw::RawMatch;
+use crate::config::raw::{RawMatch, RawRetries, RawRouteHeaders};
 
 /// A destination as written in a manifest: a Kubernetes service host (or
 /// another host given in `services:`), an optional subset and port.
@@ -27,6 +27,8 @@ pub struct Dest {
 pub struct WeightedDest {
     pub dest: Dest,
     pub weight: u32,
+    /// Header changes when this destination answers (Istio `route[].headers`).
+    pub headers: Option<RawRouteHeaders>,
 }
 
 /// A mirror of a rule.
@@ -73,5 +75,9 @@ pub struct Rule {
     pub timeout: Option<(String, Duration)>,
     /// gRPC (GRPCRoute): its backends speak HTTP/2.
     pub grpc: bool,
+    /// Header changes of the rule (request and response).
+    pub headers: Option<RawRouteHeaders>,
+    /// Retries of the primary request.
+    pub retries: Option<RawRetries>,
     pub family: Family,
 }

@@ -15,6 +15,9 @@ pub struct Cx<'e> {
     /// `document 2 (VirtualService reviews)`: prefix of every key path.
     pub label: String,
     pub errors: &'e mut Vec<ConfigError>,
+    /// Fields accepted without effect (`spec.gateways`, `parentRefs`…),
+    /// as `label path`, for `convert` to list.
+    pub ignored: &'e mut Vec<String>,
 }
 
 impl Cx<'_> {
@@ -113,6 +116,8 @@ impl<'v> Obj<'v> {
             }
             let path = join(&self.path, k);
             if ignored.contains(&k) {
+                cx.ignored
+                    .push(format!("{}: {} {}", cx.file, cx.label, path));
                 tracing::info!(
                     file = %cx.file,
                     object = %cx.label,

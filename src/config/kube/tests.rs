@@ -81,14 +81,16 @@ unsupported! {
         => "(VirtualService reviews) spec.tls";
     vs_fault: vs_with("fault: {abort: {httpStatus: 500, percentage: {value: 10}}}")
         => "(VirtualService reviews) spec.http[0].fault";
-    vs_retries: vs_with("retries: {attempts: 3, perTryTimeout: 2s}")
-        => "(VirtualService reviews) spec.http[0].retries";
+    vs_headers_append: vs_with("headers: {request: {append: {x-a: b}}}")
+        => "(VirtualService reviews) spec.http[0].headers.request.append";
+    vs_route_headers_other: VS.replace(
+        "{destination: {host: reviews}}",
+        "{destination: {host: reviews}, headers: {upstream: {set: {x-a: b}}}}",
+    ) => "(VirtualService reviews) spec.http[0].route[0].headers.upstream";
     vs_rewrite: vs_with("rewrite: {uri: /v2}")
         => "(VirtualService reviews) spec.http[0].rewrite";
     vs_cors: vs_with("corsPolicy: {allowOrigins: [{exact: a.example.com}]}")
         => "(VirtualService reviews) spec.http[0].corsPolicy";
-    vs_headers: vs_with("headers: {request: {set: {x-a: b}}}")
-        => "(VirtualService reviews) spec.http[0].headers";
     vs_redirect: vs_with("redirect: {uri: /v1/bookRatings}")
         => "(VirtualService reviews) spec.http[0].redirect";
     vs_direct_response: "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [a.example.com]\n  http:\n  - directResponse: {status: 503}\n"
@@ -97,16 +99,10 @@ unsupported! {
         => "(VirtualService reviews) spec.http[0].delegate";
     vs_rate_limit: vs_with("rateLimit: {local: {tokenBucket: {maxTokens: 10}}}")
         => "(VirtualService reviews) spec.http[0].rateLimit";
-    vs_route_headers: VS.replace(
-        "{destination: {host: reviews}}",
-        "{destination: {host: reviews}, headers: {request: {set: {x-a: b}}}}",
-    ) => "(VirtualService reviews) spec.http[0].route[0].headers";
     vs_port_name: VS.replace("{host: reviews}", "{host: reviews, port: {name: http}}")
         => "(VirtualService reviews) spec.http[0].route[0].destination.port.name";
     vs_match_authority: vs_match("authority: {exact: a.example.com}")
         => "(VirtualService reviews) spec.http[0].match[0].authority";
-    vs_match_query: vs_match("queryParams: {v: {exact: \"2\"}}")
-        => "(VirtualService reviews) spec.http[0].match[0].queryParams";
     vs_match_without_headers: vs_match("withoutHeaders: {x-a: {exact: b}}")
         => "(VirtualService reviews) spec.http[0].match[0].withoutHeaders";
     vs_match_port: vs_match("port: 8080")
@@ -131,18 +127,10 @@ unsupported! {
         => "(DestinationRule reviews) spec.subsets[0].trafficPolicy";
     dr_workload_selector: "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  workloadSelector: {matchLabels: {app: web}}\n"
         => "(DestinationRule reviews) spec.workloadSelector";
-    route_query_params: route_with("matches: [{queryParams: [{name: v, value: \"2\"}]}]")
-        => "(HTTPRoute store) spec.rules[0].matches[0].queryParams";
-    route_backend_filters: HTTPROUTE.replace(
-        "port: 8080}",
-        "port: 8080, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: a, value: b}]}}]}",
-    ) => "(HTTPRoute store) spec.rules[0].backendRefs[0].filters";
     route_backend_request_timeout: route_with("timeouts: {request: 10s, backendRequest: 2s}")
         => "(HTTPRoute store) spec.rules[0].timeouts.backendRequest";
     route_session_persistence: route_with("sessionPersistence: {sessionName: s}")
         => "(HTTPRoute store) spec.rules[0].sessionPersistence";
-    route_retry: route_with("retry: {attempts: 2}")
-        => "(HTTPRoute store) spec.rules[0].retry";
     grpc_timeouts: GRPCROUTE.replace("  - backendRefs", "  - timeouts: {request: 5s}\n    backendRefs")
         => "(GRPCRoute greeter) spec.rules[0].timeouts";
     grpc_session_persistence: GRPCROUTE.replace("  - backendRefs", "  - sessionPersistence: {sessionName: s}\n    backendRefs")
@@ -171,9 +159,26 @@ macro_rules! rejected {
 }
 
 rejected! {
-    route_filter_header_modifier: route_with("filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: a, value: b}]}}]")
-        => "(HTTPRoute store) spec.rules[0].filters[0].type",
-        "filter type `RequestHeaderModifier` is not supported by shadowgate";
+    vs_retry_on_unknown: vs_with("retries: {attempts: 3, retryOn: \"5xx,bogus\"}")
+        => "(VirtualService reviews) spec.http[0].retries.retryOn",
+        "retry condition `bogus` is not supported by shadowgate";
+    vs_match_query_present: vs_match("queryParams: {v: {}}")
+        => "(VirtualService reviews) spec.http[0].match[0].queryParams.v",
+        "give one of exact, prefix and regex";
+    route_query_prefix: route_with("matches: [{queryParams: [{type: Prefix, name: v, value: \"2\"}]}]")
+        => "(HTTPRoute store) spec.rules[0].matches[0].queryParams[0].type",
+        "query match type `Prefix` is not supported by shadowgate (use Exact or RegularExpression)";
+    route_backend_mirror_filter: HTTPROUTE.replace(
+        "port: 8080}",
+        "port: 8080, filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}}}]}",
+    ) => "(HTTPRoute store) spec.rules[0].backendRefs[0].filters[0].type",
+        "filter type `RequestMirror` on a backendRef is not supported by shadowgate (use RequestHeaderModifier or ResponseHeaderModifier)";
+    route_retry_code: route_with("retry: {attempts: 2, codes: [200]}")
+        => "(HTTPRoute store) spec.rules[0].retry.codes[0]",
+        "must be a status code between 400 and 599";
+    route_two_request_modifiers: route_with("filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: a, value: b}]}}, {type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: c, value: d}]}}]")
+        => "(HTTPRoute store) spec.rules[0].filters[1].type",
+        "only one RequestHeaderModifier filter is allowed";
     route_filter_url_rewrite: route_with("filters: [{type: URLRewrite, urlRewrite: {hostname: a.example.com}}]")
         => "(HTTPRoute store) spec.rules[0].filters[0].type",
         "filter type `URLRewrite` is not supported by shadowgate";
@@ -186,15 +191,9 @@ rejected! {
     route_backend_kind: HTTPROUTE.replace("{name: store-v1, port: 8080}", "{name: store, kind: Upstream, group: gloo.solo.io}")
         => "(HTTPRoute store) spec.rules[0].backendRefs[0].kind",
         "backends of kind `Upstream` of group `gloo.solo.io` are not supported by shadowgate; use a Kubernetes Service";
-    route_filter_response_header_modifier: route_with("filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {remove: [x-a]}}]")
-        => "(HTTPRoute store) spec.rules[0].filters[0].type",
-        "filter type `ResponseHeaderModifier` is not supported by shadowgate";
     route_filter_cors: route_with("filters: [{type: CORS, cors: {allowOrigins: [\"*\"]}}]")
         => "(HTTPRoute store) spec.rules[0].filters[0].type",
         "filter type `CORS` is not supported by shadowgate";
-    grpc_filter_header_modifier: GRPCROUTE.replace("  - backendRefs", "  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: a, value: b}]}}]\n    backendRefs")
-        => "(GRPCRoute greeter) spec.rules[0].filters[0].type",
-        "filter type `RequestHeaderModifier` is not supported by shadowgate";
     grpc_method_type: GRPCROUTE.replace("  - backendRefs", "  - matches: [{method: {type: Prefix, service: a.B}}]\n    backendRefs")
         => "(GRPCRoute greeter) spec.rules[0].matches[0].method.type",
         "method match type `Prefix` is not supported by shadowgate (use Exact or RegularExpression)";
@@ -492,7 +491,7 @@ routes:
         )]),
         vec![
             "native.yaml: routes[0].bogus: unknown field `bogus`, expected one of \
-             `name`, `match`, `backend`, `split`, `mirrors`, `compare`, `secondary`, `noise`, `promotion`, `max_body_bytes` at line 1 column 33"
+             `name`, `match`, `backend`, `split`, `mirrors`, `compare`, `secondary`, `noise`, `promotion`, `max_body_bytes`, `headers`, `retries` at line 1 column 33"
         ]
     );
     // A native file next to manifests keeps its own name and paths.
