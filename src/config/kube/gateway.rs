@@ -296,6 +296,27 @@ fn retry(cx: &mut Cx, r: &Obj) -> Option<RawRetries> {
     })
 }
 
+/// A header's or query parameter's `Exact` / `RegularExpression` match
+/// (`kind` names which in the refusal); `None` once refused.
+fn value_match(cx: &mut Cx, m: &Obj, kind: &str, t: &str, value: String) -> Option<RawHeaderMatch> {
+    match t {
+        "Exact" => Some(RawHeaderMatch::Exact(value)),
+        "RegularExpression" => check_regex(cx, &m.at("value"), &value).then(|| {
+            RawHeaderMatch::Rule(RawHeaderRule {
+                exact: None,
+                regex: Some(value),
+            })
+        }),
+        other => {
+            cx.fail(
+                &m.at("type"),
+                format!("{kind} match type `{other}` is {NOT_SUPPORTED} (use Exact or RegularExpression)"),
+            );
+            None
+        }
+    }
+}
+
 /// Query parameter matches of an HTTPRoute: `Exact` (the default) or
 /// `RegularExpression`; the first entry of a name wins.
 fn query_matches(cx: &mut Cx, m: &Obj, raw: &mut RawMatch) {
@@ -308,24 +329,8 @@ fn query_matches(cx: &mut Cx, m: &Obj, raw: &mut RawMatch) {
             }
             continue;
         };
-        let rule = match t.as_str() {
-            "Exact" => RawHeaderMatch::Exact(value),
-            "RegularExpression" => {
-                if !check_regex(cx, &q.at("value"), &value) {
-                    continue;
-                }
-                RawHeaderMatch::Rule(RawHeaderRule {
-                    exact: None,
-                    regex: Some(value),
-                })
-            }
-            other => {
-                cx.fail(
-                    &q.at("type"),
-                    format!("query match type `{other}` is {NOT_SUPPORTED} (use Exact or RegularExpression)"),
-                );
-                continue;
-            }
+        let Some(rule) = value_match(cx, &q, "query", &t, value) else {
+            continue;
         };
         raw.query_params.entry(name).or_insert(rule);
     }
@@ -412,24 +417,8 @@ fn header_matches(cx: &mut Cx, m: &Obj, raw: &mut RawMatch) {
         let Some(name) = check_header(cx, &h.at("name"), &name) else {
             continue;
         };
-        let rule = match t.as_str() {
-            "Exact" => RawHeaderMatch::Exact(value),
-            "RegularExpression" => {
-                if !check_regex(cx, &h.at("value"), &value) {
-                    continue;
-                }
-                RawHeaderMatch::Rule(RawHeaderRule {
-                    exact: None,
-                    regex: Some(value),
-                })
-            }
-            other => {
-                cx.fail(
-                    &h.at("type"),
-                    format!("header match type `{other}` is {NOT_SUPPORTED} (use Exact or RegularExpression)"),
-                );
-                continue;
-            }
+        let Some(rule) = value_match(cx, &h, "header", &t, value) else {
+            continue;
         };
         if raw.headers.contains_key(&name) {
             tracing::info!(

@@ -21,6 +21,22 @@ enum StringMatch {
     Present,
 }
 
+impl StringMatch {
+    /// The native match: a prefix becomes an anchored regex, `{}` any value.
+    fn into_raw(self) -> RawHeaderMatch {
+        let regex = match self {
+            StringMatch::Exact(v) => return RawHeaderMatch::Exact(v),
+            StringMatch::Prefix(p) => format!("{}.*", regex::escape(&p)),
+            StringMatch::Regex(r) => r,
+            StringMatch::Present => ".*".into(),
+        };
+        RawHeaderMatch::Rule(RawHeaderRule {
+            exact: None,
+            regex: Some(regex),
+        })
+    }
+}
+
 fn string_match(cx: &mut Cx, o: &Obj) -> Option<StringMatch> {
     o.fields(cx, &["exact", "prefix", "regex"], &[]);
     let exact = o.str(cx, "exact");
@@ -446,21 +462,8 @@ fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
         let Some(name) = check_header(cx, &path, &name) else {
             continue;
         };
-        let rule = match string_match(cx, &h) {
-            Some(StringMatch::Exact(v)) => RawHeaderMatch::Exact(v),
-            Some(StringMatch::Prefix(p)) => RawHeaderMatch::Rule(RawHeaderRule {
-                exact: None,
-                regex: Some(format!("{}.*", regex::escape(&p))),
-            }),
-            Some(StringMatch::Regex(r)) => RawHeaderMatch::Rule(RawHeaderRule {
-                exact: None,
-                regex: Some(r),
-            }),
-            Some(StringMatch::Present) => RawHeaderMatch::Rule(RawHeaderRule {
-                exact: None,
-                regex: Some(".*".into()),
-            }),
-            None => continue,
+        let Some(rule) = string_match(cx, &h).map(StringMatch::into_raw) else {
+            continue;
         };
         if raw.headers.insert(name.clone(), rule).is_some() {
             cx.fail(&path, format!("header `{name}` is matched twice"));
@@ -469,19 +472,11 @@ fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
     for (name, q) in m.entries(cx, "queryParams") {
         let path = join(&m.at("queryParams"), &name);
         let rule = match string_match(cx, &q) {
-            Some(StringMatch::Exact(v)) => RawHeaderMatch::Exact(v),
-            Some(StringMatch::Prefix(p)) => RawHeaderMatch::Rule(RawHeaderRule {
-                exact: None,
-                regex: Some(format!("{}.*", regex::escape(&p))),
-            }),
-            Some(StringMatch::Regex(r)) => RawHeaderMatch::Rule(RawHeaderRule {
-                exact: None,
-                regex: Some(r),
-            }),
             Some(StringMatch::Present) => {
                 cx.fail(&path, "give one of exact, prefix and regex");
                 continue;
             }
+            Some(m) => m.into_raw(),
             None => continue,
         };
         raw.query_params.insert(name, rule);
