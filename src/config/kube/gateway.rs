@@ -301,12 +301,12 @@ fn retry(cx: &mut Cx, r: &Obj) -> Option<RawRetries> {
 fn value_match(cx: &mut Cx, m: &Obj, kind: &str, t: &str, value: String) -> Option<RawHeaderMatch> {
     match t {
         "Exact" => Some(RawHeaderMatch::Exact(value)),
-        "RegularExpression" => check_regex(cx, &m.at("value"), &value).then(|| {
-            RawHeaderMatch::Rule(RawHeaderRule {
+        "RegularExpression" => {
+            check_regex(cx, &m.at("value"), &value).then_some(RawHeaderMatch::Rule(RawHeaderRule {
                 exact: None,
                 regex: Some(value),
-            })
-        }),
+            }))
+        }
         other => {
             cx.fail(
                 &m.at("type"),
