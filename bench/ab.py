@@ -70,15 +70,8 @@ def main(argv):
                                                    "--config", cfg], cpus=proxy_cpus)
                 if not driver.wait_until(lambda: driver.http_req("GET", PORT["sg_admin"], "/readyz")[0] == 200, 15):
                     sys.exit(f"shadowgate {name} did not start (see {run_dir})")
-                wrk_argv = ["wrk", "-t2", f"-c{a.connections}", f"-d{int(seconds)}s", "--latency",
-                            f"http://{HOST}:{PORT['sg']}/bench"]
-                warm = procs.start("warmup", wrk_argv[:3] + ["-d1s"] + wrk_argv[4:], cpus=load_cpus, capture=True)
-                warm.communicate(timeout=40)
-                procs.live.pop(warm.pid, None)
-                w = procs.start("wrk", wrk_argv, cpus=load_cpus, capture=True)
-                out, err = w.communicate(timeout=seconds + 40)
-                procs.live.pop(w.pid, None)
-                r = driver.parse_wrk(out.decode() + err.decode())
+                r = driver.wrk_measure(procs, f"http://{HOST}:{PORT['sg']}/bench", seconds, a.connections,
+                                       cpus=load_cpus)
                 procs.stop(proxy)
                 results[name].append(r)
                 print(f"round {rnd} {name}: {r.get('rps') or 0:.0f} req/s, p99 {r.get('p99_ms')} ms", flush=True)

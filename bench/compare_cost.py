@@ -72,15 +72,8 @@ def main(argv):
                                                   "--config", cfg], cpus=proxy_cpus)
                 if not driver.wait_until(lambda: driver.http_req("GET", PORT["sg_admin"], "/readyz")[0] == 200, 15):
                     sys.exit(f"shadowgate did not start (see {run_dir})")
-                wrk_argv = ["wrk", "-t2", f"-c{a.connections}", f"-d{int(seconds)}s", "--latency",
-                            f"http://{HOST}:{PORT['sg']}/bench"]
-                warm = procs.start("warmup", wrk_argv[:3] + ["-d1s"] + wrk_argv[4:], cpus=load_cpus, capture=True)
-                warm.communicate(timeout=40)
-                procs.live.pop(warm.pid, None)
-                w = procs.start("wrk", wrk_argv, cpus=load_cpus, capture=True)
-                out, err = w.communicate(timeout=seconds + 40)
-                procs.live.pop(w.pid, None)
-                r = driver.parse_wrk(out.decode() + err.decode())
+                r = driver.wrk_measure(procs, f"http://{HOST}:{PORT['sg']}/bench", seconds, a.connections,
+                                       cpus=load_cpus)
                 time.sleep(1.0)
                 status, body = driver.http_req("GET", PORT["sg_admin"], "/metrics")
                 fams = driver.prom_families(body.decode("utf-8", "replace")) if status == 200 else {}
@@ -112,23 +105,13 @@ def main(argv):
     table = "\n".join(lines)
     print("\n" + table + "\n\n" + summary)
     if not a.no_doc:
-        doc = os.path.join(ROOT, "docs", "benchmarks.md")
-        with open(doc) as f:
-            text = f.read()
-        start = "<!-- compare-cost:start -->"
-        end = "<!-- compare-cost:end -->"
-        section = (f"{start}\n## Comparison cost (compare on vs. off)\n\n"
-                   f"`bench/compare_cost.py --rounds {a.rounds} --duration {a.duration} --body-bytes {a.body_bytes}`, "
-                   f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: shadowgate with 1 worker on CPU 0, "
-                   f"mirror 100%, JSON answers of {a.body_bytes} bytes, one comparison worker thread "
-                   f"(it runs on the other CPU, shared with wrk and the backends). Medians of {a.rounds} interleaved rounds.\n\n"
-                   f"{table}\n\n{summary}\n{end}")
-        if start in text:
-            text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
-        else:
-            text = text.rstrip() + "\n\n" + section + "\n"
-        with open(doc, "w") as f:
-            f.write(text)
+        body = (f"## Comparison cost (compare on vs. off)\n\n"
+                f"`bench/compare_cost.py --rounds {a.rounds} --duration {a.duration} --body-bytes {a.body_bytes}`, "
+                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: shadowgate with 1 worker on CPU 0, "
+                f"mirror 100%, JSON answers of {a.body_bytes} bytes, one comparison worker thread "
+                f"(it runs on the other CPU, shared with wrk and the backends). Medians of {a.rounds} interleaved rounds.\n\n"
+                f"{table}\n\n{summary}")
+        driver.replace_section(os.path.join(ROOT, "docs", "benchmarks.md"), "compare-cost", body)
 
 
 if __name__ == "__main__":

@@ -1249,6 +1249,34 @@ def write_doc(path, text):
         f.write(doc)
 
 
+def wrk_measure(procs, url, seconds, connections, cpus=None):
+    """One second of warm-up, then `wrk -t2 -c<connections>` for `seconds`
+    against `url`; the parsed result (see parse_wrk)."""
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency", url]
+    warm = procs.start("warmup", argv[:3] + ["-d1s"] + argv[4:], cpus=cpus, capture=True)
+    warm.communicate(timeout=40)
+    procs.live.pop(warm.pid, None)
+    w = procs.start("wrk", argv, cpus=cpus, capture=True)
+    out, err = w.communicate(timeout=seconds + 40)
+    procs.live.pop(w.pid, None)
+    return parse_wrk(out.decode() + err.decode())
+
+
+def replace_section(path, name, body):
+    """Puts `body` between `<!-- name:start -->` and `<!-- name:end -->` in
+    the markdown file `path` (appended with its markers when absent)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    section = f"{start}\n{body}\n{end}"
+    with open(path) as f:
+        text = f.read()
+    if start in text and end in text:
+        text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
 # --------------------------------------------------------------------------
 # main
 

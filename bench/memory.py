@@ -218,28 +218,18 @@ def main(argv):
     table = "\n".join(lines)
     print("\n" + table)
     if not a.no_doc:
-        doc = os.path.join(ROOT, "docs", "benchmarks.md")
-        with open(doc) as f:
-            text = f.read()
-        start = "<!-- shadow-memory:start -->"
-        end = "<!-- shadow-memory:end -->"
-        section = (f"{start}\n## Shadow-side memory (limits.shadow_memory)\n\n"
-                   f"`bench/memory.py --duration {a.duration} --connections {a.connections} "
-                   f"--shadow-memory {a.shadow_memory}"
-                   + "".join(f" --proxy-env {kv}" for kv in a.proxy_env)
-                   + f"`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, release build: "
-                   "`compare`: GET, mirror 100% with `compare: true`, ~1 MB JSON answers that differ; "
-                   "`post`: 1 MiB POST bodies mirrored to a black-hole v2 (copy timeout 5 s); "
-                   "`get-plain`, `post-plain`: the same loads with no mirror. "
-                   "The budget holds when the peak stays under idle + budget. "
-                   "RSS of the proxy process; the gauge is `shadowgate_shadow_memory_bytes`.\n\n"
-                   f"{table}\n\n{NOTES}\n{end}")
-        if start in text:
-            text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
-        else:
-            text = text.rstrip() + "\n\n" + section + "\n"
-        with open(doc, "w") as f:
-            f.write(text)
+        body = (f"## Shadow-side memory (limits.shadow_memory)\n\n"
+                f"`bench/memory.py --duration {a.duration} --connections {a.connections} "
+                f"--shadow-memory {a.shadow_memory}"
+                + "".join(f" --proxy-env {kv}" for kv in a.proxy_env)
+                + f"`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, release build: "
+                "`compare`: GET, mirror 100% with `compare: true`, ~1 MB JSON answers that differ; "
+                "`post`: 1 MiB POST bodies mirrored to a black-hole v2 (copy timeout 5 s); "
+                "`get-plain`, `post-plain`: the same loads with no mirror. "
+                "The budget holds when the peak stays under idle + budget. "
+                "RSS of the proxy process; the gauge is `shadowgate_shadow_memory_bytes`.\n\n"
+                f"{table}\n\n{NOTES}")
+        driver.replace_section(os.path.join(ROOT, "docs", "benchmarks.md"), "shadow-memory", body)
 
 
 if __name__ == "__main__":

@@ -145,27 +145,6 @@ async fn a_changed_file_is_picked_up_by_the_watch() {
     running.shutdown().await;
 }
 
-/// Reads the child's stderr until the "serving" log line; returns (listen, admin).
-fn serving_addrs(stderr: &mut impl BufRead) -> (String, String) {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "process ended before serving"
-        );
-        if line.contains("shadowgate is serving") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            let listen = v["listen"]
-                .as_str()
-                .unwrap()
-                .trim_matches(|c| c == '[' || c == ']')
-                .to_string();
-            return (listen, v["admin"].as_str().unwrap().to_string());
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0() {
     let mut slow = TestBackend::new()
@@ -188,8 +167,7 @@ async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let (listen, _) = serving_addrs(&mut stderr);
-    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let (addr, _) = serving_addrs(&mut stderr);
     let in_flight = tokio::spawn(async move { get(&client(), addr, "x", "/").await });
     slow.next().await; // the request reached the backend
     assert!(Command::new("kill")

@@ -119,24 +119,7 @@ fn spawn_binary(dir: &Path, name: &str, config: &str) -> (Child, SocketAddr, Soc
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let (listen, admin) = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "process ended before serving"
-        );
-        if line.contains("shadowgate is serving") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            let listen = v["listen"]
-                .as_str()
-                .unwrap()
-                .trim_matches(|c| c == '[' || c == ']')
-                .parse()
-                .unwrap();
-            break (listen, v["admin"].as_str().unwrap().parse().unwrap());
-        }
-    };
+    let (listen, admin) = serving_addrs(&mut stderr);
     std::thread::spawn(move || {
         let mut sink = String::new();
         while stderr.read_line(&mut sink).unwrap_or(0) > 0 {
