@@ -1249,14 +1249,16 @@ def write_doc(path, text):
         f.write(doc)
 
 
-def wrk_measure(procs, url, seconds, connections, cpus=None):
+def wrk_measure(procs, url, seconds, connections, cpus=None, script=None, env=None):
     """One second of warm-up, then `wrk -t2 -c<connections>` for `seconds`
-    against `url`; the parsed result (see parse_wrk)."""
-    argv = ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency", url]
-    warm = procs.start("warmup", argv[:3] + ["-d1s"] + argv[4:], cpus=cpus, capture=True)
+    against `url` (with the Lua `script`, e.g. post.lua, and `env` for it);
+    the parsed result (see parse_wrk)."""
+    extra = ["-s", script] if script else []
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency"] + extra + [url]
+    warm = procs.start("warmup", argv[:3] + ["-d1s"] + argv[4:], cpus=cpus, env=env, capture=True)
     warm.communicate(timeout=40)
     procs.live.pop(warm.pid, None)
-    w = procs.start("wrk", argv, cpus=cpus, capture=True)
+    w = procs.start("wrk", argv, cpus=cpus, env=env, capture=True)
     out, err = w.communicate(timeout=seconds + 40)
     procs.live.pop(w.pid, None)
     return parse_wrk(out.decode() + err.decode())

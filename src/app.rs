@@ -257,6 +257,8 @@ impl Running {
         }
         // The persist loop writes the comparison results once more on stop.
         let _ = self.persisting.await;
+        // The last access-log lines, before the process exits.
+        self.shared.telemetry.access.flush();
     }
 }
 
