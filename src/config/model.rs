@@ -42,6 +42,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Secrets hidden in stored and served comparison examples.
     pub redact: crate::diff::Redactor,
+    /// The egress proxy (`egress:`), when configured.
+    pub egress: Option<super::egress::EgressConfig>,
 }
 
 impl Config {

@@ -102,6 +102,12 @@ pub struct RawConfig {
     /// added to the built-in lists, which always apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redact: Option<RawRedact>,
+
+    /// shadowgate as the apps' egress proxy: v1's outbound calls forwarded
+    /// and kept, v2's answered with v1's answers and compared
+    /// (`docs/egress.md`). Off unless set. Changes only on restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<super::egress::RawEgress>,
 }
 
 /// Names whose values are redacted, added to the built-in ones.
