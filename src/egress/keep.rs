@@ -276,7 +276,9 @@ impl Kept {
     fn bound(&self, inner: &mut Inner) {
         while inner.slots > self.max_slots || inner.bytes > self.max_bytes {
             match Self::remove_front(inner) {
-                Some(state) => self.evicted.inc_by(state.slots.len() as u64),
+                Some(state) => {
+                    self.evicted.inc_by(state.slots.len() as u64);
+                }
                 None if inner.order.is_empty() => break,
                 None => {}
             }

@@ -410,6 +410,8 @@ pub struct Shared {
     pub restart_pending: parking_lot::Mutex<Vec<String>>,
     /// Held while a reload reads and applies files, so two never interleave.
     pub reloading: parking_lot::Mutex<()>,
+    /// The egress proxy (`egress:`), built at start; changes only on restart.
+    pub egress: Option<Arc<crate::egress::Egress>>,
 }
 
 impl Shared {
@@ -429,7 +431,10 @@ impl Shared {
             &runtime.memory,
         );
         use_route_noise(&comparison, &runtime.config);
+        let egress =
+            crate::egress::Egress::new(&runtime.config, telemetry.clone(), comparison.clone());
         Arc::new(Shared {
+            egress,
             comparison,
             runtime: arc_swap::ArcSwap::from_pointee(runtime),
             telemetry,
