@@ -104,7 +104,16 @@ async fn thousand_checkouts_charge_once_and_v2_gets_v1s_answers() {
             let mut answers = Vec::new();
             let mut n = w + 1;
             while n <= ORDERS {
-                let a = send(&client, addr, Method::POST, "shop.local", "/checkout", &[("content-type", "application/json")], order(n)).await;
+                let a = send(
+                    &client,
+                    addr,
+                    Method::POST,
+                    "shop.local",
+                    "/checkout",
+                    &[("content-type", "application/json")],
+                    order(n),
+                )
+                .await;
                 answers.push((n, a.status, a.json()));
                 n += CONCURRENT;
             }
@@ -115,11 +124,17 @@ async fn thousand_checkouts_charge_once_and_v2_gets_v1s_answers() {
     for t in tasks {
         for (n, status, body) in t.await.unwrap() {
             assert_eq!(status, 200, "order {n}: {body}");
-            v1_charges.insert(format!("o-{n}"), body["charge"].as_str().unwrap().to_string());
+            v1_charges.insert(
+                format!("o-{n}"),
+                body["charge"].as_str().unwrap().to_string(),
+            );
         }
     }
     let elapsed = started.elapsed();
-    until("v2 charged every order", || c2.lock().len() as u64 == ORDERS).await;
+    until("v2 charged every order", || {
+        c2.lock().len() as u64 == ORDERS
+    })
+    .await;
     mirrors_settled(&proxy).await;
 
     // The provider saw exactly one charge per checkout; v2's fraud checks
@@ -148,7 +163,10 @@ async fn thousand_checkouts_charge_once_and_v2_gets_v1s_answers() {
         if egress_compared >= ORDERS + ORDERS / 100 {
             break report;
         }
-        assert!(tokio::time::Instant::now() < deadline, "egress comparisons: {report}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "egress comparisons: {report}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let endpoint = |name: &str| {
@@ -185,6 +203,167 @@ async fn thousand_checkouts_charge_once_and_v2_gets_v1s_answers() {
     assert_eq!(egress("live", "forwarded"), ORDERS as f64);
     assert_eq!(egress("shadow", "replayed"), ORDERS as f64);
     assert_eq!(egress("shadow", "unmatched"), (ORDERS / 100) as f64);
-    assert!(m.contains("shadowgate_egress_request_duration_seconds_count{service=\"payments\",side=\"live\"}"));
+    assert!(m.contains(
+        "shadowgate_egress_request_duration_seconds_count{service=\"payments\",side=\"live\"}"
+    ));
     println!("{ORDERS} checkouts at {CONCURRENT} concurrent in {elapsed:?}");
+}
+
+/// A proxy with the egress in front of the provider only (the outbound
+/// calls are made by the test itself, as v1 and v2 would).
+async fn egress_only(provider: SocketAddr, extra: &str, service: &str) -> shadowgate::app::Running {
+    let (_l, dead) = listener().await;
+    start_proxy(&format!(
+        "backends:\n  v1: {{ endpoints: [\"{dead}\"] }}\n  provider: {{ endpoints: [\"{provider}\"] }}\nroutes:\n  - {{ name: shop, backend: v1 }}\n{}",
+        egress_yaml(extra, service)
+    ))
+    .await
+}
+
+async fn charge(addr: SocketAddr, id: &str, amount: u64) -> Answer {
+    send(
+        &client(),
+        addr,
+        Method::POST,
+        PAYMENTS_HOST,
+        "/charges",
+        &[("x-request-id", id), ("content-type", "application/json")],
+        Bytes::from(serde_json::json!({ "amount": amount }).to_string()),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_call_before_live_waits_and_past_wait_gets_the_fallback() {
+    let (book, provider) = start_provider().await;
+    let proxy = egress_only(provider, "", ", wait: 500ms").await;
+    let eg = proxy.egress_addrs.unwrap();
+    let egress = proxy.shared.egress.clone().unwrap();
+
+    // v2's call comes first: it waits for v1's.
+    let early = tokio::spawn(charge(eg.shadow, "req-1", 700));
+    until("the shadow call waits on its slot", || {
+        egress.kept.usage().0 == 1
+    })
+    .await;
+    let live = charge(eg.live, "req-1", 700).await;
+    assert_eq!(live.status, 200);
+    let replayed = early.await.unwrap();
+    assert_eq!(replayed.status, 200);
+    assert_eq!(replayed.json()["id"], live.json()["id"]);
+
+    // No live call within `wait`: the fallback.
+    let started = std::time::Instant::now();
+    let late = charge(eg.shadow, "req-2", 700).await;
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(late.status, 503);
+    assert_eq!(
+        late.json(),
+        serde_json::json!({ "error": "no_recorded_call" })
+    );
+    // A shadow call without a correlation id is unmatched at once.
+    let anonymous = send(
+        &client(),
+        eg.shadow,
+        Method::POST,
+        PAYMENTS_HOST,
+        "/charges",
+        &[],
+        "{}",
+    )
+    .await;
+    assert_eq!(anonymous.status, 503);
+
+    assert_eq!(book.charges.load(Ordering::Relaxed), 1);
+    let m = metrics(&proxy).await;
+    let count = |side: &str, outcome: &str| {
+        metric(&m, &format!("shadowgate_egress_requests_total{{service=\"payments\",side=\"{side}\",outcome=\"{outcome}\"}}"))
+    };
+    assert_eq!(count("shadow", "replayed"), 1.0);
+    assert_eq!(count("shadow", "unmatched"), 2.0);
+    assert_eq!(count("live", "forwarded"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_side_refuses_connect_and_unlisted_hosts() {
+    let (book, provider) = start_provider().await;
+    let proxy = egress_only(provider, "", "").await;
+    let eg = proxy.egress_addrs.unwrap();
+
+    // CONNECT from the shadow side: refused, it could not be replayed.
+    let connect = format!("CONNECT {provider} HTTP/1.1\r\nHost: {provider}\r\n\r\n");
+    let (status, _) = raw(eg.shadow, &connect).await;
+    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+    // From the live side it is tunnelled (unlisted hosts are forwarded there).
+    let (status, mut tunnel) = raw(eg.live, &connect).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    tunnel
+        .write_all(b"POST /charges HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tunnel.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.contains("ch_000001"), "{answer}");
+
+    // An unlisted host from the shadow side: denied.
+    let other = send(
+        &client(),
+        eg.shadow,
+        Method::POST,
+        "mail.example",
+        "/send",
+        &[("x-request-id", "r")],
+        "{}",
+    )
+    .await;
+    assert_eq!(other.status, 403);
+    // Absolute-form, as a client honouring HTTP_PROXY sends it, on the live side.
+    let (status, _) = raw(
+        eg.live,
+        &format!("POST http://{PAYMENTS_HOST}/charges HTTP/1.1\r\nHost: {PAYMENTS_HOST}\r\nx-request-id: abs\r\nContent-Length: 2\r\n\r\n{{}}"),
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+
+    assert_eq!(book.charges.load(Ordering::Relaxed), 2);
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(&m, "shadowgate_egress_requests_total{service=\"unlisted\",side=\"shadow\",outcome=\"denied\"}"),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_exchanges_stay_within_their_bound() {
+    const BOUND: usize = 50;
+    let (book, provider) = start_provider().await;
+    let proxy = egress_only(provider, &format!("  max_exchanges: {BOUND}\n"), "").await;
+    let eg = proxy.egress_addrs.unwrap();
+    let egress = proxy.shared.egress.clone().unwrap();
+    let client = client();
+    for i in 0..BOUND * 10 {
+        let id = format!("req-{i}");
+        let a = send(
+            &client,
+            eg.live,
+            Method::POST,
+            PAYMENTS_HOST,
+            "/charges",
+            &[("x-request-id", &id)],
+            "{\"amount\":1}",
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        assert!(egress.kept.usage().0 <= BOUND);
+    }
+    assert_eq!(book.charges.load(Ordering::Relaxed), (BOUND * 10) as u64);
+    let m = metrics(&proxy).await;
+    assert_eq!(metric(&m, "shadowgate_egress_kept_exchanges"), BOUND as f64);
+    assert_eq!(
+        metric(&m, "shadowgate_egress_evicted_exchanges_total"),
+        (BOUND * 9) as f64
+    );
+    // The newest are still replayed; the oldest are gone.
+    let newest = charge(eg.shadow, &format!("req-{}", BOUND * 10 - 1), 1).await;
+    assert_eq!(newest.status, 200);
 }

@@ -167,7 +167,11 @@ impl Egress {
             registry,
             telemetry,
             sidefx,
-            plain: Client::builder(TokioExecutor::new()).build_http(),
+            plain: {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                Client::builder(TokioExecutor::new()).build(connector)
+            },
             config: ec,
         }))
     }

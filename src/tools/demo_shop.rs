@@ -80,8 +80,10 @@ pub async fn checkout(
     egress: SocketAddr,
     charges: Charges,
 ) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+        Client::builder(TokioExecutor::new()).build(connector);
     serve(listener, move |req| {
         let (client, charges) = (client.clone(), charges.clone());
         async move {
@@ -191,6 +193,7 @@ where
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
