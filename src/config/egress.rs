@@ -5,134 +5,13 @@
 //! key paths; the running part is `crate::egress`.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
-
-use http::HeaderName;
-use serde::{Deserialize, Serialize};
 
 use super::check::Check;
 use super::listen::socket_addr;
-use super::model::RouteMatch;
-use super::raw::{RawMatch, RawSize};
+use super::model::{EgressConfig, EgressService, ShadowMode, Unlisted};
+use super::raw::RawEgress;
 use super::routes::route_match;
-
-/// `egress:` as written.
-#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RawEgress {
-    /// Address of the live side: the primaries (v1) send their outbound
-    /// calls here (`HTTP_PROXY`, or a base URL). Required.
-    pub listen: String,
-    /// Address of the shadow side: the mirrors (v2) send their outbound
-    /// calls here. Required; must differ from `listen`.
-    pub shadow_listen: String,
-    /// Headers that tie an outbound call to the inbound request it belongs
-    /// to, tried in order (apps must propagate one of them). `traceparent`
-    /// stands for its W3C trace id. Default `[x-request-id, traceparent]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub correlate: Option<Vec<String>>,
-    /// How long a live exchange is kept for replay (and how long a live
-    /// call may wait for its shadow counterpart before it counts as "only
-    /// in primary"). Default `30s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep: Option<String>,
-    /// Most live exchanges kept at once; the oldest are evicted (counted).
-    /// Default 10000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_exchanges: Option<usize>,
-    /// Most bytes of kept exchanges (request and response bodies and
-    /// heads); the oldest are evicted (counted). Default `64MiB`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_bytes: Option<RawSize>,
-    /// Largest request or response body of an egress call. A larger
-    /// request body is refused with 413; a larger live response is passed
-    /// on but not kept (its shadow call gets the fallback). Default `1MiB`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_body_bytes: Option<RawSize>,
-    /// What happens to a call from the live side to a host no service
-    /// lists: `forward` (default; sent to the host it names) or `deny` (403).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub live_default: Option<String>,
-    /// What happens to a call from the shadow side to a host no service
-    /// lists: `deny` (default, 403) or `forward`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shadow_default: Option<String>,
-    /// The outbound dependencies, matched in order; the first match wins.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<RawEgressService>,
-}
-
-/// One outbound dependency (`egress.services[]`).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RawEgressService {
-    /// Unique name, used in metrics, logs and diff endpoint names.
-    pub name: String,
-    /// Which outbound calls this service takes: the route matcher (`host`,
-    /// `path_prefix` / `path_exact` / `path_regex`, `method`, `headers`).
-    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
-    pub match_: Option<RawMatch>,
-    /// A `backends:` entry the calls are sent to; `https://` endpoints mean
-    /// TLS origination (the app calls `http://`, shadowgate calls `https://`).
-    pub backend: String,
-    /// What the shadow side's calls get: `replay` (default: v1's kept
-    /// answer, nothing leaves), `forward` (sent on; for read-only
-    /// dependencies) or `deny` (403).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<String>,
-    /// How long a replayed shadow call waits for v1's matching call when it
-    /// arrives first. Default `2s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait: Option<String>,
-    /// Compare each shadow call (method, path, query, request body) with
-    /// its live counterpart; differences appear in the route's diff report.
-    /// Default false.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compare: Option<bool>,
-}
-
-/// Validated `egress:`.
-#[derive(Debug, Clone)]
-pub struct EgressConfig {
-    pub listen: SocketAddr,
-    pub shadow_listen: SocketAddr,
-    /// Lower-case header names, in order.
-    pub correlate: Vec<HeaderName>,
-    pub keep: Duration,
-    pub max_exchanges: usize,
-    pub max_bytes: usize,
-    pub max_body_bytes: usize,
-    pub live_default: Unlisted,
-    pub shadow_default: Unlisted,
-    pub services: Vec<EgressService>,
-}
-
-/// What an unlisted host gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unlisted {
-    Forward,
-    Deny,
-}
-
-/// How a shadow call of a service is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShadowMode {
-    Replay,
-    Forward,
-    Deny,
-}
-
-/// One validated `egress.services[]` entry.
-#[derive(Debug, Clone)]
-pub struct EgressService {
-    pub name: String,
-    pub matcher: RouteMatch,
-    pub backend: String,
-    pub shadow: ShadowMode,
-    pub wait: Duration,
-    pub compare: bool,
-}
 
 fn unlisted(c: &mut Check, path: &str, raw: &Option<String>, default: Unlisted) -> Unlisted {
     match raw.as_deref() {
@@ -272,9 +151,9 @@ mod tests {
         let e = c.egress.expect("egress");
         assert_eq!(e.correlate.len(), 2);
         assert_eq!(e.keep, std::time::Duration::from_secs(30));
-        assert_eq!(e.services[0].shadow, super::ShadowMode::Replay);
+        assert_eq!(e.services[0].shadow, crate::config::ShadowMode::Replay);
         assert!(e.services[0].compare);
-        assert_eq!(e.shadow_default, super::Unlisted::Deny);
+        assert_eq!(e.shadow_default, crate::config::Unlisted::Deny);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use super::keep::{Exchange, Sig};
 use super::{answer, read_body, Call, Egress, Outcome, Service, Side, UNLISTED};
 use crate::body::{BoxError, ProxyBody, UpstreamBody};
-use crate::config::egress::Unlisted;
+use crate::config::Unlisted;
 use crate::protocol::headers::strip_hop_by_hop;
 use crate::upstream::ResponseBody;
 

@@ -21,7 +21,9 @@ pub mod target;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -39,8 +41,8 @@ use tokio::task::JoinHandle;
 
 use crate::body::{full, ProxyBody};
 use crate::compare::Engine;
-use crate::config::egress::{EgressConfig, EgressService};
 use crate::config::Config;
+use crate::config::{EgressConfig, EgressService};
 use crate::telemetry::metrics::{EgressLabels, EgressSideLabels};
 use crate::telemetry::{AccessRecord, Telemetry};
 use crate::upstream::Backend;

@@ -12,7 +12,7 @@ use super::keep::{Sig, Slot};
 use super::sidefx::{ShadowCall, Work};
 use super::{answer, live, read_body, Call, Egress, Outcome, Service};
 use crate::body::{full, ProxyBody};
-use crate::config::egress::ShadowMode;
+use crate::config::ShadowMode;
 
 /// One call from the shadow side.
 pub(super) async fn call(

@@ -167,7 +167,7 @@ pub async fn checkout(
             charges.lock().insert(id.clone(), charge_id.to_string());
             json_response(
                 StatusCode::OK,
-                &json!({ "order": id, "charge": charge_id, "amount": amount, "version": version }),
+                &json!({ "order": id, "charge": charge_id, "amount": amount }),
             )
         }
     })
@@ -205,4 +205,86 @@ where
                 .await;
         });
     }
+}
+
+/// The shop of `shadowgate demo`: the provider is serving, the two
+/// checkout versions are bound and start once the egress listens.
+pub struct Shop {
+    pub book: Arc<ProviderBook>,
+    pub provider: SocketAddr,
+    v1: TcpListener,
+    v2: TcpListener,
+}
+
+impl Shop {
+    /// Binds the three apps on loopback ports chosen by the system.
+    pub async fn bind() -> std::io::Result<Shop> {
+        let provider_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let provider_addr = provider_listener.local_addr()?;
+        let book = Arc::new(ProviderBook::default());
+        tokio::spawn(provider(provider_listener, book.clone()));
+        Ok(Shop {
+            book,
+            provider: provider_addr,
+            v1: TcpListener::bind("127.0.0.1:0").await?,
+            v2: TcpListener::bind("127.0.0.1:0").await?,
+        })
+    }
+
+    /// The configuration of the shop: its route (v1 answers, v2 gets
+    /// every request, compared) and the egress in front of the provider.
+    pub fn yaml(&self) -> std::io::Result<String> {
+        let (v1, v2) = (self.v1.local_addr()?, self.v2.local_addr()?);
+        Ok(format!(
+            r#"  shop-v1: {{ endpoints: ["{v1}"] }}
+  shop-v2: {{ endpoints: ["{v2}"] }}
+  provider: {{ endpoints: ["{provider}"] }}
+routes:
+  - name: shop
+    match: {{ host: shop.local }}
+    backend: shop-v1
+    mirrors: [{{ backend: shop-v2, percent: 100, compare: true }}]
+egress:
+  listen: 127.0.0.1:0
+  shadow_listen: 127.0.0.1:0
+  services:
+    - {{ name: payments, match: {{ host: {PAYMENTS_HOST} }}, backend: provider, shadow: replay, wait: 1s, compare: true }}
+"#,
+            provider = self.provider,
+        ))
+    }
+
+    /// Starts v1 (outbound calls to the live side `live`) and v2 (to the
+    /// shadow side `shadow`).
+    pub fn start(self, live: SocketAddr, shadow: SocketAddr) -> Arc<ProviderBook> {
+        tokio::spawn(checkout(self.v1, "v1", live, Charges::default()));
+        tokio::spawn(checkout(self.v2, "v2", shadow, Charges::default()));
+        self.book
+    }
+}
+
+/// Sends `n` checkouts (order `o-1`…) to the proxy at `proxy` as
+/// `Host: shop.local`; returns how many were answered 200.
+pub async fn place_orders(proxy: SocketAddr, n: u64) -> u64 {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut ok = 0;
+    for i in 1..=n {
+        let body = json!({
+            "order": format!("o-{i}"),
+            "items": [{ "sku": "tea", "price": 450, "qty": 1 + i % 3 }, { "sku": "cup", "price": 1200, "qty": 1 }],
+        });
+        let req = Request::post(format!("http://{proxy}/checkout"))
+            .header("host", "shop.local")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())));
+        let Ok(req) = req else { continue };
+        let sent =
+            tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req)).await;
+        if let Ok(Ok(resp)) = sent {
+            ok += u64::from(resp.status().is_success());
+            let _ = resp.into_body().collect().await;
+        }
+    }
+    ok
 }
