@@ -96,7 +96,7 @@ async fn thousand_checkouts_charge_once_and_v2_gets_v1s_answers() {
     tokio::spawn(demo_shop::checkout(l2, "v2", eg.shadow, c2.clone()));
 
     let addr = proxy.listen_addrs[0];
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut tasks = Vec::new();
     for w in 0..CONCURRENT {
         tasks.push(tokio::spawn(async move {
@@ -253,7 +253,7 @@ async fn shadow_call_before_live_waits_and_past_wait_gets_the_fallback() {
     assert_eq!(replayed.json()["id"], live.json()["id"]);
 
     // No live call within `wait`: the fallback.
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let late = charge(eg.shadow, "req-2", 700).await;
     assert!(started.elapsed() >= Duration::from_millis(500));
     assert_eq!(late.status, 503);
