@@ -317,6 +317,18 @@ async fn shadow_side_refuses_connect_and_unlisted_hosts() {
     )
     .await;
     assert_eq!(other.status, 403);
+    // Both listeners speak h2c too.
+    let h2 = send(
+        &h2_client(),
+        eg.shadow,
+        Method::POST,
+        "mail.example",
+        "/send",
+        &[("x-request-id", "r")],
+        "{}",
+    )
+    .await;
+    assert_eq!(h2.status, 403);
     // Absolute-form, as a client honouring HTTP_PROXY sends it, on the live side.
     let (status, _) = raw(
         eg.live,
@@ -329,7 +341,7 @@ async fn shadow_side_refuses_connect_and_unlisted_hosts() {
     let m = metrics(&proxy).await;
     assert_eq!(
         metric(&m, "shadowgate_egress_requests_total{service=\"unlisted\",side=\"shadow\",outcome=\"denied\"}"),
-        2.0
+        3.0
     );
 }
 
