@@ -333,16 +333,34 @@ pub fn serve(
     grace: Duration,
 ) -> Vec<JoinHandle<()>> {
     let [(live, _), (shadow, _)] = listeners;
-    let mut tasks = Vec::new();
-    for (listener, side) in [(live, Side::Live), (shadow, Side::Shadow)] {
-        tasks.push(tokio::spawn(accept_loop(
-            eg.clone(),
-            listener,
-            side,
-            stop.clone(),
-            grace,
-        )));
-    }
+    let mut tasks = vec![tokio::spawn(accept_loop(
+        eg.clone(),
+        live,
+        Side::Live,
+        stop.clone(),
+        grace,
+    ))];
+    // The shadow side runs on a runtime of its own with one thread: a
+    // flood of shadow calls takes at most that thread's share of the CPU,
+    // never the live side's workers.
+    let (shadow_eg, shadow_stop) = (eg.clone(), stop.clone());
+    let std_listener = shadow.into_std();
+    tasks.push(tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("egress-shadow")
+            .build();
+        let (Ok(rt), Ok(std_listener)) = (rt, std_listener) else {
+            tracing::error!("cannot start the egress shadow side");
+            return;
+        };
+        rt.block_on(async move {
+            match TcpListener::from_std(std_listener) {
+                Ok(l) => accept_loop(shadow_eg, l, Side::Shadow, shadow_stop, grace).await,
+                Err(e) => tracing::error!(error = %e, "cannot serve the egress shadow side"),
+            }
+        });
+    }));
     let mut stop_sweep = stop;
     tokio::spawn(async move {
         loop {
