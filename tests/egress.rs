@@ -379,3 +379,52 @@ async fn kept_exchanges_stay_within_their_bound() {
     let newest = charge(eg.shadow, &format!("req-{}", BOUND * 10 - 1), 1).await;
     assert_eq!(newest.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_only_v1_made_is_reported_when_its_exchange_expires() {
+    let (book, provider) = start_provider().await;
+    let (l1, a1) = listener().await;
+    // v2 here is a plain backend: it answers, and makes no outbound call.
+    let v2 = TestBackend::new().body("{}").spawn().await;
+    let proxy = start_proxy(&format!(
+        "backends:\n  v1: {{ endpoints: [\"{a1}\"] }}\n  v2: {{ endpoints: [\"{}\"] }}\n  provider: {{ endpoints: [\"{provider}\"] }}\nroutes:\n  - name: shop\n    backend: v1\n    mirrors: [{{ backend: v2, compare: true }}]\n{}",
+        v2.addr,
+        egress_yaml("  keep: 1s\n", ", compare: true")
+    ))
+    .await;
+    let eg = proxy.egress_addrs.unwrap();
+    tokio::spawn(demo_shop::checkout(l1, "v1", eg.live, Charges::default()));
+    let a = send(
+        &client(),
+        proxy.listen_addrs[0],
+        Method::POST,
+        "shop.local",
+        "/checkout",
+        &[],
+        order(1),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(book.charges.load(Ordering::Relaxed), 1);
+    // After `keep` (1 s) the sweep reports v1's charge as only in primary.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let report = api_get(&proxy, "/api/v1/diffs/shop").await.json();
+        let found = report["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["endpoint"] == "egress payments POST /charges")
+            .cloned();
+        if let Some(e) = found {
+            assert_eq!(e["kind"], "egress");
+            assert_eq!(field(&e, "only in primary")["different"], 1);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no only-in-primary: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

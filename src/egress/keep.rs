@@ -223,6 +223,16 @@ impl Kept {
         (ordinal, rx, orphans)
     }
 
+    /// Whether v1's call of this slot has started (it may still be in flight).
+    pub fn live_seen(&self, sig: &Sig, ordinal: usize) -> bool {
+        let inner = self.inner.lock();
+        inner
+            .sigs
+            .get(sig)
+            .and_then(|s| s.slots.get(ordinal))
+            .is_some_and(|s| s.live)
+    }
+
     /// Drops what is older than `keep`; returns the kept live calls no
     /// shadow call matched (for "only in primary").
     pub fn sweep(&self) -> Vec<Orphan> {

@@ -70,7 +70,7 @@ async fn replay(
         method: parts.method.clone(),
         path: call.target.path().to_string(),
     };
-    let (_ordinal, mut rx, orphans) = eg.kept.shadow(&sig);
+    let (ordinal, mut rx, orphans) = eg.kept.shadow(&sig);
     eg.sidefx.orphans(orphans);
     let waited = tokio::time::timeout(
         service.config.wait,
@@ -145,7 +145,9 @@ async fn replay(
             answer(StatusCode::BAD_GATEWAY, "recorded_call_failed")
         }
         Slot::Pending => {
-            if let Some(inbound) = inbound {
+            // v1's call still in flight is no call "only in shadow".
+            let live_seen = eg.kept.live_seen(&sig, ordinal);
+            if let Some(inbound) = inbound.filter(|_| !live_seen) {
                 eg.sidefx.submit(Work::OnlyShadow {
                     inbound,
                     service: service.name.clone(),
