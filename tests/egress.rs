@@ -428,3 +428,47 @@ async fn a_call_only_v1_made_is_reported_when_its_exchange_expires() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_and_copy_share_one_request_id_and_trace_id() {
+    let (_book, provider) = start_provider().await;
+    let mut v1 = TestBackend::new().spawn().await;
+    let mut v2 = TestBackend::new().spawn().await;
+    let proxy = start_proxy(&format!(
+        "backends:\n  v1: {{ endpoints: [\"{}\"] }}\n  v2: {{ endpoints: [\"{}\"] }}\n  provider: {{ endpoints: [\"{provider}\"] }}\nroutes:\n  - {{ name: shop, backend: v1, mirrors: [{{ backend: v2 }}] }}\n{}",
+        v1.addr,
+        v2.addr,
+        egress_yaml("", "")
+    ))
+    .await;
+    let a = get(&client(), proxy.listen_addrs[0], "shop.local", "/").await;
+    assert_eq!(a.status, 200);
+    let (p, c) = (v1.next().await, v2.next().await);
+    let trace = |r: &Recorded| {
+        let tp = r.header("traceparent").expect("traceparent").to_string();
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(
+            (parts.len(), parts[0], parts[1].len()),
+            (4, "00", 32),
+            "{tp}"
+        );
+        parts[1].to_string()
+    };
+    assert_eq!(trace(&p), trace(&c));
+    assert_eq!(p.header("x-request-id"), c.header("x-request-id"));
+    // A client's own valid traceparent is kept.
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let a = send(
+        &client(),
+        proxy.listen_addrs[0],
+        Method::GET,
+        "shop.local",
+        "/",
+        &[("traceparent", tp)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(v1.next().await.header("traceparent"), Some(tp));
+    assert_eq!(v2.next().await.header("traceparent"), Some(tp));
+}
