@@ -45,6 +45,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// Bound address of the metrics listener (`metrics.listen`), if any.
     pub metrics_addr: Option<SocketAddr>,
+    /// Bound addresses of the egress listeners (`egress:`), if any.
+    pub egress_addrs: Option<crate::egress::EgressAddrs>,
     pub shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
@@ -111,6 +113,14 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let egress_listeners = match (&shared.egress, shared.started.egress.as_ref()) {
+        (Some(_), Some(ec)) => Some(
+            crate::egress::bind(ec)
+                .await
+                .map_err(|(address, source)| StartError::Bind { address, source })?,
+        ),
+        _ => None,
+    };
 
     let mut listen_addrs = Vec::new();
     let mut accept_tasks = Vec::new();
@@ -124,6 +134,21 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         }));
     }
     drop(drain);
+    let mut egress_addrs = None;
+    if let (Some(eg), Some(listeners)) = (&shared.egress, egress_listeners) {
+        egress_addrs = Some(crate::egress::EgressAddrs {
+            live: listeners[0].1,
+            shadow: listeners[1].1,
+        });
+        let grace = shared.started.shutdown_grace;
+        accept_tasks.extend(crate::egress::serve(
+            eg.clone(),
+            listeners,
+            stop_rx.clone(),
+            grace,
+        ));
+        tracing::info!(live = %listeners_addr(egress_addrs), "egress is serving");
+    }
 
     let router = crate::admin::router(shared.clone());
     tokio::spawn(crate::admin::serve::serve(
@@ -181,6 +206,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         listen_addrs,
         admin_addr,
         metrics_addr,
+        egress_addrs,
         shared,
         stop,
         accept_tasks,
@@ -260,6 +286,11 @@ impl Running {
         // The last access-log lines, before the process exits.
         self.shared.telemetry.access.flush();
     }
+}
+
+fn listeners_addr(a: Option<crate::egress::EgressAddrs>) -> String {
+    a.map(|a| format!("{} (shadow side {})", a.live, a.shadow))
+        .unwrap_or_default()
 }
 
 /// Loads `sources` and applies them; counts and logs the result.
@@ -356,6 +387,11 @@ pub fn keep_restart_only(started: &Config, new: &mut Config) -> Vec<String> {
         }
     }
     new.comparison = started.comparison.clone();
+    // The egress is built at start (listeners, kept exchanges, clients).
+    if format!("{:?}", new.egress) != format!("{:?}", started.egress) {
+        pending.push("egress".into());
+        new.egress = started.egress.clone();
+    }
     pending
 }
 

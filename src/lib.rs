@@ -25,6 +25,8 @@
 //!   noise, per-endpoint tallies and reports);
 //! - `compare`: the comparison pipeline — captures of the primary's
 //!   answer, the bounded queue, worker threads, tallies, persistence;
+//! - `egress`: the apps' egress proxy: v1's outbound calls forwarded and
+//!   kept, v2's replayed from them and compared (side effects);
 //! - `promote`: promotion gates, switching, rollback and `auto` mode;
 //! - `store`: persisted state (SQLite file or memory);
 //! - `telemetry`: access logs, Prometheus metrics, sliding windows;
@@ -44,6 +46,7 @@ pub mod body;
 pub mod compare;
 pub mod config;
 pub mod diff;
+pub mod egress;
 pub mod memory;
 pub mod mirror;
 pub mod process;

@@ -265,6 +265,12 @@ impl Engine {
             .inc();
     }
 
+    /// Marks the tally changed (written by someone else than the workers,
+    /// e.g. the egress's outbound-call comparison), so it is persisted.
+    pub fn mark_changed(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
     /// Writes the tally to the store when it changed; called periodically
     /// and at shutdown.
     pub fn persist(&self, store: &Store) {

@@ -9,10 +9,12 @@
 
 mod backends;
 mod check;
+pub mod egress;
 pub mod error;
 pub mod kube;
 mod listen;
 pub mod load;
+mod matching;
 mod mirrors;
 pub mod model;
 mod parse;

@@ -42,6 +42,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Secrets hidden in stored and served comparison examples.
     pub redact: crate::diff::Redactor,
+    /// The egress proxy (`egress:`), when configured.
+    pub egress: Option<EgressConfig>,
 }
 
 impl Config {
@@ -399,4 +401,46 @@ pub struct MirrorConfig {
     pub max_in_flight: usize,
     pub compare: bool,
     pub compare_max_body_bytes: u64,
+}
+
+/// Validated `egress:`.
+#[derive(Debug, Clone)]
+pub struct EgressConfig {
+    pub listen: SocketAddr,
+    pub shadow_listen: SocketAddr,
+    /// Lower-case header names, in order.
+    pub correlate: Vec<HeaderName>,
+    pub keep: Duration,
+    pub max_exchanges: usize,
+    pub max_bytes: usize,
+    pub max_body_bytes: usize,
+    pub live_default: Unlisted,
+    pub shadow_default: Unlisted,
+    pub services: Vec<EgressService>,
+}
+
+/// What an unlisted host gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlisted {
+    Forward,
+    Deny,
+}
+
+/// How a shadow call of a service is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowMode {
+    Replay,
+    Forward,
+    Deny,
+}
+
+/// One validated `egress.services[]` entry.
+#[derive(Debug, Clone)]
+pub struct EgressService {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub backend: String,
+    pub shadow: ShadowMode,
+    pub wait: Duration,
+    pub compare: bool,
 }

@@ -102,6 +102,12 @@ pub struct RawConfig {
     /// added to the built-in lists, which always apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redact: Option<RawRedact>,
+
+    /// shadowgate as the apps' egress proxy: v1's outbound calls forwarded
+    /// and kept, v2's answered with v1's answers and compared
+    /// (`docs/egress.md`). Off unless set. Changes only on restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<RawEgress>,
 }
 
 /// Names whose values are redacted, added to the built-in ones.
@@ -623,4 +629,79 @@ pub struct RawSplit {
     /// the route's own `headers` (so the route's win, as in Envoy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<RawRouteHeaders>,
+}
+
+/// `egress:` as written.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    /// Address of the live side: the primaries (v1) send their outbound
+    /// calls here (`HTTP_PROXY`, or a base URL). Required.
+    pub listen: String,
+    /// Address of the shadow side: the mirrors (v2) send their outbound
+    /// calls here. Required; must differ from `listen`.
+    pub shadow_listen: String,
+    /// Headers that tie an outbound call to the inbound request it belongs
+    /// to, tried in order (apps must propagate one of them). `traceparent`
+    /// stands for its W3C trace id. Default `[x-request-id, traceparent]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlate: Option<Vec<String>>,
+    /// How long a live exchange is kept for replay (and how long a live
+    /// call may wait for its shadow counterpart before it counts as "only
+    /// in primary"). Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<String>,
+    /// Most live exchanges kept at once; the oldest are evicted (counted).
+    /// Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_exchanges: Option<usize>,
+    /// Most bytes of kept exchanges (request and response bodies and
+    /// heads); the oldest are evicted (counted). Default `64MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<RawSize>,
+    /// Largest request or response body of an egress call. A larger
+    /// request body is refused with 413; a larger live response is passed
+    /// on but not kept (its shadow call gets the fallback). Default `1MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<RawSize>,
+    /// What happens to a call from the live side to a host no service
+    /// lists: `forward` (default; sent to the host it names) or `deny` (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_default: Option<String>,
+    /// What happens to a call from the shadow side to a host no service
+    /// lists: `deny` (default, 403) or `forward`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_default: Option<String>,
+    /// The outbound dependencies, matched in order; the first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<RawEgressService>,
+}
+
+/// One outbound dependency (`egress.services[]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgressService {
+    /// Unique name, used in metrics, logs and diff endpoint names.
+    pub name: String,
+    /// Which outbound calls this service takes: the route matcher (`host`,
+    /// `path_prefix` / `path_exact` / `path_regex`, `method`, `headers`).
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub match_: Option<RawMatch>,
+    /// A `backends:` entry the calls are sent to; `https://` endpoints mean
+    /// TLS origination (the app calls `http://`, shadowgate calls `https://`).
+    pub backend: String,
+    /// What the shadow side's calls get: `replay` (default: v1's kept
+    /// answer, nothing leaves), `forward` (sent on; for read-only
+    /// dependencies) or `deny` (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<String>,
+    /// How long a replayed shadow call waits for v1's matching call when it
+    /// arrives first. Default `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<String>,
+    /// Compare each shadow call (method, path, query, request body) with
+    /// its live counterpart; differences appear in the route's diff report.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<bool>,
 }

@@ -92,7 +92,7 @@ pub(super) fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteCo
     })
 }
 
-fn route_match(c: &mut Check, path: &str, raw: &RawMatch) -> RouteMatch {
+pub(super) fn route_match(c: &mut Check, path: &str, raw: &RawMatch) -> RouteMatch {
     let host = raw.host.as_ref().map(|h| {
         let h = h.to_ascii_lowercase();
         match h.strip_prefix('*') {

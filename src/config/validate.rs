@@ -50,6 +50,7 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         trusted_proxies: Vec::new(),
 
         redact: crate::diff::Redactor::default(),
+        egress: None,
     };
     let mut scalar_origin: BTreeMap<&'static str, String> = BTreeMap::new();
     let mut backend_origin: BTreeMap<String, Origin> = BTreeMap::new();
@@ -147,6 +148,14 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
                 c.duration("watch_interval", &raw.watch_interval, config.watch_interval);
         }
 
+        if once("egress", raw.egress.is_some(), &mut c) {
+            let mut refs = Vec::new();
+            config.egress = raw
+                .egress
+                .as_ref()
+                .and_then(|e| super::egress::egress(&mut c, e, &mut refs));
+            route_refs.extend(refs.into_iter().map(|(p, b)| (file.clone(), p, b)));
+        }
         if once("normalize_path", raw.normalize_path.is_some(), &mut c) {
             config.normalize_path = raw.normalize_path.unwrap_or(true);
         }

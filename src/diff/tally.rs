@@ -27,6 +27,10 @@ pub const OTHER_FIELD: &str = "(other)";
 /// Endpoint name under which endpoints beyond `max_endpoints` are counted.
 pub const OTHER_ENDPOINT: &str = "(other)";
 
+/// How the names of outbound-call endpoints (the egress's side effects)
+/// start.
+pub const EGRESS_PREFIX: &str = "egress ";
+
 /// Bounds of a [`Tally`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -84,6 +88,11 @@ pub struct FieldReport {
 #[serde(default)]
 pub struct EndpointReport {
     pub endpoint: String,
+    /// `egress` for an outbound call of the route's requests (issue #13:
+    /// endpoints named `egress <service> <METHOD> <path>`); absent for the
+    /// route's own answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub mirror: String,
     pub compared: u64,
     pub equal: u64,
@@ -472,6 +481,9 @@ fn endpoint_report(
     });
     EndpointReport {
         endpoint: endpoint.to_owned(),
+        kind: endpoint
+            .starts_with(EGRESS_PREFIX)
+            .then(|| "egress".to_owned()),
         mirror: mirror.to_owned(),
         compared: stats.compared,
         equal: stats.equal,
@@ -667,6 +679,7 @@ mod tests {
             RouteReport {
                 endpoints: vec![EndpointReport {
                     endpoint: "GET /a".into(),
+                    kind: None,
                     mirror: "v2".into(),
                     compared: 3,
                     equal: 2,

@@ -95,6 +95,9 @@ pub async fn handle(
     // 3. upstream head
     let (mut parts, body) = req.into_parts();
     upstream_head(&mut parts, &mut ctx, conn, route, backend);
+    if shared.egress.is_some() && ctx.trace_id.is_none() {
+        ctx.trace_id = add_traceparent(&mut parts.headers);
+    }
 
     // The route's body limit: a declared length over it is refused before
     // anything is sent anywhere; a streamed body is cut by `ClientBody`.
@@ -136,6 +139,10 @@ pub async fn handle(
             telemetry,
         )
     };
+
+    if let Some(egress) = &shared.egress {
+        register_egress(egress, route, &jobs, &ctx);
+    }
 
     // 5. body: tee a bounded copy for the mirrors while it streams to the primary
     let (upstream_body, mirror_body) = tee_body(body, &jobs, content_length);
@@ -528,6 +535,43 @@ impl ProxyError {
             _ => "upstream_failed",
         }
     }
+}
+
+/// With `egress` configured, a request without a valid `traceparent`
+/// gets one, so the primary and its copies share a W3C trace id (their
+/// outbound calls are tied to the request by it, or by `x-request-id`).
+fn add_traceparent(headers: &mut http::HeaderMap) -> Option<String> {
+    let trace = format!("{:032x}", fastrand::u128(1..));
+    let value = format!("00-{trace}-{:016x}-01", fastrand::u64(1..));
+    let value = HeaderValue::from_str(&value).ok()?;
+    headers.insert(http::HeaderName::from_static("traceparent"), value);
+    Some(trace)
+}
+
+/// Tells the egress that this request was mirrored: its outbound calls are
+/// counted under this route and its compared mirror. Only a short lock.
+fn register_egress(
+    egress: &crate::egress::Egress,
+    route: &Route,
+    jobs: &[mirror::MirrorJob],
+    ctx: &RequestContext,
+) {
+    let candidate = jobs
+        .iter()
+        .filter(|j| j.mirror.metrics.labels.role == crate::telemetry::Role::mirror)
+        .max_by_key(|j| j.mirror.config.compare);
+    let Some(job) = candidate else {
+        return;
+    };
+    let inbound = crate::egress::Inbound {
+        route: route.name.clone(),
+        mirror: std::sync::Arc::from(job.mirror.config.backend.as_str()),
+        window: job.mirror.metrics.window.clone(),
+        rules: route.comparison.clone(),
+    };
+    let id = ctx.request_id.to_str().unwrap_or("");
+    let trace = ctx.trace_id.as_deref().unwrap_or("");
+    egress.registry.register(&[id, trace], &inbound);
 }
 
 /// A fresh request id: 128 random bits in hex.

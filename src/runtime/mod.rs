@@ -15,9 +15,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method};
 
 use crate::compare::{Engine, RouteComparison};
-use crate::config::{
-    Config, HostMatch, MirrorConfig, PathMatch, RouteConfig, RouteMatch, ValueMatch,
-};
+use crate::config::{Config, MirrorConfig, RouteConfig, RouteMatch};
 use crate::memory::MemoryBudget;
 use crate::mirror::bound::MirrorBounds;
 pub use crate::mirror::{Mirror, RouteShadows};
@@ -229,7 +227,8 @@ impl Route {
     }
 }
 
-/// Whether a request meets every condition of `m`.
+/// Whether a request meets every condition of `m` (see
+/// `RouteMatch::matches`; the egress matches its services with it too).
 pub fn matches(
     m: &RouteMatch,
     host: &str,
@@ -237,72 +236,13 @@ pub fn matches(
     method: &Method,
     headers: &HeaderMap,
 ) -> bool {
-    if let Some(h) = &m.host {
-        let ok = match h {
-            HostMatch::Exact(e) => host.eq_ignore_ascii_case(e),
-            HostMatch::Suffix(s) => {
-                host.len() > s.len()
-                    && host.as_bytes()[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
-            }
-        };
-        if !ok {
-            return false;
-        }
-    }
-    if let Some(p) = &m.path {
-        let ok = match p {
-            PathMatch::Exact(e) => path == e,
-            PathMatch::Prefix(pre) => {
-                let pre = pre.trim_end_matches('/');
-                pre.is_empty()
-                    || (path.starts_with(pre)
-                        && matches!(path.as_bytes().get(pre.len()), None | Some(b'/')))
-            }
-            PathMatch::Regex(r) => r.is_match(path),
-        };
-        if !ok {
-            return false;
-        }
-    }
-    if let Some(want) = &m.method {
-        if want != method {
-            return false;
-        }
-    }
-    m.headers.iter().all(|(name, rule)| {
-        headers.get_all(name).iter().any(|v| {
-            let Ok(v) = v.to_str() else { return false };
-            match rule {
-                ValueMatch::Exact(e) => v == e,
-                ValueMatch::Regex(r) => r.is_match(v),
-            }
-        })
-    })
+    m.matches(host, path, method, headers)
 }
 
-/// Whether the query string meets every query condition of `m`: each
-/// named parameter is present with a matching value (values as written,
-/// not percent-decoded; `a` alone has the value ``).
+/// Whether the query string meets every query condition of `m` (see
+/// `RouteMatch::query_matches`).
 pub fn query_matches(m: &RouteMatch, query: Option<&str>) -> bool {
-    if m.query.is_empty() {
-        return true;
-    }
-    let pairs = || {
-        query
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| p.split_once('=').unwrap_or((p, "")))
-    };
-    m.query.iter().all(|(name, rule)| {
-        pairs().any(|(k, v)| {
-            k == name
-                && match rule {
-                    ValueMatch::Exact(e) => v == e,
-                    ValueMatch::Regex(r) => r.is_match(v),
-                }
-        })
-    })
+    m.query_matches(query)
 }
 
 /// Gives the tally each route's noise thresholds (`routes[].noise`) and
@@ -470,6 +410,8 @@ pub struct Shared {
     pub restart_pending: parking_lot::Mutex<Vec<String>>,
     /// Held while a reload reads and applies files, so two never interleave.
     pub reloading: parking_lot::Mutex<()>,
+    /// The egress proxy (`egress:`), built at start; changes only on restart.
+    pub egress: Option<Arc<crate::egress::Egress>>,
 }
 
 impl Shared {
@@ -489,7 +431,10 @@ impl Shared {
             &runtime.memory,
         );
         use_route_noise(&comparison, &runtime.config);
+        let egress =
+            crate::egress::Egress::new(&runtime.config, telemetry.clone(), comparison.clone());
         Arc::new(Shared {
+            egress,
             comparison,
             runtime: arc_swap::ArcSwap::from_pointee(runtime),
             telemetry,

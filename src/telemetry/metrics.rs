@@ -97,6 +97,21 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// Egress calls: service (or `unlisted`), side (`live` / `shadow`), outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EgressLabels {
+    pub service: String,
+    pub side: String,
+    pub outcome: String,
+}
+
+/// Egress call durations: service and side.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EgressSideLabels {
+    pub service: String,
+    pub side: String,
+}
+
 fn duration_histogram() -> Histogram {
     // The windows' edges (0.1 ms … 62 s, about 1.1× apart), so Grafana's
     // p99 and the promotion gates' p99 come from the same buckets.
@@ -118,6 +133,14 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     /// Bytes held for shadows now (body copies, captures, comparison queue).
     pub shadow_memory: Gauge,
+    /// Egress calls by service, side and outcome.
+    pub egress_requests: Family<EgressLabels, Counter>,
+    /// Egress call durations by service and side.
+    pub egress_duration: Family<EgressSideLabels, Histogram, fn() -> Histogram>,
+    /// Live exchanges kept for replay.
+    pub egress_kept: Gauge,
+    /// Kept exchanges evicted to stay within the bounds.
+    pub egress_evicted: Counter,
     /// Sliding windows per target; kept across reloads.
     windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
 }
@@ -205,9 +228,40 @@ impl Metrics {
             "Bytes held for shadow traffic (request-body copies, captured responses, queued comparisons), bounded by limits.shadow_memory",
             shadow_memory.clone(),
         );
+        let egress_requests = Family::<EgressLabels, Counter>::default();
+        registry.register(
+            "egress_requests",
+            "Outbound calls through the egress, by service, side (live, shadow) and outcome (forwarded, replayed, unmatched, denied, failed)",
+            egress_requests.clone(),
+        );
+        let egress_duration =
+            Family::<EgressSideLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "egress_request_duration_seconds",
+            "Time from receiving an outbound call to its answer's head, by service and side",
+            egress_duration.clone(),
+        );
+        let egress_kept = Gauge::default();
+        registry.register(
+            "egress_kept_exchanges",
+            "Live outbound exchanges kept for replay (bounded by egress.max_exchanges and egress.max_bytes)",
+            egress_kept.clone(),
+        );
+        let egress_evicted = Counter::default();
+        registry.register(
+            "egress_evicted_exchanges",
+            "Kept live exchanges evicted before `keep` was over, to stay within the bounds",
+            egress_evicted.clone(),
+        );
         Metrics {
             registry,
             shadow_memory,
+            egress_requests,
+            egress_duration,
+            egress_kept,
+            egress_evicted,
             requests,
             duration,
             mirror_dropped,

@@ -100,7 +100,8 @@ pub async fn start(
     let (v1_addr, v2_addr) = (v1.local_addr()?, v2.local_addr()?);
     tokio::spawn(sample_app(v1, "v1.0.0"));
     tokio::spawn(sample_app(v2, "v2.0.0"));
-    let yaml = format!(
+    let shop = super::demo_shop::Shop::bind().await?;
+    let mut yaml = format!(
         r#"
 listen: "{listen}"
 admin: "{admin}"
@@ -119,8 +120,23 @@ routes:
         listen = args.listen,
         admin = args.admin,
     );
+    // The shop of the egress story (issue #13): its backends, its route
+    // and the egress in front of the payment provider.
+    let shop_yaml = shop.yaml()?;
+    let (backends, rest) = shop_yaml
+        .split_once("routes:\n")
+        .unwrap_or((&shop_yaml, ""));
+    yaml = yaml.replace("routes:\n", &format!("{backends}routes:\n"));
+    let (shop_routes, shop_egress) = rest.split_once("egress:\n").unwrap_or((rest, ""));
+    yaml.push_str(shop_routes);
+    yaml.push_str("egress:\n");
+    yaml.push_str(shop_egress);
     let config = config::from_yaml("<demo>", &yaml).map_err(|e| e.to_string())?;
     let running = app::start(config, StartOptions { log_format }).await?;
+    let egress = running
+        .egress_addrs
+        .ok_or("the demo's egress did not start")?;
+    let book = shop.start(egress.live, egress.shadow);
     let proxy = running.listen_addrs[0];
     println!(
         "\nshadowgate demo is running.\n\
@@ -132,6 +148,39 @@ routes:
          \x20 curl -s http://{admin}/metrics | grep shadowgate_requests_total\n\n\
          The client always gets v1's answer; the JSON lines with \"version\":\"v2.0.0\" show v2\n\
          receiving each request with Host my-app.local-shadow. Ctrl-C stops the demo.\n",
+        admin = running.admin_addr,
+    );
+    // The shop's story: 20 orders, 100% mirrored to v2, whose payment
+    // calls are answered from v1's (nothing leaves twice).
+    const ORDERS: u64 = 20;
+    let answered = super::demo_shop::place_orders(proxy, ORDERS).await;
+    // v2's copies finish on their own; wait (bounded) for their calls.
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while running
+        .shared
+        .comparison
+        .tally
+        .lock()
+        .route_totals("shop")
+        .iter()
+        .map(|t| t.compared)
+        .sum::<u64>()
+        < ORDERS
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let charges = book.charges.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "Side effects (docs/egress.md): checkout v1 and v2 (v2 has a pricing bug) at shop.local,\n\
+         call a payment provider through the egress (live side {live}, shadow side {shadow}).\n\
+         \x20 {answered} orders placed, 100% mirrored: the provider received {charges} charges, one per order;\n\
+         \x20 v2's charges were answered with v1's kept answers (same charge ids), nothing left twice.\n\
+         \x20 What v2 charged differs: curl -s http://{admin}/api/v1/diffs/shop\n\
+         \x20 (endpoint \"egress payments POST /charges\", field $.amount), or\n\
+         \x20 shadowgate diffs --route shop --admin http://{admin}\n",
+        live = egress.live,
+        shadow = egress.shadow,
         admin = running.admin_addr,
     );
     Ok(running)

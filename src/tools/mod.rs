@@ -5,3 +5,4 @@
 
 pub mod bench_backend;
 pub mod demo;
+pub mod demo_shop;
