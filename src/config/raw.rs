@@ -102,6 +102,21 @@ pub struct RawConfig {
     /// added to the built-in lists, which always apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redact: Option<RawRedact>,
+    /// Settings for the routes imported from Kubernetes manifests (Istio,
+    /// Gateway API) read with this config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<RawKube>,
+}
+
+/// How routes imported from Kubernetes manifests are built.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawKube {
+    /// Appended to the Host of the mirrors' copies of imported routes, as
+    /// a native mirror's `host_suffix`: `""` keeps the Host as the client
+    /// sent it (what Envoy Gateway and recent Istio allow). Default `-shadow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_suffix: Option<String>,
 }
 
 /// Names whose values are redacted, added to the built-in ones.
@@ -303,6 +318,36 @@ pub struct RawRoute {
     /// a refused connection, `backends.<name>.retry`, still applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RawRetries>,
+    /// Path and authority rewrites of the request sent upstream (Istio's
+    /// `rewrite`, the Gateway API's `URLRewrite`), made before the request
+    /// is copied, so mirrors get them too; the mirror's Host suffix is
+    /// added to the rewritten authority. Routing, the access log and
+    /// comparison endpoint templates keep the client's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RawRewrite>,
+}
+
+/// A route's request rewrite. Give at most one of `path` and `path_prefix`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    /// The whole path is replaced by this one (the query string is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The path's leading `prefix` is replaced by this (plain text, as
+    /// Envoy's `prefix_rewrite`: `/api` → `/v2` turns `/api/items` into
+    /// `/v2/items`); an empty result becomes `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// The prefix `path_prefix` replaces, compared without regard to ASCII
+    /// case; a path that does not start with it is sent unchanged. Default:
+    /// the route's `match.path_prefix`, or `/` when the route has no path
+    /// condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The Host (HTTP/2 `:authority`) sent upstream instead of the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
 }
 
 /// Header changes of a route (or of one share of its split): on the

@@ -11,11 +11,13 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use super::model::{
-    HostMatch, PathMatch, RetryOn, RetryPolicy, RouteConfig, RouteHeaders, RouteMatch, ValueMatch,
+    HostMatch, PathMatch, PathRewrite, RetryOn, RetryPolicy, Rewrite, RouteConfig, RouteHeaders,
+    RouteMatch, ValueMatch,
 };
 use super::promotion::promotion;
 use super::raw::{
-    RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRoute, RawRouteHeaders,
+    RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRewrite, RawRoute,
+    RawRouteHeaders,
 };
 use crate::protocol::headers::HeaderEdits;
 
@@ -69,7 +71,12 @@ pub(super) fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteCo
         .retries
         .as_ref()
         .map(|r| retries(c, &format!("{path}.retries"), r));
+    let rewrite = raw
+        .rewrite
+        .as_ref()
+        .map(|r| rewrite(c, &format!("{path}.rewrite"), r, raw.match_.as_ref()));
     Some(RouteConfig {
+        rewrite,
         headers,
         backend_headers,
         retries,
@@ -226,6 +233,80 @@ fn header_ops(c: &mut Check, path: &str, raw: &RawHeaderOps) -> HeaderEdits {
         }
     }
     edits
+}
+
+fn rewrite(c: &mut Check, path: &str, raw: &RawRewrite, m: Option<&RawMatch>) -> Rewrite {
+    let slash = |c: &mut Check, key: &str, v: &str| {
+        if !v.starts_with('/') || v.contains(['?', '#']) || HeaderValue::from_str(v).is_err() {
+            c.fail(
+                format!("{path}.{key}"),
+                "must be a path starting with `/`, without `?` or `#`",
+            );
+        }
+    };
+    let path_rewrite = match (&raw.path, &raw.path_prefix) {
+        (Some(_), Some(_)) => {
+            c.fail(path, "give only one of path and path_prefix");
+            None
+        }
+        (Some(p), None) => {
+            if raw.prefix.is_some() {
+                c.fail(format!("{path}.prefix"), "goes with path_prefix, not path");
+            }
+            slash(c, "path", p);
+            Some(PathRewrite::Full(p.clone()))
+        }
+        (None, Some(with)) => {
+            if !with.is_empty() {
+                slash(c, "path_prefix", with);
+            }
+            let m = m.cloned().unwrap_or_default();
+            let prefix = match (&raw.prefix, &m.path_prefix) {
+                (Some(p), _) => {
+                    slash(c, "prefix", p);
+                    Some(p.clone())
+                }
+                (None, Some(p)) => Some(p.clone()),
+                (None, None) if m.path_exact.is_none() && m.path_regex.is_none() => {
+                    Some("/".to_string())
+                }
+                (None, None) => {
+                    c.fail(
+                        format!("{path}.path_prefix"),
+                        "the route matches an exact path or a regex: give the replaced `prefix`, or rewrite the whole `path`",
+                    );
+                    None
+                }
+            };
+            prefix.map(|prefix| PathRewrite::Prefix {
+                prefix,
+                with: with.clone(),
+            })
+        }
+        (None, None) => {
+            if raw.prefix.is_some() {
+                c.fail(format!("{path}.prefix"), "goes with path_prefix");
+            }
+            None
+        }
+    };
+    let authority = raw.authority.as_ref().and_then(|a| {
+        let ok = !a.is_empty()
+            && a.parse::<http::uri::Authority>()
+                .is_ok_and(|u| u.as_str() == a && !a.contains('@'));
+        if !ok {
+            c.fail(
+                format!("{path}.authority"),
+                "must be a host, with an optional `:port`",
+            );
+            return None;
+        }
+        HeaderValue::from_str(a).ok()
+    });
+    Rewrite {
+        path: path_rewrite,
+        authority,
+    }
 }
 
 /// Most retries after the first try.

@@ -149,11 +149,21 @@ pub async fn handle(
         // fields (not forwarded to copies yet): they announce none.
         let mut headers = parts.headers.clone();
         headers.remove(header::TRAILER);
+        let rewritten = route.config.rewrite.is_some();
         let head = MirrorHead {
             method: parts.method.clone(),
             uri: ctx.uri.clone(),
+            sent_uri: rewritten.then(|| parts.uri.clone()),
+            authority: match route
+                .config
+                .rewrite
+                .as_ref()
+                .and_then(|r| r.authority.as_ref())
+            {
+                Some(a) => a.to_str().unwrap_or_default().to_string(),
+                None => ctx.authority.clone(),
+            },
             headers,
-            authority: ctx.authority.clone(),
             request_id: ctx.request_id.clone(),
             compare: compare_link,
         };
@@ -338,9 +348,15 @@ fn upstream_head(
     // Origin-form upstream; the backend fills in the endpoint (HTTP/1.1)
     // or `:authority` from Host (HTTP/2), and sets the version to match the
     // connection it picks.
+    // A route's rewrite: the path (query kept) and the Host sent upstream.
+    let rewrite = route.config.rewrite.as_ref();
+    if let Some(a) = rewrite.and_then(|r| r.authority.as_ref()) {
+        parts.headers.insert(header::HOST, a.clone());
+    }
     if let Some(pq) = ctx.uri.path_and_query() {
         let mut p = http::uri::Parts::default();
-        p.path_and_query = Some(pq.clone());
+        let rewritten = rewrite.and_then(|r| super::rewrite::path_and_query(r, pq));
+        p.path_and_query = Some(rewritten.unwrap_or_else(|| pq.clone()));
         if let Ok(u) = Uri::from_parts(p) {
             parts.uri = u;
         }

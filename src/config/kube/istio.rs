@@ -8,7 +8,9 @@ use crate::config::raw::{
 };
 
 use super::build::{istio_hosts, parse_k8s_duration, Registry, Target};
-use super::model::{Dest, Family, MatchEntry, MirrorDest, Rule, WeightedDest};
+use super::model::{
+    Dest, Family, MatchEntry, MirrorDest, PathRewriteSpec, Rule, RuleRewrite, WeightedDest,
+};
 use super::node::{join, Cx, Obj, NOT_SUPPORTED};
 use super::{check_header, check_method, check_regex, Meta};
 
@@ -149,14 +151,19 @@ fn http_route(
             "mirrorPercent",
             "headers",
             "retries",
+            "rewrite",
         ],
         &[],
     );
     let before = cx.errors.len();
     let mut matches = Vec::new();
     for (j, m) in http.objs(cx, "match").into_iter().enumerate() {
-        if let Some(raw) = http_match(cx, &m) {
-            matches.push(MatchEntry { index: j, raw });
+        if let Some((raw, prefix)) = http_match(cx, &m) {
+            matches.push(MatchEntry {
+                index: j,
+                raw,
+                prefix,
+            });
         }
     }
 
@@ -244,6 +251,7 @@ fn http_route(
 
     let rule_headers = http.obj(cx, "headers").and_then(|h| headers(cx, &h));
     let retries = http.obj(cx, "retries").and_then(|r| retries(cx, &r));
+    let rewrite = http.obj(cx, "rewrite").and_then(|r| rewrite(cx, &r));
 
     if cx.errors.len() > before {
         return None;
@@ -251,6 +259,7 @@ fn http_route(
     Some(Rule {
         headers: rule_headers,
         retries,
+        rewrite,
         origin: meta.object,
         base: meta.base(),
         index,
@@ -412,8 +421,39 @@ fn retries(cx: &mut Cx, r: &Obj) -> Option<RawRetries> {
     })
 }
 
-/// An Istio `HTTPMatchRequest` → native match conditions (ANDed).
-fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
+/// An Istio `HTTPRewrite`: `uri` (replaces the matched prefix, or the
+/// whole path after an exact or regex match) and `authority`.
+fn rewrite(cx: &mut Cx, r: &Obj) -> Option<RuleRewrite> {
+    r.fields(cx, &["uri", "authority"], &[]);
+    let uri = r.str(cx, "uri").filter(|u| {
+        let ok = u.starts_with('/') && !u.contains(['?', '#']);
+        if !ok {
+            cx.fail(
+                &r.at("uri"),
+                "must be a path starting with `/`, without `?` or `#`",
+            );
+        }
+        ok
+    });
+    let authority = r.str(cx, "authority").filter(|a| {
+        let ok = super::valid_authority(a);
+        if !ok {
+            cx.fail(
+                &r.at("authority"),
+                "must be a host, with an optional `:port`",
+            );
+        }
+        ok
+    });
+    (uri.is_some() || authority.is_some()).then(|| RuleRewrite {
+        path: uri.map(PathRewriteSpec::Istio),
+        authority,
+    })
+}
+
+/// An Istio `HTTPMatchRequest` → native match conditions (ANDed), and the
+/// `uri.prefix` as written.
+fn http_match(cx: &mut Cx, m: &Obj) -> Option<(RawMatch, Option<String>)> {
     m.fields(
         cx,
         &[
@@ -428,6 +468,7 @@ fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
     );
     let before = cx.errors.len();
     let mut raw = RawMatch::default();
+    let mut prefix = None;
     let ignore_case = m.bool(cx, "ignoreUriCase").unwrap_or(false);
     if let Some(u) = m.obj(cx, "uri") {
         let case = if ignore_case { "(?i)" } else { "" };
@@ -439,9 +480,13 @@ fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
             // Istio's prefix is a plain string prefix (`/api` also takes
             // `/apix`); the native prefix works on path segments, so only
             // `/` maps to it directly.
-            Some(StringMatch::Prefix(p)) if p == "/" && !ignore_case => raw.path_prefix = Some(p),
+            Some(StringMatch::Prefix(p)) if p == "/" && !ignore_case => {
+                prefix = Some(p.clone());
+                raw.path_prefix = Some(p)
+            }
             Some(StringMatch::Prefix(p)) => {
-                raw.path_regex = Some(format!("{case}{}.*", regex::escape(&p)))
+                raw.path_regex = Some(format!("{case}{}.*", regex::escape(&p)));
+                prefix = Some(p);
             }
             Some(StringMatch::Regex(r)) => raw.path_regex = Some(format!("{case}{r}")),
             Some(StringMatch::Present) => cx.fail(&u.path, "give one of exact, prefix and regex"),
@@ -481,5 +526,5 @@ fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
         };
         raw.query_params.insert(name, rule);
     }
-    (cx.errors.len() == before).then_some(raw)
+    (cx.errors.len() == before).then_some((raw, prefix))
 }
