@@ -219,6 +219,20 @@ pub struct RouteConfig {
     pub retries: Option<RetryPolicy>,
     /// Path and authority rewrites of the upstream request.
     pub rewrite: Option<Rewrite>,
+    /// CORS: preflights answered here, headers added to answers.
+    pub cors: Option<CorsPolicy>,
+}
+
+/// A route's CORS policy, with its header values ready.
+#[derive(Debug, Clone)]
+pub struct CorsPolicy {
+    /// Allowed origins; `None` in the list allows any.
+    pub origins: Vec<Option<ValueMatch>>,
+    pub allow_methods: Option<HeaderValue>,
+    pub allow_headers: Option<HeaderValue>,
+    pub expose_headers: Option<HeaderValue>,
+    pub max_age: Option<HeaderValue>,
+    pub allow_credentials: bool,
 }
 
 /// A route's rewrite of the request sent upstream (and copied to mirrors).

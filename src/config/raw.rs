@@ -325,6 +325,38 @@ pub struct RawRoute {
     /// comparison endpoint templates keep the client's path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<RawRewrite>,
+    /// Cross-origin resource sharing (Istio's `corsPolicy`): a preflight
+    /// (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) from an
+    /// allowed origin is answered by the proxy, reaching no backend and no
+    /// mirror; the primary's answers to allowed origins get the CORS
+    /// response headers. Requests from other origins pass untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<RawCors>,
+}
+
+/// A route's CORS policy.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// Origins allowed: `https://a.example` (exact) or `{regex: …}`
+    /// (anchored); `"*"` allows any origin.
+    pub allow_origins: Vec<RawHeaderMatch>,
+    /// `Access-Control-Allow-Methods` of a preflight answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// `Access-Control-Allow-Headers` of a preflight answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    /// `Access-Control-Expose-Headers` of the primary's answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// `Access-Control-Max-Age` of a preflight answer (a duration, whole
+    /// seconds sent). Default: not sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// Sends `Access-Control-Allow-Credentials: true`. Default `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
 }
 
 /// A route's request rewrite. Give at most one of `path` and `path_prefix`.

@@ -11,13 +11,13 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use super::model::{
-    HostMatch, PathMatch, PathRewrite, RetryOn, RetryPolicy, Rewrite, RouteConfig, RouteHeaders,
-    RouteMatch, ValueMatch,
+    CorsPolicy, HostMatch, PathMatch, PathRewrite, RetryOn, RetryPolicy, Rewrite, RouteConfig,
+    RouteHeaders, RouteMatch, ValueMatch,
 };
 use super::promotion::promotion;
 use super::raw::{
-    RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRewrite, RawRoute,
-    RawRouteHeaders,
+    RawCors, RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRewrite,
+    RawRoute, RawRouteHeaders,
 };
 use crate::protocol::headers::HeaderEdits;
 
@@ -75,7 +75,12 @@ pub(super) fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteCo
         .rewrite
         .as_ref()
         .map(|r| rewrite(c, &format!("{path}.rewrite"), r, raw.match_.as_ref()));
+    let cors = raw
+        .cors
+        .as_ref()
+        .map(|r| cors(c, &format!("{path}.cors"), r));
     Some(RouteConfig {
+        cors,
         rewrite,
         headers,
         backend_headers,
@@ -306,6 +311,55 @@ fn rewrite(c: &mut Check, path: &str, raw: &RawRewrite, m: Option<&RawMatch>) ->
     Rewrite {
         path: path_rewrite,
         authority,
+    }
+}
+
+fn cors(c: &mut Check, path: &str, raw: &RawCors) -> CorsPolicy {
+    if raw.allow_origins.is_empty() {
+        c.fail(
+            format!("{path}.allow_origins"),
+            "needs at least one origin (`\"*\"` for any)",
+        );
+    }
+    let mut origins = Vec::new();
+    for (i, o) in raw.allow_origins.iter().enumerate() {
+        if matches!(o, RawHeaderMatch::Exact(e) if e == "*") {
+            origins.push(None);
+        } else if let Some(v) = value_match(c, &format!("{path}.allow_origins[{i}]"), o) {
+            origins.push(Some(v));
+        }
+    }
+    let list = |c: &mut Check, key: &str, items: &[String], names: bool| {
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}.{key}[{i}]");
+            let ok = if names {
+                item == "*" || c.header_name(&ipath, item).is_some()
+            } else {
+                item == "*" || c.method(&ipath, item).is_some()
+            };
+            if !ok {
+                return None;
+            }
+        }
+        if items.is_empty() {
+            return None;
+        }
+        HeaderValue::from_str(&items.join(",")).ok()
+    };
+    let allow_methods = list(c, "allow_methods", &raw.allow_methods, false);
+    let allow_headers = list(c, "allow_headers", &raw.allow_headers, true);
+    let expose_headers = list(c, "expose_headers", &raw.expose_headers, true);
+    let max_age = raw.max_age.as_ref().map(|_| {
+        let d = c.duration(&format!("{path}.max_age"), &raw.max_age, Duration::ZERO);
+        HeaderValue::from(d.as_secs())
+    });
+    CorsPolicy {
+        origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        max_age,
+        allow_credentials: raw.allow_credentials.unwrap_or(false),
     }
 }
 

@@ -86,6 +86,26 @@ pub async fn handle(
     };
     let (backend, target) = route.answerer();
 
+    // CORS: an allowed preflight is answered here (no backend, no mirror).
+    let cors = route.config.cors.as_ref().and_then(|policy| {
+        super::cors::allowed_origin(policy, req.headers()).map(|origin| (policy, origin))
+    });
+    if let Some((policy, origin)) = &cors {
+        if super::cors::is_preflight(&ctx.method, req.headers()) {
+            log_primary(
+                telemetry,
+                target,
+                route,
+                backend,
+                &ctx,
+                200,
+                0,
+                Some("cors_preflight"),
+            );
+            return super::cors::preflight(policy, origin.clone());
+        }
+    }
+
     // Upgrade and CONNECT go to the primary over a dedicated connection and
     // are never mirrored.
     if tunnel::is_tunnel(&req) {
@@ -215,7 +235,7 @@ pub async fn handle(
     }
 
     // 8. response filter
-    response_filter(
+    let mut resp = response_filter(
         resp,
         ctx,
         route,
@@ -223,7 +243,11 @@ pub async fn handle(
         target,
         telemetry.clone(),
         capture,
-    )
+    );
+    if let Some((policy, origin)) = cors {
+        super::cors::decorate(policy, origin, resp.headers_mut());
+    }
+    resp
 }
 
 use crate::compare::capture::CaptureSender;

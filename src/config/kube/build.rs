@@ -271,6 +271,7 @@ impl<'a> Builder<'a> {
                             headers: rule.headers.clone(),
                             retries: rule.retries.clone(),
                             rewrite,
+                            cors: rule.cors.clone(),
                         },
                     ));
                 }

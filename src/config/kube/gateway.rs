@@ -240,6 +240,7 @@ fn route_rule(
         headers: (rule_headers != RawRouteHeaders::default()).then_some(rule_headers),
         retries,
         rewrite,
+        cors: None,
         origin: meta.object,
         base: meta.base(),
         index,

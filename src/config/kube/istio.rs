@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::raw::{
-    RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRouteHeaders,
+    RawCors, RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRouteHeaders,
 };
 
 use super::build::{istio_hosts, parse_k8s_duration, Registry, Target};
@@ -152,6 +152,7 @@ fn http_route(
             "headers",
             "retries",
             "rewrite",
+            "corsPolicy",
         ],
         &[],
     );
@@ -252,6 +253,7 @@ fn http_route(
     let rule_headers = http.obj(cx, "headers").and_then(|h| headers(cx, &h));
     let retries = http.obj(cx, "retries").and_then(|r| retries(cx, &r));
     let rewrite = http.obj(cx, "rewrite").and_then(|r| rewrite(cx, &r));
+    let cors = http.obj(cx, "corsPolicy").and_then(|c| cors_policy(cx, &c));
 
     if cx.errors.len() > before {
         return None;
@@ -260,6 +262,7 @@ fn http_route(
         headers: rule_headers,
         retries,
         rewrite,
+        cors,
         origin: meta.object,
         base: meta.base(),
         index,
@@ -419,6 +422,75 @@ fn retries(cx: &mut Cx, r: &Obj) -> Option<RawRetries> {
         retriable_status_codes: Vec::new(),
         backoff,
     })
+}
+
+/// An Istio `CorsPolicy`: `allowOrigins` (`exact`, `prefix`, `regex`; the
+/// deprecated `allowOrigin` list is exact), `allowMethods`,
+/// `allowHeaders`, `exposeHeaders`, `maxAge`, `allowCredentials`;
+/// `unmatchedPreflights: FORWARD` (the default) is what shadowgate does.
+fn cors_policy(cx: &mut Cx, c: &Obj) -> Option<RawCors> {
+    c.fields(
+        cx,
+        &[
+            "allowOrigins",
+            "allowOrigin",
+            "allowMethods",
+            "allowHeaders",
+            "exposeHeaders",
+            "maxAge",
+            "allowCredentials",
+            "unmatchedPreflights",
+        ],
+        &[],
+    );
+    let before = cx.errors.len();
+    let mut out = RawCors::default();
+    for o in c.objs(cx, "allowOrigins") {
+        match string_match(cx, &o) {
+            Some(StringMatch::Present) => cx.fail(&o.path, "give one of exact, prefix and regex"),
+            Some(m) => out.allow_origins.push(m.into_raw()),
+            None => {}
+        }
+    }
+    for (_, o) in c.strs(cx, "allowOrigin") {
+        out.allow_origins.push(RawHeaderMatch::Exact(o));
+    }
+    if out.allow_origins.is_empty() && cx.errors.len() == before {
+        cx.fail(&c.at("allowOrigins"), "needs at least one origin");
+    }
+    for (key, list, header) in [
+        ("allowMethods", &mut out.allow_methods, false),
+        ("allowHeaders", &mut out.allow_headers, true),
+        ("exposeHeaders", &mut out.expose_headers, true),
+    ] {
+        for (path, v) in c.strs(cx, key) {
+            let ok = v == "*"
+                || if header {
+                    check_header(cx, &path, &v).is_some()
+                } else {
+                    check_method(cx, &path, &v).is_some()
+                };
+            if ok {
+                list.push(v);
+            }
+        }
+    }
+    if let Some(text) = c.str(cx, "maxAge") {
+        match parse_k8s_duration(&text) {
+            Ok(d) => out.max_age = Some(super::build::format_duration(d)),
+            Err(e) => cx.fail(&c.at("maxAge"), e),
+        }
+    }
+    out.allow_credentials = c.bool(cx, "allowCredentials").filter(|b| *b);
+    if let Some(u) = c.str(cx, "unmatchedPreflights") {
+        if !matches!(u.as_str(), "FORWARD" | "UNSPECIFIED") {
+            cx.fail(
+                &c.at("unmatchedPreflights"),
+                format!("`{u}` is {NOT_SUPPORTED} (preflights from other origins are forwarded)"),
+            );
+        }
+    }
+    (cx.errors.len() == before).then_some(out)
 }
 
 /// An Istio `HTTPRewrite`: `uri` (replaces the matched prefix, or the

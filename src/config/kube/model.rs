@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::raw::{RawMatch, RawRetries, RawRouteHeaders};
+use crate::config::raw::{RawCors, RawMatch, RawRetries, RawRouteHeaders};
 
 /// A destination as written in a manifest: a Kubernetes service host (or
 /// another host given in `services:`), an optional subset and port.
@@ -103,5 +103,7 @@ pub struct Rule {
     pub retries: Option<RawRetries>,
     /// Path and authority rewrites.
     pub rewrite: Option<RuleRewrite>,
+    /// CORS policy (Istio `corsPolicy`).
+    pub cors: Option<RawCors>,
     pub family: Family,
 }

@@ -89,8 +89,8 @@ unsupported! {
     ) => "(VirtualService reviews) spec.http[0].route[0].headers.upstream";
     vs_rewrite_regex: vs_with("rewrite: {uriRegexRewrite: {match: a, rewrite: b}}")
         => "(VirtualService reviews) spec.http[0].rewrite.uriRegexRewrite";
-    vs_cors: vs_with("corsPolicy: {allowOrigins: [{exact: a.example.com}]}")
-        => "(VirtualService reviews) spec.http[0].corsPolicy";
+    vs_cors_other_field: vs_with("corsPolicy: {allowOrigins: [{exact: a.example.com}], allowPrivateNetwork: true}")
+        => "(VirtualService reviews) spec.http[0].corsPolicy.allowPrivateNetwork";
     vs_redirect: vs_with("redirect: {uri: /v1/bookRatings}")
         => "(VirtualService reviews) spec.http[0].redirect";
     vs_direct_response: "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [a.example.com]\n  http:\n  - directResponse: {status: 503}\n"
@@ -157,6 +157,12 @@ macro_rules! rejected {
 }
 
 rejected! {
+    vs_cors_unmatched_preflights_ignore: vs_with("corsPolicy: {allowOrigins: [{exact: a.example.com}], unmatchedPreflights: IGNORE}")
+        => "(VirtualService reviews) spec.http[0].corsPolicy.unmatchedPreflights",
+        "`IGNORE` is not supported by shadowgate (preflights from other origins are forwarded)";
+    vs_cors_without_origins: vs_with("corsPolicy: {allowMethods: [GET]}")
+        => "(VirtualService reviews) spec.http[0].corsPolicy.allowOrigins",
+        "needs at least one origin";
     vs_retry_on_unknown: vs_with("retries: {attempts: 3, retryOn: \"5xx,bogus\"}")
         => "(VirtualService reviews) spec.http[0].retries.retryOn",
         "retry condition `bogus` is not supported by shadowgate";
@@ -492,7 +498,7 @@ routes:
         )]),
         vec![
             "native.yaml: routes[0].bogus: unknown field `bogus`, expected one of \
-             `name`, `match`, `backend`, `split`, `mirrors`, `compare`, `secondary`, `noise`, `promotion`, `max_body_bytes`, `headers`, `retries`, `rewrite` at line 1 column 33"
+             `name`, `match`, `backend`, `split`, `mirrors`, `compare`, `secondary`, `noise`, `promotion`, `max_body_bytes`, `headers`, `retries`, `rewrite`, `cors` at line 1 column 33"
         ]
     );
     // A native file next to manifests keeps its own name and paths.
