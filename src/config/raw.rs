@@ -314,7 +314,8 @@ pub struct RawRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<RawRouteHeaders>,
     /// Retries of the primary request (never of a mirror's copy), for
-    /// requests without a body. Default: none (the backend's one retry on
+    /// requests without a body or with a declared body of at most 64 KiB
+    /// (read whole first, then sent again). Default: none (the backend's one retry on
     /// a refused connection, `backends.<name>.retry`, still applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RawRetries>,

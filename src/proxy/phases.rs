@@ -191,11 +191,17 @@ pub async fn handle(
     }
 
     // 7. forward to the primary (retried under the route's `retries` when
-    // the request has no body; mirrors were sent their copy already)
+    // the request declares a body of at most 64 KiB, read whole first;
+    // mirrors get one copy, never a retry)
     let retry_head = retry_copy(backend, &parts, content_length);
     let sent = match route.config.retries.as_ref() {
-        Some(policy) if content_length == Some(0) && policy.attempts > 0 => {
-            super::retry::send(backend, parts, upstream_body, policy, retry_head).await
+        Some(policy) if super::retry::replayable(content_length) && policy.attempts > 0 => {
+            let retried = |reason: &str| {
+                telemetry
+                    .metrics
+                    .retried(&route.name, backend.name(), reason)
+            };
+            super::retry::send(backend, parts, upstream_body, policy, retry_head, &retried).await
         }
         _ => {
             let req = Request::from_parts(parts, upstream_body);

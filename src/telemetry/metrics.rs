@@ -118,6 +118,8 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     /// Bytes held for shadows now (body copies, captures, comparison queue).
     pub shadow_memory: Gauge,
+    /// Retries of primary requests (`routes[].retries`), by the outcome retried.
+    pub retries: Family<ReasonLabels, Counter>,
     /// Sliding windows per target; kept across reloads.
     windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
 }
@@ -205,8 +207,15 @@ impl Metrics {
             "Bytes held for shadow traffic (request-body copies, captured responses, queued comparisons), bounded by limits.shadow_memory",
             shadow_memory.clone(),
         );
+        let retries = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Primary requests retried under the route's retries, by route, backend and the outcome retried (a status code, connect_failure, timeout or reset); mirrors are never retried",
+            retries.clone(),
+        );
         Metrics {
             registry,
+            retries,
             shadow_memory,
             requests,
             duration,
@@ -227,6 +236,17 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts a retry of a route's primary request (`shadowgate_retries_total`).
+    pub fn retried(&self, route: &str, backend: &str, reason: &str) {
+        self.retries
+            .get_or_create(&ReasonLabels {
+                route: route.to_string(),
+                backend: backend.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Route and backend label of requests that matched no route.
