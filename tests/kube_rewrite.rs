@@ -313,3 +313,43 @@ fn unsupported_rewrites_are_refused_precisely() {
     ));
     assert!(e.contains("urlRewrite.path.type: path rewrite type `ReplaceSomething` is not supported by shadowgate"), "{e}");
 }
+
+/// Comparison groups the pairs by the client's path, not the rewritten one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comparison_endpoints_keep_the_clients_path() {
+    let v1 = TestBackend::new()
+        .header("content-type", "application/json")
+        .body(r#"{"id":1}"#)
+        .spawn()
+        .await;
+    let v2 = TestBackend::new()
+        .header("content-type", "application/json")
+        .body(r#"{"id":1}"#)
+        .spawn()
+        .await;
+    let config = format!(
+        r#"
+backends:
+  v1: {{ endpoints: ["{}"] }}
+  v2: {{ endpoints: ["{}"] }}
+routes:
+  - name: shop
+    match: {{ path_prefix: /shop }}
+    backend: v1
+    mirrors: [{{ backend: v2, compare: true }}]
+    rewrite: {{ path_prefix: /internal }}
+"#,
+        v1.addr, v2.addr
+    );
+    let running = start_proxy(&config).await;
+    for i in 0..5 {
+        let a = get_at(running.listen_addrs[0], "x", &format!("/shop/items/{i}")).await;
+        assert_eq!(a.status, 200);
+    }
+    let report = compared(&running, "shop", 5).await;
+    assert_eq!(
+        report["endpoints"][0]["endpoint"], "GET /shop/items/{id}",
+        "{report}"
+    );
+    running.shutdown().await;
+}
