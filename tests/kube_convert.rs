@@ -73,3 +73,13 @@ fn gateway_api_canary() {
 fn istio_canary() {
     insta::assert_snapshot!(convert("istio-canary", &[]));
 }
+
+#[test]
+fn rewrites() {
+    insta::assert_snapshot!(convert("rewrites", &[]));
+}
+
+#[test]
+fn cors() {
+    insta::assert_snapshot!(convert("cors", &[]));
+}

@@ -184,8 +184,9 @@ async fn gateway_api_header_modifiers_mirror_and_query_match() {
     running.shutdown().await;
 }
 
-/// The native config's `retries`: a request with a body is not retried, a
-/// status outside `retry_on` is not retried, `attempts` bounds the tries.
+/// The native config's `retries`: a request with a body over the retry
+/// buffer (64 KiB) is not retried, a status outside `retry_on` is not
+/// retried, `attempts` bounds the tries.
 #[tokio::test]
 async fn native_retries_bound_and_conditions() {
     let mut flaky = TestBackend::new().fail_first(10, 502).spawn().await;
@@ -209,10 +210,11 @@ routes:
         flaky.next().await;
     }
     assert_eq!(flaky.received(), 3);
-    // A POST with a body is sent once.
-    let b = send(&client(), addr, Method::POST, "x", "/", &[], "payload").await;
+    // A POST with a body over the retry buffer is sent once.
+    let big = "p".repeat(64 * 1024 + 1);
+    let b = send(&client(), addr, Method::POST, "x", "/", &[], big.clone()).await;
     assert_eq!(b.status, 502);
-    assert_eq!(flaky.next().await.body, "payload");
+    assert_eq!(flaky.next().await.body, big);
     // A retry would have reached the backend before the client's answer.
     assert_eq!(flaky.received(), 4);
     running.shutdown().await;
@@ -342,5 +344,59 @@ routes:
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     assert_eq!(silent.connections(), 3, "one connection per try");
+    running.shutdown().await;
+}
+
+/// A request with a small body is retried from the retry buffer: every
+/// try carries the whole body, the mirror gets one copy, and each retry is
+/// counted in `shadowgate_retries_total` with the outcome retried.
+#[tokio::test]
+async fn small_bodies_are_retried_and_retries_are_counted() {
+    let mut flaky = TestBackend::new().fail_first(2, 503).spawn().await;
+    let mut shadow = TestBackend::new().spawn().await;
+    let config = format!(
+        r#"
+backends:
+  v1: {{ endpoints: ["{}"] }}
+  shadow: {{ endpoints: ["{}"] }}
+routes:
+  - name: r
+    backend: v1
+    mirrors: [{{ backend: shadow }}]
+    retries: {{ attempts: 3, retry_on: ["503"], backoff: 1ms }}
+"#,
+        flaky.addr, shadow.addr
+    );
+    let running = start_proxy(&config).await;
+    let addr = running.listen_addrs[0];
+    let body = "x".repeat(10_000);
+    let a = send(
+        &client(),
+        addr,
+        Method::POST,
+        "x",
+        "/orders",
+        &[],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    for _ in 0..3 {
+        let got = flaky.next().await;
+        assert_eq!(got.body, body, "every try carries the whole body");
+    }
+    assert_eq!(shadow.next().await.body, body);
+    mirrors_settled(&running).await;
+    assert_eq!(flaky.received(), 3);
+    assert_eq!(shadow.received(), 1, "a mirror's copy is never retried");
+    let text = metrics(&running).await;
+    assert_eq!(
+        metric(
+            &text,
+            "shadowgate_retries_total{route=\"r\",backend=\"v1\",reason=\"503\"}"
+        ),
+        2.0,
+        "{text}"
+    );
     running.shutdown().await;
 }

@@ -219,6 +219,40 @@ pub struct RouteConfig {
     pub backend_headers: BTreeMap<String, RouteHeaders>,
     /// Retries of the primary request.
     pub retries: Option<RetryPolicy>,
+    /// Path and authority rewrites of the upstream request.
+    pub rewrite: Option<Rewrite>,
+    /// CORS: preflights answered here, headers added to answers.
+    pub cors: Option<CorsPolicy>,
+}
+
+/// A route's CORS policy, with its header values ready.
+#[derive(Debug, Clone)]
+pub struct CorsPolicy {
+    /// Allowed origins; `None` in the list allows any.
+    pub origins: Vec<Option<ValueMatch>>,
+    pub allow_methods: Option<HeaderValue>,
+    pub allow_headers: Option<HeaderValue>,
+    pub expose_headers: Option<HeaderValue>,
+    pub max_age: Option<HeaderValue>,
+    pub allow_credentials: bool,
+}
+
+/// A route's rewrite of the request sent upstream (and copied to mirrors).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Rewrite {
+    pub path: Option<PathRewrite>,
+    /// Host / `:authority` sent instead of the client's.
+    pub authority: Option<HeaderValue>,
+}
+
+/// How the path is rewritten.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathRewrite {
+    /// The whole path is replaced.
+    Full(String),
+    /// A leading `prefix` (ASCII case ignored) is replaced by `with`; an
+    /// empty result becomes `/`.
+    Prefix { prefix: String, with: String },
 }
 
 /// Header changes on a request and on its response.

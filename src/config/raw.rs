@@ -108,6 +108,22 @@ pub struct RawConfig {
     /// (`docs/egress.md`). Off unless set. Changes only on restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<RawEgress>,
+
+    /// Settings for the routes imported from Kubernetes manifests (Istio,
+    /// Gateway API) read with this config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<RawKube>,
+}
+
+/// How routes imported from Kubernetes manifests are built.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawKube {
+    /// Appended to the Host of the mirrors' copies of imported routes, as
+    /// a native mirror's `host_suffix`: `""` keeps the Host as the client
+    /// sent it (what Envoy Gateway and recent Istio allow). Default `-shadow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_suffix: Option<String>,
 }
 
 /// Names whose values are redacted, added to the built-in ones.
@@ -305,10 +321,73 @@ pub struct RawRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<RawRouteHeaders>,
     /// Retries of the primary request (never of a mirror's copy), for
-    /// requests without a body. Default: none (the backend's one retry on
+    /// requests without a body or with a declared body of at most 64 KiB
+    /// (read whole first, then sent again). Default: none (the backend's one retry on
     /// a refused connection, `backends.<name>.retry`, still applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RawRetries>,
+    /// Path and authority rewrites of the request sent upstream (Istio's
+    /// `rewrite`, the Gateway API's `URLRewrite`), made before the request
+    /// is copied, so mirrors get them too; the mirror's Host suffix is
+    /// added to the rewritten authority. Routing, the access log and
+    /// comparison endpoint templates keep the client's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RawRewrite>,
+    /// Cross-origin resource sharing (Istio's `corsPolicy`): a preflight
+    /// (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) from an
+    /// allowed origin is answered by the proxy, reaching no backend and no
+    /// mirror; the primary's answers to allowed origins get the CORS
+    /// response headers. Requests from other origins pass untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<RawCors>,
+}
+
+/// A route's CORS policy.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// Origins allowed: `https://a.example` (exact) or `{regex: …}`
+    /// (anchored); `"*"` allows any origin.
+    pub allow_origins: Vec<RawHeaderMatch>,
+    /// `Access-Control-Allow-Methods` of a preflight answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// `Access-Control-Allow-Headers` of a preflight answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    /// `Access-Control-Expose-Headers` of the primary's answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// `Access-Control-Max-Age` of a preflight answer (a duration, whole
+    /// seconds sent). Default: not sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// Sends `Access-Control-Allow-Credentials: true`. Default `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+}
+
+/// A route's request rewrite. Give at most one of `path` and `path_prefix`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    /// The whole path is replaced by this one (the query string is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The path's leading `prefix` is replaced by this (plain text, as
+    /// Envoy's `prefix_rewrite`: `/api` → `/v2` turns `/api/items` into
+    /// `/v2/items`); an empty result becomes `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// The prefix `path_prefix` replaces, compared without regard to ASCII
+    /// case; a path that does not start with it is sent unchanged. Default:
+    /// the route's `match.path_prefix`, or `/` when the route has no path
+    /// condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The Host (HTTP/2 `:authority`) sent upstream instead of the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
 }
 
 /// Header changes of a route (or of one share of its split): on the

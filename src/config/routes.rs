@@ -11,11 +11,13 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use super::model::{
-    HostMatch, PathMatch, RetryOn, RetryPolicy, RouteConfig, RouteHeaders, RouteMatch, ValueMatch,
+    CorsPolicy, HostMatch, PathMatch, PathRewrite, RetryOn, RetryPolicy, Rewrite, RouteConfig,
+    RouteHeaders, RouteMatch, ValueMatch,
 };
 use super::promotion::promotion;
 use super::raw::{
-    RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRoute, RawRouteHeaders,
+    RawCors, RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRewrite,
+    RawRoute, RawRouteHeaders,
 };
 use crate::protocol::headers::HeaderEdits;
 
@@ -69,7 +71,17 @@ pub(super) fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteCo
         .retries
         .as_ref()
         .map(|r| retries(c, &format!("{path}.retries"), r));
+    let rewrite = raw
+        .rewrite
+        .as_ref()
+        .map(|r| rewrite(c, &format!("{path}.rewrite"), r, raw.match_.as_ref()));
+    let cors = raw
+        .cors
+        .as_ref()
+        .map(|r| cors(c, &format!("{path}.cors"), r));
     Some(RouteConfig {
+        cors,
+        rewrite,
         headers,
         backend_headers,
         retries,
@@ -226,6 +238,129 @@ fn header_ops(c: &mut Check, path: &str, raw: &RawHeaderOps) -> HeaderEdits {
         }
     }
     edits
+}
+
+fn rewrite(c: &mut Check, path: &str, raw: &RawRewrite, m: Option<&RawMatch>) -> Rewrite {
+    let slash = |c: &mut Check, key: &str, v: &str| {
+        if !v.starts_with('/') || v.contains(['?', '#']) || HeaderValue::from_str(v).is_err() {
+            c.fail(
+                format!("{path}.{key}"),
+                "must be a path starting with `/`, without `?` or `#`",
+            );
+        }
+    };
+    let path_rewrite = match (&raw.path, &raw.path_prefix) {
+        (Some(_), Some(_)) => {
+            c.fail(path, "give only one of path and path_prefix");
+            None
+        }
+        (Some(p), None) => {
+            if raw.prefix.is_some() {
+                c.fail(format!("{path}.prefix"), "goes with path_prefix, not path");
+            }
+            slash(c, "path", p);
+            Some(PathRewrite::Full(p.clone()))
+        }
+        (None, Some(with)) => {
+            if !with.is_empty() {
+                slash(c, "path_prefix", with);
+            }
+            let m = m.cloned().unwrap_or_default();
+            let prefix = match (&raw.prefix, &m.path_prefix) {
+                (Some(p), _) => {
+                    slash(c, "prefix", p);
+                    Some(p.clone())
+                }
+                (None, Some(p)) => Some(p.clone()),
+                (None, None) if m.path_exact.is_none() && m.path_regex.is_none() => {
+                    Some("/".to_string())
+                }
+                (None, None) => {
+                    c.fail(
+                        format!("{path}.path_prefix"),
+                        "the route matches an exact path or a regex: give the replaced `prefix`, or rewrite the whole `path`",
+                    );
+                    None
+                }
+            };
+            prefix.map(|prefix| PathRewrite::Prefix {
+                prefix,
+                with: with.clone(),
+            })
+        }
+        (None, None) => {
+            if raw.prefix.is_some() {
+                c.fail(format!("{path}.prefix"), "goes with path_prefix");
+            }
+            None
+        }
+    };
+    let authority = raw.authority.as_ref().and_then(|a| {
+        let ok = !a.is_empty()
+            && a.parse::<http::uri::Authority>()
+                .is_ok_and(|u| u.as_str() == a && !a.contains('@'));
+        if !ok {
+            c.fail(
+                format!("{path}.authority"),
+                "must be a host, with an optional `:port`",
+            );
+            return None;
+        }
+        HeaderValue::from_str(a).ok()
+    });
+    Rewrite {
+        path: path_rewrite,
+        authority,
+    }
+}
+
+fn cors(c: &mut Check, path: &str, raw: &RawCors) -> CorsPolicy {
+    if raw.allow_origins.is_empty() {
+        c.fail(
+            format!("{path}.allow_origins"),
+            "needs at least one origin (`\"*\"` for any)",
+        );
+    }
+    let mut origins = Vec::new();
+    for (i, o) in raw.allow_origins.iter().enumerate() {
+        if matches!(o, RawHeaderMatch::Exact(e) if e == "*") {
+            origins.push(None);
+        } else if let Some(v) = value_match(c, &format!("{path}.allow_origins[{i}]"), o) {
+            origins.push(Some(v));
+        }
+    }
+    let list = |c: &mut Check, key: &str, items: &[String], names: bool| {
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}.{key}[{i}]");
+            let ok = if names {
+                item == "*" || c.header_name(&ipath, item).is_some()
+            } else {
+                item == "*" || c.method(&ipath, item).is_some()
+            };
+            if !ok {
+                return None;
+            }
+        }
+        if items.is_empty() {
+            return None;
+        }
+        HeaderValue::from_str(&items.join(",")).ok()
+    };
+    let allow_methods = list(c, "allow_methods", &raw.allow_methods, false);
+    let allow_headers = list(c, "allow_headers", &raw.allow_headers, true);
+    let expose_headers = list(c, "expose_headers", &raw.expose_headers, true);
+    let max_age = raw.max_age.as_ref().map(|_| {
+        let d = c.duration(&format!("{path}.max_age"), &raw.max_age, Duration::ZERO);
+        HeaderValue::from(d.as_secs())
+    });
+    CorsPolicy {
+        origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        max_age,
+        allow_credentials: raw.allow_credentials.unwrap_or(false),
+    }
 }
 
 /// Most retries after the first try.

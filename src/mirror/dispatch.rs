@@ -38,8 +38,12 @@ pub struct MirrorHead {
     /// The upstream request's headers (hop-by-hop removed, forwarding and
     /// request id added), before the mirror's own header rules.
     pub headers: HeaderMap,
-    /// The authority the client addressed (`Host` / `:authority`).
+    /// The authority the client addressed (`Host` / `:authority`), or the
+    /// route's rewrite of it.
     pub authority: String,
+    /// The path and query copies are sent with when the route rewrote
+    /// them; `uri` stays the client's (logs, comparison templates).
+    pub sent_uri: Option<Uri>,
     pub request_id: HeaderValue,
     /// Set when copies are compared with the primary's answer.
     pub compare: Option<CompareLink>,
@@ -421,7 +425,7 @@ fn copy_request(mirror: &Mirror, head: &MirrorHead, copy: TeeCopy) -> CopyReques
     }
     CopyRequest {
         method: head.method.clone(),
-        uri: head.uri.clone(),
+        uri: head.sent_uri.clone().unwrap_or_else(|| head.uri.clone()),
         headers,
         body,
         trailers,

@@ -86,6 +86,26 @@ pub async fn handle(
     };
     let (backend, target) = route.answerer();
 
+    // CORS: an allowed preflight is answered here (no backend, no mirror).
+    let cors = route.config.cors.as_ref().and_then(|policy| {
+        super::cors::allowed_origin(policy, req.headers()).map(|origin| (policy, origin))
+    });
+    if let Some((policy, origin)) = &cors {
+        if super::cors::is_preflight(&ctx.method, req.headers()) {
+            log_primary(
+                telemetry,
+                target,
+                route,
+                backend,
+                &ctx,
+                200,
+                0,
+                Some("cors_preflight"),
+            );
+            return super::cors::preflight(policy, origin.clone());
+        }
+    }
+
     // Upgrade and CONNECT go to the primary over a dedicated connection and
     // are never mirrored.
     if tunnel::is_tunnel(&req) {
@@ -156,11 +176,21 @@ pub async fn handle(
         // fields (not forwarded to copies yet): they announce none.
         let mut headers = parts.headers.clone();
         headers.remove(header::TRAILER);
+        let rewritten = route.config.rewrite.is_some();
         let head = MirrorHead {
             method: parts.method.clone(),
             uri: ctx.uri.clone(),
+            sent_uri: rewritten.then(|| parts.uri.clone()),
+            authority: match route
+                .config
+                .rewrite
+                .as_ref()
+                .and_then(|r| r.authority.as_ref())
+            {
+                Some(a) => a.to_str().unwrap_or_default().to_string(),
+                None => ctx.authority.clone(),
+            },
             headers,
-            authority: ctx.authority.clone(),
             request_id: ctx.request_id.clone(),
             compare: compare_link,
         };
@@ -168,11 +198,17 @@ pub async fn handle(
     }
 
     // 7. forward to the primary (retried under the route's `retries` when
-    // the request has no body; mirrors were sent their copy already)
+    // the request declares a body of at most 64 KiB, read whole first;
+    // mirrors get one copy, never a retry)
     let retry_head = retry_copy(backend, &parts, content_length);
     let sent = match route.config.retries.as_ref() {
-        Some(policy) if content_length == Some(0) && policy.attempts > 0 => {
-            super::retry::send(backend, parts, upstream_body, policy, retry_head).await
+        Some(policy) if super::retry::replayable(content_length) && policy.attempts > 0 => {
+            let retried = |reason: &str| {
+                telemetry
+                    .metrics
+                    .retried(&route.name, backend.name(), reason)
+            };
+            super::retry::send(backend, parts, upstream_body, policy, retry_head, &retried).await
         }
         _ => {
             let req = Request::from_parts(parts, upstream_body);
@@ -212,7 +248,7 @@ pub async fn handle(
     }
 
     // 8. response filter
-    response_filter(
+    let mut resp = response_filter(
         resp,
         ctx,
         route,
@@ -220,7 +256,11 @@ pub async fn handle(
         target,
         telemetry.clone(),
         capture,
-    )
+    );
+    if let Some((policy, origin)) = cors {
+        super::cors::decorate(policy, origin, resp.headers_mut());
+    }
+    resp
 }
 
 use crate::compare::capture::CaptureSender;
@@ -345,9 +385,15 @@ fn upstream_head(
     // Origin-form upstream; the backend fills in the endpoint (HTTP/1.1)
     // or `:authority` from Host (HTTP/2), and sets the version to match the
     // connection it picks.
+    // A route's rewrite: the path (query kept) and the Host sent upstream.
+    let rewrite = route.config.rewrite.as_ref();
+    if let Some(a) = rewrite.and_then(|r| r.authority.as_ref()) {
+        parts.headers.insert(header::HOST, a.clone());
+    }
     if let Some(pq) = ctx.uri.path_and_query() {
         let mut p = http::uri::Parts::default();
-        p.path_and_query = Some(pq.clone());
+        let rewritten = rewrite.and_then(|r| super::rewrite::path_and_query(r, pq));
+        p.path_and_query = Some(rewritten.unwrap_or_else(|| pq.clone()));
         if let Ok(u) = Uri::from_parts(p) {
             parts.uri = u;
         }

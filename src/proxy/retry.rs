@@ -1,12 +1,16 @@
 //! Retries of the primary request (a route's `retries`, Istio's
 //! `HTTPRetry`, the Gateway API's `retry`), with Envoy's conditions. Only
 //! the primary is retried: the mirrors were sent their copy before the
-//! first try and never see a retry. Only a request without a body is
-//! retried (there is nothing to replay); the route's deadline (the
-//! backend's `timeout`) covers every try together.
+//! first try and never see a retry. A request with a body is retried when
+//! it declares a length of at most [`RETRY_BUFFER`] bytes: the body is read
+//! whole first (as Envoy's retry buffer holds it; the mirrors' copy is
+//! taken as it is read) and sent again from memory; a larger or chunked
+//! body is sent once. The route's deadline (the backend's `timeout`)
+//! covers every try together.
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::body::UpstreamBody;
@@ -16,26 +20,79 @@ use crate::upstream::{Backend, ResponseBody, UpstreamError};
 
 type Answer = Result<Response<ResponseBody>, UpstreamError>;
 
+/// Largest request body kept for retries (Envoy's default retry buffer).
+pub const RETRY_BUFFER: u64 = 64 * 1024;
+
+/// Whether a request whose body declares `length` can be retried.
+pub fn replayable(length: Option<u64>) -> bool {
+    length.is_some_and(|l| l <= RETRY_BUFFER)
+}
+
+/// A request body read whole, to send once per try.
+enum Replay {
+    Data(Bytes),
+    WithTrailers(Bytes, http::HeaderMap),
+}
+
+impl Replay {
+    fn body(&self) -> UpstreamBody {
+        match self {
+            Replay::Data(d) => UpstreamBody::buffered(d.clone()),
+            Replay::WithTrailers(d, t) => UpstreamBody::WithTrailers {
+                data: Some(d.clone()),
+                trailers: Some(t.clone()),
+            },
+        }
+    }
+}
+
+/// Reads the client's body (through the mirrors' tee), bounded by the
+/// backend's timeout.
+async fn read_whole(backend: &Backend, body: UpstreamBody) -> Result<Replay, UpstreamError> {
+    let failed = |source: crate::body::BoxError| UpstreamError::Exchange {
+        backend: backend.name().to_string(),
+        endpoint: "primary".to_string(),
+        source,
+    };
+    let collected = tokio::time::timeout(backend.config.timeout, body.collect())
+        .await
+        .map_err(|_| failed("timed out reading the request body for a retry".into()))?
+        .map_err(failed)?;
+    let trailers = collected.trailers().cloned();
+    let data = collected.to_bytes();
+    Ok(match trailers {
+        Some(t) => Replay::WithTrailers(data, t),
+        None => Replay::Data(data),
+    })
+}
+
 /// Sends the primary request, retrying it under `policy`. `retry_head`
 /// (the backend's own retry on another endpoint after a refused
-/// connection) is copied for each try.
+/// connection) is copied for each try. `retried` is told the outcome of
+/// each try that is retried (`503`, `connect_failure`, `timeout`, `reset`).
 pub async fn send(
     backend: &Backend,
     parts: http::request::Parts,
     body: UpstreamBody,
     policy: &RetryPolicy,
     retry_head: Option<http::request::Parts>,
+    retried: &(dyn Fn(&str) + Send + Sync),
 ) -> Answer {
+    // A body is read whole first; a bodyless request is sent as it is.
+    let replay = if http_body::Body::is_end_stream(&body) {
+        None
+    } else {
+        Some(read_whole(backend, body).await?)
+    };
     let deadline = Instant::now() + backend.config.timeout;
-    let mut body = Some(body);
     let mut tries = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let per_try = policy.per_try_timeout.map_or(left, |t| t.min(left));
         let head = copy_head(&parts);
-        let body = body
-            .take()
-            .unwrap_or_else(|| UpstreamBody::buffered(Bytes::new()));
+        let body = replay
+            .as_ref()
+            .map_or_else(|| UpstreamBody::buffered(Bytes::new()), Replay::body);
         let answer = backend
             .send(Request::from_parts(head, body), per_try, retry_head.clone())
             .await;
@@ -44,6 +101,7 @@ pub async fn send(
             return answer;
         }
         tries += 1;
+        retried(&reason(&answer));
         tracing::debug!(
             backend = %backend.name(),
             retry = tries,
@@ -62,6 +120,16 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
     *copy.version_mut() = parts.version;
     *copy.headers_mut() = parts.headers.clone();
     copy.into_parts().0
+}
+
+/// The metric label of a retried try's outcome.
+fn reason(answer: &Answer) -> String {
+    match answer {
+        Ok(r) => r.status().as_str().to_string(),
+        Err(e) if e.is_connect() => "connect_failure".to_string(),
+        Err(e) if e.is_timeout() => "timeout".to_string(),
+        Err(_) => "reset".to_string(),
+    }
 }
 
 fn describe(answer: &Answer) -> String {

@@ -141,6 +141,9 @@ pub struct Metrics {
     pub egress_kept: Gauge,
     /// Kept exchanges evicted to stay within the bounds.
     pub egress_evicted: Counter,
+
+    /// Retries of primary requests (`routes[].retries`), by the outcome retried.
+    pub retries: Family<ReasonLabels, Counter>,
     /// Sliding windows per target; kept across reloads.
     windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
 }
@@ -255,8 +258,15 @@ impl Metrics {
             "Kept live exchanges evicted before `keep` was over, to stay within the bounds",
             egress_evicted.clone(),
         );
+        let retries = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Primary requests retried under the route's retries, by route, backend and the outcome retried (a status code, connect_failure, timeout or reset); mirrors are never retried",
+            retries.clone(),
+        );
         Metrics {
             registry,
+            retries,
             shadow_memory,
             egress_requests,
             egress_duration,
@@ -281,6 +291,17 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts a retry of a route's primary request (`shadowgate_retries_total`).
+    pub fn retried(&self, route: &str, backend: &str, reason: &str) {
+        self.retries
+            .get_or_create(&ReasonLabels {
+                route: route.to_string(),
+                backend: backend.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Route and backend label of requests that matched no route.

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use crate::config::error::ConfigError;
 use crate::config::raw::{
-    RawBackend, RawConfig, RawMatch, RawMirror, RawRoute, RawService, RawSplit,
+    RawBackend, RawConfig, RawMatch, RawMirror, RawRewrite, RawRoute, RawService, RawSplit,
 };
 use crate::config::units::{parse_go_duration, DurationError};
 
-use super::model::{Dest, Family, Rule};
+use super::model::{Dest, Family, PathRewriteSpec, Rule, RuleRewrite};
 use super::node::{join, Cx};
 
 /// Cluster DNS suffix of Kubernetes services.
@@ -199,8 +199,9 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// Builds the native config for all rules.
-    pub fn build(mut self, rules: &[Rule]) -> RawConfig {
+    /// Builds the native config for all rules; the mirrors get
+    /// `host_suffix` when one is given (`kube.host_suffix`).
+    pub fn build(mut self, rules: &[Rule], host_suffix: Option<String>) -> RawConfig {
         let mut routes: Vec<(SortKey, RawRoute)> = Vec::new();
         for rule in rules {
             // Mirrors are resolved even when the primary failed, so that
@@ -215,7 +216,7 @@ impl<'a> Builder<'a> {
                         backend: name,
                         percent: m.percent,
                         sample_key: None,
-                        host_suffix: None,
+                        host_suffix: host_suffix.clone(),
                         methods: None,
                         headers: None,
                         max_body_bytes: None,
@@ -232,16 +233,20 @@ impl<'a> Builder<'a> {
             if mirrors.len() != rule.mirrors.len() {
                 continue;
             }
-            let entries: Vec<(usize, RawMatch)> = if rule.matches.is_empty() {
-                vec![(0, RawMatch::default())]
+            let entries: Vec<(usize, RawMatch, Option<String>)> = if rule.matches.is_empty() {
+                vec![(0, RawMatch::default(), None)]
             } else {
                 rule.matches
                     .iter()
-                    .map(|m| (m.index, m.raw.clone()))
+                    .map(|m| (m.index, m.raw.clone(), m.prefix.clone()))
                     .collect()
             };
             for (k, host) in rule.hosts.iter().enumerate() {
-                for (j, raw) in &entries {
+                for (j, raw, prefix) in &entries {
+                    let rewrite = rule
+                        .rewrite
+                        .as_ref()
+                        .map(|r| entry_rewrite(r, raw, prefix.as_deref()));
                     let name = if rule.hosts.len() > 1 {
                         format!("{}-{}-{}-{}", rule.base, rule.index, j, k)
                     } else {
@@ -265,6 +270,8 @@ impl<'a> Builder<'a> {
                             max_body_bytes: None,
                             headers: rule.headers.clone(),
                             retries: rule.retries.clone(),
+                            rewrite,
+                            cors: rule.cors.clone(),
                         },
                     ));
                 }
@@ -520,6 +527,47 @@ impl<'a> Builder<'a> {
         keys.into_iter()
             .find_map(|k| self.registry.services.get(&k).map(|e| (k, e)))
     }
+}
+
+/// The native rewrite of one match entry of a rule: Istio's `rewrite.uri`
+/// replaces the matched prefix (the whole path after an exact or regex
+/// match; `/` without a path match); the Gateway API's `ReplacePrefixMatch`
+/// replaces the matched path segments (a trailing `/` of the replacement
+/// does not double the next one).
+fn entry_rewrite(r: &RuleRewrite, m: &RawMatch, istio_prefix: Option<&str>) -> RawRewrite {
+    let mut out = RawRewrite {
+        authority: r.authority.clone(),
+        ..RawRewrite::default()
+    };
+    // The replaced prefix is written only where the native default (the
+    // route's `match.path_prefix`, else `/`) is not it already.
+    let default_prefix = m
+        .path_prefix
+        .clone()
+        .or_else(|| (m.path_exact.is_none() && m.path_regex.is_none()).then(|| "/".to_string()));
+    let prefix_or_default = |p: String| (Some(&p) != default_prefix.as_ref()).then_some(p);
+    match &r.path {
+        None => {}
+        Some(PathRewriteSpec::Istio(uri)) => match istio_prefix {
+            Some(p) => {
+                out.prefix = prefix_or_default(p.to_string());
+                out.path_prefix = Some(uri.clone());
+            }
+            None if default_prefix.is_some() => out.path_prefix = Some(uri.clone()),
+            None => out.path = Some(uri.clone()),
+        },
+        Some(PathRewriteSpec::Full(p)) => out.path = Some(p.clone()),
+        Some(PathRewriteSpec::PrefixMatch(with)) => {
+            let base = with.trim_end_matches('/');
+            let matched = m.path_prefix.as_deref().unwrap_or("/");
+            out.path_prefix = Some(if matched == "/" {
+                format!("{base}/")
+            } else {
+                base.to_string()
+            });
+        }
+    }
+    out
 }
 
 /// Order of native routes: exact hosts first, then wildcards (longest

@@ -5,7 +5,9 @@ use crate::config::raw::{
 };
 
 use super::build::parse_k8s_duration;
-use super::model::{Dest, Family, MatchEntry, MirrorDest, Rule, WeightedDest};
+use super::model::{
+    Dest, Family, MatchEntry, MirrorDest, PathRewriteSpec, Rule, RuleRewrite, WeightedDest,
+};
 use super::node::{Cx, Obj, NOT_SUPPORTED};
 use super::{check_header, check_method, check_regex, Meta};
 
@@ -80,17 +82,29 @@ fn route_rule(
             Kind::Grpc => grpc_match(cx, &m),
         };
         if let Some(raw) = raw {
-            matches.push(MatchEntry { index: j, raw });
+            matches.push(MatchEntry {
+                index: j,
+                raw,
+                prefix: None,
+            });
         }
     }
 
     let mut mirrors = Vec::new();
     let mut rule_headers = RawRouteHeaders::default();
+    let mut rewrite = None;
     for f in r.objs(cx, "filters") {
         let Some(t) = f.req_str(cx, "type") else {
             continue;
         };
         if header_filter(cx, &f, &t, &mut rule_headers) {
+            continue;
+        }
+        if t == "URLRewrite" && kind == Kind::Http {
+            if rewrite.is_some() {
+                cx.fail(&f.at("type"), "only one URLRewrite filter is allowed");
+            }
+            rewrite = url_rewrite(cx, &f, &matches);
             continue;
         }
         if t != "RequestMirror" {
@@ -167,23 +181,57 @@ fn route_rule(
         cx.fail(&r.at("backendRefs"), "the weights add up to 0");
     }
 
+    // `request` bounds the whole exchange (every try); `backendRequest`
+    // each try: the retries' `per_try_timeout`, or the one try's timeout.
     let mut timeout = None;
+    let mut backend_request = None;
     if let Some(t) = r.obj(cx, "timeouts") {
-        t.fields(cx, &["request"], &[]);
-        if let Some(text) = t.str(cx, "request") {
-            let path = t.at("request");
+        t.fields(cx, &["request", "backendRequest"], &[]);
+        for (key, slot) in [
+            ("request", &mut timeout),
+            ("backendRequest", &mut backend_request),
+        ] {
+            let Some(text) = t.str(cx, key) else {
+                continue;
+            };
+            let path = t.at(key);
             match parse_k8s_duration(&text) {
                 Ok(d) if d.is_zero() => cx.fail(
                     &path,
                     "0s (no timeout) is not supported by shadowgate; give a duration",
                 ),
-                Ok(d) => timeout = Some((path, d)),
+                Ok(d) => *slot = Some((path, d)),
                 Err(e) => cx.fail(&path, e),
+            }
+        }
+        if let (Some((_, whole)), Some((path, each))) = (&timeout, &backend_request) {
+            if each > whole {
+                cx.fail(
+                    path,
+                    format!(
+                        "{} is longer than timeouts.request ({}); it must not be",
+                        super::build::format_duration(*each),
+                        super::build::format_duration(*whole)
+                    ),
+                );
             }
         }
     }
 
-    let retries = r.obj(cx, "retry").and_then(|o| retry(cx, &o));
+    let mut retries = r.obj(cx, "retry").and_then(|o| retry(cx, &o));
+    if let Some((path, each)) = backend_request {
+        match retries.as_mut() {
+            Some(policy) => {
+                policy.per_try_timeout = Some(super::build::format_duration(each));
+            }
+            // One try: its timeout is the exchange's.
+            None => {
+                if timeout.as_ref().is_none_or(|(_, whole)| each < *whole) {
+                    timeout = Some((path, each));
+                }
+            }
+        }
+    }
 
     if cx.errors.len() > before {
         return None;
@@ -191,6 +239,8 @@ fn route_rule(
     Some(Rule {
         headers: (rule_headers != RawRouteHeaders::default()).then_some(rule_headers),
         retries,
+        rewrite,
+        cors: None,
         origin: meta.object,
         base: meta.base(),
         index,
@@ -204,6 +254,69 @@ fn route_rule(
             object: format!("{}/{}", meta.namespace, meta.name),
         },
     })
+}
+
+/// A `URLRewrite` filter: `hostname`, and `path` with `ReplaceFullPath`
+/// or `ReplacePrefixMatch` (which needs every match to be a `PathPrefix`).
+fn url_rewrite(cx: &mut Cx, f: &Obj, matches: &[MatchEntry]) -> Option<RuleRewrite> {
+    f.fields(cx, &["type", "urlRewrite"], &[]);
+    let Some(u) = f.obj(cx, "urlRewrite") else {
+        cx.fail(&f.at("urlRewrite"), "is required");
+        return None;
+    };
+    u.fields(cx, &["hostname", "path"], &[]);
+    let authority = u.str(cx, "hostname").filter(|h| {
+        let ok = !h.contains(':') && super::valid_authority(h);
+        if !ok {
+            cx.fail(&u.at("hostname"), "must be a hostname like `example.com`");
+        }
+        ok
+    });
+    let mut path = None;
+    if let Some(p) = u.obj(cx, "path") {
+        p.fields(cx, &["type", "replaceFullPath", "replacePrefixMatch"], &[]);
+        let t = p.req_str(cx, "type").unwrap_or_default();
+        let key = match t.as_str() {
+            "ReplaceFullPath" => "replaceFullPath",
+            "ReplacePrefixMatch" => "replacePrefixMatch",
+            "" => return None,
+            other => {
+                cx.fail(
+                    &p.at("type"),
+                    format!("path rewrite type `{other}` is {NOT_SUPPORTED} (use ReplaceFullPath or ReplacePrefixMatch)"),
+                );
+                return None;
+            }
+        };
+        let value = p.str(cx, key);
+        let Some(value) = value else {
+            cx.fail(&p.at(key), "is required");
+            return None;
+        };
+        if !value.starts_with('/') || value.contains(['?', '#']) {
+            cx.fail(
+                &p.at(key),
+                "must be a path starting with `/`, without `?` or `#`",
+            );
+            return None;
+        }
+        if key == "replacePrefixMatch" {
+            let not_prefix = matches
+                .iter()
+                .any(|m| m.raw.path_exact.is_some() || m.raw.path_regex.is_some());
+            if not_prefix {
+                cx.fail(
+                    &p.at("type"),
+                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match",
+                );
+                return None;
+            }
+            path = Some(PathRewriteSpec::PrefixMatch(value));
+        } else {
+            path = Some(PathRewriteSpec::Full(value));
+        }
+    }
+    (path.is_some() || authority.is_some()).then_some(RuleRewrite { path, authority })
 }
 
 /// A `RequestHeaderModifier` or `ResponseHeaderModifier` filter, read

@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 
 use crate::config::raw::{
-    RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRouteHeaders,
+    RawCors, RawHeaderMatch, RawHeaderOps, RawHeaderRule, RawMatch, RawRetries, RawRouteHeaders,
 };
 
 use super::build::{istio_hosts, parse_k8s_duration, Registry, Target};
-use super::model::{Dest, Family, MatchEntry, MirrorDest, Rule, WeightedDest};
+use super::model::{
+    Dest, Family, MatchEntry, MirrorDest, PathRewriteSpec, Rule, RuleRewrite, WeightedDest,
+};
 use super::node::{join, Cx, Obj, NOT_SUPPORTED};
 use super::{check_header, check_method, check_regex, Meta};
 
@@ -149,14 +151,20 @@ fn http_route(
             "mirrorPercent",
             "headers",
             "retries",
+            "rewrite",
+            "corsPolicy",
         ],
         &[],
     );
     let before = cx.errors.len();
     let mut matches = Vec::new();
     for (j, m) in http.objs(cx, "match").into_iter().enumerate() {
-        if let Some(raw) = http_match(cx, &m) {
-            matches.push(MatchEntry { index: j, raw });
+        if let Some((raw, prefix)) = http_match(cx, &m) {
+            matches.push(MatchEntry {
+                index: j,
+                raw,
+                prefix,
+            });
         }
     }
 
@@ -244,6 +252,8 @@ fn http_route(
 
     let rule_headers = http.obj(cx, "headers").and_then(|h| headers(cx, &h));
     let retries = http.obj(cx, "retries").and_then(|r| retries(cx, &r));
+    let rewrite = http.obj(cx, "rewrite").and_then(|r| rewrite(cx, &r));
+    let cors = http.obj(cx, "corsPolicy").and_then(|c| cors_policy(cx, &c));
 
     if cx.errors.len() > before {
         return None;
@@ -251,6 +261,8 @@ fn http_route(
     Some(Rule {
         headers: rule_headers,
         retries,
+        rewrite,
+        cors,
         origin: meta.object,
         base: meta.base(),
         index,
@@ -412,8 +424,108 @@ fn retries(cx: &mut Cx, r: &Obj) -> Option<RawRetries> {
     })
 }
 
-/// An Istio `HTTPMatchRequest` → native match conditions (ANDed).
-fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
+/// An Istio `CorsPolicy`: `allowOrigins` (`exact`, `prefix`, `regex`; the
+/// deprecated `allowOrigin` list is exact), `allowMethods`,
+/// `allowHeaders`, `exposeHeaders`, `maxAge`, `allowCredentials`;
+/// `unmatchedPreflights: FORWARD` (the default) is what shadowgate does.
+fn cors_policy(cx: &mut Cx, c: &Obj) -> Option<RawCors> {
+    c.fields(
+        cx,
+        &[
+            "allowOrigins",
+            "allowOrigin",
+            "allowMethods",
+            "allowHeaders",
+            "exposeHeaders",
+            "maxAge",
+            "allowCredentials",
+            "unmatchedPreflights",
+        ],
+        &[],
+    );
+    let before = cx.errors.len();
+    let mut out = RawCors::default();
+    for o in c.objs(cx, "allowOrigins") {
+        match string_match(cx, &o) {
+            Some(StringMatch::Present) => cx.fail(&o.path, "give one of exact, prefix and regex"),
+            Some(m) => out.allow_origins.push(m.into_raw()),
+            None => {}
+        }
+    }
+    for (_, o) in c.strs(cx, "allowOrigin") {
+        out.allow_origins.push(RawHeaderMatch::Exact(o));
+    }
+    if out.allow_origins.is_empty() && cx.errors.len() == before {
+        cx.fail(&c.at("allowOrigins"), "needs at least one origin");
+    }
+    for (key, list, header) in [
+        ("allowMethods", &mut out.allow_methods, false),
+        ("allowHeaders", &mut out.allow_headers, true),
+        ("exposeHeaders", &mut out.expose_headers, true),
+    ] {
+        for (path, v) in c.strs(cx, key) {
+            let ok = v == "*"
+                || if header {
+                    check_header(cx, &path, &v).is_some()
+                } else {
+                    check_method(cx, &path, &v).is_some()
+                };
+            if ok {
+                list.push(v);
+            }
+        }
+    }
+    if let Some(text) = c.str(cx, "maxAge") {
+        match parse_k8s_duration(&text) {
+            Ok(d) => out.max_age = Some(super::build::format_duration(d)),
+            Err(e) => cx.fail(&c.at("maxAge"), e),
+        }
+    }
+    out.allow_credentials = c.bool(cx, "allowCredentials").filter(|b| *b);
+    if let Some(u) = c.str(cx, "unmatchedPreflights") {
+        if !matches!(u.as_str(), "FORWARD" | "UNSPECIFIED") {
+            cx.fail(
+                &c.at("unmatchedPreflights"),
+                format!("`{u}` is {NOT_SUPPORTED} (preflights from other origins are forwarded)"),
+            );
+        }
+    }
+    (cx.errors.len() == before).then_some(out)
+}
+
+/// An Istio `HTTPRewrite`: `uri` (replaces the matched prefix, or the
+/// whole path after an exact or regex match) and `authority`.
+fn rewrite(cx: &mut Cx, r: &Obj) -> Option<RuleRewrite> {
+    r.fields(cx, &["uri", "authority"], &[]);
+    let uri = r.str(cx, "uri").filter(|u| {
+        let ok = u.starts_with('/') && !u.contains(['?', '#']);
+        if !ok {
+            cx.fail(
+                &r.at("uri"),
+                "must be a path starting with `/`, without `?` or `#`",
+            );
+        }
+        ok
+    });
+    let authority = r.str(cx, "authority").filter(|a| {
+        let ok = super::valid_authority(a);
+        if !ok {
+            cx.fail(
+                &r.at("authority"),
+                "must be a host, with an optional `:port`",
+            );
+        }
+        ok
+    });
+    (uri.is_some() || authority.is_some()).then(|| RuleRewrite {
+        path: uri.map(PathRewriteSpec::Istio),
+        authority,
+    })
+}
+
+/// An Istio `HTTPMatchRequest` → native match conditions (ANDed), and the
+/// `uri.prefix` as written.
+fn http_match(cx: &mut Cx, m: &Obj) -> Option<(RawMatch, Option<String>)> {
     m.fields(
         cx,
         &[
@@ -428,6 +540,7 @@ fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
     );
     let before = cx.errors.len();
     let mut raw = RawMatch::default();
+    let mut prefix = None;
     let ignore_case = m.bool(cx, "ignoreUriCase").unwrap_or(false);
     if let Some(u) = m.obj(cx, "uri") {
         let case = if ignore_case { "(?i)" } else { "" };
@@ -439,9 +552,13 @@ fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
             // Istio's prefix is a plain string prefix (`/api` also takes
             // `/apix`); the native prefix works on path segments, so only
             // `/` maps to it directly.
-            Some(StringMatch::Prefix(p)) if p == "/" && !ignore_case => raw.path_prefix = Some(p),
+            Some(StringMatch::Prefix(p)) if p == "/" && !ignore_case => {
+                prefix = Some(p.clone());
+                raw.path_prefix = Some(p)
+            }
             Some(StringMatch::Prefix(p)) => {
-                raw.path_regex = Some(format!("{case}{}.*", regex::escape(&p)))
+                raw.path_regex = Some(format!("{case}{}.*", regex::escape(&p)));
+                prefix = Some(p);
             }
             Some(StringMatch::Regex(r)) => raw.path_regex = Some(format!("{case}{r}")),
             Some(StringMatch::Present) => cx.fail(&u.path, "give one of exact, prefix and regex"),
@@ -481,5 +598,5 @@ fn http_match(cx: &mut Cx, m: &Obj) -> Option<RawMatch> {
         };
         raw.query_params.insert(name, rule);
     }
-    (cx.errors.len() == before).then_some(raw)
+    (cx.errors.len() == before).then_some((raw, prefix))
 }

@@ -122,6 +122,14 @@ pub(crate) fn check_header(cx: &mut Cx, path: &str, name: &str) -> Option<String
         .ok()
 }
 
+/// Whether `a` is a host with an optional port, as a rewritten authority.
+pub(crate) fn valid_authority(a: &str) -> bool {
+    !a.is_empty()
+        && !a.contains('@')
+        && a.parse::<http::uri::Authority>()
+            .is_ok_and(|u| u.as_str() == a)
+}
+
 fn is_object(v: &Value) -> bool {
     v.as_mapping()
         .is_some_and(|m| m.contains_key("apiVersion") && m.contains_key("kind"))
@@ -356,6 +364,33 @@ fn merge_services(native: &[(String, RawConfig)], errors: &mut Vec<ConfigError>)
     registry
 }
 
+/// The `kube: {host_suffix}` of the native documents (given in one only).
+fn host_suffix(native: &[(String, RawConfig)], errors: &mut Vec<ConfigError>) -> Option<String> {
+    let mut found: Option<(&str, String)> = None;
+    for (file, raw) in native {
+        let Some(suffix) = raw.kube.as_ref().and_then(|k| k.host_suffix.clone()) else {
+            continue;
+        };
+        if let Some((first, _)) = &found {
+            errors.push(ConfigError::new(
+                file,
+                "kube.host_suffix",
+                format!("is also set in {first}; set it in one file only"),
+            ));
+            continue;
+        }
+        if suffix.contains(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.')) {
+            errors.push(ConfigError::new(
+                file,
+                "kube.host_suffix",
+                "may hold only letters, digits, `-` and `.`",
+            ));
+        }
+        found = Some((file, suffix));
+    }
+    found.map(|(_, s)| s)
+}
+
 /// Converts Kubernetes objects into native backends and routes, resolving
 /// destinations with the `services:` maps of the native documents.
 pub fn convert(
@@ -506,7 +541,8 @@ fn convert_noting(
             _ => {}
         }
     }
-    let raw = Builder::new(&registry, &origins, &mut errors).build(&rules);
+    let suffix = host_suffix(native, &mut errors);
+    let raw = Builder::new(&registry, &origins, &mut errors).build(&rules, suffix);
     if errors.is_empty() {
         Ok((raw, ignored))
     } else {

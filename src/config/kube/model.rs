@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::raw::{RawMatch, RawRetries, RawRouteHeaders};
+use crate::config::raw::{RawCors, RawMatch, RawRetries, RawRouteHeaders};
 
 /// A destination as written in a manifest: a Kubernetes service host (or
 /// another host given in `services:`), an optional subset and port.
@@ -45,6 +45,28 @@ pub struct MatchEntry {
     /// Position in the rule's match list (used in the route name).
     pub index: usize,
     pub raw: RawMatch,
+    /// An Istio `uri.prefix` as written (the native match holds it as a
+    /// regex): the prefix a `rewrite.uri` replaces.
+    pub prefix: Option<String>,
+}
+
+/// How a rule rewrites the path.
+#[derive(Debug, Clone)]
+pub enum PathRewriteSpec {
+    /// Istio `rewrite.uri`: replaces the matched prefix, or the whole path
+    /// after an exact or regex match.
+    Istio(String),
+    /// Gateway API `ReplaceFullPath`.
+    Full(String),
+    /// Gateway API `ReplacePrefixMatch` (needs `PathPrefix` matches).
+    PrefixMatch(String),
+}
+
+/// A rule's rewrite (Istio `rewrite`, Gateway API `URLRewrite`).
+#[derive(Debug, Clone, Default)]
+pub struct RuleRewrite {
+    pub path: Option<PathRewriteSpec>,
+    pub authority: Option<String>,
 }
 
 /// How routes of one kind of object are ordered among themselves.
@@ -79,5 +101,9 @@ pub struct Rule {
     pub headers: Option<RawRouteHeaders>,
     /// Retries of the primary request.
     pub retries: Option<RawRetries>,
+    /// Path and authority rewrites.
+    pub rewrite: Option<RuleRewrite>,
+    /// CORS policy (Istio `corsPolicy`).
+    pub cors: Option<RawCors>,
     pub family: Family,
 }

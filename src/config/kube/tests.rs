@@ -87,10 +87,10 @@ unsupported! {
         "{destination: {host: reviews}}",
         "{destination: {host: reviews}, headers: {upstream: {set: {x-a: b}}}}",
     ) => "(VirtualService reviews) spec.http[0].route[0].headers.upstream";
-    vs_rewrite: vs_with("rewrite: {uri: /v2}")
-        => "(VirtualService reviews) spec.http[0].rewrite";
-    vs_cors: vs_with("corsPolicy: {allowOrigins: [{exact: a.example.com}]}")
-        => "(VirtualService reviews) spec.http[0].corsPolicy";
+    vs_rewrite_regex: vs_with("rewrite: {uriRegexRewrite: {match: a, rewrite: b}}")
+        => "(VirtualService reviews) spec.http[0].rewrite.uriRegexRewrite";
+    vs_cors_other_field: vs_with("corsPolicy: {allowOrigins: [{exact: a.example.com}], allowPrivateNetwork: true}")
+        => "(VirtualService reviews) spec.http[0].corsPolicy.allowPrivateNetwork";
     vs_redirect: vs_with("redirect: {uri: /v1/bookRatings}")
         => "(VirtualService reviews) spec.http[0].redirect";
     vs_direct_response: "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [a.example.com]\n  http:\n  - directResponse: {status: 503}\n"
@@ -127,8 +127,6 @@ unsupported! {
         => "(DestinationRule reviews) spec.subsets[0].trafficPolicy";
     dr_workload_selector: "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  workloadSelector: {matchLabels: {app: web}}\n"
         => "(DestinationRule reviews) spec.workloadSelector";
-    route_backend_request_timeout: route_with("timeouts: {request: 10s, backendRequest: 2s}")
-        => "(HTTPRoute store) spec.rules[0].timeouts.backendRequest";
     route_session_persistence: route_with("sessionPersistence: {sessionName: s}")
         => "(HTTPRoute store) spec.rules[0].sessionPersistence";
     grpc_timeouts: GRPCROUTE.replace("  - backendRefs", "  - timeouts: {request: 5s}\n    backendRefs")
@@ -159,6 +157,12 @@ macro_rules! rejected {
 }
 
 rejected! {
+    vs_cors_unmatched_preflights_ignore: vs_with("corsPolicy: {allowOrigins: [{exact: a.example.com}], unmatchedPreflights: IGNORE}")
+        => "(VirtualService reviews) spec.http[0].corsPolicy.unmatchedPreflights",
+        "`IGNORE` is not supported by shadowgate (preflights from other origins are forwarded)";
+    vs_cors_without_origins: vs_with("corsPolicy: {allowMethods: [GET]}")
+        => "(VirtualService reviews) spec.http[0].corsPolicy.allowOrigins",
+        "needs at least one origin";
     vs_retry_on_unknown: vs_with("retries: {attempts: 3, retryOn: \"5xx,bogus\"}")
         => "(VirtualService reviews) spec.http[0].retries.retryOn",
         "retry condition `bogus` is not supported by shadowgate";
@@ -179,9 +183,12 @@ rejected! {
     route_two_request_modifiers: route_with("filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: a, value: b}]}}, {type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: c, value: d}]}}]")
         => "(HTTPRoute store) spec.rules[0].filters[1].type",
         "only one RequestHeaderModifier filter is allowed";
-    route_filter_url_rewrite: route_with("filters: [{type: URLRewrite, urlRewrite: {hostname: a.example.com}}]")
-        => "(HTTPRoute store) spec.rules[0].filters[0].type",
+    route_filter_url_rewrite_on_grpc: GRPCROUTE.replace("  - backendRefs", "  - filters: [{type: URLRewrite, urlRewrite: {hostname: a.example.com}}]\n    backendRefs")
+        => "(GRPCRoute greeter) spec.rules[0].filters[0].type",
         "filter type `URLRewrite` is not supported by shadowgate";
+    route_backend_request_over_request: route_with("timeouts: {request: 1s, backendRequest: 2s}")
+        => "(HTTPRoute store) spec.rules[0].timeouts.backendRequest",
+        "2s is longer than timeouts.request (1s); it must not be";
     route_filter_redirect: route_with("filters: [{type: RequestRedirect, requestRedirect: {scheme: https}}]")
         => "(HTTPRoute store) spec.rules[0].filters[0].type",
         "filter type `RequestRedirect` is not supported by shadowgate";
@@ -491,7 +498,7 @@ routes:
         )]),
         vec![
             "native.yaml: routes[0].bogus: unknown field `bogus`, expected one of \
-             `name`, `match`, `backend`, `split`, `mirrors`, `compare`, `secondary`, `noise`, `promotion`, `max_body_bytes`, `headers`, `retries` at line 1 column 33"
+             `name`, `match`, `backend`, `split`, `mirrors`, `compare`, `secondary`, `noise`, `promotion`, `max_body_bytes`, `headers`, `retries`, `rewrite`, `cors` at line 1 column 33"
         ]
     );
     // A native file next to manifests keeps its own name and paths.
