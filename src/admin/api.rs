@@ -212,6 +212,13 @@ pub struct StatusResponse {
     /// effect only on restart (the old values stay in force until then).
     #[serde(default)]
     pub restart_pending: Vec<String>,
+    /// `ok`, or `degraded` while a shared store (PostgreSQL) cannot be
+    /// reached: serving goes on with the last known state.
+    #[serde(default)]
+    pub store: String,
+    /// This replica's id (host or pod name and process id).
+    #[serde(default)]
+    pub replica: String,
 }
 
 /// The process's status now.
@@ -219,6 +226,8 @@ pub fn status(shared: &Shared) -> StatusResponse {
     StatusResponse {
         ready: shared.ready.load(std::sync::atomic::Ordering::Acquire),
         restart_pending: shared.restart_pending.lock().clone(),
+        store: shared.store.health().to_string(),
+        replica: shared.store.replica_id().to_string(),
     }
 }
 

@@ -574,6 +574,21 @@ impl Tally {
         state
     }
 
+    /// This tally with other tallies' exported states added (a fleet's
+    /// replicas): counts summed, examples bounded per endpoint as when
+    /// recording; this tally's thresholds and redaction kept.
+    pub fn merged_with(&self, others: impl IntoIterator<Item = TallyState>) -> Tally {
+        let mut state = self.export();
+        for o in others {
+            state.shadow.extend(o.shadow);
+            state.secondary.extend(o.secondary);
+        }
+        let mut merged = Tally::restore(state, self.limits, self.thresholds);
+        merged.route_thresholds = self.route_thresholds.clone();
+        merged.redactor = self.redactor.clone();
+        merged
+    }
+
     /// Rebuilds a tally from [`Tally::export`]ed data, applying `limits`
     /// (excess endpoints, fields and examples are folded or dropped as when
     /// recording). Repeated entries are added up.

@@ -34,6 +34,12 @@ pub enum PromoteError {
     AlreadyPromoted(String),
     #[error("route `{0}`: nothing to roll back")]
     NothingToRollBack(String),
+    #[error("the shared store cannot be reached, so the fleet's promotion state cannot change now (no replica switches alone): {0}")]
+    StoreUnavailable(String),
+    #[error(
+        "route `{0}`: another replica changed the promotion state just now; look again and retry"
+    )]
+    Stale(String),
 }
 
 /// `GET /api/v1/routes/{route}/promotion`
@@ -70,7 +76,10 @@ fn store_key(route: &str) -> String {
 /// Reads the stored switches and re-applies them, saying so when they
 /// override what the configuration names.
 pub fn load_book(store: &Store, config: &Config) -> Book {
-    let mut book = Book::default();
+    let mut book = Book {
+        version: store.switch_version().unwrap_or(0),
+        ..Book::default()
+    };
     let keys = store.keys("promotion:").unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot read stored promotions; starting from the configuration");
         Vec::new()
@@ -93,6 +102,49 @@ pub fn load_book(store: &Store, config: &Config) -> Book {
         }
     }
     book
+}
+
+/// Shared store: when the fleet's promotion state is newer than this
+/// replica's book, reads the switches and applies them (one runtime swap).
+/// Returns whether anything was applied. Off the async runtime: it reads
+/// the store.
+pub fn follow_fleet(shared: &Shared, version: u64) -> bool {
+    if shared.book.lock().version == version {
+        return false;
+    }
+    let store = &shared.store;
+    let Ok(version) = store.switch_version() else {
+        return false;
+    };
+    let Ok(keys) = store.keys("promotion:") else {
+        return false;
+    };
+    let mut switches = std::collections::BTreeMap::new();
+    for key in keys {
+        match store.get::<Switch>(&key) {
+            Ok(Some(s)) => {
+                switches.insert(key.trim_start_matches("promotion:").to_string(), s);
+            }
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+    }
+    {
+        let mut book = shared.book.lock();
+        if book.version >= version {
+            return false;
+        }
+        if book.switches != switches {
+            tracing::warn!(
+                version,
+                "fleet: promotion state changed on another replica; applying it"
+            );
+        }
+        book.switches = switches;
+        book.version = version;
+    }
+    shared.rebuild();
+    true
 }
 
 /// The promotion settings of a route: its `promotion:` block, or (for a
@@ -216,14 +268,32 @@ pub fn status(shared: &Shared, route: &str) -> Result<PromotionStatus, PromoteEr
     })
 }
 
-fn record(shared: &Shared, route: &str, entry: &HistoryEntry, switch: Option<&Switch>) {
+/// Persists a switch and its history entry, then counts and logs it. With
+/// a shared store the switch is refused unless the fleet's state was
+/// written (no replica switches alone), and the book takes the new version.
+fn record(
+    shared: &Shared,
+    route: &str,
+    entry: &HistoryEntry,
+    switch: Option<&Switch>,
+    book: &mut Book,
+) -> Result<(), PromoteError> {
     let store = &shared.store;
-    let saved = match switch {
-        Some(s) => store.put(&store_key(route), s),
-        None => store.delete(&store_key(route)),
-    };
-    if let Err(e) = saved.and_then(|_| store.append_event("promotion", route, entry, HISTORY)) {
-        tracing::error!(route = %route, error = %e, "cannot persist the promotion state; it holds until restart");
+    let expected = store.is_shared().then_some(book.version);
+    match store.record_switch(
+        &store_key(route),
+        switch,
+        ("promotion", route, entry, HISTORY),
+        expected,
+    ) {
+        Ok(Ok(version)) => book.version = version,
+        Ok(Err(_)) => return Err(PromoteError::Stale(route.to_string())),
+        Err(e) if store.is_shared() => {
+            return Err(PromoteError::StoreUnavailable(e.to_string()));
+        }
+        Err(e) => {
+            tracing::error!(route = %route, error = %e, "cannot persist the promotion state; it holds until restart");
+        }
     }
     shared
         .telemetry
@@ -240,6 +310,7 @@ fn record(shared: &Shared, route: &str, entry: &HistoryEntry, switch: Option<&Sw
         trigger = %entry.trigger, forced = entry.forced, figures = %entry.reason,
         "promotion: {} {} -> {} ({}% of traffic)", entry.action, entry.from, entry.to, entry.share
     );
+    Ok(())
 }
 
 /// Promotes `to` (default: the configured candidate) on `route`. Refused
@@ -320,13 +391,13 @@ pub fn promote(
             forced: force && judgement.verdict != Verdict::Ready,
             reason: judgement.describe(),
         };
+        // Recorded under the book's lock: `status` reads the state and the
+        // history under it too, so nobody sees one without the other.
+        record(shared, route, &entry, Some(&switch), &mut book)?;
         book.switches.insert(route.to_string(), switch.clone());
         if trigger == "manual" {
             book.held.remove(route);
         }
-        // Recorded under the book's lock: `status` reads the state and the
-        // history under it too, so nobody sees one without the other.
-        record(shared, route, &entry, Some(&switch));
         drop(book);
     }
     shared.rebuild();
@@ -348,14 +419,9 @@ pub fn rollback(
         let rt = shared.runtime.load();
         find(&rt, route)?;
         let mut book = shared.book.lock();
-        let Some(switch) = book.switches.remove(route) else {
+        let Some(switch) = book.switches.get(route).cloned() else {
             return Err(PromoteError::NothingToRollBack(route.to_string()));
         };
-        if trigger == "auto" {
-            book.held.insert(route.to_string());
-        } else {
-            book.held.remove(route);
-        }
         let entry = HistoryEntry {
             at: rfc3339_now(),
             action: "rollback".into(),
@@ -367,7 +433,13 @@ pub fn rollback(
             reason: reason.to_string(),
         };
         // Under the book's lock, as in `promote`.
-        record(shared, route, &entry, None);
+        record(shared, route, &entry, None, &mut book)?;
+        book.switches.remove(route);
+        if trigger == "auto" {
+            book.held.insert(route.to_string());
+        } else {
+            book.held.remove(route);
+        }
         drop(book);
     }
     shared.rebuild();
