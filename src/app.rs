@@ -150,6 +150,10 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         shared.clone(),
         stop_rx.clone(),
     ));
+    tokio::spawn(crate::promote::fleet::share_windows(
+        shared.clone(),
+        stop_rx.clone(),
+    ));
     tokio::spawn(crate::promote::controller::run(
         shared.clone(),
         stop_rx.clone(),

@@ -239,6 +239,40 @@ async fn three_replicas_report_one_tally_and_switch_as_one() {
         assert_eq!(r["endpoints"], reports[0]["endpoints"], "{reports:?}");
     }
 
+    // Window figures: each replica's own, and the fleet's (all three merged).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = fleet[1].get(&c, "/api/v1/stats").await;
+        let own = &st["routes"][0]["targets"][0]["windows"]["1m"]["requests"];
+        let all = &st["fleet"][0]["targets"][0]["windows"]["1m"]["requests"];
+        assert_eq!(own, 10, "{st}");
+        if all == 30 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fleet totals never reached 30: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = Command::new(BIN)
+        .args(["status", "--admin", &format!("http://{}", fleet[2].admin)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("window: last 1m\nREPLICA"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("replica-3-") && l.contains(" primary ")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("fleet ") && l.contains(" 30 ")),
+        "{text}"
+    );
+
     // Every replica is registered and alive.
     let f = fleet[0].get(&c, "/api/v1/fleet").await;
     assert_eq!(f["shared"], true, "{f}");

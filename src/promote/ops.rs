@@ -159,6 +159,7 @@ fn settings(route: &Route) -> Option<PromotionConfig> {
 }
 
 fn summary_of(
+    shared: &Shared,
     route: &Route,
     backend: &str,
     primary_role: bool,
@@ -177,34 +178,43 @@ fn summary_of(
             .map(|m| &m.metrics)
             .find(|m| m.labels.backend == backend)
     };
-    found
+    let local = found
         .map(|m| m.window.summary(cfg.window))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // In a fleet: the other replicas' traffic too.
+    let role = if primary_role { "primary" } else { "mirror" };
+    let key = super::fleet::window_key(&route.name, role, backend, cfg.window);
+    super::fleet::with_fleet(shared, local, &key)
 }
 
 /// Judges the candidate of `route` against its baseline, in its current state.
-fn judge_route(route: &Route, switch: Option<&Switch>, cfg: &PromotionConfig) -> Judgement {
+fn judge_route(
+    shared: &Shared,
+    route: &Route,
+    switch: Option<&Switch>,
+    cfg: &PromotionConfig,
+) -> Judgement {
     // `mirror`: the mirror whose comparisons judge the pair.
     let (baseline, candidate, mirror) = match switch {
         // Promoted: the new primary against the old, now a mirror.
         Some(s) if s.share >= 100 => (
-            summary_of(route, &s.from, false, cfg),
-            summary_of(route, &s.to, true, cfg),
+            summary_of(shared, route, &s.from, false, cfg),
+            summary_of(shared, route, &s.to, true, cfg),
             s.from.as_str(),
         ),
         // Stepping: both answer live traffic; the candidate is still mirrored too.
         Some(s) => (
-            summary_of(route, &s.from, true, cfg),
-            summary_of(route, &s.to, true, cfg),
+            summary_of(shared, route, &s.from, true, cfg),
+            summary_of(shared, route, &s.to, true, cfg),
             s.to.as_str(),
         ),
         None => (
-            summary_of(route, &route.config.backend, true, cfg),
-            summary_of(route, &cfg.mirror, false, cfg),
+            summary_of(shared, route, &route.config.backend, true, cfg),
+            summary_of(shared, route, &cfg.mirror, false, cfg),
             cfg.mirror.as_str(),
         ),
     };
-    let compare = summary_of(route, mirror, false, cfg);
+    let compare = summary_of(shared, route, mirror, false, cfg);
     let compares = route
         .config
         .mirrors
@@ -238,7 +248,7 @@ pub fn status(shared: &Shared, route: &str) -> Result<PromotionStatus, PromoteEr
         to: "(none)".into(),
         mirrors: "none".into(),
     })?;
-    let judgement = judge_route(r, switch, &cfg);
+    let judgement = judge_route(shared, r, switch, &cfg);
     let configured = rt
         .config
         .routes
@@ -353,7 +363,7 @@ pub fn promote(
         }
         cfg.mirror = to.clone();
         let current = book.switches.get(route).cloned();
-        let judgement = judge_route(r, current.as_ref(), &cfg);
+        let judgement = judge_route(shared, r, current.as_ref(), &cfg);
         if judgement.verdict != Verdict::Ready && !force {
             return Err(PromoteError::GatesFail {
                 route: route.to_string(),
@@ -475,7 +485,7 @@ pub fn auto_pass(
             let book = shared.book.lock();
             (book.switches.get(&name).cloned(), book.held.contains(&name))
         };
-        let judgement = judge_route(r, switch.as_ref(), cfg);
+        let judgement = judge_route(shared, r, switch.as_ref(), cfg);
         match (&switch, judgement.verdict) {
             (Some(_), Verdict::NotReady) => {
                 let _ = rollback(shared, &name, "auto", &judgement.describe());

@@ -470,6 +470,11 @@ pub struct Shared {
     pub restart_pending: parking_lot::Mutex<Vec<String>>,
     /// Held while a reload reads and applies files, so two never interleave.
     pub reloading: parking_lot::Mutex<()>,
+    /// With a shared store: the other live replicas' window summaries,
+    /// merged, by `promote::fleet::window_key` (empty otherwise).
+    pub fleet_windows: parking_lot::Mutex<
+        std::collections::HashMap<String, crate::telemetry::window::WindowSummary>,
+    >,
 }
 
 impl Shared {
@@ -499,6 +504,7 @@ impl Shared {
             started,
             restart_pending: parking_lot::Mutex::new(Vec::new()),
             reloading: parking_lot::Mutex::new(()),
+            fleet_windows: parking_lot::Mutex::new(std::collections::HashMap::new()),
         })
     }
 

@@ -222,6 +222,29 @@ impl Store {
         }
     }
 
+    /// Writes this replica's window summaries (shared store; no-op otherwise).
+    pub fn put_replica_windows<T: Serialize>(&self, value: &T) -> Result<(), StoreError> {
+        match &self.pg {
+            Some(pg) => pg.put_windows(&self.replica, encode(value)?),
+            None => Ok(()),
+        }
+    }
+
+    /// The other live replicas' window summaries (written within 3
+    /// heartbeats); empty with a local store.
+    pub fn other_replica_windows<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        let (Some(pg), Some(f)) = (&self.pg, self.fleet.get()) else {
+            return Ok(Vec::new());
+        };
+        pg.windows(
+            &self.replica,
+            (f.heartbeat * fleet::MISSED_HEARTBEATS).max(std::time::Duration::from_secs(3)),
+        )?
+        .into_iter()
+        .map(|(_, text)| decode(&text))
+        .collect()
+    }
+
     /// Every replica's stored tally, by replica id (shared store; empty otherwise).
     pub fn replica_states<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
         let Some(pg) = &self.pg else {

@@ -64,6 +64,12 @@ const MIGRATIONS: &[&str] = &[
         version BIGINT NOT NULL
      );
      INSERT INTO fleet_state(id, version) VALUES (1, 0);",
+    // 2: each replica's window summaries (gates judge the whole fleet).
+    "CREATE TABLE windows (
+        replica TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        updated_ms BIGINT NOT NULL
+     );",
 ];
 
 /// The TLS a connection uses, from the URL's `sslmode`.
@@ -438,6 +444,36 @@ impl PgStore {
             let rows = c
                 .query("SELECT replica, state FROM tallies ORDER BY replica", &[])
                 .await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                .collect())
+        })
+    }
+}
+
+impl PgStore {
+    /// Overwrites this replica's window summaries.
+    pub fn put_windows(&self, replica: &str, text: String) -> Result<(), StoreError> {
+        let replica = replica.to_string();
+        let sql = format!(
+            "INSERT INTO windows(replica, state, updated_ms) VALUES ($1, $2, {DB_NOW_MS})
+             ON CONFLICT(replica) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms"
+        );
+        self.with_client("store the window summaries", move |c| async move {
+            c.execute(&sql, &[&replica, &text]).await.map(|_| ())
+        })
+    }
+
+    /// The window summaries written within `fresh` by replicas other than `me`.
+    pub fn windows(&self, me: &str, fresh: Duration) -> Result<Vec<(String, String)>, StoreError> {
+        let me = me.to_string();
+        let fresh = fresh.as_millis() as i64;
+        let sql = format!(
+            "SELECT replica, state FROM windows WHERE replica <> $1 AND updated_ms > {DB_NOW_MS} - $2"
+        );
+        self.with_client("read the window summaries", move |c| async move {
+            let rows = c.query(&sql, &[&me, &fresh]).await?;
             Ok(rows
                 .iter()
                 .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))

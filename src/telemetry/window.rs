@@ -328,6 +328,63 @@ pub struct WindowSummary {
     pub latency: Vec<u64>,
 }
 
+/// A [`WindowSummary`]'s counts as plain data, for a fleet's shared store:
+/// each replica publishes its own, and the others merge them exactly (the
+/// same bucket edges everywhere).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SummaryRecord {
+    pub seconds: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub compared: u64,
+    pub different: u64,
+    pub dropped: Vec<u64>,
+    pub failed: Vec<u64>,
+    pub latency: Vec<u64>,
+}
+
+impl From<&WindowSummary> for SummaryRecord {
+    fn from(s: &WindowSummary) -> Self {
+        SummaryRecord {
+            seconds: s.seconds,
+            requests: s.requests,
+            errors: s.errors,
+            compared: s.compared,
+            different: s.different,
+            dropped: s.dropped.to_vec(),
+            failed: s.failed.to_vec(),
+            latency: s.latency.clone(),
+        }
+    }
+}
+
+impl SummaryRecord {
+    /// Back to a summary (percentiles recomputed from the buckets).
+    pub fn summary(&self) -> WindowSummary {
+        let mut s = WindowSummary {
+            seconds: self.seconds,
+            requests: self.requests,
+            errors: self.errors,
+            compared: self.compared,
+            different: self.different,
+            ..WindowSummary::default()
+        };
+        for (a, b) in s.dropped.iter_mut().zip(&self.dropped) {
+            *a = *b;
+        }
+        for (a, b) in s.failed.iter_mut().zip(&self.failed) {
+            *a = *b;
+        }
+        s.latency = vec![0; LATENCY_BUCKETS];
+        for (a, b) in s.latency.iter_mut().zip(&self.latency) {
+            *a = *b;
+        }
+        s.update_percentiles();
+        s
+    }
+}
+
 impl WindowSummary {
     /// Adds `other`'s counts to these and recomputes the percentiles from
     /// the summed buckets. `seconds` becomes the longer of the two spans.
