@@ -358,6 +358,10 @@ pub fn keep_restart_only(started: &Config, new: &mut Config) -> Vec<String> {
         pending.push("store".into());
         new.store = started.store.clone();
     }
+    if new.fleet_heartbeat != started.fleet_heartbeat {
+        pending.push("fleet_heartbeat".into());
+        new.fleet_heartbeat = started.fleet_heartbeat;
+    }
     let (n, s) = (&new.comparison, &started.comparison);
     for (key, differs) in [
         ("comparison.workers", n.workers != s.workers),
