@@ -445,6 +445,8 @@ async fn a_database_outage_never_reaches_clients_and_nothing_counts_twice() {
     let c = client();
     spread(&fleet, &c, 30).await;
     until_compared(&fleet, &c, 30, Duration::from_secs(20)).await;
+    let before = fleet[2].get(&c, "/api/v1/fleet").await;
+    assert_eq!(before["store"], "ok", "{before}");
 
     // Stop PostgreSQL under load: every client request still succeeds.
     let addrs: Vec<SocketAddr> = fleet.iter().map(|r| r.listen).collect();

@@ -38,7 +38,7 @@ pub fn fleet(shared: &Shared) -> FleetResponse {
         replica: store.replica_id().to_string(),
         leader: store.is_shared() && store.may_judge(),
         state_version: shared.book.lock().version,
-        replicas: store.replicas().unwrap_or_default(),
+        replicas: store.replicas(),
         store: store.health().to_string(),
     }
 }

@@ -53,6 +53,8 @@ pub struct Store {
     fleet: std::sync::OnceLock<fleet::Fleet>,
     /// This replica's id.
     replica: String,
+    /// The registry as last read (shown while the database is unreachable).
+    last_replicas: parking_lot::Mutex<Vec<fleet::ReplicaRow>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -121,6 +123,7 @@ impl Store {
             pg,
             fleet: std::sync::OnceLock::new(),
             replica: fleet::replica_id(),
+            last_replicas: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -170,11 +173,18 @@ impl Store {
         }
     }
 
-    /// The registered replicas (empty with a local store).
-    pub fn replicas(&self) -> Result<Vec<fleet::ReplicaRow>, StoreError> {
-        match (&self.pg, self.fleet.get()) {
-            (Some(pg), Some(f)) => pg.replicas(f.heartbeat),
-            _ => Ok(Vec::new()),
+    /// The registered replicas (empty with a local store); while the
+    /// database cannot be reached, the list as last read.
+    pub fn replicas(&self) -> Vec<fleet::ReplicaRow> {
+        let (Some(pg), Some(f)) = (&self.pg, self.fleet.get()) else {
+            return Vec::new();
+        };
+        match pg.replicas(f.heartbeat) {
+            Ok(rows) => {
+                *self.last_replicas.lock() = rows.clone();
+                rows
+            }
+            Err(_) => self.last_replicas.lock().clone(),
         }
     }
 
