@@ -999,6 +999,42 @@ mod tests {
     }
 
     #[test]
+    fn merging_replicas_adds_counts_and_bounds_examples() {
+        let example = || Example {
+            request: ExampleRequest {
+                method: "GET".into(),
+                uri: "/a".into(),
+                headers: vec![],
+            },
+            ..Example::default()
+        };
+        let limits = TallyLimits {
+            max_examples: 2,
+            ..TallyLimits::default()
+        };
+        let replica = |n: usize| {
+            let mut t = Tally::new(limits, NoiseThresholds::default());
+            for _ in 0..n {
+                t.record_shadow("api", "v2", "GET /a", &outcome(&["$.x"]), example);
+            }
+            t
+        };
+        let (a, b, c) = (replica(3), replica(4), replica(5));
+        let merged = a.merged_with([b.export(), c.export()]);
+        let report = merged.route_report("api");
+        let before = a.route_report("api");
+        assert_eq!(
+            serde_json::to_value(&report).unwrap()["endpoints"][0]["compared"],
+            12
+        );
+        assert_eq!(
+            serde_json::to_value(&before).unwrap()["endpoints"][0]["compared"],
+            3
+        );
+        assert_eq!(merged.examples("api", "v2", "GET /a").len(), 2);
+    }
+
+    #[test]
     fn export_restore_round_trip() {
         let mut t = Tally::default();
         for _ in 0..12 {

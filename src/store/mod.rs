@@ -507,6 +507,16 @@ mod tests {
     }
 
     #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact_url("postgres://sg:pw@db:5432/x?sslmode=require"),
+            "postgres://sg:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(redact_url("postgresql://sg@db/x"), "postgresql://sg@db/x");
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+    }
+
+    #[test]
     fn memory_store_keeps_nothing_on_disk() {
         let s = Store::open(&StoreLocation::Memory).unwrap();
         s.put("k", &1).unwrap();

@@ -502,3 +502,43 @@ async fn insert_event(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_chooses_the_connector() {
+        let tls = |url: &str| Tls::for_config(&crate::config::postgres_config(url).unwrap());
+        assert!(matches!(tls("postgres://a@h/d?sslmode=disable"), Tls::None));
+        for mode in ["prefer", "require", "verify-ca", "verify-full"] {
+            assert!(
+                matches!(
+                    tls(&format!("postgres://a@h/d?sslmode={mode}")),
+                    Tls::Rustls(_)
+                ),
+                "{mode}"
+            );
+        }
+        assert!(matches!(tls("postgresql://a@h/d"), Tls::Rustls(_)));
+    }
+
+    #[test]
+    fn an_unreachable_database_fails_the_open_in_bounded_time() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let started = std::time::Instant::now();
+        let err = PgStore::open(&format!(
+            "postgres://sg:secret@127.0.0.1:{port}/db?sslmode=disable"
+        ))
+        .err()
+        .expect("nothing listens there");
+        assert!(started.elapsed() < OP_TIMEOUT + Duration::from_secs(2));
+        let text = err.to_string();
+        assert!(text.contains("PostgreSQL"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+}

@@ -430,6 +430,32 @@ impl WindowSummary {
 mod tests {
     use super::*;
 
+    #[test]
+    fn summaries_survive_the_store_and_merge_exactly() {
+        let (a, b) = (Window::default(), Window::default());
+        for ms in [1u64, 2, 5, 40, 300] {
+            a.record(Duration::from_millis(ms), ms > 100);
+            b.record(Duration::from_millis(ms * 2), false);
+        }
+        b.record_compare(true);
+        let span = Duration::from_secs(60);
+        let (sa, sb) = (a.summary(span), b.summary(span));
+        let text = serde_json::to_string(&SummaryRecord::from(&sb)).unwrap();
+        let back: SummaryRecord = serde_json::from_str(&text).unwrap();
+        let sb2 = back.summary();
+        assert_eq!((sb2.requests, sb2.compared, sb2.different), (5, 1, 1));
+        assert_eq!(sb2.latency, sb.latency);
+        assert_eq!(sb2.p99_ms, sb.p99_ms);
+        let mut merged = sa.clone();
+        merged.merge(&sb2);
+        let mut exact = sa;
+        exact.merge(&sb);
+        assert_eq!(merged.requests, 10);
+        assert_eq!(merged.errors, 1);
+        assert_eq!(merged.latency, exact.latency);
+        assert_eq!(merged.p50_ms, exact.p50_ms);
+    }
+
     /// The window tracks every reason and kind the events know (a missing
     /// one is silently not counted: `memory` was, when it was added).
     #[test]
