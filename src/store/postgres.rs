@@ -530,7 +530,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let err = PgStore::open(&format!(
             "postgres://sg:secret@127.0.0.1:{port}/db?sslmode=disable"
         ))
