@@ -300,11 +300,23 @@ async fn three_replicas_report_one_tally_and_switch_as_one() {
     eprintln!("promotion reached replicas 2 and 3 in {took:?}");
     until_served(&[&fleet[0]], &c, "2", Duration::from_millis(100)).await;
 
-    // Roll back through replica 3: all serve v1.
-    let (status, body) = fleet[2]
-        .api(&c, Method::POST, "/api/v1/routes/shop/rollback", "")
-        .await;
-    assert_eq!(status, 200, "{body}");
+    // Roll back through replica 3's CLI: all serve v1.
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "rollback",
+            "shop",
+            "--admin",
+            &format!("http://{}", fleet[2].admin),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let refs: Vec<&Replica> = fleet.iter().collect();
     let took = until_served(&refs, &c, "1", Duration::from_secs(1)).await;
     eprintln!("rollback reached every replica in {took:?}");
