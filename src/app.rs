@@ -167,14 +167,33 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
         ));
     }
 
+    // A shared store (PostgreSQL): register, follow the fleet's switches.
+    shared
+        .store
+        .join_fleet(admin_addr.to_string(), shared.started.fleet_heartbeat);
+    tokio::spawn(crate::promote::controller::follow(
+        shared.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(crate::promote::fleet::share_windows(
+        shared.clone(),
+        stop_rx.clone(),
+    ));
     tokio::spawn(crate::promote::controller::run(
         shared.clone(),
         stop_rx.clone(),
     ));
+    // Shared: about one write a second per replica, so the fleet's report
+    // is current; local: every 5 s.
+    let persist_every = if shared.store.is_shared() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    };
     let persisting = tokio::spawn(crate::compare::persist_loop(
         shared.comparison.clone(),
         shared.store.clone(),
-        Duration::from_secs(5),
+        persist_every,
         stop_rx.clone(),
     ));
 
@@ -371,6 +390,10 @@ pub fn keep_restart_only(started: &Config, new: &mut Config) -> Vec<String> {
     if new.store != started.store {
         pending.push("store".into());
         new.store = started.store.clone();
+    }
+    if new.fleet_heartbeat != started.fleet_heartbeat {
+        pending.push("fleet_heartbeat".into());
+        new.fleet_heartbeat = started.fleet_heartbeat;
     }
     let (n, s) = (&new.comparison, &started.comparison);
     for (key, differs) in [

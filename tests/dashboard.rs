@@ -6,6 +6,8 @@
 //!
 //! Screenshots are written to `target/test-artifacts/`.
 
+#[path = "support/postgres.rs"]
+mod pg;
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
@@ -1274,4 +1276,83 @@ async fn grafana_dashboard_queries_existing_metrics() {
     ] {
         assert!(all.contains(word), "no panel about {word}: {all}");
     }
+}
+
+/// With a shared store (a throwaway PostgreSQL cluster) the traffic view
+/// shows the fleet: every replica, this one marked, the store's health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_fleet_and_each_replica() {
+    require_chromium();
+    let _one_browser = BROWSER_LOCK.lock().await;
+    let db = pg::Postgres::start();
+    let v1 = TestBackend::new().spawn().await;
+    let v2 = TestBackend::new().spawn().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: \"{}\"\n\
+         backends:\n  v1: {{ endpoints: [\"{}\"] }}\n  v2: {{ endpoints: [\"{}\"] }}\n\
+         routes:\n  - name: shop\n    backend: v1\n    mirrors: [{{ backend: v2, compare: true }}]\n",
+        db.url(),
+        v1.addr,
+        v2.addr
+    );
+    let config = shadowgate::config::from_yaml("fleet.yaml", &yaml).unwrap();
+    let proxy = shadowgate::app::start(config, shadowgate::app::StartOptions::default())
+        .await
+        .unwrap();
+    // A second replica: the real binary under another name.
+    let file = db.dir().join("other.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let _other = Command::new(env!("CARGO_BIN_EXE_shadowgate"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .env("HOSTNAME", "other-replica")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let me = admin_get(proxy.admin_addr, "/api/v1/status", None)
+        .await
+        .json()["replica"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("http://{}/?interval=500", proxy.admin_addr))
+        .await;
+    let rows = browser
+        .wait_for(
+            "both replicas in the fleet table",
+            "var r = Array.from(document.querySelectorAll('#fleet tbody tr')).map(function (t) { return [t.dataset.replica, t.dataset.me, t.dataset.alive]; }); return r.length === 2 ? r : null",
+            json!([]),
+        )
+        .await;
+    let rows = rows.as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r[0] == me.as_str() && r[1] == "true" && r[2] == "true"),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[0].as_str().unwrap().starts_with("other-replica-")
+                && r[1] == "false"
+                && r[2] == "true"),
+        "{rows:?}"
+    );
+    let store = browser
+        .js(
+            "var s = document.querySelector('#fleet [data-store]'); return s && !document.getElementById('fleet').hidden ? s.dataset.store : null",
+            json!([]),
+        )
+        .await;
+    assert_eq!(store, "ok");
+    let shot = browser.screenshot("dashboard-fleet.png").await;
+    eprintln!("screenshot: {}", shot.display());
+    let errors = browser.errors(&[]).await;
+    assert!(errors.is_empty(), "the page reported errors:\n{errors:#?}");
+    browser.quit().await;
+    proxy.shutdown().await;
 }

@@ -127,6 +127,21 @@ fn gateway_config_loads() {
 }
 
 #[test]
+fn fleet_config_loads_with_the_store_url_from_its_secret() {
+    let c = load("deploy/kubernetes/fleet");
+    assert!(
+        matches!(&c.store, shadowgate::config::StoreLocation::Postgres(url) if url.starts_with("postgres://")),
+        "{:?}",
+        c.store
+    );
+    assert!(c.admin_token.is_some());
+    assert_eq!(summary(&c), summary(&load("deploy/kubernetes/gateway")));
+    let objs = objects("deploy/kubernetes/fleet");
+    let deployment = objs.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
+}
+
+#[test]
 fn sidecar_config_loads() {
     let c = load("deploy/kubernetes/sidecar");
     assert_eq!(c.listeners[0].address.to_string(), "0.0.0.0:15000");

@@ -1,4 +1,4 @@
-// The dashboard: polls /api/v1/stats and /api/v1/routes, keeps the last
+// The dashboard: polls /api/v1/stats, /api/v1/routes and /api/v1/fleet, keeps the last
 // five minutes of what it read, and shows each route's primary and mirrors
 // side by side — numbers for the chosen window and charts of their history.
 (function () {
@@ -27,6 +27,7 @@
     promotion: {}, // route -> {supported, data, checked}
     polls: 0,
     failures: 0,
+    fleet: null, // /api/v1/fleet, when the store is shared
   };
 
   // --- the admin API -------------------------------------------------------
@@ -378,6 +379,16 @@
     }));
   }
 
+  // Only a replica on a shared store (its stats carry `fleet`) has a fleet
+  // to show; a failure keeps what was shown.
+  function probeFleet(stats) {
+    if (!stats.fleet) {
+      state.fleet = null;
+      return null;
+    }
+    return getJson('api/v1/fleet').then(function (f) { state.fleet = f; }, function () {});
+  }
+
   var diffs = window.ShadowDiffs.create({
     container: document.getElementById('diffs'),
     getJson: getJson,
@@ -399,7 +410,7 @@
       var stats = res[0];
       var routes = res[1].routes || [];
       var names = stats.routes.map(function (r) { return r.route; });
-      var extra = [probePromotions(names), diffs.refresh(currentView() === 'diffs')];
+      var extra = [probePromotions(names), diffs.refresh(currentView() === 'diffs'), probeFleet(stats)];
       // The first drawing waits for the optional panels, so they do not push things around later.
       return (state.polls === 0 ? Promise.all(extra) : Promise.resolve()).then(function () {
         return { stats: stats, routes: routes };
@@ -422,6 +433,37 @@
     });
   }
 
+  // The fleet: every replica on the shared store, this one marked.
+  function renderFleet() {
+    var box = document.getElementById('fleet');
+    var f = state.fleet;
+    if (!f || !f.shared) {
+      box.hidden = true;
+      return;
+    }
+    var alive = f.replicas.filter(function (r) { return r.alive; }).length;
+    var rows = f.replicas.map(function (r) {
+      var me = r.id === f.replica;
+      var notes = [];
+      if (me) notes.push('this replica');
+      if (me && f.leader) notes.push('leader');
+      return el('tr', { dataset: { replica: r.id, alive: r.alive, me: me } },
+        el('td', null, r.id),
+        el('td', null, r.admin),
+        el('td', null, r.version),
+        el('td', null, r.alive ? (r.last_seen_ms_ago / 1000).toFixed(1) + ' s ago' : 'gone'),
+        el('td', null, notes.join(', ')));
+    });
+    D.clear(box);
+    box.appendChild(el('h2', null,
+      'Fleet · ' + alive + ' of ' + f.replicas.length + ' replicas alive · state version ' + f.state_version + ' · store ',
+      el('span', { className: f.store === 'ok' ? 'store-ok' : 'store-degraded', dataset: { store: f.store } }, f.store)));
+    box.appendChild(el('table', null,
+      el('thead', null, el('tr', null, ['replica', 'admin', 'version', 'last seen', ''].map(function (h) { return el('th', null, h); }))),
+      el('tbody', null, rows)));
+    box.hidden = false;
+  }
+
   function show(stats, routes) {
     var now = Date.now();
     state.stats = stats;
@@ -435,6 +477,7 @@
     renderNumbers();
     renderCharts();
     renderPromotion();
+    renderFleet();
     state.polls += 1;
     state.failures = 0;
     document.body.dataset.polls = String(state.polls);

@@ -54,6 +54,13 @@ pub struct MirrorInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatsResponse {
     pub routes: Vec<RouteStats>,
+    /// With a shared store (a fleet): the same figures over every live
+    /// replica (this one's and the others', merged); absent otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fleet: Vec<RouteStats>,
+    /// This replica's id (the `routes` figures are its own).
+    #[serde(default)]
+    pub replica: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -129,17 +136,22 @@ impl From<&WindowSummary> for WindowStats {
     }
 }
 
-fn target_stats(t: &TargetMetrics) -> TargetStats {
+/// A target's figures; with `fleet` (shared, route) the other replicas' added.
+fn fleet_target_stats(fleet: Option<(&Shared, &str)>, t: &TargetMetrics) -> TargetStats {
+    let role = t.labels.role.as_str();
     TargetStats {
         backend: t.labels.backend.clone(),
-        role: t.labels.role.as_str().to_string(),
+        role: role.to_string(),
         windows: WINDOWS
             .iter()
             .map(|(name, span)| {
-                (
-                    name.to_string(),
-                    WindowStats::from(&t.window.summary(*span)),
-                )
+                let mut s = t.window.summary(*span);
+                if let Some((shared, route)) = fleet {
+                    let key =
+                        crate::promote::fleet::window_key(route, role, &t.labels.backend, *span);
+                    s = crate::promote::fleet::with_fleet(shared, s, &key);
+                }
+                (name.to_string(), WindowStats::from(&s))
             })
             .collect(),
     }
@@ -148,24 +160,37 @@ fn target_stats(t: &TargetMetrics) -> TargetStats {
 /// Current statistics of every route.
 pub fn stats(shared: &Shared) -> StatsResponse {
     let rt = shared.runtime.load();
-    StatsResponse {
-        routes: rt
-            .routes
+    let routes = |fleet: bool| -> Vec<RouteStats> {
+        rt.routes
             .iter()
             .map(|r| {
-                let mut targets = vec![target_stats(&r.primary_metrics)];
+                let with = fleet.then_some((shared, &*r.name));
+                let mut targets = vec![fleet_target_stats(with, &r.primary_metrics)];
                 for (_, m, _) in &r.split {
                     if m.labels.backend != r.primary_metrics.labels.backend {
-                        targets.push(target_stats(m));
+                        targets.push(fleet_target_stats(with, m));
                     }
                 }
-                targets.extend(r.mirrors.iter().map(|m| target_stats(&m.metrics)));
+                targets.extend(
+                    r.mirrors
+                        .iter()
+                        .map(|m| fleet_target_stats(with, &m.metrics)),
+                );
                 RouteStats {
                     route: r.name.to_string(),
                     targets,
                 }
             })
-            .collect(),
+            .collect()
+    };
+    StatsResponse {
+        routes: routes(false),
+        fleet: if shared.store.is_shared() {
+            routes(true)
+        } else {
+            Vec::new()
+        },
+        replica: shared.store.replica_id().to_string(),
     }
 }
 
@@ -212,6 +237,13 @@ pub struct StatusResponse {
     /// effect only on restart (the old values stay in force until then).
     #[serde(default)]
     pub restart_pending: Vec<String>,
+    /// `ok`, or `degraded` while a shared store (PostgreSQL) cannot be
+    /// reached: serving goes on with the last known state.
+    #[serde(default)]
+    pub store: String,
+    /// This replica's id (host or pod name and process id).
+    #[serde(default)]
+    pub replica: String,
 }
 
 /// The process's status now.
@@ -219,6 +251,8 @@ pub fn status(shared: &Shared) -> StatusResponse {
     StatusResponse {
         ready: shared.ready.load(std::sync::atomic::Ordering::Acquire),
         restart_pending: shared.restart_pending.lock().clone(),
+        store: shared.store.health().to_string(),
+        replica: shared.store.replica_id().to_string(),
     }
 }
 

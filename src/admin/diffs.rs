@@ -47,14 +47,16 @@ pub async fn get_totals(State(shared): State<Arc<Shared>>) -> Response {
             "comparison is not enabled on any route (set `compare: true` on a mirror)".into(),
         );
     }
-    let tally = shared.comparison.tally.lock();
-    let mut totals: Vec<Totals> = tally.totals();
-    // Routes with comparison on but nothing compared yet still appear.
-    for r in routes {
-        if !totals.iter().any(|t| t.route == r) {
-            totals.extend(tally.route_totals(&r));
+    let totals = shared.comparison.with_report(|tally| {
+        let mut totals: Vec<Totals> = tally.totals();
+        // Routes with comparison on but nothing compared yet still appear.
+        for r in routes {
+            if !totals.iter().any(|t| t.route == r) {
+                totals.extend(tally.route_totals(&r));
+            }
         }
-    }
+        totals
+    });
     Json(DiffTotals { routes: totals }).into_response()
 }
 
@@ -62,7 +64,9 @@ pub async fn get_route(State(shared): State<Arc<Shared>>, Path(route): Path<Stri
     if !compared_routes(&shared).contains(&route) {
         return not_found(format!("no route `{route}` with comparison enabled"));
     }
-    let report = shared.comparison.tally.lock().route_report(&route);
+    let report = shared
+        .comparison
+        .with_report(|tally| tally.route_report(&route));
     Json(report).into_response()
 }
 
@@ -155,15 +159,16 @@ pub async fn get_examples(
                 .unwrap_or_default()
         }
     };
-    let tally = shared.comparison.tally.lock();
-    let examples: Vec<ExampleView<'_>> = mirrors
-        .iter()
-        .flat_map(|m| {
-            tally
-                .examples(&route, m, &q.endpoint)
-                .iter()
-                .map(move |e| example_view(m, e))
-        })
-        .collect();
-    Json(serde_json::json!({ "examples": examples })).into_response()
+    shared.comparison.with_report(|tally| {
+        let examples: Vec<ExampleView<'_>> = mirrors
+            .iter()
+            .flat_map(|m| {
+                tally
+                    .examples(&route, m, &q.endpoint)
+                    .iter()
+                    .map(move |e| example_view(m, e))
+            })
+            .collect();
+        Json(serde_json::json!({ "examples": examples })).into_response()
+    })
 }

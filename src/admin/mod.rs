@@ -17,6 +17,7 @@ pub mod api;
 pub mod client;
 pub mod dashboard;
 pub mod diffs;
+pub mod fleet;
 pub mod promotion;
 pub mod serve;
 pub mod status;
@@ -41,6 +42,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/status", get(api::get_status))
         .route("/api/v1/routes", get(api::get_routes))
         .route("/api/v1/stats", get(api::get_stats))
+        .route("/api/v1/fleet", get(fleet::get_fleet))
         .route("/api/v1/diffs", get(diffs::get_totals))
         .route("/api/v1/diffs/{route}", get(diffs::get_route))
         .route("/api/v1/diffs/{route}/examples", get(diffs::get_examples))

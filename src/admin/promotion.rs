@@ -26,6 +26,7 @@ fn refusal(e: PromoteError) -> Response {
     let status = match &e {
         PromoteError::UnknownRoute(_) => StatusCode::NOT_FOUND,
         PromoteError::NotAMirror { .. } => StatusCode::BAD_REQUEST,
+        PromoteError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::CONFLICT,
     };
     let mut body = serde_json::json!({ "error": e.to_string() });

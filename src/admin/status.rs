@@ -29,11 +29,17 @@ fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
 }
 
 /// Renders the stats of `window` (`1m`, `5m` or `15m`) as an aligned table.
+/// In a fleet (shared store) a REPLICA column names whose figures a row
+/// holds: the replica reached, then `fleet` (every live replica merged).
 pub fn render(stats: &StatsResponse, window: &str) -> String {
-    let header = [
+    let fleet = !stats.fleet.is_empty();
+    let mut header = vec![
         "ROUTE", "BACKEND", "ROLE", "REQ/S", "REQUESTS", "ERR%", "P50", "P90", "P99", "DIFF%",
         "DROPPED", "FAILED",
     ];
+    if fleet {
+        header.insert(0, "REPLICA");
+    }
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     let empty = WindowStats {
         seconds: 0.0,
@@ -50,23 +56,37 @@ pub fn render(stats: &StatsResponse, window: &str) -> String {
         different: 0,
         diff_percent: None,
     };
-    for route in &stats.routes {
-        for t in &route.targets {
-            let w = t.windows.get(window).unwrap_or(&empty);
-            rows.push(vec![
-                route.route.clone(),
-                t.backend.clone(),
-                t.role.clone(),
-                format!("{:.1}", w.rate),
-                w.requests.to_string(),
-                pct(w.error_percent),
-                ms(w.p50_ms),
-                ms(w.p90_ms),
-                ms(w.p99_ms),
-                pct(w.diff_percent),
-                counts(&w.dropped),
-                counts(&w.failed),
-            ]);
+    let sets: Vec<(&str, &Vec<super::api::RouteStats>)> = if fleet {
+        vec![
+            (stats.replica.as_str(), &stats.routes),
+            ("fleet", &stats.fleet),
+        ]
+    } else {
+        vec![("", &stats.routes)]
+    };
+    for (replica, routes) in sets {
+        for route in routes {
+            for t in &route.targets {
+                let w = t.windows.get(window).unwrap_or(&empty);
+                let mut row = vec![
+                    route.route.clone(),
+                    t.backend.clone(),
+                    t.role.clone(),
+                    format!("{:.1}", w.rate),
+                    w.requests.to_string(),
+                    pct(w.error_percent),
+                    ms(w.p50_ms),
+                    ms(w.p90_ms),
+                    ms(w.p99_ms),
+                    pct(w.diff_percent),
+                    counts(&w.dropped),
+                    counts(&w.failed),
+                ];
+                if fleet {
+                    row.insert(0, replica.to_string());
+                }
+                rows.push(row);
+            }
         }
     }
     let widths: Vec<usize> = (0..header.len())
@@ -169,6 +189,8 @@ mod tests {
                     },
                 ],
             }],
+            fleet: Vec::new(),
+            replica: String::new(),
         };
         let text = render(&stats, "1m");
         let expected = "\

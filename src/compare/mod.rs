@@ -187,6 +187,10 @@ pub struct Engine {
     pub tally: Arc<parking_lot::Mutex<Tally>>,
     metrics: Arc<Metrics>,
     dirty: Arc<AtomicBool>,
+    /// With a shared store: the other replicas' tallies as last read, and
+    /// the fleet's tally (this one's live counts plus theirs) that the
+    /// admin API reports.
+    fleet: parking_lot::Mutex<Option<(Vec<TallyState>, Arc<Tally>)>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -208,7 +212,18 @@ impl Engine {
             ..TallyLimits::default()
         };
         let thresholds = diff::NoiseThresholds::default();
-        let tally = match store.get::<TallyState>(TALLY_KEY) {
+        let stored = if store.is_shared() {
+            // A restarted pod keeps its id (pod name, pid 1): its own row.
+            store.replica_states::<TallyState>().map(|states| {
+                states
+                    .into_iter()
+                    .find(|(id, _)| id == store.replica_id())
+                    .map(|(_, s)| s)
+            })
+        } else {
+            store.get::<TallyState>(TALLY_KEY)
+        };
+        let tally = match stored {
             Ok(Some(state)) => Tally::restore(state, limits, thresholds),
             Ok(None) => Tally::new(limits, thresholds),
             Err(e) => {
@@ -242,7 +257,18 @@ impl Engine {
             tally,
             metrics,
             dirty,
+            fleet: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Runs `f` on the tally to report: the fleet's with a shared store
+    /// (once read), this process's otherwise.
+    pub fn with_report<R>(&self, f: impl FnOnce(&Tally) -> R) -> R {
+        let fleet = self.fleet.lock().as_ref().map(|(_, t)| t.clone());
+        match fleet {
+            Some(t) => f(&t),
+            None => f(&self.tally.lock()),
+        }
     }
 
     /// Queues a pair; never waits for a worker. A full queue drops the
@@ -285,6 +311,9 @@ impl Engine {
         if expired > 0 {
             self.dirty.store(true, Ordering::Release);
         }
+        if store.is_shared() {
+            return self.persist_shared(store);
+        }
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return;
         }
@@ -293,6 +322,35 @@ impl Engine {
             tracing::error!(error = %e, "cannot store comparison results");
             self.dirty.store(true, Ordering::Release);
         }
+    }
+
+    /// Shared store: overwrite this replica's cumulative tally (so a retry
+    /// after an outage never counts twice; until then the counts wait in
+    /// the bounded tally), then read the other replicas' and merge.
+    fn persist_shared(&self, store: &Store) {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            let state = self.tally.lock().export();
+            if let Err(e) = store.put_replica_state(&state) {
+                tracing::warn!(error = %e, "cannot store comparison results; kept in memory until the store is back");
+                self.dirty.store(true, Ordering::Release);
+            }
+        }
+        let others = match store.replica_states::<TallyState>() {
+            Ok(states) => Some(
+                states
+                    .into_iter()
+                    .filter(|(id, _)| id != store.replica_id())
+                    .map(|(_, s)| s)
+                    .collect::<Vec<_>>(),
+            ),
+            Err(_) => None,
+        };
+        let mut fleet = self.fleet.lock();
+        let others = others
+            .or_else(|| fleet.as_ref().map(|(o, _)| o.clone()))
+            .unwrap_or_default();
+        let merged = Arc::new(self.tally.lock().merged_with(others.iter().cloned()));
+        *fleet = Some((others, merged));
     }
 }
 

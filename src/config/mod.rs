@@ -22,6 +22,7 @@ mod promotion;
 pub mod raw;
 mod routes;
 mod settings;
+pub use settings::{is_postgres_url, postgres_config};
 pub mod units;
 mod validate;
 

@@ -33,6 +33,8 @@ pub struct Config {
     pub watch_interval: Duration,
     /// Where results and promotion state are kept.
     pub store: StoreLocation,
+    /// Heartbeat of a replica on a shared store (`fleet_heartbeat`).
+    pub fleet_heartbeat: Duration,
     pub comparison: ComparisonSettings,
     /// The files this configuration was read from, in order.
     pub sources: Vec<PathBuf>,
@@ -61,6 +63,9 @@ pub enum StoreLocation {
     File(PathBuf),
     /// Nothing kept on disk.
     Memory,
+    /// A PostgreSQL database shared by a fleet of replicas: the URL as
+    /// written (`postgres://…` or `postgresql://…`, `sslmode` honoured).
+    Postgres(String),
 }
 
 /// One client-facing listener.

@@ -69,9 +69,15 @@ pub struct RawConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comparison: Option<RawComparison>,
     /// Where results and promotion state are kept: a SQLite file path
-    /// (default `shadowgate.db`, relative to the first config file) or `memory`.
+    /// (default `shadowgate.db`, relative to the first config file), `memory`,
+    /// or a PostgreSQL URL (`postgres://user:pass@host:port/db?sslmode=…`)
+    /// shared by every replica of a fleet (docs/fleet.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    /// With a PostgreSQL `store:`: how often this replica's heartbeat is
+    /// written; a replica is listed as gone after 3 missed ones. Default `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_heartbeat: Option<String>,
     /// Kubernetes service hosts as written in Istio / Gateway API manifests,
     /// mapped to endpoints: a list, or a map from subset name to a list.
     /// Overrides DNS; needed for subsets and for running outside a cluster.

@@ -70,7 +70,12 @@ pub(super) fn limits(c: &mut Check, l: &RawLimits) -> Limits {
 /// `memory`.
 pub(super) fn store(c: &mut Check, value: &str) -> StoreLocation {
     if value.is_empty() {
-        c.fail("store", "give a file path or `memory`");
+        c.fail("store", "give a file path, `memory` or a postgres:// URL");
+    }
+    if is_postgres_url(value) {
+        if let Err(reason) = postgres_config(value) {
+            c.fail("store", format!("not a usable PostgreSQL URL: {reason}"));
+        }
     }
     let base = Path::new(c.file)
         .parent()
@@ -83,11 +88,30 @@ pub fn location_from(value: &str, base: Option<&Path>) -> StoreLocation {
     if value == "memory" {
         return StoreLocation::Memory;
     }
+    if is_postgres_url(value) {
+        return StoreLocation::Postgres(value.to_string());
+    }
     let p = PathBuf::from(value);
     match base {
         Some(dir) if p.is_relative() => StoreLocation::File(dir.join(p)),
         _ => StoreLocation::File(p),
     }
+}
+
+/// Whether a `store:` value names a PostgreSQL database.
+pub fn is_postgres_url(value: &str) -> bool {
+    value.starts_with("postgres://") || value.starts_with("postgresql://")
+}
+
+/// Parses a PostgreSQL URL into the driver's settings. `sslmode=verify-ca`
+/// and `verify-full` are read as `require`: with TLS the server's
+/// certificate is always verified against the system's roots.
+pub fn postgres_config(url: &str) -> Result<tokio_postgres::Config, String> {
+    let url = url
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| e.to_string())
 }
 
 /// The `comparison:` block: workers, queue and example retention.
@@ -219,5 +243,13 @@ mod tests {
             location_from("x.db", Some(Path::new("/etc/sg"))),
             StoreLocation::File(PathBuf::from("/etc/sg/x.db"))
         );
+        let url = "postgresql://sg:pw@db:5432/shadowgate?sslmode=require";
+        assert_eq!(
+            location_from(url, None),
+            StoreLocation::Postgres(url.into())
+        );
+        let (_, errors) = checked(|c| store(c, "postgres://sg@db:notaport/x"));
+        assert_eq!(key_paths(&errors), ["store"], "{errors:?}");
+        assert!(postgres_config("postgres://a@h/d?sslmode=verify-full").is_ok());
     }
 }

@@ -44,6 +44,7 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         shutdown_delay: Duration::ZERO,
         watch_interval: Duration::from_secs(1),
         store: StoreLocation::File(DEFAULT_STORE_FILE.into()),
+        fleet_heartbeat: Duration::from_secs(1),
         comparison: ComparisonSettings::default(),
         sources: Vec::new(),
         normalize_path: true,
@@ -136,6 +137,16 @@ pub fn validate(files: Vec<(String, RawConfig)>) -> Result<Config, ConfigErrors>
         }
         if once("store", raw.store.is_some(), &mut c) {
             config.store = store(&mut c, &raw.store.clone().unwrap_or_default());
+        }
+        if once("fleet_heartbeat", raw.fleet_heartbeat.is_some(), &mut c) {
+            config.fleet_heartbeat = c.duration(
+                "fleet_heartbeat",
+                &raw.fleet_heartbeat,
+                config.fleet_heartbeat,
+            );
+            if config.fleet_heartbeat.is_zero() {
+                c.fail("fleet_heartbeat", "must be more than 0s");
+            }
         }
         if once("comparison", raw.comparison.is_some(), &mut c) {
             config.comparison = comparison(&mut c, &raw.comparison.clone().unwrap_or_default());

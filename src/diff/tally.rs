@@ -586,6 +586,21 @@ impl Tally {
         state
     }
 
+    /// This tally with other tallies' exported states added (a fleet's
+    /// replicas): counts summed, examples bounded per endpoint as when
+    /// recording; this tally's thresholds and redaction kept.
+    pub fn merged_with(&self, others: impl IntoIterator<Item = TallyState>) -> Tally {
+        let mut state = self.export();
+        for o in others {
+            state.shadow.extend(o.shadow);
+            state.secondary.extend(o.secondary);
+        }
+        let mut merged = Tally::restore(state, self.limits, self.thresholds);
+        merged.route_thresholds = self.route_thresholds.clone();
+        merged.redactor = self.redactor.clone();
+        merged
+    }
+
     /// Rebuilds a tally from [`Tally::export`]ed data, applying `limits`
     /// (excess endpoints, fields and examples are folded or dropped as when
     /// recording). Repeated entries are added up.
@@ -994,6 +1009,42 @@ mod tests {
         let parsed: RouteReport = serde_json::from_str(minimal).expect("parse");
         assert_eq!(parsed.endpoints[0].compared, 3);
         assert_eq!(parsed.endpoints[0].fields[0].path, "$.a");
+    }
+
+    #[test]
+    fn merging_replicas_adds_counts_and_bounds_examples() {
+        let example = || Example {
+            request: ExampleRequest {
+                method: "GET".into(),
+                uri: "/a".into(),
+                headers: vec![],
+            },
+            ..Example::default()
+        };
+        let limits = TallyLimits {
+            max_examples: 2,
+            ..TallyLimits::default()
+        };
+        let replica = |n: usize| {
+            let mut t = Tally::new(limits, NoiseThresholds::default());
+            for _ in 0..n {
+                t.record_shadow("api", "v2", "GET /a", &outcome(&["$.x"]), example);
+            }
+            t
+        };
+        let (a, b, c) = (replica(3), replica(4), replica(5));
+        let merged = a.merged_with([b.export(), c.export()]);
+        let report = merged.route_report("api");
+        let before = a.route_report("api");
+        assert_eq!(
+            serde_json::to_value(&report).unwrap()["endpoints"][0]["compared"],
+            12
+        );
+        assert_eq!(
+            serde_json::to_value(&before).unwrap()["endpoints"][0]["compared"],
+            3
+        );
+        assert_eq!(merged.examples("api", "v2", "GET /a").len(), 2);
     }
 
     #[test]

@@ -4,5 +4,6 @@
 //! mode (`controller`).
 
 pub mod controller;
+pub mod fleet;
 pub mod gates;
 pub mod ops;

@@ -34,6 +34,12 @@ pub enum PromoteError {
     AlreadyPromoted(String),
     #[error("route `{0}`: nothing to roll back")]
     NothingToRollBack(String),
+    #[error("the shared store cannot be reached, so the fleet's promotion state cannot change now (no replica switches alone): {0}")]
+    StoreUnavailable(String),
+    #[error(
+        "route `{0}`: another replica changed the promotion state just now; look again and retry"
+    )]
+    Stale(String),
 }
 
 /// `GET /api/v1/routes/{route}/promotion`
@@ -70,7 +76,10 @@ fn store_key(route: &str) -> String {
 /// Reads the stored switches and re-applies them, saying so when they
 /// override what the configuration names.
 pub fn load_book(store: &Store, config: &Config) -> Book {
-    let mut book = Book::default();
+    let mut book = Book {
+        version: store.switch_version().unwrap_or(0),
+        ..Book::default()
+    };
     let keys = store.keys("promotion:").unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot read stored promotions; starting from the configuration");
         Vec::new()
@@ -95,6 +104,49 @@ pub fn load_book(store: &Store, config: &Config) -> Book {
     book
 }
 
+/// Shared store: when the fleet's promotion state is newer than this
+/// replica's book, reads the switches and applies them (one runtime swap).
+/// Returns whether anything was applied. Off the async runtime: it reads
+/// the store.
+pub fn follow_fleet(shared: &Shared, version: u64) -> bool {
+    if shared.book.lock().version == version {
+        return false;
+    }
+    let store = &shared.store;
+    let Ok(version) = store.switch_version() else {
+        return false;
+    };
+    let Ok(keys) = store.keys("promotion:") else {
+        return false;
+    };
+    let mut switches = std::collections::BTreeMap::new();
+    for key in keys {
+        match store.get::<Switch>(&key) {
+            Ok(Some(s)) => {
+                switches.insert(key.trim_start_matches("promotion:").to_string(), s);
+            }
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+    }
+    {
+        let mut book = shared.book.lock();
+        if book.version >= version {
+            return false;
+        }
+        if book.switches != switches {
+            tracing::warn!(
+                version,
+                "fleet: promotion state changed on another replica; applying it"
+            );
+        }
+        book.switches = switches;
+        book.version = version;
+    }
+    shared.rebuild();
+    true
+}
+
 /// The promotion settings of a route: its `promotion:` block, or (for a
 /// manual promotion of a route without one) the documented defaults —
 /// `min_requests` 100 and the default gates — for the first mirror.
@@ -107,6 +159,7 @@ fn settings(route: &Route) -> Option<PromotionConfig> {
 }
 
 fn summary_of(
+    shared: &Shared,
     route: &Route,
     backend: &str,
     primary_role: bool,
@@ -125,34 +178,43 @@ fn summary_of(
             .map(|m| &m.metrics)
             .find(|m| m.labels.backend == backend)
     };
-    found
+    let local = found
         .map(|m| m.window.summary(cfg.window))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // In a fleet: the other replicas' traffic too.
+    let role = if primary_role { "primary" } else { "mirror" };
+    let key = super::fleet::window_key(&route.name, role, backend, cfg.window);
+    super::fleet::with_fleet(shared, local, &key)
 }
 
 /// Judges the candidate of `route` against its baseline, in its current state.
-fn judge_route(route: &Route, switch: Option<&Switch>, cfg: &PromotionConfig) -> Judgement {
+fn judge_route(
+    shared: &Shared,
+    route: &Route,
+    switch: Option<&Switch>,
+    cfg: &PromotionConfig,
+) -> Judgement {
     // `mirror`: the mirror whose comparisons judge the pair.
     let (baseline, candidate, mirror) = match switch {
         // Promoted: the new primary against the old, now a mirror.
         Some(s) if s.share >= 100 => (
-            summary_of(route, &s.from, false, cfg),
-            summary_of(route, &s.to, true, cfg),
+            summary_of(shared, route, &s.from, false, cfg),
+            summary_of(shared, route, &s.to, true, cfg),
             s.from.as_str(),
         ),
         // Stepping: both answer live traffic; the candidate is still mirrored too.
         Some(s) => (
-            summary_of(route, &s.from, true, cfg),
-            summary_of(route, &s.to, true, cfg),
+            summary_of(shared, route, &s.from, true, cfg),
+            summary_of(shared, route, &s.to, true, cfg),
             s.to.as_str(),
         ),
         None => (
-            summary_of(route, &route.config.backend, true, cfg),
-            summary_of(route, &cfg.mirror, false, cfg),
+            summary_of(shared, route, &route.config.backend, true, cfg),
+            summary_of(shared, route, &cfg.mirror, false, cfg),
             cfg.mirror.as_str(),
         ),
     };
-    let compare = summary_of(route, mirror, false, cfg);
+    let compare = summary_of(shared, route, mirror, false, cfg);
     let compares = route
         .config
         .mirrors
@@ -186,7 +248,7 @@ pub fn status(shared: &Shared, route: &str) -> Result<PromotionStatus, PromoteEr
         to: "(none)".into(),
         mirrors: "none".into(),
     })?;
-    let judgement = judge_route(r, switch, &cfg);
+    let judgement = judge_route(shared, r, switch, &cfg);
     let configured = rt
         .config
         .routes
@@ -216,14 +278,32 @@ pub fn status(shared: &Shared, route: &str) -> Result<PromotionStatus, PromoteEr
     })
 }
 
-fn record(shared: &Shared, route: &str, entry: &HistoryEntry, switch: Option<&Switch>) {
+/// Persists a switch and its history entry, then counts and logs it. With
+/// a shared store the switch is refused unless the fleet's state was
+/// written (no replica switches alone), and the book takes the new version.
+fn record(
+    shared: &Shared,
+    route: &str,
+    entry: &HistoryEntry,
+    switch: Option<&Switch>,
+    book: &mut Book,
+) -> Result<(), PromoteError> {
     let store = &shared.store;
-    let saved = match switch {
-        Some(s) => store.put(&store_key(route), s),
-        None => store.delete(&store_key(route)),
-    };
-    if let Err(e) = saved.and_then(|_| store.append_event("promotion", route, entry, HISTORY)) {
-        tracing::error!(route = %route, error = %e, "cannot persist the promotion state; it holds until restart");
+    let expected = store.is_shared().then_some(book.version);
+    match store.record_switch(
+        &store_key(route),
+        switch,
+        ("promotion", route, entry, HISTORY),
+        expected,
+    ) {
+        Ok(Ok(version)) => book.version = version,
+        Ok(Err(_)) => return Err(PromoteError::Stale(route.to_string())),
+        Err(e) if store.is_shared() => {
+            return Err(PromoteError::StoreUnavailable(e.to_string()));
+        }
+        Err(e) => {
+            tracing::error!(route = %route, error = %e, "cannot persist the promotion state; it holds until restart");
+        }
     }
     shared
         .telemetry
@@ -240,6 +320,7 @@ fn record(shared: &Shared, route: &str, entry: &HistoryEntry, switch: Option<&Sw
         trigger = %entry.trigger, forced = entry.forced, figures = %entry.reason,
         "promotion: {} {} -> {} ({}% of traffic)", entry.action, entry.from, entry.to, entry.share
     );
+    Ok(())
 }
 
 /// Promotes `to` (default: the configured candidate) on `route`. Refused
@@ -282,7 +363,7 @@ pub fn promote(
         }
         cfg.mirror = to.clone();
         let current = book.switches.get(route).cloned();
-        let judgement = judge_route(r, current.as_ref(), &cfg);
+        let judgement = judge_route(shared, r, current.as_ref(), &cfg);
         if judgement.verdict != Verdict::Ready && !force {
             return Err(PromoteError::GatesFail {
                 route: route.to_string(),
@@ -320,13 +401,13 @@ pub fn promote(
             forced: force && judgement.verdict != Verdict::Ready,
             reason: judgement.describe(),
         };
+        // Recorded under the book's lock: `status` reads the state and the
+        // history under it too, so nobody sees one without the other.
+        record(shared, route, &entry, Some(&switch), &mut book)?;
         book.switches.insert(route.to_string(), switch.clone());
         if trigger == "manual" {
             book.held.remove(route);
         }
-        // Recorded under the book's lock: `status` reads the state and the
-        // history under it too, so nobody sees one without the other.
-        record(shared, route, &entry, Some(&switch));
         drop(book);
     }
     shared.rebuild();
@@ -348,14 +429,9 @@ pub fn rollback(
         let rt = shared.runtime.load();
         find(&rt, route)?;
         let mut book = shared.book.lock();
-        let Some(switch) = book.switches.remove(route) else {
+        let Some(switch) = book.switches.get(route).cloned() else {
             return Err(PromoteError::NothingToRollBack(route.to_string()));
         };
-        if trigger == "auto" {
-            book.held.insert(route.to_string());
-        } else {
-            book.held.remove(route);
-        }
         let entry = HistoryEntry {
             at: rfc3339_now(),
             action: "rollback".into(),
@@ -367,7 +443,13 @@ pub fn rollback(
             reason: reason.to_string(),
         };
         // Under the book's lock, as in `promote`.
-        record(shared, route, &entry, None);
+        record(shared, route, &entry, None, &mut book)?;
+        book.switches.remove(route);
+        if trigger == "auto" {
+            book.held.insert(route.to_string());
+        } else {
+            book.held.remove(route);
+        }
         drop(book);
     }
     shared.rebuild();
@@ -403,7 +485,7 @@ pub fn auto_pass(
             let book = shared.book.lock();
             (book.switches.get(&name).cloned(), book.held.contains(&name))
         };
-        let judgement = judge_route(r, switch.as_ref(), cfg);
+        let judgement = judge_route(shared, r, switch.as_ref(), cfg);
         match (&switch, judgement.verdict) {
             (Some(_), Verdict::NotReady) => {
                 let _ = rollback(shared, &name, "auto", &judgement.describe());

@@ -412,6 +412,11 @@ pub struct Shared {
     pub reloading: parking_lot::Mutex<()>,
     /// The egress proxy (`egress:`), built at start; changes only on restart.
     pub egress: Option<Arc<crate::egress::Egress>>,
+    /// With a shared store: the other live replicas' window summaries,
+    /// merged, by `promote::fleet::window_key` (empty otherwise).
+    pub fleet_windows: parking_lot::Mutex<
+        std::collections::HashMap<String, crate::telemetry::window::WindowSummary>,
+    >,
 }
 
 impl Shared {
@@ -444,6 +449,7 @@ impl Shared {
             started,
             restart_pending: parking_lot::Mutex::new(Vec::new()),
             reloading: parking_lot::Mutex::new(()),
+            fleet_windows: parking_lot::Mutex::new(std::collections::HashMap::new()),
         })
     }
 

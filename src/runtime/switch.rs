@@ -50,6 +50,9 @@ pub struct Book {
     /// Routes whose automatic promotion is paused after an automatic
     /// rollback, until a manual promote or rollback.
     pub held: BTreeSet<String>,
+    /// With a shared store: the fleet's promotion-state version these
+    /// switches are (0 with a local store).
+    pub version: u64,
 }
 
 impl Book {

@@ -2,6 +2,12 @@
 //! a restart — comparison results and examples, who is primary, and the
 //! history of promotions. Only background tasks and the admin API touch it;
 //! no request ever waits on disk.
+//!
+//! With `store: postgres://…` the same API is served by a PostgreSQL
+//! database shared by a fleet of replicas ([`postgres`], [`fleet`]).
+
+pub mod fleet;
+pub mod postgres;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +29,8 @@ pub enum StoreError {
         what: &'static str,
         source: rusqlite::Error,
     },
+    #[error("store (PostgreSQL): {what}: {message}")]
+    Postgres { what: &'static str, message: String },
     #[error("store: {what}: {source}")]
     Json {
         what: &'static str,
@@ -38,6 +46,15 @@ pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Store {
     conn: parking_lot::Mutex<Connection>,
     location: StoreLocation,
+    /// The shared backend, when `store:` is a PostgreSQL URL (`conn` is
+    /// then an unused in-memory database).
+    pg: Option<postgres::PgStore>,
+    /// This replica's fleet membership (PostgreSQL only), once joined.
+    fleet: std::sync::OnceLock<fleet::Fleet>,
+    /// This replica's id.
+    replica: String,
+    /// The registry as last read (shown while the database is unreachable).
+    last_replicas: parking_lot::Mutex<Vec<fleet::ReplicaRow>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -74,9 +91,13 @@ CREATE INDEX IF NOT EXISTS events_by_subject ON events(kind, subject, id);
 impl Store {
     /// Opens (creating if needed) the store.
     pub fn open(location: &StoreLocation) -> Result<Store, StoreError> {
+        let pg = match location {
+            StoreLocation::Postgres(url) => Some(postgres::PgStore::open(url)?),
+            _ => None,
+        };
         let conn = match location {
             StoreLocation::File(p) => Connection::open(p),
-            StoreLocation::Memory => Connection::open_in_memory(),
+            StoreLocation::Memory | StoreLocation::Postgres(_) => Connection::open_in_memory(),
         }
         .map_err(|source| StoreError::Open {
             path: describe(location),
@@ -99,7 +120,150 @@ impl Store {
         Ok(Store {
             conn: parking_lot::Mutex::new(conn),
             location: location.clone(),
+            pg,
+            fleet: std::sync::OnceLock::new(),
+            replica: fleet::replica_id(),
+            last_replicas: parking_lot::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Whether the store is shared by a fleet (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.pg.is_some()
+    }
+
+    /// This replica's id (host or pod name and process id).
+    pub fn replica_id(&self) -> &str {
+        &self.replica
+    }
+
+    /// `ok`, or `degraded` while the shared database cannot be reached.
+    pub fn health(&self) -> &'static str {
+        match &self.pg {
+            Some(pg) if !pg.healthy() => "degraded",
+            _ => "ok",
+        }
+    }
+
+    /// Registers this replica in the fleet (PostgreSQL only; no-op otherwise).
+    pub fn join_fleet(&self, admin: String, heartbeat: std::time::Duration) {
+        let Some(pg) = &self.pg else { return };
+        let info = fleet::ReplicaInfo {
+            id: self.replica.clone(),
+            admin,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        if let Some(f) = fleet::join(pg, info, heartbeat) {
+            let _ = self.fleet.set(f);
+        }
+    }
+
+    /// The fleet membership, when shared and joined.
+    pub fn fleet(&self) -> Option<&fleet::Fleet> {
+        self.fleet.get()
+    }
+
+    /// Whether this replica may run `mode: auto`: always with a local
+    /// store; with a shared one only while it holds the leader lock.
+    pub fn may_judge(&self) -> bool {
+        match (&self.pg, self.fleet.get()) {
+            (None, _) => true,
+            (Some(_), Some(f)) => f.is_leader(),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// The registered replicas (empty with a local store); while the
+    /// database cannot be reached, the list as last read.
+    pub fn replicas(&self) -> Vec<fleet::ReplicaRow> {
+        let (Some(pg), Some(f)) = (&self.pg, self.fleet.get()) else {
+            return Vec::new();
+        };
+        match pg.replicas(f.heartbeat) {
+            Ok(rows) => {
+                *self.last_replicas.lock() = rows.clone();
+                rows
+            }
+            Err(_) => self.last_replicas.lock().clone(),
+        }
+    }
+
+    /// The shared promotion-state version (0 with a local store).
+    pub fn switch_version(&self) -> Result<u64, StoreError> {
+        match &self.pg {
+            Some(pg) => pg.switch_version(),
+            None => Ok(0),
+        }
+    }
+
+    /// Records one switch: `value` stored under `key` (or removed), an event
+    /// appended, and (shared store) the state version bumped and announced,
+    /// refused with `Ok(Err(current))` when the version is no longer
+    /// `expected`.
+    pub fn record_switch<T: Serialize, E: Serialize>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+        event: (&str, &str, &E, usize),
+        expected: Option<u64>,
+    ) -> Result<Result<u64, u64>, StoreError> {
+        let Some(pg) = &self.pg else {
+            match value {
+                Some(v) => self.put(key, v)?,
+                None => self.delete(key)?,
+            }
+            self.append_event(event.0, event.1, event.2, event.3)?;
+            return Ok(Ok(0));
+        };
+        let value = value.map(encode).transpose()?;
+        pg.record_switch(
+            key,
+            value,
+            (event.0, event.1, encode(event.2)?, event.3),
+            expected,
+        )
+    }
+
+    /// Writes this replica's cumulative tally under its id (shared store).
+    pub fn put_replica_state<T: Serialize>(&self, value: &T) -> Result<(), StoreError> {
+        match &self.pg {
+            Some(pg) => pg.put_tally(&self.replica, encode(value)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes this replica's window summaries (shared store; no-op otherwise).
+    pub fn put_replica_windows<T: Serialize>(&self, value: &T) -> Result<(), StoreError> {
+        match &self.pg {
+            Some(pg) => pg.put_windows(&self.replica, encode(value)?),
+            None => Ok(()),
+        }
+    }
+
+    /// The other live replicas' window summaries (written within 3
+    /// heartbeats); empty with a local store.
+    pub fn other_replica_windows<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        let (Some(pg), Some(f)) = (&self.pg, self.fleet.get()) else {
+            return Ok(Vec::new());
+        };
+        pg.windows(
+            &self.replica,
+            (f.heartbeat * fleet::MISSED_HEARTBEATS).max(std::time::Duration::from_secs(3)),
+        )?
+        .into_iter()
+        .map(|(_, text)| decode(&text))
+        .collect()
+    }
+
+    /// Every replica's stored tally, by replica id (shared store; empty otherwise).
+    pub fn replica_states<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        let Some(pg) = &self.pg else {
+            return Ok(Vec::new());
+        };
+        pg.tallies()?
+            .into_iter()
+            .map(|(id, text)| Ok((id, decode(&text)?)))
+            .collect()
     }
 
     pub fn location(&self) -> &StoreLocation {
@@ -108,10 +272,10 @@ impl Store {
 
     /// Writes a JSON value under `key`.
     pub fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        let text = serde_json::to_string(value).map_err(|source| StoreError::Json {
-            what: "encode",
-            source,
-        })?;
+        let text = encode(value)?;
+        if let Some(pg) = &self.pg {
+            return pg.put_text(key, text);
+        }
         self.conn
             .lock()
             .execute(
@@ -125,6 +289,9 @@ impl Store {
 
     /// Reads the JSON value under `key`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.get_text(key)?.map(|t| decode(&t)).transpose();
+        }
         let text: Option<String> = self
             .conn
             .lock()
@@ -147,6 +314,9 @@ impl Store {
 
     /// Removes `key`.
     pub fn delete(&self, key: &str) -> Result<(), StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.delete(key);
+        }
         self.conn
             .lock()
             .execute("DELETE FROM kv WHERE key = ?1", params![key])
@@ -159,6 +329,9 @@ impl Store {
 
     /// Keys starting with `prefix`.
     pub fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg.keys(prefix);
+        }
         let conn = self.conn.lock();
         let mut stmt = conn
             .prepare("SELECT key FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key")
@@ -188,10 +361,10 @@ impl Store {
         body: &T,
         keep: usize,
     ) -> Result<(), StoreError> {
-        let text = serde_json::to_string(body).map_err(|source| StoreError::Json {
-            what: "encode",
-            source,
-        })?;
+        let text = encode(body)?;
+        if let Some(pg) = &self.pg {
+            return pg.append_event_text(kind, subject, text, keep);
+        }
         let conn = self.conn.lock();
         conn.execute(
             "INSERT INTO events(kind, subject, at, body) VALUES (?1, ?2, ?3, ?4)",
@@ -219,6 +392,13 @@ impl Store {
         kind: &str,
         subject: &str,
     ) -> Result<Vec<T>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg
+                .events_text(kind, subject)?
+                .iter()
+                .map(|t| decode(t))
+                .collect();
+        }
         let conn = self.conn.lock();
         let mut stmt = conn
             .prepare("SELECT body FROM events WHERE kind = ?1 AND subject = ?2 ORDER BY id")
@@ -249,10 +429,42 @@ impl Store {
     }
 }
 
+fn encode<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Json {
+        what: "encode",
+        source,
+    })
+}
+
+fn decode<T: DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Json {
+        what: "decode",
+        source,
+    })
+}
+
 fn describe(location: &StoreLocation) -> String {
     match location {
         StoreLocation::File(p) => p.display().to_string(),
         StoreLocation::Memory => "memory".into(),
+        StoreLocation::Postgres(url) => redact_url(url),
+    }
+}
+
+/// A PostgreSQL URL with its password hidden, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((a, h)) => (a, h),
+        None => return url.to_string(),
+    };
+    let user = auth.split(':').next().unwrap_or("");
+    if auth.contains(':') {
+        format!("{scheme}://{user}:***@{host}")
+    } else {
+        format!("{scheme}://{user}@{host}")
     }
 }
 
@@ -292,6 +504,16 @@ mod tests {
         );
         s.delete("tally").unwrap();
         assert_eq!(s.get::<Vec<i32>>("tally").unwrap(), None);
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact_url("postgres://sg:pw@db:5432/x?sslmode=require"),
+            "postgres://sg:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(redact_url("postgresql://sg@db/x"), "postgresql://sg@db/x");
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
     }
 
     #[test]

@@ -328,6 +328,63 @@ pub struct WindowSummary {
     pub latency: Vec<u64>,
 }
 
+/// A [`WindowSummary`]'s counts as plain data, for a fleet's shared store:
+/// each replica publishes its own, and the others merge them exactly (the
+/// same bucket edges everywhere).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SummaryRecord {
+    pub seconds: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub compared: u64,
+    pub different: u64,
+    pub dropped: Vec<u64>,
+    pub failed: Vec<u64>,
+    pub latency: Vec<u64>,
+}
+
+impl From<&WindowSummary> for SummaryRecord {
+    fn from(s: &WindowSummary) -> Self {
+        SummaryRecord {
+            seconds: s.seconds,
+            requests: s.requests,
+            errors: s.errors,
+            compared: s.compared,
+            different: s.different,
+            dropped: s.dropped.to_vec(),
+            failed: s.failed.to_vec(),
+            latency: s.latency.clone(),
+        }
+    }
+}
+
+impl SummaryRecord {
+    /// Back to a summary (percentiles recomputed from the buckets).
+    pub fn summary(&self) -> WindowSummary {
+        let mut s = WindowSummary {
+            seconds: self.seconds,
+            requests: self.requests,
+            errors: self.errors,
+            compared: self.compared,
+            different: self.different,
+            ..WindowSummary::default()
+        };
+        for (a, b) in s.dropped.iter_mut().zip(&self.dropped) {
+            *a = *b;
+        }
+        for (a, b) in s.failed.iter_mut().zip(&self.failed) {
+            *a = *b;
+        }
+        s.latency = vec![0; LATENCY_BUCKETS];
+        for (a, b) in s.latency.iter_mut().zip(&self.latency) {
+            *a = *b;
+        }
+        s.update_percentiles();
+        s
+    }
+}
+
 impl WindowSummary {
     /// Adds `other`'s counts to these and recomputes the percentiles from
     /// the summed buckets. `seconds` becomes the longer of the two spans.
@@ -372,6 +429,32 @@ impl WindowSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_survive_the_store_and_merge_exactly() {
+        let (a, b) = (Window::default(), Window::default());
+        for ms in [1u64, 2, 5, 40, 300] {
+            a.record(Duration::from_millis(ms), ms > 100);
+            b.record(Duration::from_millis(ms * 2), false);
+        }
+        b.record_compare(true);
+        let span = Duration::from_secs(60);
+        let (sa, sb) = (a.summary(span), b.summary(span));
+        let text = serde_json::to_string(&SummaryRecord::from(&sb)).unwrap();
+        let back: SummaryRecord = serde_json::from_str(&text).unwrap();
+        let sb2 = back.summary();
+        assert_eq!((sb2.requests, sb2.compared, sb2.different), (5, 1, 1));
+        assert_eq!(sb2.latency, sb.latency);
+        assert_eq!(sb2.p99_ms, sb.p99_ms);
+        let mut merged = sa.clone();
+        merged.merge(&sb2);
+        let mut exact = sa;
+        exact.merge(&sb);
+        assert_eq!(merged.requests, 10);
+        assert_eq!(merged.errors, 1);
+        assert_eq!(merged.latency, exact.latency);
+        assert_eq!(merged.p50_ms, exact.p50_ms);
+    }
 
     /// The window tracks every reason and kind the events know (a missing
     /// one is silently not counted: `memory` was, when it was added).
