@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::keep::{Exchange, Sig};
-use super::{answer, read_body, Call, Egress, Outcome, Service, Side, UNLISTED};
+use super::{answer, Call, Egress, Outcome, Service, Side, UNLISTED};
 use crate::body::{BoxError, ProxyBody, UpstreamBody};
 use crate::config::Unlisted;
 use crate::protocol::headers::strip_hop_by_hop;
@@ -125,19 +125,9 @@ pub(super) async fn call(
         return unlisted(eg, call, req, eg.config.live_default).await;
     };
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, eg.config.max_body_bytes).await {
+    let body = match eg.call_body(&call, &service.name, body).await {
         Ok(b) => b,
-        Err(resp) => {
-            eg.done(
-                &call,
-                &service.name,
-                Outcome::Failed,
-                resp.status().as_u16(),
-                0,
-                None,
-            );
-            return resp;
-        }
+        Err(resp) => return resp,
     };
     let pq = call.target.path_and_query.clone();
     let inbound = call.id.as_deref().and_then(|id| eg.registry.get(id));
@@ -239,19 +229,9 @@ pub(super) async fn forward(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, eg.config.max_body_bytes).await {
+    let body = match eg.call_body(&call, &service.name, body).await {
         Ok(b) => b,
-        Err(resp) => {
-            eg.done(
-                &call,
-                &service.name,
-                Outcome::Failed,
-                resp.status().as_u16(),
-                0,
-                None,
-            );
-            return resp;
-        }
+        Err(resp) => return resp,
     };
     let req = to_backend(service, &parts, &call.target.path_and_query, body);
     match service
@@ -259,23 +239,7 @@ pub(super) async fn forward(
         .send(req, service.backend.config.timeout, None)
         .await
     {
-        Ok(resp) => {
-            let status = resp.status();
-            eg.done(
-                &call,
-                &service.name,
-                Outcome::Forwarded,
-                status.as_u16(),
-                0,
-                None,
-            );
-            let (rparts, rbody) = resp.into_parts();
-            reply(
-                status,
-                rparts.headers,
-                rbody.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
-            )
-        }
+        Ok(resp) => forwarded(eg, &call, &service.name, resp),
         Err(e) => {
             let status = if e.is_timeout() {
                 StatusCode::GATEWAY_TIMEOUT
@@ -308,19 +272,9 @@ pub(super) async fn unlisted(
         return answer(StatusCode::FORBIDDEN, "egress_denied");
     }
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, eg.config.max_body_bytes).await {
+    let body = match eg.call_body(&call, UNLISTED, body).await {
         Ok(b) => b,
-        Err(resp) => {
-            eg.done(
-                &call,
-                UNLISTED,
-                Outcome::Failed,
-                resp.status().as_u16(),
-                0,
-                None,
-            );
-            return resp;
-        }
+        Err(resp) => return resp,
     };
     let uri = format!(
         "http://{}{}",
@@ -335,23 +289,7 @@ pub(super) async fn unlisted(
     *out.uri_mut() = uri;
     *out.headers_mut() = outbound_headers(&parts.headers);
     match tokio::time::timeout(UNLISTED_TIMEOUT, eg.plain.request(out)).await {
-        Ok(Ok(resp)) => {
-            let status = resp.status();
-            eg.done(
-                &call,
-                UNLISTED,
-                Outcome::Forwarded,
-                status.as_u16(),
-                0,
-                None,
-            );
-            let (rparts, rbody) = resp.into_parts();
-            reply(
-                status,
-                rparts.headers,
-                rbody.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
-            )
-        }
+        Ok(Ok(resp)) => forwarded(eg, &call, UNLISTED, resp),
         _ => {
             eg.done(&call, UNLISTED, Outcome::Failed, 502, 0, None);
             answer(StatusCode::BAD_GATEWAY, "upstream_failed")
@@ -397,4 +335,17 @@ pub(super) async fn connect(
     });
     eg.done(&call, &name, Outcome::Forwarded, 200, 0, None);
     Response::new(crate::body::empty())
+}
+
+/// The answer of a call sent on, passed back as it came; counted
+/// `forwarded` for `service`.
+fn forwarded<B>(eg: &Egress, call: &Call, service: &str, resp: Response<B>) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let status = resp.status();
+    eg.done(call, service, Outcome::Forwarded, status.as_u16(), 0, None);
+    let (parts, body) = resp.into_parts();
+    reply(status, parts.headers, body.map_err(Into::into).boxed())
 }

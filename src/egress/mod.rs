@@ -257,8 +257,27 @@ pub(crate) fn answer(status: StatusCode, error: &str) -> Response<ProxyBody> {
     resp
 }
 
+impl Egress {
+    /// Reads a call's body (at most `egress.max_body_bytes`); on failure
+    /// the call is counted `failed` for `service` and the answer to send is
+    /// returned.
+    pub(crate) async fn call_body(
+        &self,
+        call: &Call,
+        service: &str,
+        body: Incoming,
+    ) -> Result<Bytes, Response<ProxyBody>> {
+        read_body(body, self.config.max_body_bytes)
+            .await
+            .inspect_err(|resp| {
+                let status = resp.status().as_u16();
+                self.done(call, service, Outcome::Failed, status, 0, None);
+            })
+    }
+}
+
 /// Reads a call's body, at most `cap` bytes.
-pub(crate) async fn read_body(body: Incoming, cap: usize) -> Result<Bytes, Response<ProxyBody>> {
+async fn read_body(body: Incoming, cap: usize) -> Result<Bytes, Response<ProxyBody>> {
     match Limited::new(body, cap).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e)

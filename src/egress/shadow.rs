@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use super::keep::{Sig, Slot};
 use super::sidefx::{ShadowCall, Work};
-use super::{answer, live, read_body, Call, Egress, Outcome, Service};
+use super::{answer, live, Call, Egress, Outcome, Service};
 use crate::body::{full, ProxyBody};
 use crate::config::ShadowMode;
 
@@ -45,19 +45,9 @@ async fn replay(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, eg.config.max_body_bytes).await {
+    let body = match eg.call_body(&call, &service.name, body).await {
         Ok(b) => b,
-        Err(resp) => {
-            eg.done(
-                &call,
-                &service.name,
-                Outcome::Failed,
-                resp.status().as_u16(),
-                0,
-                None,
-            );
-            return resp;
-        }
+        Err(resp) => return resp,
     };
     // A call without an id belongs to no inbound request: unmatched.
     let Some(id) = call.id.clone() else {
