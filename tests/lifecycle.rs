@@ -355,6 +355,11 @@ async fn demo_starts_and_answers_through_the_proxy() {
             assert_eq!(v["host"], "my-app.local-shadow");
             v2_saw_shadow = true;
         }
+        // The demo's shop story (egress) logs its own orders alongside:
+        // only the my-app route's lines are this request's.
+        if v["route"] != "my-app" {
+            continue;
+        }
         match v["role"].as_str() {
             Some("primary") => primary_id = Some(v["request_id"].clone()),
             Some("mirror") => {
