@@ -305,7 +305,9 @@ impl Running {
         // The last access-log lines, before the process exits.
         self.shared.telemetry.access.flush();
         // The last records (`routes[].record`), their files ended.
-        self.shared.recorder.flush(std::time::Duration::from_secs(5));
+        self.shared
+            .recorder
+            .flush(std::time::Duration::from_secs(5));
     }
 }
 

@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
-use http::Method;
 use super::check::Check;
 use super::raw::RawRecord;
+use http::Method;
 
 /// A validated `routes[].record`.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,10 +53,7 @@ pub(super) fn record(c: &mut Check, path: &str, raw: &RawRecord) -> Option<Recor
         64 << 20,
     );
     if max_file_bytes < 1024 {
-        c.fail(
-            format!("{path}.max_file_bytes"),
-            "must be at least 1KiB",
-        );
+        c.fail(format!("{path}.max_file_bytes"), "must be at least 1KiB");
     }
     let max_files = raw.max_files.unwrap_or(5);
     if max_files == 0 {
@@ -77,14 +74,18 @@ pub(super) fn record(c: &mut Check, path: &str, raw: &RawRecord) -> Option<Recor
 mod tests {
     use crate::config::from_yaml;
 
-    const BASE: &str = "store: memory\nbackends:\n  shop: { endpoints: [\"127.0.0.1:9000\"] }\nroutes:\n";
+    const BASE: &str =
+        "store: memory\nbackends:\n  shop: { endpoints: [\"127.0.0.1:9000\"] }\nroutes:\n";
 
     #[test]
     fn record_is_read_with_defaults_and_a_relative_file() {
         let yaml = format!("{BASE}  - {{ name: r, backend: shop, record: {{ file: captures/r.jsonl.zst, methods: [get] }} }}\n");
         let c = from_yaml("/etc/sg/t.yaml", &yaml).expect("valid");
         let r = c.routes[0].record.clone().expect("record");
-        assert_eq!(r.file, std::path::PathBuf::from("/etc/sg/captures/r.jsonl.zst"));
+        assert_eq!(
+            r.file,
+            std::path::PathBuf::from("/etc/sg/captures/r.jsonl.zst")
+        );
         assert!(r.zstd);
         assert_eq!(r.percent, 100.0);
         assert_eq!(r.max_body_bytes, 1 << 20);

@@ -111,7 +111,13 @@ impl Recorder {
         if config.percent < 100.0 && fastrand::f64() * 100.0 >= config.percent {
             return None;
         }
-        Some(Pending::new(self.clone(), config.clone(), head, settings, memory))
+        Some(Pending::new(
+            self.clone(),
+            config.clone(),
+            head,
+            settings,
+            memory,
+        ))
     }
 
     fn send(&self, record: Record) {

@@ -122,10 +122,7 @@ impl Pending {
 
     /// Wraps the answer's body: copied as the client reads it; the record
     /// is sent when it ends.
-    pub fn tap_response(
-        mut self,
-        resp: http::Response<ProxyBody>,
-    ) -> http::Response<ProxyBody> {
+    pub fn tap_response(mut self, resp: http::Response<ProxyBody>) -> http::Response<ProxyBody> {
         let (parts, body) = resp.into_parts();
         let Some(mut record) = self.head.take() else {
             return http::Response::from_parts(parts, body);
