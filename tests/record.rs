@@ -300,11 +300,9 @@ async fn shutdown_flushes_the_last_records() {
         let a = get(&c, addr, "shop.example", &format!("/last/{i}")).await;
         assert_eq!(a.status, 200);
     }
-    let started = std::time::Instant::now();
+    // Read at once after the shutdown, within the writer's one-second
+    // batch: only the shutdown's flush can have written them.
     proxy.shutdown().await;
-    // Within the writer's one-second batch, only the shutdown's flush can
-    // have written them.
     let got = lines(&file);
-    assert!(started.elapsed() < Duration::from_millis(900) || got.len() == 3);
     assert_eq!(got.len(), 3, "records lost at shutdown: {got:?}");
 }

@@ -137,19 +137,19 @@ impl Recorder {
     /// for the writer to confirm; called at shutdown.
     pub fn flush(&self, within: Duration) {
         let (ack, done) = sync_channel(1);
-        let deadline = std::time::Instant::now() + within;
+        let deadline = tokio::time::Instant::now() + within;
         let mut msg = Msg::Flush(ack);
         loop {
             match self.tx.try_send(msg) {
                 Ok(()) => break,
-                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                Err(TrySendError::Full(m)) if tokio::time::Instant::now() < deadline => {
                     msg = m;
                     std::thread::yield_now();
                 }
                 Err(_) => return,
             }
         }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let _ = done.recv_timeout(left);
     }
 }
