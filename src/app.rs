@@ -304,6 +304,10 @@ impl Running {
         let _ = self.persisting.await;
         // The last access-log lines, before the process exits.
         self.shared.telemetry.access.flush();
+        // The last records (`routes[].record`), their files ended.
+        self.shared
+            .recorder
+            .flush(std::time::Duration::from_secs(5));
     }
 }
 

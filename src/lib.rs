@@ -25,6 +25,8 @@
 //!   noise, per-endpoint tallies and reports);
 //! - `compare`: the comparison pipeline — captures of the primary's
 //!   answer, the bounded queue, worker threads, tallies, persistence;
+//! - `record`: recording of a share of a route's requests and the
+//!   primary's answers to JSON-lines files (for replay);
 //! - `egress`: the apps' egress proxy: v1's outbound calls forwarded and
 //!   kept, v2's replayed from them and compared (side effects);
 //! - `promote`: promotion gates, switching, rollback and `auto` mode;
@@ -53,6 +55,7 @@ pub mod process;
 pub mod promote;
 pub mod protocol;
 pub mod proxy;
+pub mod record;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;

@@ -20,6 +20,7 @@ pub mod model;
 mod parse;
 mod promotion;
 pub mod raw;
+pub mod record;
 mod routes;
 mod settings;
 pub use settings::{is_postgres_url, postgres_config};

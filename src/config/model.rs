@@ -228,6 +228,8 @@ pub struct RouteConfig {
     pub rewrite: Option<Rewrite>,
     /// CORS: preflights answered here, headers added to answers.
     pub cors: Option<CorsPolicy>,
+    /// Recording of a share of the route's traffic (`record:`).
+    pub record: Option<std::sync::Arc<super::record::RecordConfig>>,
 }
 
 /// A route's CORS policy, with its header values ready.

@@ -346,6 +346,39 @@ pub struct RawRoute {
     /// response headers. Requests from other origins pass untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<RawCors>,
+    /// Recording of a share of this route's requests and the primary's
+    /// answers to a JSON-lines file, for replay (`docs/replay.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RawRecord>,
+}
+
+/// `routes[].record` as written.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecord {
+    /// File the records are appended to, one JSON object a line; relative
+    /// to the configuration file's directory. A name ending in `.zst`
+    /// (`captures/items.jsonl.zst`) is written zstd-compressed.
+    pub file: String,
+    /// Share of the route's requests recorded, 0 to 100. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Methods recorded (any case). Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Largest request body and largest answer body kept in a record
+    /// (each); a longer body is recorded empty with `body_truncated: true`.
+    /// Default 1MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<RawSize>,
+    /// Size at which the file is rotated (renamed `<file>.1`, older ones
+    /// shifted up). Default 64MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_bytes: Option<RawSize>,
+    /// Files kept, the one being written included (so `<file>.1` up to
+    /// `<file>.<max_files - 1>`); older ones are deleted. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_files: Option<u32>,
 }
 
 /// A route's CORS policy.

@@ -79,7 +79,13 @@ pub(super) fn route(c: &mut Check, path: &str, raw: &RawRoute) -> Option<RouteCo
         .cors
         .as_ref()
         .map(|r| cors(c, &format!("{path}.cors"), r));
+    let record = raw
+        .record
+        .as_ref()
+        .and_then(|r| super::record::record(c, &format!("{path}.record"), r))
+        .map(std::sync::Arc::new);
     Some(RouteConfig {
+        record,
         cors,
         rewrite,
         headers,

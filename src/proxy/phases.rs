@@ -164,8 +164,28 @@ pub async fn handle(
         register_egress(egress, route, &jobs, &ctx);
     }
 
+    // Recording (`routes[].record`): sampled here; bounded copies of both
+    // bodies, handed to the writer's queue when the answer ends.
+    let recording = route.config.record.as_ref().and_then(|config| {
+        let head = crate::record::RequestHead {
+            route: &route.name,
+            method: &parts.method,
+            uri: &ctx.uri,
+            headers: &parts.headers,
+            request_id: &ctx.request_id,
+            trace_id: ctx.trace_id.as_deref(),
+        };
+        shared
+            .recorder
+            .admit(config, head, &runtime.config, &route.memory)
+    });
+
     // 5. body: tee a bounded copy for the mirrors while it streams to the primary
     let (upstream_body, mirror_body) = tee_body(body, &jobs, content_length);
+    let upstream_body = match &recording {
+        Some(pending) => pending.tap_request(upstream_body),
+        None => upstream_body,
+    };
 
     // Comparison: the primary's answer will be captured for the compared copies.
     let (capture, compare_link) = compare_link(route, &jobs, &shared);
@@ -260,7 +280,10 @@ pub async fn handle(
     if let Some((policy, origin)) = cors {
         super::cors::decorate(policy, origin, resp.headers_mut());
     }
-    resp
+    match recording {
+        Some(pending) => pending.tap_response(resp),
+        None => resp,
+    }
 }
 
 use crate::compare::capture::CaptureSender;

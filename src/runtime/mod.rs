@@ -412,6 +412,8 @@ pub struct Shared {
     pub reloading: parking_lot::Mutex<()>,
     /// The egress proxy (`egress:`), built at start; changes only on restart.
     pub egress: Option<Arc<crate::egress::Egress>>,
+    /// The writer of the routes' `record:` files.
+    pub recorder: Arc<crate::record::Recorder>,
     /// With a shared store: the other live replicas' window summaries,
     /// merged, by `promote::fleet::window_key` (empty otherwise).
     pub fleet_windows: parking_lot::Mutex<
@@ -438,7 +440,9 @@ impl Shared {
         use_route_noise(&comparison, &runtime.config);
         let egress =
             crate::egress::Egress::new(&runtime.config, telemetry.clone(), comparison.clone());
+        let recorder = crate::record::Recorder::start(telemetry.metrics.clone());
         Arc::new(Shared {
+            recorder,
             egress,
             comparison,
             runtime: arc_swap::ArcSwap::from_pointee(runtime),

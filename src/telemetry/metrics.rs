@@ -106,6 +106,19 @@ pub struct EgressLabels {
 }
 
 /// Egress call durations: service and side.
+/// Labels of the records written (`routes[].record`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RecordLabels {
+    pub route: String,
+}
+
+/// Labels of the records dropped (`routes[].record`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RecordDropLabels {
+    pub route: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct EgressSideLabels {
     pub service: String,
@@ -144,6 +157,10 @@ pub struct Metrics {
 
     /// Retries of primary requests (`routes[].retries`), by the outcome retried.
     pub retries: Family<ReasonLabels, Counter>,
+    /// Records written to a route's `record` file.
+    pub record_written: Family<RecordLabels, Counter>,
+    /// Records not written, by route and reason.
+    pub record_dropped: Family<RecordDropLabels, Counter>,
     /// Sliding windows per target; kept across reloads.
     windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
 }
@@ -258,6 +275,18 @@ impl Metrics {
             "Kept live exchanges evicted before `keep` was over, to stay within the bounds",
             egress_evicted.clone(),
         );
+        let record_written = Family::<RecordLabels, Counter>::default();
+        registry.register(
+            "record_written",
+            "Records written to the route's record file (routes[].record)",
+            record_written.clone(),
+        );
+        let record_dropped = Family::<RecordDropLabels, Counter>::default();
+        registry.register(
+            "record_dropped",
+            "Records not written, by route and reason (queue_full: the writer is behind, write_failed: the file could not be opened or written, over_budget: the bodies did not fit in limits.shadow_memory, incomplete: the answer did not complete)",
+            record_dropped.clone(),
+        );
         let retries = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "retries",
@@ -268,6 +297,8 @@ impl Metrics {
             registry,
             retries,
             shadow_memory,
+            record_written,
+            record_dropped,
             egress_requests,
             egress_duration,
             egress_kept,

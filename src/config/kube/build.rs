@@ -272,6 +272,7 @@ impl<'a> Builder<'a> {
                             retries: rule.retries.clone(),
                             rewrite,
                             cors: rule.cors.clone(),
+                            record: None,
                         },
                     ));
                 }

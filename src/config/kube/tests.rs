@@ -498,7 +498,7 @@ routes:
         )]),
         vec![
             "native.yaml: routes[0].bogus: unknown field `bogus`, expected one of \
-             `name`, `match`, `backend`, `split`, `mirrors`, `compare`, `secondary`, `noise`, `promotion`, `max_body_bytes`, `headers`, `retries`, `rewrite`, `cors` at line 1 column 33"
+             `name`, `match`, `backend`, `split`, `mirrors`, `compare`, `secondary`, `noise`, `promotion`, `max_body_bytes`, `headers`, `retries`, `rewrite`, `cors`, `record` at line 1 column 33"
         ]
     );
     // A native file next to manifests keeps its own name and paths.

@@ -1,0 +1,174 @@
+//! Recording (issue #17, part 1): a sampled share of a route's requests
+//! and the primary's answers, written as JSON lines (`docs/replay.md`).
+//!
+//! On the request path only a sampling decision and two bounded copies are
+//! made: the request body as the primary reads it (`tap::RequestTap`) and
+//! the answer's body as the client reads it (`tap::ResponseTap`), both
+//! reserved from `limits.shadow_memory`. When the answer has ended, one
+//! [`Record`] goes to a bounded queue (`try_send`: a full queue drops it,
+//! counted); a dedicated writer thread (`writer`) redacts, serialises,
+//! batches, flushes at least every second, rotates and compresses.
+
+mod line;
+mod tap;
+mod writer;
+
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Uri};
+
+use crate::config::record::RecordConfig;
+use crate::config::Config;
+use crate::memory::MemoryBudget;
+use crate::telemetry::metrics::{Metrics, RecordDropLabels, RecordLabels};
+
+pub use tap::Pending;
+
+/// Records waiting for the writer; more are dropped (`queue_full`).
+const QUEUE: usize = 4096;
+
+/// One captured body.
+#[derive(Debug, Clone, Default)]
+pub struct CapturedBody {
+    pub bytes: Bytes,
+    pub truncated: bool,
+}
+
+/// One exchange, as handed to the writer.
+#[derive(Debug)]
+pub struct Record {
+    pub time: SystemTime,
+    pub route: Arc<str>,
+    pub request_id: HeaderValue,
+    pub trace_id: Option<String>,
+    pub method: Method,
+    pub uri: Uri,
+    pub request_headers: HeaderMap,
+    pub request_body: CapturedBody,
+    pub status: u16,
+    pub response_headers: HeaderMap,
+    pub response_body: CapturedBody,
+    pub duration: Duration,
+    /// Where and how it is written.
+    pub config: Arc<RecordConfig>,
+    /// The configuration in force: its `redact:` is what is hidden.
+    pub settings: Arc<Config>,
+}
+
+pub(crate) enum Msg {
+    Record(Box<Record>),
+    Flush(SyncSender<()>),
+}
+
+/// The recording of every route: the queue into the writer thread.
+#[derive(Debug)]
+pub struct Recorder {
+    tx: SyncSender<Msg>,
+    metrics: Arc<Metrics>,
+}
+
+/// What `admit` needs of the request.
+pub struct RequestHead<'a> {
+    pub route: &'a Arc<str>,
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub request_id: &'a HeaderValue,
+    pub trace_id: Option<&'a str>,
+}
+
+impl Recorder {
+    /// Starts the writer thread.
+    pub fn start(metrics: Arc<Metrics>) -> Arc<Self> {
+        let (tx, rx) = sync_channel(QUEUE);
+        let m = metrics.clone();
+        let spawned = std::thread::Builder::new()
+            .name("shadowgate-record".into())
+            .spawn(move || writer::run(rx, m));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "the record writer could not start; records will be dropped");
+        }
+        Arc::new(Recorder { tx, metrics })
+    }
+
+    /// Whether this request is recorded under `config`: its method and the
+    /// sampling share. `None` (nothing to do) for most requests.
+    pub fn admit(
+        self: &Arc<Self>,
+        config: &Arc<RecordConfig>,
+        head: RequestHead<'_>,
+        settings: &Arc<Config>,
+        memory: &Arc<MemoryBudget>,
+    ) -> Option<Pending> {
+        if let Some(methods) = &config.methods {
+            if !methods.contains(head.method) {
+                return None;
+            }
+        }
+        if config.percent < 100.0 && fastrand::f64() * 100.0 >= config.percent {
+            return None;
+        }
+        Some(Pending::new(
+            self.clone(),
+            config.clone(),
+            head,
+            settings,
+            memory,
+        ))
+    }
+
+    fn send(&self, record: Record) {
+        let route = record.route.clone();
+        match self.tx.try_send(Msg::Record(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.dropped(&route, "queue_full"),
+            Err(TrySendError::Disconnected(_)) => self.dropped(&route, "write_failed"),
+        }
+    }
+
+    pub(crate) fn dropped(&self, route: &str, reason: &str) {
+        dropped(&self.metrics, route, reason);
+    }
+
+    /// Writes out everything queued so far and waits (at most `within`)
+    /// for the writer to confirm; called at shutdown.
+    pub fn flush(&self, within: Duration) {
+        let (ack, done) = sync_channel(1);
+        let deadline = tokio::time::Instant::now() + within;
+        let mut msg = Msg::Flush(ack);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if tokio::time::Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::yield_now();
+                }
+                Err(_) => return,
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _ = done.recv_timeout(left);
+    }
+}
+
+pub(crate) fn dropped(metrics: &Metrics, route: &str, reason: &str) {
+    metrics
+        .record_dropped
+        .get_or_create(&RecordDropLabels {
+            route: route.to_string(),
+            reason: reason.to_string(),
+        })
+        .inc();
+}
+
+pub(crate) fn written(metrics: &Metrics, route: &str, n: u64) {
+    metrics
+        .record_written
+        .get_or_create(&RecordLabels {
+            route: route.to_string(),
+        })
+        .inc_by(n);
+}

@@ -1,0 +1,257 @@
+//! The two bounded copies a recorded request makes on the request path:
+//! the request body as the primary reads it, and the answer's body as the
+//! client reads it. Neither ever waits: a chunk that does not fit the cap
+//! marks the body truncated, one that does not fit the shadow memory
+//! budget drops the record (`over_budget`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::{CapturedBody, Record, Recorder, RequestHead};
+use crate::body::{BoxError, ProxyBody, UpstreamBody};
+use crate::config::record::RecordConfig;
+use crate::config::Config;
+use crate::memory::{BoundedBuf, BufRefused, MemoryBudget};
+
+/// One body being copied up to a cap.
+#[derive(Debug)]
+struct Copy {
+    buf: BoundedBuf,
+    truncated: bool,
+    over_budget: bool,
+}
+
+impl Copy {
+    fn new(memory: &Arc<MemoryBudget>, cap: usize) -> Self {
+        Copy {
+            buf: BoundedBuf::empty(memory, cap),
+            truncated: false,
+            over_budget: false,
+        }
+    }
+
+    fn data(&mut self, data: &[u8]) {
+        if self.truncated || self.over_budget {
+            return;
+        }
+        match self.buf.extend(data) {
+            Ok(()) => {}
+            Err(BufRefused::TooLarge) => {
+                self.truncated = true;
+                drop(self.buf.take());
+            }
+            Err(BufRefused::Memory) => {
+                self.over_budget = true;
+                drop(self.buf.take());
+            }
+        }
+    }
+
+    /// The copy, or `None` when it did not fit the memory budget.
+    fn finish(&mut self) -> Option<CapturedBody> {
+        if self.over_budget {
+            return None;
+        }
+        Some(CapturedBody {
+            bytes: self.buf.take().freeze(),
+            truncated: self.truncated,
+        })
+    }
+}
+
+/// A request admitted for recording, until its answer has ended.
+pub struct Pending {
+    recorder: Arc<Recorder>,
+    started: Instant,
+    time: SystemTime,
+    head: Option<Record>,
+    request: Arc<Mutex<Copy>>,
+    memory: Arc<MemoryBudget>,
+}
+
+impl Pending {
+    pub(super) fn new(
+        recorder: Arc<Recorder>,
+        config: Arc<RecordConfig>,
+        head: RequestHead<'_>,
+        settings: &Arc<Config>,
+        memory: &Arc<MemoryBudget>,
+    ) -> Self {
+        let cap = config.max_body_bytes;
+        let record = Record {
+            time: SystemTime::now(),
+            route: head.route.clone(),
+            request_id: head.request_id.clone(),
+            trace_id: head.trace_id.map(str::to_string),
+            method: head.method.clone(),
+            uri: head.uri.clone(),
+            request_headers: head.headers.clone(),
+            request_body: CapturedBody::default(),
+            status: 0,
+            response_headers: http::HeaderMap::new(),
+            response_body: CapturedBody::default(),
+            duration: std::time::Duration::ZERO,
+            config,
+            settings: settings.clone(),
+        };
+        Pending {
+            recorder,
+            started: Instant::now(),
+            time: record.time,
+            head: Some(record),
+            request: Arc::new(Mutex::new(Copy::new(memory, cap))),
+            memory: memory.clone(),
+        }
+    }
+
+    /// Wraps the request body: copied as the primary reads it.
+    pub fn tap_request(&self, body: UpstreamBody) -> UpstreamBody {
+        UpstreamBody::teed(RequestTap {
+            inner: body,
+            copy: self.request.clone(),
+        })
+    }
+
+    /// Wraps the answer's body: copied as the client reads it; the record
+    /// is sent when it ends.
+    pub fn tap_response(mut self, resp: http::Response<ProxyBody>) -> http::Response<ProxyBody> {
+        let (parts, body) = resp.into_parts();
+        let Some(mut record) = self.head.take() else {
+            return http::Response::from_parts(parts, body);
+        };
+        record.status = parts.status.as_u16();
+        record.response_headers = parts.headers.clone();
+        record.time = self.time;
+        let cap = record.config.max_body_bytes;
+        let tap = ResponseTap {
+            inner: body,
+            copy: Copy::new(&self.memory, cap),
+            pending: Some((self, record)),
+        };
+        http::Response::from_parts(parts, tap.boxed())
+    }
+
+    /// The answer has ended: the record goes to the writer.
+    fn complete(self, mut record: Record, response: &mut Copy) {
+        let request = self.request.lock().finish();
+        let (Some(request), Some(response)) = (request, response.finish()) else {
+            self.recorder.dropped(&record.route, "over_budget");
+            return;
+        };
+        record.request_body = request;
+        record.response_body = response;
+        record.duration = self.started.elapsed();
+        self.recorder.send(record);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The request body on its way to the primary, copied up to the cap.
+    struct RequestTap {
+        #[pin]
+        inner: UpstreamBody,
+        copy: Arc<Mutex<Copy>>,
+    }
+}
+
+impl Body for RequestTap {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(d) = frame.data_ref() {
+                this.copy.lock().data(d);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer's body on its way to the client, copied up to the cap;
+    /// the record is sent when it ends.
+    struct ResponseTap {
+        #[pin]
+        inner: ProxyBody,
+        copy: Copy,
+        pending: Option<(Pending, Record)>,
+    }
+
+    impl PinnedDrop for ResponseTap {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some((pending, record)) = this.pending.take() {
+                // An empty body may never be polled: that is a complete answer.
+                if this.inner.is_end_stream() {
+                    pending.complete(record, this.copy);
+                } else {
+                    pending.recorder.dropped(&record.route, "incomplete");
+                }
+            }
+        }
+    }
+}
+
+impl Body for ResponseTap {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.copy.data(d);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some((pending, record)) = this.pending.take() {
+                    pending.recorder.dropped(&record.route, "incomplete");
+                }
+            }
+            Poll::Ready(None) => {}
+            Poll::Pending => {}
+        }
+        let ended = matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream();
+        if ended {
+            if let Some((pending, record)) = this.pending.take() {
+                pending.complete(record, this.copy);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
