@@ -311,24 +311,27 @@ fn bad_configs_name_file_key_path_and_reason_and_exit_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_starts_and_answers_through_the_proxy() {
-    let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--v1",
-            "127.0.0.1:0",
-            "--v2",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed when the test ends, also when an assertion fails halfway.
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args([
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--v1",
+                "127.0.0.1:0",
+                "--v2",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -374,8 +377,6 @@ async fn demo_starts_and_answers_through_the_proxy() {
         primary_id, mirror_id,
         "access-log lines of both copies pair up by request id"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {

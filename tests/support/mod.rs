@@ -1054,3 +1054,14 @@ pub fn serving_addrs(stderr: &mut impl std::io::BufRead) -> (SocketAddr, SocketA
         }
     }
 }
+
+/// A child process that is killed and reaped when dropped, so a test that
+/// fails halfway leaves no process behind (the binary's `demo`, say).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
