@@ -36,8 +36,9 @@ pub struct Registry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<String, (Instant, Inbound)>,
-    order: VecDeque<String>,
+    /// Each id is allocated once, shared by the map and the order.
+    map: HashMap<Arc<str>, (Instant, Inbound)>,
+    order: VecDeque<Arc<str>>,
 }
 
 impl Registry {
@@ -55,13 +56,13 @@ impl Registry {
         let now = Instant::now();
         let mut inner = self.inner.lock();
         for id in ids.iter().filter(|id| !id.is_empty()) {
-            if inner
-                .map
-                .insert((*id).to_string(), (now, inbound.clone()))
-                .is_none()
-            {
-                inner.order.push_back((*id).to_string());
+            if let Some(entry) = inner.map.get_mut(*id) {
+                *entry = (now, inbound.clone());
+                continue;
             }
+            let id: Arc<str> = Arc::from(*id);
+            inner.map.insert(id.clone(), (now, inbound.clone()));
+            inner.order.push_back(id);
         }
         while inner.order.len() > self.max {
             if let Some(old) = inner.order.pop_front() {
