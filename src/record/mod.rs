@@ -121,11 +121,15 @@ impl Recorder {
     }
 
     fn send(&self, record: Record) {
-        let route = record.route.clone();
-        match self.tx.try_send(Msg::Record(Box::new(record))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.dropped(&route, "queue_full"),
-            Err(TrySendError::Disconnected(_)) => self.dropped(&route, "write_failed"),
+        // A refused message comes back: its route names the drop, with no
+        // copy of the name made for the records that go through.
+        let (reason, msg) = match self.tx.try_send(Msg::Record(Box::new(record))) {
+            Ok(()) => return,
+            Err(TrySendError::Full(msg)) => ("queue_full", msg),
+            Err(TrySendError::Disconnected(msg)) => ("write_failed", msg),
+        };
+        if let Msg::Record(record) = msg {
+            self.dropped(&record.route, reason);
         }
     }
 
