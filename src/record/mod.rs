@@ -10,6 +10,7 @@
 //! batches, flushes at least every second, rotates and compresses.
 
 mod line;
+pub mod read;
 mod tap;
 mod writer;
 
@@ -175,4 +176,12 @@ pub(crate) fn written(metrics: &Metrics, route: &str, n: u64) {
             route: route.to_string(),
         })
         .inc_by(n);
+}
+
+/// Recorded exchanges, one at a time, as read from a file.
+pub type Source = Box<dyn Iterator<Item = Result<read::Exchange, read::LineError>> + Send>;
+
+/// Opens a recording for reading (JSON lines, plain or zstd), streamed.
+pub fn open(path: &std::path::Path) -> Result<Source, read::OpenError> {
+    Ok(Box::new(read::Reader::open(path)?))
 }
