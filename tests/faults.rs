@@ -342,3 +342,121 @@ routes:
     assert_eq!(good.received(), 3);
     proxy.shutdown().await;
 }
+
+/// A v2 whose accept queue is full (one connection served, keep-alive,
+/// each answer after 100 ms; nothing else accepted) is busy, not gone: a
+/// mirror connect that times out while the kept connection answers must
+/// not pass it over for `eject_for`, or every later copy is dropped as
+/// `backend_unhealthy` although v2 serves them (found in the as-shipped
+/// benchmark, #16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_shadow_whose_accept_queue_is_full_is_not_passed_over() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let _shared = MEASURING.read().await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let busy = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    let server = tokio::spawn(async move {
+        // The only connection ever accepted; the listener stays open (its
+        // queue full) for as long as the task runs.
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                count.fetch_add(1, Ordering::SeqCst);
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nv2";
+                if conn.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    let v1 = TestBackend::new().body("v1").spawn().await;
+    let proxy = start_proxy(&format!(
+        "backends:\n  v1: {{ endpoints: [\"{v1}\"] }}\n  v2: {{ endpoints: [\"{busy}\"], connect_timeout: 200ms, eject_for: 30s }}\nroutes:\n  - name: r\n    backend: v1\n    mirrors: [{{ backend: v2 }}]\n",
+        v1 = v1.addr
+    ))
+    .await;
+    let addr = proxy.listen_addrs[0];
+    let c = client();
+    let wait_served = |n: usize| {
+        let served = served.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while served.load(Ordering::SeqCst) < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "v2 served {} of {n}",
+                    served.load(Ordering::SeqCst)
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    // The first copy opens the one connection v2 accepts; it is kept idle.
+    assert_eq!(get(&c, addr, "app", "/").await.status, 200);
+    wait_served(1).await;
+    mirrors_settled(&proxy).await;
+    // Fill v2's accept queue: connects that complete are queued, never
+    // accepted; the first that does not complete shows the queue is full.
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(busy),
+        )
+        .await
+        {
+            Ok(Ok(s)) => queued.push(s),
+            _ => break,
+        }
+    }
+    assert!(queued.len() < 16, "the accept queue never filled");
+    // Two copies at once: one goes over the kept connection (answered
+    // after 100 ms), the other needs a new connection, which times out
+    // after 200 ms while the first is answered.
+    let (a, b) = tokio::join!(get(&c, addr, "app", "/a"), get(&c, addr, "app", "/b"));
+    assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 200));
+    wait_served(2).await;
+    mirrors_settled(&proxy).await;
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        metric(
+            &text,
+            "shadowgate_mirror_errors_total{route=\"r\",backend=\"v2\",kind=\"connect\"}"
+        ),
+        1.0,
+        "one copy's connect timed out:\n{text}"
+    );
+    // v2 still serves: later copies reach it over the kept connection.
+    for i in 0..5 {
+        assert_eq!(
+            get(&c, addr, "app", &format!("/later/{i}")).await.status,
+            200
+        );
+        mirrors_settled(&proxy).await;
+    }
+    wait_served(7).await;
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        metric(&text, "shadowgate_mirror_dropped_total{route=\"r\",backend=\"v2\",reason=\"backend_unhealthy\"}"),
+        0.0,
+        "{text}"
+    );
+    drop(queued);
+    proxy.shutdown().await;
+    server.abort();
+}

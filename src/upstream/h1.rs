@@ -29,9 +29,10 @@ impl Backend {
             req.uri().path_and_query(),
         )?;
         *req.version_mut() = Version::HTTP_11;
+        let started = self.now_ms();
         match self.client.request(req).await {
             Ok(resp) => Ok(resp.map(ResponseBody::h1)),
-            Err(e) if e.is_connect() => Err(self.connect_error(idx, e.into())),
+            Err(e) if e.is_connect() => Err(self.connect_error(idx, started, e.into())),
             Err(e) => Err(self.exchange_error(idx, e)),
         }
     }
@@ -44,11 +45,12 @@ impl Backend {
         stream: UpstreamStream,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let started = self.now_ms();
         let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(READ_BUFFER)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| self.connect_error(idx, e.into()))?;
+            .map_err(|e| self.connect_error(idx, started, e.into()))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });

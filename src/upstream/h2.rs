@@ -99,12 +99,13 @@ impl Backend {
     /// is then remembered as HTTP/1.1 and the fresh connection returned.
     pub(super) async fn connect_h2(&self, idx: usize) -> Result<Connected2, UpstreamError> {
         let endpoint = &self.endpoints[idx];
+        let started = self.now_ms();
         let uri = self.uri(endpoint.authority.clone(), None)?;
         let stream = self
             .h2_connector
             .connect(uri)
             .await
-            .map_err(|e| self.connect_error(idx, e))?;
+            .map_err(|e| self.connect_error(idx, started, e))?;
         let auto = self.config.protocol == UpstreamProtocol::Auto;
         if auto && !stream.negotiated_h2() {
             endpoint.mode.store(MODE_H1, Ordering::Relaxed);
@@ -115,7 +116,8 @@ impl Backend {
             .h2_builder
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| self.connect_error(idx, e.into()))?;
+            .map_err(|e| self.connect_error(idx, started, e.into()))?;
+        self.alive(idx);
         let (backend, authority) = (self.config.name.clone(), endpoint.authority.clone());
         tokio::spawn(async move {
             if let Err(e) = connection.await {

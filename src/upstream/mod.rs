@@ -83,6 +83,10 @@ struct EndpointState {
     authority: Authority,
     /// Milliseconds since `Backend::epoch` until which the endpoint is passed over.
     ejected_until: AtomicU64,
+    /// Milliseconds since `Backend::epoch` when the endpoint last answered
+    /// or took a new connection (`NEVER` before that): a connect that
+    /// times out meanwhile means busy, not gone (`health.rs`).
+    last_ok: AtomicU64,
     /// HTTP/2 connections (protocols `h2` and `auto`).
     h2: H2Pool,
     /// `auto` over TLS: what ALPN settled on last time.
@@ -148,6 +152,7 @@ impl Backend {
                 Some(EndpointState {
                     authority: e.authority.parse().ok()?,
                     ejected_until: AtomicU64::new(0),
+                    last_ok: AtomicU64::new(health::NEVER),
                     h2: H2Pool::default(),
                     mode: AtomicU8::new(MODE_UNKNOWN),
                     idle: IdleConns::default(),
@@ -249,6 +254,7 @@ impl Backend {
             }),
         };
         result.map(|mut resp| {
+            self.alive(idx);
             let endpoint = AnsweredBy(self.endpoints[idx].authority.to_string());
             resp.extensions_mut().insert(endpoint);
             resp
@@ -401,11 +407,15 @@ impl Picked<'_> {
     /// refused connection passes the endpoint over.
     pub async fn connect(&self) -> Result<UpstreamStream, UpstreamError> {
         let b = self.backend;
+        let started = b.now_ms();
         let uri = b.uri(b.endpoints[self.idx].authority.clone(), None)?;
-        b.h1_connector
+        let stream = b
+            .h1_connector
             .connect(uri)
             .await
-            .map_err(|e| b.connect_error(self.idx, e))
+            .map_err(|e| b.connect_error(self.idx, started, e))?;
+        b.alive(self.idx);
+        Ok(stream)
     }
 
     /// The endpoint's most recently used idle connection, if one is still
@@ -418,6 +428,8 @@ impl Picked<'_> {
     /// `max_idle_per_endpoint` are kept).
     pub fn keep_idle(&self, stream: UpstreamStream) {
         let b = self.backend;
+        // Kept after a complete exchange: the endpoint answered.
+        b.alive(self.idx);
         b.endpoints[self.idx]
             .idle
             .put(stream, b.config.max_idle_per_endpoint, IDLE_TIMEOUT);
