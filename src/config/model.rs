@@ -352,6 +352,9 @@ pub struct PromotionConfig {
     pub min_requests: u64,
     pub max_error_rate_delta: GateLimit,
     pub max_p99_ratio: GateLimit,
+    /// A candidate p99 at most this much above the baseline's passes the
+    /// p99 gate whatever the ratio.
+    pub p99_slack: Duration,
     pub max_diff_rate: GateLimit,
     pub mode: PromotionMode,
     /// Percent of live traffic per step; empty: switch at once.
@@ -359,6 +362,9 @@ pub struct PromotionConfig {
     pub step_interval: Duration,
     pub evaluate_every: Duration,
 }
+
+/// Default `promotion.p99_slack`.
+pub const DEFAULT_P99_SLACK: Duration = Duration::from_millis(2);
 
 /// A promotion gate's limit as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -382,6 +388,7 @@ impl PromotionConfig {
             min_requests: 100,
             max_error_rate_delta: GateLimit::Default,
             max_p99_ratio: GateLimit::Default,
+            p99_slack: DEFAULT_P99_SLACK,
             max_diff_rate: GateLimit::Default,
             mode: PromotionMode::Manual,
             steps: Vec::new(),

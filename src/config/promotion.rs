@@ -100,6 +100,11 @@ pub(super) fn promotion(
         min_requests: raw.min_requests.unwrap_or(100),
         max_error_rate_delta,
         max_p99_ratio,
+        p99_slack: c.duration(
+            &format!("{path}.p99_slack"),
+            &raw.p99_slack,
+            super::model::DEFAULT_P99_SLACK,
+        ),
         max_diff_rate,
         mode,
         steps,
@@ -129,7 +134,7 @@ mod tests {
 
     #[test]
     fn a_promotion_block_with_its_gates() {
-        let route = shop("  mode: auto\n  window: 1m\n  max_p99_ratio: 1.5\n  max_diff_rate: off\n  steps: [10, 50, 100]\n");
+        let route = shop("  mode: auto\n  window: 1m\n  max_p99_ratio: 1.5\n  p99_slack: 5ms\n  max_diff_rate: off\n  steps: [10, 50, 100]\n");
         let (p, errors) = checked(|c| {
             promotion(
                 c,
@@ -143,6 +148,7 @@ mod tests {
         assert_eq!(p.mirror, "v2");
         assert_eq!(p.mode, PromotionMode::Auto);
         assert_eq!(p.window, Duration::from_secs(60));
+        assert_eq!(p.p99_slack, Duration::from_millis(5));
         assert_eq!(p.max_p99_ratio, GateLimit::Set(1.5));
         assert_eq!(p.max_diff_rate, GateLimit::Off);
         assert_eq!(p.max_error_rate_delta, GateLimit::Default);

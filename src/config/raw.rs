@@ -517,6 +517,11 @@ pub struct RawPromotion {
     /// Default 1.5; `off` turns the gate off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99_ratio: Option<RawGate>,
+    /// A candidate p99 at most this much above the baseline's passes the
+    /// p99 gate whatever the ratio (at sub-millisecond latencies a ratio
+    /// alone fails on jitter). Default `2ms`; `0ms`: the ratio alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_slack: Option<String>,
     /// Largest allowed rate of real differences (after noise), in percent
     /// of compared pairs. Default 1 when the candidate's mirror compares
     /// (`compare: true`); `off` turns the gate off.

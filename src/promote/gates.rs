@@ -3,7 +3,9 @@
 //!
 //! - error rate delta: candidate errors % − baseline errors % (5xx and
 //!   failed exchanges), in percentage points; default limit 1;
-//! - p99 ratio: candidate p99 / baseline p99; default limit 1.5;
+//! - p99 ratio: candidate p99 / baseline p99; default limit 1.5; a
+//!   candidate p99 within `p99_slack` (default 2 ms) of the baseline's
+//!   passes whatever the ratio (sub-millisecond p99s double on jitter);
 //! - diff rate: real differences (after noise) in percent of compared
 //!   pairs; default limit 1 when the mirror compares.
 //!
@@ -213,6 +215,19 @@ pub fn judge(
             o.reason = OFF_NO_COMPARE.into();
         }
     }
+    if let (Some(g), Some(c), Some(b)) = (
+        gates.iter_mut().find(|g| g.name == "p99_ratio"),
+        candidate.p99_ms,
+        baseline.p99_ms,
+    ) {
+        let slack = cfg.p99_slack.as_secs_f64() * 1e3;
+        if g.pass == Some(false) && c - b <= slack {
+            g.pass = Some(true);
+            g.note = Some(format!(
+                "p99 {c:.2} ms is within p99_slack ({slack} ms) of the baseline's {b:.2} ms"
+            ));
+        }
+    }
     if enough {
         if let Some(g) = gates
             .iter_mut()
@@ -264,6 +279,7 @@ mod tests {
             min_requests: 1000,
             max_error_rate_delta: GateLimit::Set(0.5),
             max_p99_ratio: GateLimit::Set(1.2),
+            p99_slack: crate::config::DEFAULT_P99_SLACK,
             max_diff_rate: GateLimit::Set(1.0),
             mode: PromotionMode::Manual,
             steps: vec![],
@@ -348,6 +364,24 @@ mod tests {
                 11,
                 Verdict::NotReady,
                 vec!["diff_rate"],
+            ),
+            (
+                "p99 over the ratio but within p99_slack passes",
+                side(2000, 0, 1.0),
+                side(2000, 0, 2.9),
+                1000,
+                10,
+                Verdict::Ready,
+                vec![],
+            ),
+            (
+                "p99 over the ratio and past p99_slack fails",
+                side(2000, 0, 1.0),
+                side(2000, 0, 3.1),
+                1000,
+                10,
+                Verdict::NotReady,
+                vec!["p99_ratio"],
             ),
             (
                 "p99 exactly at limit passes",
