@@ -152,6 +152,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
 
     let router = crate::admin::router(shared.clone());
     tokio::spawn(crate::admin::serve::serve(
+        "admin",
         admin_listener,
         shared.clone(),
         router,
@@ -160,6 +161,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Running, Sta
 
     if let Some(listener) = metrics_listener {
         tokio::spawn(crate::admin::serve::serve(
+            "metrics",
             listener,
             shared.clone(),
             crate::admin::metrics_router(shared.clone()),

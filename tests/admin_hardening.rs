@@ -254,6 +254,19 @@ async fn idle_admin_connections_never_starve_the_proxy_and_are_closed_after_the_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let refusals = proxy.wait_for_log("admin server at its connection cap", Duration::from_secs(5));
+    // The refusals are counted in the metrics.
+    let text = get_within(proxy.admin, "localhost", "/metrics", Duration::from_secs(5))
+        .await
+        .expect("metrics")
+        .text();
+    let counted = metric(
+        &text,
+        "shadowgate_admin_connections_refused_total{listener=\"admin\"}",
+    );
+    assert!(
+        counted >= 1.0 && counted <= opened as f64,
+        "refusals counted: {counted} of {opened} opened"
+    );
     eprintln!(
         "opened {opened} idle admin connections in {opening:?}; all closed by the server after {all_closed:?}; {refusals}"
     );

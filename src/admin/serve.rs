@@ -53,14 +53,24 @@ impl Drop for Open {
     }
 }
 
-/// Serves `router` on `listener` until `stop` turns true.
+/// Serves `router` on `listener` until `stop` turns true; `name` (`admin`
+/// or `metrics`) labels its refused connections.
 pub async fn serve(
+    name: &'static str,
     listener: TcpListener,
     shared: Arc<Shared>,
     router: Router,
     mut stop: watch::Receiver<bool>,
 ) {
     let share = descriptor_share();
+    let refusals = shared
+        .telemetry
+        .metrics
+        .admin_refused
+        .get_or_create(&crate::telemetry::metrics::ListenerLabels {
+            listener: name.to_string(),
+        })
+        .clone();
     let open = Arc::new(AtomicUsize::new(0));
     let mut refused: u64 = 0;
     let mut last_warning: Option<tokio::time::Instant> = None;
@@ -86,6 +96,7 @@ pub async fn serve(
             // Over the cap: close at once, so the descriptor is back now.
             drop(stream);
             refused += 1;
+            refusals.inc();
             let now = tokio::time::Instant::now();
             if last_warning.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
                 last_warning = Some(now);

@@ -112,6 +112,12 @@ pub struct RecordLabels {
     pub route: String,
 }
 
+/// Labels of an admin-side listener: `admin` or `metrics` (`metrics.listen`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
 /// Labels of the records dropped (`routes[].record`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RecordDropLabels {
@@ -161,6 +167,8 @@ pub struct Metrics {
     pub record_written: Family<RecordLabels, Counter>,
     /// Records not written, by route and reason.
     pub record_dropped: Family<RecordDropLabels, Counter>,
+    /// Admin (or metrics) connections closed at once, over the connection cap.
+    pub admin_refused: Family<ListenerLabels, Counter>,
     /// Sliding windows per target; kept across reloads.
     windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
 }
@@ -293,8 +301,15 @@ impl Metrics {
             "Primary requests retried under the route's retries, by route, backend and the outcome retried (a status code, connect_failure, timeout or reset); mirrors are never retried",
             retries.clone(),
         );
+        let admin_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "admin_connections_refused",
+            "Connections to the admin server (listener admin) or the metrics listener (listener metrics) closed as soon as accepted because admin_max_connections were open",
+            admin_refused.clone(),
+        );
         Metrics {
             registry,
+            admin_refused,
             retries,
             shadow_memory,
             record_written,
