@@ -319,3 +319,64 @@ async fn a_chunked_body_over_the_routes_limit_is_cut_and_answered_413() {
     assert_eq!(raw_status(addr, &ok).await.0, "200");
     proxy.shutdown().await;
 }
+
+/// An HTTP/2 connection that goes silent is closed after
+/// `limits.idle_timeout` (hyper has no idle timeout of its own for HTTP/2
+/// server connections); one that keeps sending requests is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_http2_connection_is_closed_after_the_idle_timeout() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let v1 = TestBackend::new().body("v1").spawn().await;
+    let proxy = start_proxy(&format!(
+        "limits: {{ idle_timeout: 400ms }}\nbackends: {{ v1: {{ endpoints: [\"{}\"] }} }}\nroutes: [{{ name: r, backend: v1 }}]\n",
+        v1.addr
+    ))
+    .await;
+    let addr = proxy.listen_addrs[0];
+    let open = |_: ()| async move {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let ended = tokio::spawn(async move {
+            let _ = conn.await;
+            started.elapsed()
+        });
+        (sender, ended)
+    };
+    let request = || {
+        http::Request::builder()
+            .uri("http://app/")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let (mut quiet, quiet_ended) = open(()).await;
+    let (mut busy, busy_ended) = open(()).await;
+    assert_eq!(quiet.send_request(request()).await.unwrap().status(), 200);
+    // The busy one asks every 100 ms for 1.2 s: never silent for 400 ms.
+    for _ in 0..12 {
+        let answer = busy
+            .send_request(request())
+            .await
+            .expect("busy connection closed");
+        assert_eq!(answer.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!busy_ended.is_finished(), "a busy connection was closed");
+    // The quiet one was closed meanwhile (bounded wait).
+    let closed_after = tokio::time::timeout(Duration::from_secs(5), quiet_ended)
+        .await
+        .expect("a silent HTTP/2 connection is still open after 5 s")
+        .unwrap();
+    assert!(
+        closed_after >= Duration::from_millis(400),
+        "closed after {closed_after:?}"
+    );
+    drop(busy);
+    proxy.shutdown().await;
+}

@@ -117,6 +117,8 @@ pub struct Limits {
     pub max_headers: usize,
     /// Bytes held for shadow traffic at most (`limits.shadow_memory`).
     pub shadow_memory: usize,
+    /// A client connection silent this long is closed gracefully (zero: never).
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -126,6 +128,7 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             shadow_memory: 128 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }

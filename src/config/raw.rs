@@ -229,6 +229,12 @@ pub struct RawLimits {
     /// What does not fit is dropped (`memory`). Default `128MiB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_memory: Option<RawSize>,
+    /// A client connection with no byte in either direction for this long
+    /// is closed gracefully (HTTP/2: GOAWAY, in-flight streams finish).
+    /// Default `5m`; `0s` never. (An idle HTTP/1.1 keep-alive connection
+    /// is closed after `header_read_timeout` already.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
 }
 
 /// A named group of endpoints.

@@ -56,6 +56,7 @@ pub(super) fn limits(c: &mut Check, l: &RawLimits) -> Limits {
             d.shadow_memory as u64,
         ))
         .unwrap_or(usize::MAX),
+        idle_timeout: c.duration("limits.idle_timeout", &l.idle_timeout, d.idle_timeout),
     };
     if limits.max_header_bytes < 8192 {
         c.fail("limits.max_header_bytes", "must be at least 8KiB");

@@ -11,6 +11,7 @@ pub mod context;
 pub mod cors;
 pub mod error;
 pub mod guard;
+pub mod idle;
 pub mod path;
 pub mod phases;
 pub mod retry;

@@ -32,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::context::ConnInfo;
 use super::guard::{FramingGuard, TunnelVerdicts};
+use super::idle::{Activity, Watched};
 use super::phases::handle;
 use crate::config::Limits;
 use crate::runtime::Shared;
@@ -240,9 +241,10 @@ async fn serve<S>(
         }
     });
     // The framing guard refuses smuggling shapes before hyper parses them.
+    let activity = Activity::new();
     let io = TokioIo::new(
         FramingGuard::with_limits(
-            stream,
+            Watched::new(stream, activity.clone()),
             limits.max_header_bytes,
             Some(limits.header_read_timeout),
         )
@@ -259,6 +261,13 @@ async fn serve<S>(
     let ended = tokio::select! {
         ended = conn.as_mut() => Some(ended),
         _ = stopping => None,
+        _ = activity.silent_for(limits.idle_timeout) => {
+            // Silent for `limits.idle_timeout`: closed gracefully (HTTP/2:
+            // GOAWAY; what is in flight finishes).
+            tracing::debug!(peer = %conn_info.peer, idle = ?limits.idle_timeout, "idle client connection closed");
+            conn.as_mut().graceful_shutdown();
+            Some(conn.as_mut().await)
+        }
     };
     let ended = match ended {
         Some(ended) => ended,
