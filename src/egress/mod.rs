@@ -14,6 +14,7 @@
 
 mod keep;
 mod live;
+pub mod offline;
 pub mod registry;
 mod shadow;
 mod sidefx;
