@@ -476,6 +476,11 @@ async fn a_recorded_request_carries_its_outbound_calls_bounded_and_redacted() {
     let five = by_id("five");
     assert_eq!(five["calls"].as_array().unwrap().len(), 3, "{five}");
     assert_eq!(five["calls_cut"], 2, "{five}");
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(&m, "shadowgate_record_calls_cut_total{route=\"rec\"}"),
+        2.0
+    );
     // A body over `max_body_bytes` is kept out, marked.
     let padded = by_id("padded");
     let call = &padded["calls"][0];

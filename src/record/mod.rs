@@ -158,6 +158,15 @@ impl Recorder {
         }
     }
 
+    fn calls_cut(&self, route: &str, n: u32) {
+        self.metrics
+            .record_calls_cut
+            .get_or_create(&RecordLabels {
+                route: route.to_string(),
+            })
+            .inc_by(u64::from(n));
+    }
+
     pub(crate) fn dropped(&self, route: &str, reason: &str) {
         dropped(&self.metrics, route, reason);
     }

@@ -180,6 +180,9 @@ impl Pending {
     fn complete(mut self, mut record: Record, response: &mut Copy) {
         if let Some(calls) = self.calls.take() {
             record.calls = calls.close();
+            if record.calls.cut > 0 {
+                self.recorder.calls_cut(&record.route, record.calls.cut);
+            }
         }
         let request = self.request.lock().finish_request();
         let (Some(request), Some(response)) = (request, response.finish()) else {
