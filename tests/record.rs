@@ -494,6 +494,44 @@ async fn a_recorded_request_carries_its_outbound_calls_bounded_and_redacted() {
     for secret in ["pr0vider", "k3ysecret", "c00kie"] {
         assert!(!text.contains(secret), "{secret} reached the file");
     }
+    // The reader (replay's) reads the calls back as written.
+    let read: Vec<_> = shadowgate::record::open(&file)
+        .unwrap()
+        .map(|e| e.expect("a readable line"))
+        .collect();
+    let two = read.iter().find(|e| e.request_id == "two").unwrap();
+    assert_eq!(two.calls.len(), 2);
+    assert_eq!(two.calls[1].service, "payments");
+    assert_eq!(two.calls[1].request.method.as_deref(), Some("POST"));
+    assert_eq!(&two.calls[1].request.body[..], b"{\"n\":1}");
+    assert_eq!(two.calls[1].response.status, Some(200));
+    assert!(two.calls[1].request.header("traceparent").is_some());
+
+    // And the offline egress answers a replayed build's calls from them.
+    let trace = two.trace_id.clone().expect("a trace id with egress on");
+    let book = shadowgate::egress::offline::Book::new();
+    book.insert(&trace, two.calls.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let offline_addr = l.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let server = shadowgate::egress::offline::serve(l, book.clone(), rx);
+    let tp = format!("00-{trace}-b7ad6b7169203331-01");
+    let a = send(
+        &c,
+        offline_addr,
+        Method::POST,
+        "payments.example",
+        "/charges",
+        &[("traceparent", tp.as_str())],
+        "{}",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), "{\"id\":\"ch_1\",\"status\":\"succeeded\"}");
+    assert_eq!(book.counts()["payments"].served, 1);
+    let _ = stop.send(true);
+    server.await.unwrap();
+
     // Every call was made while its record was gathering; none is held now.
     assert!(seen.lock().iter().all(|n| *n >= 1), "{:?}", seen.lock());
     let eg = proxy.shared.egress.clone().unwrap();
