@@ -471,6 +471,10 @@ async fn a_recorded_request_carries_its_outbound_calls_bounded_and_redacted() {
         assert!(call["duration_ms"].as_f64().unwrap() >= 0.0);
     }
     assert!(two.get("calls_cut").is_none(), "{two}");
+    assert_eq!(
+        two["request"]["body_truncated"], false,
+        "an empty body is whole"
+    );
 
     // Bounded: `max_calls` kept, the rest counted.
     let five = by_id("five");
