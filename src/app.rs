@@ -344,6 +344,8 @@ pub fn reload(shared: &Shared, sources: &[PathBuf]) -> Result<(), ConfigErrors> 
             *shared.restart_pending.lock() = pending;
             shared.telemetry.access.set_enabled(new.access_log);
             shared.apply(new);
+            // Files no route records to any more are closed.
+            shared.recorder.retain(&shared.runtime.load().config);
             metrics
                 .config_reloads
                 .get_or_create(&ResultLabels {

@@ -306,3 +306,378 @@ async fn shutdown_flushes_the_last_records() {
     let got = lines(&file);
     assert_eq!(got.len(), 3, "records lost at shutdown: {got:?}");
 }
+
+/// What the test app saw while making its outbound calls: how many
+/// records were gathering calls at that moment.
+type Seen = std::sync::Arc<parking_lot::Mutex<Vec<usize>>>;
+
+/// The egress of the proxy under test, known once it has started.
+type EgressCell = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<shadowgate::egress::Egress>>>;
+
+/// An app (v1) that answers each request after making `calls=N` outbound
+/// calls (query) to `payments.example` through the egress live listener,
+/// propagating `traceparent` only, with a credential and a query secret;
+/// call `i` sends `{"n":i}`, padded past 64 bytes when `pad=1`.
+async fn calling_app(
+    egress: std::sync::Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    cell: EgressCell,
+    seen: Seen,
+) -> std::net::SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let client = client();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = l.accept().await else {
+                return;
+            };
+            let (client, egress, cell, seen) =
+                (client.clone(), egress.clone(), cell.clone(), seen.clone());
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (client, egress, cell, seen) =
+                    (client.clone(), egress.clone(), cell.clone(), seen.clone());
+                async move {
+                    let q = req.uri().query().unwrap_or("").to_string();
+                    let arg = |k: &str| {
+                        q.split('&')
+                            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0)
+                    };
+                    let (calls, pad) = (arg("calls"), arg("pad") == 1);
+                    let tp = req.headers().get("traceparent").cloned();
+                    let _ = req.into_body().collect().await;
+                    let eg = *egress.get().expect("egress address");
+                    let mut answers = Vec::new();
+                    for i in 0..calls {
+                        if let Some(e) = cell.get() {
+                            seen.lock().push(e.recording.len());
+                        }
+                        let body = if pad {
+                            format!("{{\"n\":{i},\"pad\":\"{}\"}}", "p".repeat(100))
+                        } else {
+                            format!("{{\"n\":{i}}}")
+                        };
+                        let mut b = http::Request::post(format!(
+                            "http://{eg}/charges?api_key=k3ysecret&n={i}"
+                        ))
+                        .header("host", "payments.example")
+                        .header("authorization", "Bearer pr0vider")
+                        .header("content-type", "application/json");
+                        if let Some(tp) = &tp {
+                            b = b.header("traceparent", tp.clone());
+                        }
+                        let resp = client
+                            .request(b.body(Full::new(Bytes::from(body))).unwrap())
+                            .await
+                            .unwrap();
+                        let status = resp.status().as_u16();
+                        let _ = resp.into_body().collect().await;
+                        answers.push(status);
+                    }
+                    let text = format!("{answers:?}");
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                        text,
+                    ))))
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A proxy with an egress (`payments` → a provider) and two routes to the
+/// calling app: `/rec` recorded to `file`, `/plain` not.
+async fn proxy_with_egress(file: &Path, record: &str) -> (Running, Seen, BackendHandle) {
+    let provider = TestBackend::new()
+        .body("{\"id\":\"ch_1\",\"status\":\"succeeded\"}")
+        .header("content-type", "application/json")
+        .header("set-cookie", "psession=c00kie")
+        .spawn()
+        .await;
+    let egress_addr = std::sync::Arc::new(std::sync::OnceLock::new());
+    let cell: EgressCell = Default::default();
+    let seen: Seen = Default::default();
+    let app = calling_app(egress_addr.clone(), cell.clone(), seen.clone()).await;
+    let proxy = start_proxy(&format!(
+        "backends:\n  app: {{ endpoints: [\"{app}\"] }}\n  provider: {{ endpoints: [\"{}\"] }}\n\
+         egress:\n  listen: 127.0.0.1:0\n  shadow_listen: 127.0.0.1:0\n  services:\n    - {{ name: payments, match: {{ host: payments.example }}, backend: provider }}\n\
+         routes:\n  - name: rec\n    backend: app\n    match: {{ path_prefix: /rec }}\n    record: {{ file: {}, {record} }}\n  - name: plain\n    backend: app\n",
+        provider.addr,
+        file.display()
+    ))
+    .await;
+    egress_addr
+        .set(proxy.egress_addrs.expect("egress").live)
+        .unwrap();
+    let _ = cell.set(proxy.shared.egress.clone().expect("egress"));
+    (proxy, seen, provider)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_request_carries_its_outbound_calls_bounded_and_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_in(&dir, "calls.jsonl");
+    let (proxy, seen, _provider) =
+        proxy_with_egress(&file, "max_body_bytes: 64, max_calls: 3").await;
+    let addr = proxy.listen_addrs[0];
+    let c = client();
+    for (path, id) in [
+        ("/rec?calls=2", "two"),
+        ("/rec?calls=5", "five"),
+        ("/rec?calls=1&pad=1", "padded"),
+        ("/rec?calls=0", "none"),
+    ] {
+        let a = send(
+            &c,
+            addr,
+            Method::GET,
+            "shop.example",
+            path,
+            &[("x-request-id", id)],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, 200, "{path}: {}", a.text());
+    }
+    let got = wait_lines(&file, 4).await;
+    assert_eq!(got.len(), 4, "{got:?}");
+    let by_id = |id: &str| got.iter().find(|l| l["request_id"] == id).unwrap().clone();
+
+    let two = by_id("two");
+    let calls = two["calls"].as_array().expect("calls in the record");
+    assert_eq!(calls.len(), 2, "{two}");
+    for (i, call) in calls.iter().enumerate() {
+        assert_eq!(call["service"], "payments");
+        assert_eq!(call["request"]["method"], "POST");
+        let uri = call["request"]["uri"].as_str().unwrap();
+        assert!(uri.starts_with("/charges?"), "{uri}");
+        assert!(uri.contains(&format!("n={i}")), "in the order made: {uri}");
+        assert!(!uri.contains("k3ysecret"), "query secret kept: {uri}");
+        assert_eq!(call["request"]["body"], format!("{{\"n\":{i}}}"));
+        assert_eq!(call["response"]["status"], 200);
+        assert_eq!(
+            call["response"]["body"],
+            "{\"id\":\"ch_1\",\"status\":\"succeeded\"}"
+        );
+        assert_eq!(call["response"]["body_truncated"], false);
+        assert!(call["duration_ms"].as_f64().unwrap() >= 0.0);
+    }
+    assert!(two.get("calls_cut").is_none(), "{two}");
+    assert_eq!(
+        two["request"]["body_truncated"], false,
+        "an empty body is whole"
+    );
+
+    // Bounded: `max_calls` kept, the rest counted.
+    let five = by_id("five");
+    assert_eq!(five["calls"].as_array().unwrap().len(), 3, "{five}");
+    assert_eq!(five["calls_cut"], 2, "{five}");
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(&m, "shadowgate_record_calls_cut_total{route=\"rec\"}"),
+        2.0
+    );
+    // A body over `max_body_bytes` is kept out, marked.
+    let padded = by_id("padded");
+    let call = &padded["calls"][0];
+    assert_eq!(call["request"]["body"], "", "{padded}");
+    assert_eq!(call["request"]["body_truncated"], true);
+    assert_eq!(call["response"]["body_truncated"], false);
+    assert!(by_id("none").get("calls").is_none());
+
+    // Redacted like the rest of the record.
+    let text = std::fs::read_to_string(&file).unwrap();
+    for secret in ["pr0vider", "k3ysecret", "c00kie"] {
+        assert!(!text.contains(secret), "{secret} reached the file");
+    }
+    // The reader (replay's) reads the calls back as written.
+    let read: Vec<_> = shadowgate::record::open(&file)
+        .unwrap()
+        .map(|e| e.expect("a readable line"))
+        .collect();
+    let two = read.iter().find(|e| e.request_id == "two").unwrap();
+    assert_eq!(two.calls.len(), 2);
+    assert_eq!(two.calls[1].service, "payments");
+    assert_eq!(two.calls[1].request.method.as_deref(), Some("POST"));
+    assert_eq!(&two.calls[1].request.body[..], b"{\"n\":1}");
+    assert_eq!(two.calls[1].response.status, Some(200));
+    assert!(two.calls[1].request.header("traceparent").is_some());
+
+    // And the offline egress answers a replayed build's calls from them.
+    let trace = two.trace_id.clone().expect("a trace id with egress on");
+    let book = shadowgate::egress::offline::Book::new();
+    book.insert(&trace, two.calls.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let offline_addr = l.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let server = shadowgate::egress::offline::serve(l, book.clone(), rx);
+    let tp = format!("00-{trace}-b7ad6b7169203331-01");
+    let a = send(
+        &c,
+        offline_addr,
+        Method::POST,
+        "payments.example",
+        "/charges",
+        &[("traceparent", tp.as_str())],
+        "{}",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), "{\"id\":\"ch_1\",\"status\":\"succeeded\"}");
+    assert_eq!(book.counts()["payments"].served, 1);
+    let _ = stop.send(true);
+    server.await.unwrap();
+
+    // Every call was made while its record was gathering; none is held now.
+    assert!(seen.lock().iter().all(|n| *n >= 1), "{:?}", seen.lock());
+    let eg = proxy.shared.egress.clone().unwrap();
+    assert!(eg.recording.is_empty());
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_an_unrecorded_request_are_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_in(&dir, "calls.jsonl");
+    let (proxy, seen, _provider) = proxy_with_egress(&file, "percent: 0").await;
+    let addr = proxy.listen_addrs[0];
+    let c = client();
+    for path in ["/plain?calls=3", "/rec?calls=3"] {
+        let a = send(&c, addr, Method::GET, "shop.example", path, &[], "").await;
+        assert_eq!(a.status, 200, "{path}: {}", a.text());
+        assert_eq!(a.text(), "[200, 200, 200]");
+    }
+    // Not recorded (no route `record`, or not sampled): no entry while its
+    // calls are made, nothing held, nothing written.
+    assert_eq!(*seen.lock(), vec![0; 6]);
+    let m = metrics(&proxy).await;
+    assert_eq!(metric(&m, "shadowgate_shadow_memory_bytes"), 0.0);
+    proxy.shutdown().await;
+    assert!(lines(&file).is_empty());
+}
+
+#[tokio::test]
+async fn a_request_body_the_primary_did_not_read_whole_is_marked_truncated() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A primary that answers as soon as it has the head, then reads on.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let primary = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                    .await;
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_in(&dir, "early.jsonl");
+    let proxy = start_proxy(&format!(
+        "backends:\n  v1: {{ endpoints: [\"{primary}\"] }}\nroutes:\n  - name: r\n    backend: v1\n    record: {{ file: {} }}\n",
+        file.display()
+    ))
+    .await;
+    // The client sends the head and a first chunk, reads the whole answer,
+    // and only then ends its body.
+    let mut s = tokio::net::TcpStream::connect(proxy.listen_addrs[0])
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"early") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("the answer in time")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let lines = wait_lines(&file, 1).await;
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let r = &lines[0];
+    assert_eq!(r["response"]["body"], "early");
+    assert_eq!(r["request"]["body_truncated"], true, "{r}");
+    assert_eq!(r["request"]["body"], "", "{r}");
+    proxy.shutdown().await;
+}
+
+/// Whether this process holds `path` open.
+fn held_open(path: &Path) -> bool {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == path))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_record_closes_its_file() {
+    let v1 = TestBackend::new().body("ok").spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_in(&dir, "reloaded.jsonl");
+    let yaml = |record: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\nwatch_interval: 0s\nbackends:\n  v1: {{ endpoints: [\"{}\"] }}\nroutes:\n  - name: r\n    backend: v1\n{record}",
+            v1.addr
+        )
+    };
+    let config_file = file_in(&dir, "shadowgate.yaml");
+    std::fs::write(
+        &config_file,
+        yaml(&format!("    record: {{ file: {} }}\n", file.display())),
+    )
+    .unwrap();
+    let config = shadowgate::config::load_files(std::slice::from_ref(&config_file)).unwrap();
+    let proxy = shadowgate::app::start(config, Default::default())
+        .await
+        .unwrap();
+    let addr = proxy.listen_addrs[0];
+    let c = client();
+    assert_eq!(get(&c, addr, "shop.example", "/a").await.status, 200);
+    assert_eq!(wait_lines(&file, 1).await.len(), 1);
+    let file = file.canonicalize().unwrap();
+    assert!(held_open(&file), "the record file is open while recording");
+
+    std::fs::write(&config_file, yaml("")).unwrap();
+    proxy.reload_off_runtime().await.expect("reloaded");
+    assert_eq!(get(&c, addr, "shop.example", "/b").await.status, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while held_open(&file) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !held_open(&file),
+        "still open after the reload removed `record`"
+    );
+    assert_eq!(lines(&file).len(), 1);
+    proxy.shutdown().await;
+}

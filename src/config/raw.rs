@@ -385,6 +385,11 @@ pub struct RawRecord {
     /// `<file>.<max_files - 1>`); older ones are deleted. Default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_files: Option<u32>,
+    /// With `egress:` on: most outbound calls kept in one record (made
+    /// through the egress live listener while answering it); the calls
+    /// past it are counted in the line's `calls_cut`. Default 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_calls: Option<usize>,
 }
 
 /// A route's CORS policy.

@@ -22,6 +22,8 @@ pub struct RecordConfig {
     pub max_body_bytes: usize,
     pub max_file_bytes: u64,
     pub max_files: u32,
+    /// Outbound calls kept in one record (with `egress:` on).
+    pub max_calls: usize,
 }
 
 /// Checks `{path}` (a route's `record:`).
@@ -67,6 +69,7 @@ pub(super) fn record(c: &mut Check, path: &str, raw: &RawRecord) -> Option<Recor
         max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
         max_file_bytes,
         max_files: max_files.max(1),
+        max_calls: raw.max_calls.unwrap_or(64),
     })
 }
 
@@ -91,6 +94,7 @@ mod tests {
         assert_eq!(r.max_body_bytes, 1 << 20);
         assert_eq!(r.max_file_bytes, 64 << 20);
         assert_eq!(r.max_files, 5);
+        assert_eq!(r.max_calls, 64);
         assert_eq!(r.methods, Some(vec![http::Method::GET]));
     }
 

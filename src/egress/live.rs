@@ -23,6 +23,7 @@ use super::{answer, Call, Egress, Outcome, Service, Side, UNLISTED};
 use crate::body::{BoxError, ProxyBody, UpstreamBody};
 use crate::config::Unlisted;
 use crate::protocol::headers::strip_hop_by_hop;
+use crate::record::calls::{capped, OutboundCall};
 use crate::upstream::ResponseBody;
 
 /// Time an unlisted host (forwarded) has to answer, and a CONNECT to connect.
@@ -144,6 +145,15 @@ pub(super) async fn call(
         eg.sidefx.orphans(orphans);
         (sig, ticket)
     });
+    // A recorded request's call: its place in the order made.
+    let recorded = call
+        .id
+        .as_deref()
+        .and_then(|id| eg.recording.get(id))
+        .map(|log| {
+            let order = log.begin();
+            (log, order)
+        });
     let req = to_backend(service, &parts, &pq, body.clone());
     let sent = service
         .backend
@@ -166,6 +176,23 @@ pub(super) async fn call(
     match read {
         Ok((rparts, (prefix, rest))) => {
             let whole = rest.is_none();
+            if let Some((log, order)) = recorded {
+                let cap = log.max_body();
+                log.add(
+                    order,
+                    OutboundCall {
+                        service: service.name.clone(),
+                        method: parts.method.clone(),
+                        uri: Uri::from(pq.clone()),
+                        request_headers: outbound_headers(&parts.headers),
+                        request_body: capped(&body, true, cap),
+                        status: rparts.status.as_u16(),
+                        response_headers: rparts.headers.clone(),
+                        response_body: capped(&prefix, whole, cap),
+                        duration: call.started.elapsed(),
+                    },
+                );
+            }
             if let Some((sig, ticket)) = ticket {
                 let exchange = Exchange {
                     method: parts.method.clone(),
@@ -208,6 +235,29 @@ pub(super) async fn call(
                 (StatusCode::BAD_GATEWAY, "upstream_failed")
             };
             tracing::warn!(service = %service.name, error = %why, "egress call failed");
+            if let Some((log, order)) = recorded {
+                // What v1 got: the egress's own answer.
+                let text = serde_json::json!({ "error": error }).to_string();
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                log.add(
+                    order,
+                    OutboundCall {
+                        service: service.name.clone(),
+                        method: parts.method.clone(),
+                        uri: Uri::from(pq.clone()),
+                        request_headers: outbound_headers(&parts.headers),
+                        request_body: capped(&body, true, log.max_body()),
+                        status: status.as_u16(),
+                        response_headers: headers,
+                        response_body: capped(&Bytes::from(text), true, log.max_body()),
+                        duration: call.started.elapsed(),
+                    },
+                );
+            }
             eg.done(
                 &call,
                 &service.name,

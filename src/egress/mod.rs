@@ -14,6 +14,7 @@
 
 mod keep;
 mod live;
+pub mod offline;
 pub mod registry;
 mod shadow;
 mod sidefx;
@@ -83,6 +84,9 @@ pub struct Egress {
     pub kept: Kept,
     /// Mirrored inbound requests by id (written by the proxy).
     pub registry: Arc<Registry>,
+    /// The open records whose outbound calls are being gathered (by
+    /// correlation id; written by the proxy, appended to by the live side).
+    pub recording: Arc<crate::record::calls::Open>,
     telemetry: Arc<Telemetry>,
     sidefx: sidefx::Queue,
     /// For calls to unlisted hosts that are forwarded (plain HTTP).
@@ -167,6 +171,7 @@ impl Egress {
             services,
             kept,
             registry,
+            recording: crate::record::calls::Open::new(),
             telemetry,
             sidefx,
             plain: {
@@ -236,6 +241,20 @@ impl Egress {
             upstream: None,
             reason: Some(outcome.as_str()),
         });
+    }
+
+    /// A recorded request (`pending`) will carry the outbound calls that
+    /// name it by one of the correlation headers: the ids its own head
+    /// (`headers`, as sent to the primary) carries for `egress.correlate`.
+    pub fn expect_calls(&self, pending: &mut crate::record::Pending, headers: &http::HeaderMap) {
+        let ids: Vec<String> = self
+            .config
+            .correlate
+            .iter()
+            .filter_map(|name| target::correlation_id(headers, std::slice::from_ref(name)))
+            .collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        pending.expect_calls(&self.recording, &ids);
     }
 
     /// Sends the "only in primary" differences of live calls that no

@@ -166,7 +166,7 @@ pub async fn handle(
 
     // Recording (`routes[].record`): sampled here; bounded copies of both
     // bodies, handed to the writer's queue when the answer ends.
-    let recording = route.config.record.as_ref().and_then(|config| {
+    let mut recording = route.config.record.as_ref().and_then(|config| {
         let head = crate::record::RequestHead {
             route: &route.name,
             method: &parts.method,
@@ -179,6 +179,10 @@ pub async fn handle(
             .recorder
             .admit(config, head, &runtime.config, &route.memory)
     });
+    // With `egress:` on, a recorded request also gathers its outbound calls.
+    if let (Some(pending), Some(egress)) = (recording.as_mut(), &shared.egress) {
+        egress.expect_calls(pending, &parts.headers);
+    }
 
     // 5. body: tee a bounded copy for the mirrors while it streams to the primary
     let (upstream_body, mirror_body) = tee_body(body, &jobs, content_length);

@@ -6,6 +6,7 @@ use base64::Engine as _;
 use http::HeaderMap;
 use serde::Serialize;
 
+use super::calls::OutboundCall;
 use super::{CapturedBody, Record};
 use crate::diff::Redactor;
 
@@ -23,6 +24,28 @@ struct Line<'a> {
     request: Message<'a>,
     response: Message<'a>,
     duration_ms: f64,
+    /// The outbound calls made while answering (with `egress:` on).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    calls: Vec<CallLine<'a>>,
+    /// Calls left out of `calls` (over `max_calls` or the memory budget).
+    #[serde(skip_serializing_if = "is_zero")]
+    calls_cut: u32,
+}
+
+#[derive(Serialize)]
+struct CallLine<'a> {
+    service: &'a str,
+    request: Message<'a>,
+    response: Message<'a>,
+    duration_ms: f64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 #[derive(Serialize)]
@@ -61,6 +84,34 @@ fn body(b: &CapturedBody) -> (Option<&str>, Option<String>) {
     }
 }
 
+/// One outbound call, redacted like the record around it.
+fn call<'a>(redact: &Redactor, c: &'a OutboundCall) -> CallLine<'a> {
+    let (req_body, req_b64) = body(&c.request_body);
+    let (resp_body, resp_b64) = body(&c.response_body);
+    CallLine {
+        service: &c.service,
+        request: Message {
+            method: Some(c.method.as_str()),
+            uri: Some(redact.uri(&c.uri.to_string()).into_owned()),
+            status: None,
+            headers: headers(redact, &c.request_headers),
+            body: req_body,
+            body_b64: req_b64,
+            body_truncated: c.request_body.truncated,
+        },
+        response: Message {
+            method: None,
+            uri: None,
+            status: Some(c.status),
+            headers: headers(redact, &c.response_headers),
+            body: resp_body,
+            body_b64: resp_b64,
+            body_truncated: c.response_body.truncated,
+        },
+        duration_ms: millis(c.duration),
+    }
+}
+
 /// `record` as one line, newline included.
 pub fn encode(record: &Record) -> Vec<u8> {
     let redact = &record.settings.redact;
@@ -91,7 +142,9 @@ pub fn encode(record: &Record) -> Vec<u8> {
             body_b64: resp_b64,
             body_truncated: record.response_body.truncated,
         },
-        duration_ms: (record.duration.as_secs_f64() * 1e6).round() / 1e3,
+        duration_ms: millis(record.duration),
+        calls: record.calls.list.iter().map(|c| call(redact, c)).collect(),
+        calls_cut: record.calls.cut,
     };
     let mut out = serde_json::to_vec(&line).unwrap_or_default();
     out.push(b'\n');

@@ -9,6 +9,7 @@
 //! counted); a dedicated writer thread (`writer`) redacts, serialises,
 //! batches, flushes at least every second, rotates and compresses.
 
+pub mod calls;
 mod line;
 pub mod read;
 mod tap;
@@ -53,6 +54,8 @@ pub struct Record {
     pub response_headers: HeaderMap,
     pub response_body: CapturedBody,
     pub duration: Duration,
+    /// The outbound calls made while answering it (with `egress:` on).
+    pub calls: calls::RecordedCalls,
     /// Where and how it is written.
     pub config: Arc<RecordConfig>,
     /// The configuration in force: its `redact:` is what is hidden.
@@ -69,6 +72,9 @@ pub(crate) enum Msg {
 pub struct Recorder {
     tx: SyncSender<Msg>,
     metrics: Arc<Metrics>,
+    /// The files the configuration in force records to (`None` until a
+    /// reload says): the writer closes the others.
+    wanted: writer::Wanted,
 }
 
 /// What `admit` needs of the request.
@@ -86,13 +92,31 @@ impl Recorder {
     pub fn start(metrics: Arc<Metrics>) -> Arc<Self> {
         let (tx, rx) = sync_channel(QUEUE);
         let m = metrics.clone();
+        let wanted = writer::Wanted::default();
+        let w = wanted.clone();
         let spawned = std::thread::Builder::new()
             .name("shadowgate-record".into())
-            .spawn(move || writer::run(rx, m));
+            .spawn(move || writer::run(rx, m, w));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "the record writer could not start; records will be dropped");
         }
-        Arc::new(Recorder { tx, metrics })
+        Arc::new(Recorder {
+            tx,
+            metrics,
+            wanted,
+        })
+    }
+
+    /// The configuration in force records to `config`'s routes' files only
+    /// (after a reload): the writer closes any other file it holds open
+    /// within a second (after writing what is still queued for it).
+    pub fn retain(&self, config: &Config) {
+        let files = config
+            .routes
+            .iter()
+            .filter_map(|r| r.record.as_ref().map(|c| c.file.clone()))
+            .collect();
+        *self.wanted.lock() = Some(files);
     }
 
     /// Whether this request is recorded under `config`: its method and the
@@ -132,6 +156,15 @@ impl Recorder {
         if let Msg::Record(record) = msg {
             self.dropped(&record.route, reason);
         }
+    }
+
+    fn calls_cut(&self, route: &str, n: u32) {
+        self.metrics
+            .record_calls_cut
+            .get_or_create(&RecordLabels {
+                route: route.to_string(),
+            })
+            .inc_by(u64::from(n));
     }
 
     pub(crate) fn dropped(&self, route: &str, reason: &str) {

@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::calls::{Expecting, Open};
 use super::{CapturedBody, Record, Recorder, RequestHead};
 use crate::body::{BoxError, ProxyBody, UpstreamBody};
 use crate::config::record::RecordConfig;
@@ -27,6 +28,8 @@ struct Copy {
     buf: BoundedBuf,
     truncated: bool,
     over_budget: bool,
+    /// The body was read to its end (the request's; answers end by the tap).
+    ended: bool,
 }
 
 impl Copy {
@@ -35,6 +38,7 @@ impl Copy {
             buf: BoundedBuf::empty(memory, cap),
             truncated: false,
             over_budget: false,
+            ended: false,
         }
     }
 
@@ -53,6 +57,16 @@ impl Copy {
                 drop(self.buf.take());
             }
         }
+    }
+
+    /// The request's copy: as `finish`, and marked truncated (kept out)
+    /// when the primary answered before reading the body to its end.
+    fn finish_request(&mut self) -> Option<CapturedBody> {
+        if !self.ended && !self.over_budget {
+            self.truncated = true;
+            drop(self.buf.take());
+        }
+        self.finish()
     }
 
     /// The copy, or `None` when it did not fit the memory budget.
@@ -75,6 +89,8 @@ pub struct Pending {
     head: Option<Record>,
     request: Arc<Mutex<Copy>>,
     memory: Arc<MemoryBudget>,
+    /// With `egress:` on: where its outbound calls are gathered.
+    calls: Option<Expecting>,
 }
 
 impl Pending {
@@ -99,6 +115,7 @@ impl Pending {
             response_headers: http::HeaderMap::new(),
             response_body: CapturedBody::default(),
             duration: std::time::Duration::ZERO,
+            calls: Default::default(),
             config,
             settings: settings.clone(),
         };
@@ -109,11 +126,31 @@ impl Pending {
             head: Some(record),
             request: Arc::new(Mutex::new(Copy::new(memory, cap))),
             memory: memory.clone(),
+            calls: None,
         }
+    }
+
+    /// Gathers the outbound calls that name one of `ids` (the correlation
+    /// ids the egress reads) until the answer ends.
+    pub fn expect_calls(&mut self, open: &Arc<Open>, ids: &[&str]) {
+        let Some(record) = &self.head else {
+            return;
+        };
+        let config = &record.config;
+        self.calls = Expecting::new(
+            open,
+            ids,
+            &self.memory,
+            config.max_body_bytes,
+            config.max_calls,
+        );
     }
 
     /// Wraps the request body: copied as the primary reads it.
     pub fn tap_request(&self, body: UpstreamBody) -> UpstreamBody {
+        if body.is_end_stream() {
+            self.request.lock().ended = true;
+        }
         UpstreamBody::teed(RequestTap {
             inner: body,
             copy: self.request.clone(),
@@ -140,8 +177,14 @@ impl Pending {
     }
 
     /// The answer has ended: the record goes to the writer.
-    fn complete(self, mut record: Record, response: &mut Copy) {
-        let request = self.request.lock().finish();
+    fn complete(mut self, mut record: Record, response: &mut Copy) {
+        if let Some(calls) = self.calls.take() {
+            record.calls = calls.close();
+            if record.calls.cut > 0 {
+                self.recorder.calls_cut(&record.route, record.calls.cut);
+            }
+        }
+        let request = self.request.lock().finish_request();
         let (Some(request), Some(response)) = (request, response.finish()) else {
             self.recorder.dropped(&record.route, "over_budget");
             return;
@@ -170,18 +213,30 @@ impl Body for RequestTap {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(d) = frame.data_ref() {
-                this.copy.lock().data(d);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let mut copy = this.copy.lock();
+                if let Some(d) = frame.data_ref() {
+                    copy.data(d);
+                }
+                if this.inner.is_end_stream() {
+                    copy.ended = true;
+                }
             }
+            Poll::Ready(None) => this.copy.lock().ended = true,
+            _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        if end {
+            self.copy.lock().ended = true;
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -5,7 +5,7 @@
 //! that cannot be opened or written drops its records, counted
 //! (`write_failed`); opening is retried at most once a second.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -204,6 +204,24 @@ impl Sink {
     }
 }
 
+/// The files still configured (`None`: all), shared with the recorder.
+pub(super) type Wanted = Arc<parking_lot::Mutex<Option<HashSet<PathBuf>>>>;
+
+/// Closes the files no route records to any more (after a reload).
+fn close_unwanted(sinks: &mut HashMap<PathBuf, Sink>, metrics: &Metrics, wanted: &Wanted) {
+    let wanted = wanted.lock();
+    let Some(files) = wanted.as_ref() else {
+        return;
+    };
+    sinks.retain(|path, sink| {
+        let keep = files.contains(path);
+        if !keep {
+            sink.flush(metrics, true);
+        }
+        keep
+    });
+}
+
 /// `<file>.<n>`.
 pub fn numbered(path: &Path, n: u32) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
@@ -212,7 +230,7 @@ pub fn numbered(path: &Path, n: u32) -> PathBuf {
 }
 
 /// The writer loop; ends when every sender is gone.
-pub(super) fn run(rx: Receiver<Msg>, metrics: Arc<Metrics>) {
+pub(super) fn run(rx: Receiver<Msg>, metrics: Arc<Metrics>, wanted: Wanted) {
     let mut sinks: HashMap<PathBuf, Sink> = HashMap::new();
     let mut last_flush = Instant::now();
     loop {
@@ -232,6 +250,7 @@ pub(super) fn run(rx: Receiver<Msg>, metrics: Arc<Metrics>) {
         }
         if last_flush.elapsed() >= FLUSH_EVERY {
             sinks.values_mut().for_each(|s| s.flush(&metrics, false));
+            close_unwanted(&mut sinks, &metrics, &wanted);
             last_flush = Instant::now();
         }
     }

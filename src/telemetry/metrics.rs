@@ -169,6 +169,9 @@ pub struct Metrics {
     pub record_dropped: Family<RecordDropLabels, Counter>,
     /// Admin (or metrics) connections closed at once, over the connection cap.
     pub admin_refused: Family<ListenerLabels, Counter>,
+
+    /// Outbound calls left out of records (over `max_calls` or the budget).
+    pub record_calls_cut: Family<RecordLabels, Counter>,
     /// Sliding windows per target; kept across reloads.
     windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
 }
@@ -295,6 +298,12 @@ impl Metrics {
             "Records not written, by route and reason (queue_full: the writer is behind, write_failed: the file could not be opened or written, over_budget: the bodies did not fit in limits.shadow_memory, incomplete: the answer did not complete)",
             record_dropped.clone(),
         );
+        let record_calls_cut = Family::<RecordLabels, Counter>::default();
+        registry.register(
+            "record_calls_cut",
+            "Outbound calls left out of a route's records (over record.max_calls, or over limits.shadow_memory); each record also says how many in calls_cut",
+            record_calls_cut.clone(),
+        );
         let retries = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "retries",
@@ -314,6 +323,7 @@ impl Metrics {
             shadow_memory,
             record_written,
             record_dropped,
+            record_calls_cut,
             egress_requests,
             egress_duration,
             egress_kept,
