@@ -470,7 +470,7 @@ async fn replay(args: ReplayArgs) -> ExitCode {
                 "judged {}, answered {}, errors {}",
                 p.judged, p.answered, p.errors
             ));
-        }) as Box<dyn Fn(&shadowgate::replay::Progress) + Send>
+        }) as shadowgate::replay::ProgressFn
     });
     let options = shadowgate::replay::Options {
         file: args.file,

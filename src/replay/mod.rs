@@ -48,7 +48,7 @@ pub struct Options {
     /// the routes of the same names.
     pub config: Option<Config>,
     /// Called after each judged exchange (e.g. a progress bar).
-    pub progress: Option<Box<dyn Fn(&Progress) + Send>>,
+    pub progress: Option<ProgressFn>,
 }
 
 impl std::fmt::Debug for Options {
@@ -60,6 +60,9 @@ impl std::fmt::Debug for Options {
             .finish_non_exhaustive()
     }
 }
+
+/// Told where a replay stands, after each judged exchange.
+pub type ProgressFn = Box<dyn Fn(&Progress) + Send>;
 
 /// Where a replay stands.
 #[derive(Debug, Clone, Copy, Default)]
