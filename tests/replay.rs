@@ -447,6 +447,32 @@ async fn rate_paces_the_requests() {
 }
 
 #[tokio::test]
+async fn speed_keeps_the_recorded_gaps_scaled() {
+    let dir = tempfile::tempdir().unwrap();
+    // Recorded over 1.2 s; at 2x the last is due 0.6 s after the first.
+    let lines: Vec<String> = [0, 400, 1200]
+        .iter()
+        .map(|ms| {
+            let mut v: serde_json::Value =
+                serde_json::from_str(&line("r", "GET", "/", &[], "")).unwrap();
+            v["time"] = format!("2026-11-30T02:41:5{}.{:03}Z", ms / 1000, ms % 1000).into();
+            v.to_string()
+        })
+        .collect();
+    let file = write_capture(&dir, "c.jsonl", &lines);
+    let backend = TestBackend::new().spawn().await;
+    let target = format!("http://{}", backend.addr);
+    let run = replay(&[file.to_str().unwrap(), "--target", &target, "--speed", "2x"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(backend.received(), 3);
+    assert!(
+        run.elapsed >= Duration::from_millis(600),
+        "{:?}",
+        run.elapsed
+    );
+}
+
+#[tokio::test]
 async fn bad_lines_are_counted_and_named_but_do_not_stop_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut truncated: serde_json::Value =
