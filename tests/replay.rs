@@ -582,7 +582,18 @@ async fn the_error_rate_gate_counts_requests_without_an_answer() {
     let run = replay(&[file, "--target", &target, "--max-error-rate", "50"]).await;
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("new 5xx 4"), "{}", run.stdout);
-    // Without thresholds there is nothing to fail.
-    let run = replay(&[file, "--target", &dead]).await;
+    // Without thresholds there is nothing to fail; the route's report is
+    // written, empty.
+    let report = dir.path().join("r.json");
+    let run = replay(&[
+        file,
+        "--target",
+        &dead,
+        "--report",
+        report.to_str().unwrap(),
+    ])
+    .await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r, serde_json::json!({ "endpoints": [] }));
 }

@@ -258,6 +258,13 @@ impl Judge {
         }
     }
 
+    /// The routes seen (judged or not), sorted.
+    pub fn route_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.routes.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Judges whatever is still held (endpoints whose noise data never
     /// reached `min_secondary`: judged without it, as live).
     pub fn finish(&mut self) {

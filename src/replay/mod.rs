@@ -149,7 +149,7 @@ pub async fn run(options: Options) -> Result<Summary, ReplayError> {
         .transpose()
         .map_err(ReplayError::BadSecondary)?;
     let source = crate::record::open(&options.file)?;
-    let concurrency = options.concurrency.max(1);
+    let concurrency = options.concurrency.clamp(1, usize::from(u16::MAX));
     let started = tokio::time::Instant::now();
 
     // The reader thread: parsing is blocking work, and the channel bounds
@@ -256,7 +256,9 @@ pub async fn run(options: Options) -> Result<Summary, ReplayError> {
     }
     // Stops the reader (at `--limit`) and waits for the last exchanges.
     drop(lines);
-    let _ = permits.acquire_many(concurrency as u32).await;
+    let _ = permits
+        .acquire_many(u32::try_from(concurrency).unwrap_or(u32::MAX))
+        .await;
     drop(done_tx);
     let judge = judging.await.map_err(|e| ReplayError::Report {
         path: String::new(),

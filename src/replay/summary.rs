@@ -44,7 +44,7 @@ pub struct Summary {
     pub different: u64,
     pub noise_only: u64,
     pub elapsed: Duration,
-    /// Per route, sorted by name.
+    /// Per route seen, sorted by name.
     pub reports: Vec<(String, RouteReport)>,
 }
 
@@ -66,10 +66,15 @@ impl Summary {
             s.different += t.different;
             s.noise_only += t.noise_only;
         }
+        // Every route seen, also one where nothing got an answer (an
+        // empty report).
         s.reports = judge
-            .tally
-            .routes()
-            .map(|r| (r.to_string(), judge.tally.route_report(r)))
+            .route_names()
+            .into_iter()
+            .map(|r| {
+                let report = judge.tally.route_report(&r);
+                (r, report)
+            })
             .collect();
         s
     }
