@@ -396,6 +396,21 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_body_cut_at_the_limit_compares_status_and_headers_only() {
+        let mut j = Judge::new(None, false);
+        let mut d = done("", r#"{"a":2}"#, None);
+        d.exchange.response.body_truncated = true;
+        j.judge(d);
+        let e = &j.tally.route_report("items").endpoints[0];
+        assert_eq!((e.equal, e.truncated), (1, 1), "{e:?}");
+        let mut d = done("", r#"{"a":2}"#, None);
+        d.exchange.response.body_truncated = true;
+        d.exchange.response.status = Some(201);
+        j.judge(d);
+        assert_eq!(j.tally.route_report("items").endpoints[0].different, 1);
+    }
+
+    #[test]
     fn held_pairs_are_judged_with_the_noise_learnt() {
         let mut j = Judge::new(None, true);
         for i in 0..20 {
