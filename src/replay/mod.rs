@@ -91,6 +91,8 @@ pub enum ReplayError {
     },
     #[error("--report {path}: {reason}")]
     Report { path: String, reason: String },
+    #[error("the replay failed: {0}")]
+    Failed(String),
 }
 
 /// Sends one recorded exchange to the target (and the secondary): the
@@ -164,12 +166,7 @@ pub async fn run(options: Options) -> Result<Summary, ReplayError> {
                 }
             }
         })
-        .map_err(|e| {
-            ReplayError::Open(OpenError::Io {
-                path: options.file.clone(),
-                source: e,
-            })
-        })?;
+        .map_err(|e| ReplayError::Failed(format!("cannot start the reader: {e}")))?;
 
     // The judge thread: comparisons are CPU work, kept off the runtime.
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(concurrency);
@@ -260,10 +257,9 @@ pub async fn run(options: Options) -> Result<Summary, ReplayError> {
         .acquire_many(u32::try_from(concurrency).unwrap_or(u32::MAX))
         .await;
     drop(done_tx);
-    let judge = judging.await.map_err(|e| ReplayError::Report {
-        path: String::new(),
-        reason: format!("the judge failed: {e}"),
-    })?;
+    let judge = judging
+        .await
+        .map_err(|e| ReplayError::Failed(format!("the judge stopped: {e}")))?;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     let elapsed = started.elapsed();
 
