@@ -427,6 +427,22 @@ async fn filters_pick_by_route_method_and_path_and_the_recorded_host_and_tracepa
 }
 
 #[tokio::test]
+async fn a_zstd_recording_replays_like_a_plain_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (0..3)
+        .map(|i| line("r", "GET", &format!("/z/{i}"), &[], "") + "\n")
+        .collect();
+    let file = dir.path().join("c.jsonl.zst");
+    std::fs::write(&file, zstd::stream::encode_all(text.as_bytes(), 3).unwrap()).unwrap();
+    let backend = TestBackend::new().spawn().await;
+    let target = format!("http://{}", backend.addr);
+    let run = replay(&[file.to_str().unwrap(), "--target", &target]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(backend.received(), 3);
+    assert!(run.stdout.contains("bad lines 0"), "{}", run.stdout);
+}
+
+#[tokio::test]
 async fn rate_paces_the_requests() {
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = (0..10)
