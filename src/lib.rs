@@ -29,6 +29,8 @@
 //!   primary's answers to JSON-lines files (for replay);
 //! - `egress`: the apps' egress proxy: v1's outbound calls forwarded and
 //!   kept, v2's replayed from them and compared (side effects);
+//! - `replay`: `shadowgate replay`: recorded requests sent to a build,
+//!   its answers judged against the recorded ones (a CI gate);
 //! - `promote`: promotion gates, switching, rollback and `auto` mode;
 //! - `store`: persisted state (SQLite file or memory);
 //! - `telemetry`: access logs, Prometheus metrics, sliding windows;
@@ -56,6 +58,7 @@ pub mod promote;
 pub mod protocol;
 pub mod proxy;
 pub mod record;
+pub mod replay;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;

@@ -100,6 +100,78 @@ enum Command {
     },
     /// Run the bench backend: a small fast HTTP server for benchmarks.
     BenchBackend(tools::bench_backend::BenchBackendArgs),
+    /// Send recorded requests to a build and judge its answers against the
+    /// recorded ones (docs/replay.md). Exit 0 pass, 1 over a threshold, 2
+    /// usage or input error.
+    Replay(Box<ReplayArgs>),
+}
+
+/// `shadowgate replay FILE --target URL`.
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The recording: JSON lines, plain or zstd.
+    file: PathBuf,
+    /// The build under test, http://HOST:PORT[/PREFIX].
+    #[arg(long)]
+    target: String,
+    /// A second instance of the recorded version: what differs there too is noise.
+    #[arg(long)]
+    secondary: Option<String>,
+    /// Exchanges in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Requests a second (instead of --speed).
+    #[arg(long, conflicts_with = "speed", value_parser = shadowgate::replay::parse_rate)]
+    rate: Option<f64>,
+    /// Recorded pacing scaled: 1x, 2x, 0.5x, or max (as fast as allowed).
+    #[arg(long, default_value = "max", value_parser = shadowgate::replay::parse_speed)]
+    speed: shadowgate::replay::Pace,
+    /// Send at most N exchanges.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Only exchanges with route=NAME, method=GET or path=/items/* (repeatable;
+    /// different keys must all hold, one of several of the same key).
+    #[arg(long = "filter", value_name = "KEY=VALUE")]
+    filters: Vec<shadowgate::replay::Filter>,
+    /// Time for each answer, head and body.
+    #[arg(long, default_value = "10s", value_parser = shadowgate::replay::parse_timeout)]
+    timeout: std::time::Duration,
+    /// Send the target's authority as Host instead of the recorded Host.
+    #[arg(long)]
+    target_host: bool,
+    /// A header set on every request, replacing a recorded one of the same name (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Answer bodies kept for comparison; longer ones compare status and headers only.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    max_body_bytes: u64,
+    /// A shadowgate config: compare rules, endpoints, noise and redact of the routes of the same names.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Write each route's report as JSON (the shape of /api/v1/diffs/{route});
+    /// `{route}` in the path is replaced by the route's name.
+    #[arg(long)]
+    report: Option<String>,
+    /// Exit 1 when the diff rate (percent) is above this.
+    #[arg(long)]
+    max_diff_rate: Option<f64>,
+    /// Exit 1 when the error rate (percent) is above this.
+    #[arg(long)]
+    max_error_rate: Option<f64>,
+}
+
+fn parse_header(s: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}`: expected NAME: VALUE"))?;
+    let name =
+        http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|e| format!("`{s}`: {e}"))?;
+    let value = http::HeaderValue::from_str(value.trim()).map_err(|e| format!("`{s}`: {e}"))?;
+    Ok((name, value))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    shadowgate::config::units::parse_size(&shadowgate::config::raw::RawSize::Text(s.to_string()))
 }
 
 /// Where the admin server is.
@@ -306,6 +378,7 @@ fn main() -> ExitCode {
             println!("route {}: rolled back; {} is primary", s.route, s.primary);
             Ok(())
         })),
+        Command::Replay(args) => rt.block_on(replay(*args)),
         Command::BenchBackend(args) => exit(
             rt.block_on(tools::bench_backend::run(args))
                 .context("bench-backend"),
@@ -362,6 +435,95 @@ async fn run(config: shadowgate::config::Config, log_format: LogFormat) -> anyho
     };
     running.shutdown_or_skip(again).await;
     Ok(())
+}
+
+/// Runs a replay: 0 pass, 1 over a threshold, 2 usage or input error.
+async fn replay(args: ReplayArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    let config = match &args.config {
+        Some(path) => match shadowgate::config::load_files(std::slice::from_ref(path)) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    for (flag, value) in [
+        ("--max-diff-rate", args.max_diff_rate),
+        ("--max-error-rate", args.max_error_rate),
+    ] {
+        if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+            eprintln!("shadowgate: {flag}: expected a percentage, 0 or more");
+            return ExitCode::from(2);
+        }
+    }
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    });
+    let progress = bar.clone().map(|bar| {
+        Box::new(move |p: &shadowgate::replay::Progress| {
+            bar.set_message(format!(
+                "judged {}, answered {}, errors {}",
+                p.judged, p.answered, p.errors
+            ));
+        }) as shadowgate::replay::ProgressFn
+    });
+    let options = shadowgate::replay::Options {
+        file: args.file,
+        target: args.target,
+        secondary: args.secondary,
+        concurrency: usize::from(args.concurrency),
+        pace: args.rate.map_or(args.speed, shadowgate::replay::Pace::Rate),
+        limit: args.limit,
+        filters: args.filters,
+        send: shadowgate::replay::SendOptions {
+            target_host: args.target_host,
+            timeout: args.timeout,
+            max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
+            headers: args.headers,
+        },
+        config,
+        progress,
+    };
+    let result = shadowgate::replay::run(options).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shadowgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", shadowgate::replay::render(&summary));
+    if let Some(template) = &args.report {
+        match shadowgate::replay::write_reports(&summary, template) {
+            Ok(paths) => {
+                for p in paths {
+                    println!("report: {}", p.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("shadowgate: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let failures = summary.failures(args.max_diff_rate, args.max_error_rate);
+    if failures.is_empty() {
+        println!("pass");
+        ExitCode::SUCCESS
+    } else {
+        for f in failures {
+            println!("FAIL: {f}");
+        }
+        ExitCode::FAILURE
+    }
 }
 
 async fn demo(args: tools::demo::DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {

@@ -1,0 +1,615 @@
+//! `shadowgate replay` end to end (issue #17): a live route recorded by a
+//! real proxy, replayed by the real binary against builds of the app
+//! (v1 with a secondary: passes; v2 with a seeded change: fails, the field
+//! named on its endpoint, the noise marked noise), the report in the live
+//! API's shape; `--limit`, `--filter`, `--rate`, Host, bad lines, exit 2
+//! on bad input, the error-rate gate.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use support::*;
+use tokio::net::TcpListener;
+
+/// The app under test: `GET /items/{id}` and `GET /users/{id}` answer
+/// JSON with noise (`generated_at`, `trace`: fresh per answer). Version 2
+/// changes one field, `price`, on items only.
+async fn spawn_app(version: u8) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| async move {
+                    let path = req.uri().path().to_string();
+                    let _ = req.into_body().collect().await;
+                    let noise = format!(
+                        r#""generated_at":"{}","trace":"{:016x}""#,
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_nanos(),
+                        fastrand::u64(..)
+                    );
+                    let id: u64 = path
+                        .rsplit('/')
+                        .next()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    let body = if path.starts_with("/items/") {
+                        let price = id * 3 + u64::from(version == 2);
+                        format!(r#"{{"id":{id},"name":"item-{id}","price":{price},{noise}}}"#)
+                    } else {
+                        format!(r#"{{"id":{id},"user":"u-{id}",{noise}}}"#)
+                    };
+                    let mut resp = Response::new(Full::new(Bytes::from(body)));
+                    resp.headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+/// Runs the real binary's `replay` with `args` (the in-process backends
+/// keep serving meanwhile).
+async fn replay(args: &[&str]) -> Run {
+    let started = Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_shadowgate"))
+            .arg("replay")
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("replay finished within 120 s")
+    .expect("replay ran");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+fn line_count(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// The structure of a JSON value: object keys (recursively), array
+/// element structure (all elements merged), and scalar kinds.
+fn shape(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(items) => {
+            let mut merged = BTreeMap::new();
+            for item in items {
+                if let Value::Object(m) = shape(item) {
+                    merged.extend(m);
+                } else {
+                    merged.insert(String::new(), shape(item));
+                }
+            }
+            Value::Array(vec![Value::Object(merged.into_iter().collect())])
+        }
+        Value::Number(_) => "number".into(),
+        Value::String(_) => "string".into(),
+        Value::Bool(_) => "bool".into(),
+        Value::Null => "null".into(),
+    }
+}
+
+fn endpoint<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["endpoints"]
+        .as_array()
+        .and_then(|e| e.iter().find(|x| x["endpoint"] == name))
+        .unwrap_or_else(|| panic!("no endpoint {name} in {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_live_route_replays_clean_on_v1_and_fails_on_a_seeded_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("items.jsonl");
+    let (v1, _t1) = spawn_app(1).await;
+    let (v1b, _t2) = spawn_app(1).await;
+    let (v2, _t3) = spawn_app(2).await;
+    let (v1c, _t4) = spawn_app(1).await;
+    // Live: v1 answers, a compared mirror (v2) and a secondary (v1c), so
+    // the admin API has a real report to compare the replay's with.
+    let yaml = format!(
+        "backends:\n  v1: {{ endpoints: [\"{v1}\"] }}\n  v2: {{ endpoints: [\"{v2}\"] }}\n  v1c: {{ endpoints: [\"{v1c}\"] }}\nroutes:\n  - name: items\n    backend: v1\n    secondary: v1c\n    mirrors: [{{ backend: v2, compare: true }}]\n    record: {{ file: {} }}\n",
+        capture.display()
+    );
+    let proxy = start_proxy(&yaml).await;
+    let addr = proxy.listen_addrs[0];
+    let n = 1000usize;
+    let c = client();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(16) {
+                let path = if i % 4 == 3 {
+                    format!("/users/{i}")
+                } else {
+                    format!("/items/{i}")
+                };
+                let a = get(&c, addr, "shop.example", &path).await;
+                assert_eq!(a.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while line_count(&capture) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} recorded",
+            line_count(&capture)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let live = compared(&proxy, "items", 50).await;
+    proxy.shutdown().await;
+    assert_eq!(line_count(&capture), n);
+    let file = capture.to_str().unwrap();
+
+    // v1 with a v1 secondary: only noise differs.
+    let (url1, url1b, url2) = (
+        format!("http://{v1}"),
+        format!("http://{v1b}"),
+        format!("http://{v2}"),
+    );
+    let clean_report = dir.path().join("clean.json");
+    let run = replay(&[
+        file,
+        "--target",
+        &url1,
+        "--secondary",
+        &url1b,
+        "--concurrency",
+        "16",
+        "--max-diff-rate",
+        "0",
+        "--max-error-rate",
+        "0",
+        "--report",
+        clean_report.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(&format!("replayed {n} of {n}")),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("different 0,"), "{}", run.stdout);
+    let clean: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&clean_report).unwrap()).unwrap();
+    let items = endpoint(&clean, "GET /items/{id}");
+    assert_eq!(items["mirror"], "target");
+    assert_eq!(items["compared"], 750);
+    assert_eq!(items["different"], 0, "{items}");
+    assert_eq!(field(items, "$.generated_at")["noise"], true, "{items}");
+    assert_eq!(field(items, "$.trace")["noise"], true, "{items}");
+
+    // v2 (price changed on items) with the v1 secondary: exit 1, the
+    // price reported on GET /items/{id} only, the noise still noise.
+    let report = dir.path().join("v2-{route}.json");
+    let run = replay(&[
+        file,
+        "--target",
+        &url2,
+        "--secondary",
+        &url1b,
+        "--concurrency",
+        "16",
+        "--max-diff-rate",
+        "1",
+        "--report",
+        report.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("FAIL: diff rate 75.00%"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("$.price"),
+        "the table names the field: {}",
+        run.stdout
+    );
+    let v2_report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("v2-items.json")).unwrap()).unwrap();
+    let items = endpoint(&v2_report, "GET /items/{id}");
+    assert_eq!(items["different"], 750, "{items}");
+    let price = field(items, "$.price");
+    assert_eq!(
+        (price["different"].as_u64(), price["noise"].as_bool()),
+        (Some(750), Some(false))
+    );
+    assert_eq!(field(items, "$.generated_at")["noise"], true, "{items}");
+    let users = endpoint(&v2_report, "GET /users/{id}");
+    assert_eq!(users["different"], 0, "{users}");
+    assert!(
+        users["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["path"] != "$.price"),
+        "{users}"
+    );
+
+    // The report has the live API's shape.
+    assert_eq!(
+        shape(&v2_report),
+        shape(&live),
+        "replay {v2_report}\nlive {live}"
+    );
+
+    // --config: the route's compare rules and endpoint templates apply.
+    let cfg = dir.path().join("rules.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:0\nstore: memory\nbackends:\n  v1: {{ endpoints: [\"{v1}\"] }}\nroutes:\n  - name: items\n    backend: v1\n    compare: {{ endpoints: [\"/items/{{item}}\"], ignore_paths: [\"$.generated_at\", \"$.trace\"] }}\n"
+        ),
+    )
+    .unwrap();
+    let cfg_report = dir.path().join("cfg.json");
+    let run = replay(&[
+        file,
+        "--target",
+        &url1,
+        "--config",
+        cfg.to_str().unwrap(),
+        "--limit",
+        "100",
+        "--max-diff-rate",
+        "0",
+        "--report",
+        cfg_report.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_report).unwrap()).unwrap();
+    let items = endpoint(&r, "GET /items/{item}");
+    assert_eq!(items["equal"], items["compared"], "{items}");
+}
+
+/// One recorded line, as the recorder writes it.
+fn line(route: &str, method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> String {
+    serde_json::json!({
+        "v": 1,
+        "time": "2026-11-30T02:41:59.123Z",
+        "route": route,
+        "request_id": "r",
+        "request": {"method": method, "uri": uri, "headers": headers, "body": body, "body_truncated": false},
+        "response": {"status": 200, "headers": [["content-type", "text/plain"]], "body": "ok", "body_truncated": false},
+        "duration_ms": 1.0
+    })
+    .to_string()
+}
+
+fn write_capture(dir: &tempfile::TempDir, name: &str, lines: &[String]) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+#[tokio::test]
+async fn limit_sends_at_most_n() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..10)
+        .map(|i| line("r", "GET", &format!("/n/{i}"), &[], ""))
+        .collect();
+    let file = write_capture(&dir, "c.jsonl", &lines);
+    let backend = TestBackend::new().spawn().await;
+    let target = format!("http://{}", backend.addr);
+    let run = replay(&[file.to_str().unwrap(), "--target", &target, "--limit", "3"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(backend.received(), 3);
+    assert!(run.stdout.contains("replayed 3 of"), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn filters_pick_by_route_method_and_path_and_the_recorded_host_and_traceparent_go_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let headers = [("host", "shop.example"), ("traceparent", trace)];
+    let lines = vec![
+        line("items", "GET", "/items/1", &headers, ""),
+        line("items", "POST", "/items/2", &headers, "x"),
+        line("items", "GET", "/other/3", &headers, ""),
+        line("users", "GET", "/items/4", &headers, ""),
+        line("items", "GET", "/items/5?q=1", &headers, ""),
+    ];
+    let file = write_capture(&dir, "c.jsonl", &lines);
+    let mut backend = TestBackend::new().spawn().await;
+    let target = format!("http://{}", backend.addr);
+    let file = file.to_str().unwrap();
+    let run = replay(&[
+        file,
+        "--target",
+        &target,
+        "--filter",
+        "route=items",
+        "--filter",
+        "method=GET",
+        "--filter",
+        "path=/items/*",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(backend.received(), 2, "{}", run.stdout);
+    let mut paths = Vec::new();
+    while let Some(r) = backend.try_next() {
+        assert_eq!(r.method, Method::GET);
+        assert_eq!(r.header("host"), Some("shop.example"));
+        assert_eq!(r.header("traceparent"), Some(trace));
+        paths.push(r.uri.to_string());
+    }
+    paths.sort();
+    assert_eq!(paths, ["/items/1", "/items/5?q=1"]);
+    assert!(run.stdout.contains("filtered out 3"), "{}", run.stdout);
+
+    // --target-host sends the target's authority instead.
+    let run = replay(&[
+        file,
+        "--target",
+        &target,
+        "--filter",
+        "route=users",
+        "--target-host",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r = backend.next().await;
+    assert_eq!(r.header("host"), Some(backend.addr.to_string().as_str()));
+
+    // Two routes: a report path without {route} is refused (exit 2), one
+    // with it writes a file a route.
+    let out = dir.path().join("out.json");
+    let run = replay(&[file, "--target", &target, "--report", out.to_str().unwrap()]).await;
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("{route}"), "{}", run.stderr);
+    let per_route = dir.path().join("out-{route}.json");
+    let run = replay(&[
+        file,
+        "--target",
+        &target,
+        "--report",
+        per_route.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(dir.path().join("out-items.json").exists());
+    assert!(dir.path().join("out-users.json").exists());
+}
+
+#[tokio::test]
+async fn a_zstd_recording_replays_like_a_plain_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (0..3)
+        .map(|i| line("r", "GET", &format!("/z/{i}"), &[], "") + "\n")
+        .collect();
+    let file = dir.path().join("c.jsonl.zst");
+    std::fs::write(&file, zstd::stream::encode_all(text.as_bytes(), 3).unwrap()).unwrap();
+    let backend = TestBackend::new().spawn().await;
+    let target = format!("http://{}", backend.addr);
+    let run = replay(&[file.to_str().unwrap(), "--target", &target]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(backend.received(), 3);
+    assert!(run.stdout.contains("bad lines 0"), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn rate_paces_the_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..10)
+        .map(|i| line("r", "GET", &format!("/n/{i}"), &[], ""))
+        .collect();
+    let file = write_capture(&dir, "c.jsonl", &lines);
+    let backend = TestBackend::new().spawn().await;
+    let target = format!("http://{}", backend.addr);
+    let run = replay(&[file.to_str().unwrap(), "--target", &target, "--rate", "20"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(backend.received(), 10);
+    // The 10th request is due 9/20 s after the first: a lower bound only.
+    assert!(
+        run.elapsed >= Duration::from_millis(450),
+        "{:?}",
+        run.elapsed
+    );
+}
+
+#[tokio::test]
+async fn speed_keeps_the_recorded_gaps_scaled() {
+    let dir = tempfile::tempdir().unwrap();
+    // Recorded over 1.2 s; at 2x the last is due 0.6 s after the first.
+    let lines: Vec<String> = [0, 400, 1200]
+        .iter()
+        .map(|ms| {
+            let mut v: serde_json::Value =
+                serde_json::from_str(&line("r", "GET", "/", &[], "")).unwrap();
+            v["time"] = format!("2026-11-30T02:41:5{}.{:03}Z", ms / 1000, ms % 1000).into();
+            v.to_string()
+        })
+        .collect();
+    let file = write_capture(&dir, "c.jsonl", &lines);
+    let backend = TestBackend::new().spawn().await;
+    let target = format!("http://{}", backend.addr);
+    let run = replay(&[file.to_str().unwrap(), "--target", &target, "--speed", "2x"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(backend.received(), 3);
+    assert!(
+        run.elapsed >= Duration::from_millis(600),
+        "{:?}",
+        run.elapsed
+    );
+}
+
+#[tokio::test]
+async fn bad_lines_are_counted_and_named_but_do_not_stop_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut truncated: serde_json::Value =
+        serde_json::from_str(&line("r", "POST", "/big", &[], "")).unwrap();
+    truncated["request"]["body_truncated"] = true.into();
+    let lines = vec![
+        line("r", "GET", "/a", &[], ""),
+        "this is not json".to_string(),
+        line("r", "GET", "/b", &[], ""),
+        r#"{"v":1,"request":{},"response":{}}"#.to_string(),
+        truncated.to_string(),
+        line("r", "GET", "/c", &[], ""),
+    ];
+    let file = write_capture(&dir, "c.jsonl", &lines);
+    let backend = TestBackend::new()
+        .body("ok")
+        .header("content-type", "text/plain")
+        .spawn()
+        .await;
+    let target = format!("http://{}", backend.addr);
+    let run = replay(&[
+        file.to_str().unwrap(),
+        "--target",
+        &target,
+        "--max-diff-rate",
+        "0",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(backend.received(), 3);
+    assert!(run.stdout.contains("bad lines 2"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("request body truncated 1"),
+        "{}",
+        run.stdout
+    );
+    let name = file.display().to_string();
+    assert!(run.stdout.contains(&format!("{name}:2:")), "{}", run.stdout);
+    assert!(run.stdout.contains(&format!("{name}:4:")), "{}", run.stdout);
+
+    // Only bad lines: nothing to judge, an input error.
+    let bad = write_capture(&dir, "bad.jsonl", &["nope".to_string(), "{}".to_string()]);
+    let run = replay(&[bad.to_str().unwrap(), "--target", &target]).await;
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("no readable exchange"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_missing_file_or_a_bad_url_is_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.jsonl");
+    let run = replay(&[missing.to_str().unwrap(), "--target", "http://127.0.0.1:9"]).await;
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("nope.jsonl"), "{}", run.stderr);
+
+    let file = write_capture(&dir, "c.jsonl", &[line("r", "GET", "/", &[], "")]);
+    let file = file.to_str().unwrap();
+    for url in [
+        "not a url",
+        "127.0.0.1:8080",
+        "https://127.0.0.1:8443",
+        "ftp://h/",
+    ] {
+        let run = replay(&[file, "--target", url]).await;
+        assert_eq!(run.code, 2, "{url}: {}\n{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains("--target"), "{}", run.stderr);
+    }
+    let run = replay(&[
+        file,
+        "--target",
+        "http://127.0.0.1:9",
+        "--secondary",
+        "nope",
+    ])
+    .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let run = replay(&[
+        file,
+        "--target",
+        "http://127.0.0.1:9",
+        "--filter",
+        "colour=red",
+    ])
+    .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn the_error_rate_gate_counts_requests_without_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..4)
+        .map(|i| line("r", "GET", &format!("/n/{i}"), &[], ""))
+        .collect();
+    let file = write_capture(&dir, "c.jsonl", &lines);
+    let file = file.to_str().unwrap();
+    let dead = format!("http://{}", dead_addr().await);
+    let run = replay(&[file, "--target", &dead, "--max-error-rate", "50"]).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("error rate 100.00%"), "{}", run.stdout);
+    // 5xx answers the recording did not have count too.
+    let failing = TestBackend::new().status(503).spawn().await;
+    let target = format!("http://{}", failing.addr);
+    let run = replay(&[file, "--target", &target, "--max-error-rate", "50"]).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("new 5xx 4"), "{}", run.stdout);
+    // Without thresholds there is nothing to fail; the route's report is
+    // written, empty.
+    let report = dir.path().join("r.json");
+    let run = replay(&[
+        file,
+        "--target",
+        &dead,
+        "--report",
+        report.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r, serde_json::json!({ "endpoints": [] }));
+}
