@@ -327,7 +327,7 @@ fn main() -> ExitCode {
                 .context("bench-backend"),
         ),
         Command::Record(RecordCommand::Export { file, har }) => {
-            use shadowgate::record::har::ExportError;
+            use shadowgate::record::export::ExportError;
             match shadowgate::record::export_har(&file, &har) {
                 Ok(s) => {
                     eprintln!("wrote {} entries to {}", s.entries, har.display());

@@ -9,6 +9,7 @@
 //! counted); a dedicated writer thread (`writer`) redacts, serialises,
 //! batches, flushes at least every second, rotates and compresses.
 
+pub mod export;
 pub mod har;
 mod line;
 pub mod read;
@@ -229,9 +230,9 @@ pub fn open_named(path: &Path, har_route: Option<&str>) -> Result<Source, read::
 /// (JSON lines, plain or zstd; a HAR also reads) written to `out` as one
 /// HAR 1.2 document, an entry at a time. The document is written next to
 /// `out` and renamed over it when complete.
-pub fn export_har(input: &Path, out: &Path) -> Result<har::ExportSummary, har::ExportError> {
+pub fn export_har(input: &Path, out: &Path) -> Result<export::ExportSummary, export::ExportError> {
     let source = open(input)?;
-    let io = |source| har::ExportError::Write {
+    let io = |source| export::ExportError::Write {
         path: out.to_path_buf(),
         source,
     };
@@ -240,7 +241,7 @@ pub fn export_har(input: &Path, out: &Path) -> Result<har::ExportSummary, har::E
     let partial = PathBuf::from(partial);
     let file = File::create(&partial).map_err(io)?;
     let mut writer = BufWriter::with_capacity(64 << 10, file);
-    let written = har::write_har(source, &mut writer, out).and_then(|summary| {
+    let written = export::write_har(source, &mut writer, out).and_then(|summary| {
         drop(writer);
         std::fs::rename(&partial, out).map_err(io)?;
         Ok(summary)
