@@ -854,15 +854,22 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         tx.send(text[..split].to_vec()).unwrap();
         let input = std::io::BufReader::new(Drip(rx, std::io::Cursor::new(Vec::new())));
-        let mut reader = Reader::start(Path::new("t.har"), Box::new(input), None).unwrap();
-        // The first entry is there while the rest of the file is not.
-        let first = reader.next().unwrap().unwrap();
+        let reader = Reader::start(Path::new("t.har"), Box::new(input), None).unwrap();
+        let (got_tx, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for item in reader {
+                let _ = got_tx.send(item);
+            }
+        });
+        // The first entry arrives while the rest of the file has not.
+        let wait = std::time::Duration::from_secs(10);
+        let first = got.recv_timeout(wait).expect("the first entry").unwrap();
         assert_eq!(first.request.uri.as_deref(), Some("/first"));
         tx.send(text[split..].to_vec()).unwrap();
         drop(tx);
-        let second = reader.next().unwrap().unwrap();
+        let second = got.recv_timeout(wait).expect("the second").unwrap();
         assert_eq!(second.request.uri.as_deref(), Some("/second"));
-        assert!(reader.next().is_none());
+        assert!(got.recv_timeout(wait).is_err(), "nothing more");
     }
 
     #[test]
