@@ -340,6 +340,12 @@ fn convert(e: Entry, n: u64, route: Option<&str>) -> Result<Exchange, NotReplaye
         body_truncated: req_truncated,
     };
     let (body, body_truncated) = match e.response.content {
+        // Said to have a body, but kept none (some tools write `""`).
+        Some(Content {
+            text: Some(text),
+            size: Some(size),
+            ..
+        }) if text.is_empty() && size > 0.0 => (Bytes::new(), true),
         Some(Content {
             text: Some(text),
             encoding,
@@ -771,6 +777,8 @@ mod tests {
         gone["response"]["content"] = json!({"size": 5000, "mimeType": "text/html"});
         let mut empty = entry("GET", "http://h.test/none", 204);
         empty["response"]["content"] = json!({"size": 0, "mimeType": ""});
+        let mut blank = entry("GET", "http://h.test/blank", 200);
+        blank["response"]["content"] = json!({"size": 70, "mimeType": "text/css", "text": ""});
         let mut form = entry("POST", "http://h.test/form", 200);
         form["request"]["postData"] = json!({"mimeType": "application/x-www-form-urlencoded",
             "params": [{"name": "q", "value": "a b&c"}, {"name": "n", "value": "é"}]});
@@ -783,7 +791,7 @@ mod tests {
         let mut b64 = entry("PUT", "http://h.test/bin", 200);
         b64["request"]["postData"] =
             json!({"mimeType": "application/octet-stream", "text": "/wA=", "_encoding": "base64"});
-        let out = read(har(vec![gone, empty, form, multi, odd, b64]));
+        let out = read(har(vec![gone, empty, form, multi, odd, b64, blank]));
         let x: Vec<&Exchange> = out.iter().map(|r| r.as_ref().unwrap()).collect();
         assert!(x[0].response.body_truncated);
         assert_eq!(x[0].response.status, Some(200));
@@ -797,6 +805,7 @@ mod tests {
         );
         assert!(x[4].request.body_truncated && x[4].request.body.is_empty());
         assert_eq!(&x[5].request.body[..], &[0xffu8, 0]);
+        assert!(x[6].response.body_truncated);
     }
 
     #[test]
