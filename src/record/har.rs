@@ -317,13 +317,16 @@ fn convert(e: Entry, n: u64, route: Option<&str>) -> Result<Exchange, NotReplaye
     let uri: http::Uri = url
         .parse()
         .map_err(|err| NotReplayed::Bad(format!("request.url {:?}: {err}", short(url))))?;
+    // The host (and port) without any `user:password@`.
     let authority = uri
         .authority()
-        .map(|a| a.as_str().to_string())
+        .and_then(|a| a.as_str().rsplit('@').next())
+        .map(str::to_string)
         .filter(|a| !a.is_empty())
         .ok_or_else(|| NotReplayed::Bad(format!("request.url {:?}: no host", short(url))))?;
     let target = match uri.path_and_query().map(|p| p.as_str()) {
         None | Some("") => "/".to_string(),
+        Some(p) if p.starts_with('?') => format!("/{p}"),
         Some(p) => p.to_string(),
     };
     let (req_body, req_truncated) = request_body(&e.request)?;
@@ -658,7 +661,7 @@ mod tests {
             ws,
             upgrade,
             json!({"request": {"method": "GET"}}),
-            entry("GET", "http://h.test/last", 200),
+            entry("GET", "http://h.test?last=1", 200),
         ]));
         let kinds: Vec<Option<&str>> = out
             .iter()
@@ -697,7 +700,9 @@ mod tests {
             !bad.fatal && bad.reason.contains("not a HAR entry"),
             "{bad}"
         );
-        assert_eq!(out[10].as_ref().unwrap().line, 11);
+        let last = out[10].as_ref().unwrap();
+        assert_eq!(last.line, 11);
+        assert_eq!(last.request.uri.as_deref(), Some("/?last=1"));
     }
 
     #[test]
