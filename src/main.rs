@@ -104,6 +104,22 @@ enum Command {
     /// recorded ones (docs/replay.md). Exit 0 pass, 1 over a threshold, 2
     /// usage or input error.
     Replay(Box<ReplayArgs>),
+    /// Work with recordings (docs/replay.md).
+    #[command(subcommand)]
+    Record(RecordCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RecordCommand {
+    /// Write a recording (JSON lines, plain or zstd) as a HAR 1.2 file;
+    /// exit 0, 1 when OUT cannot be written, 2 when FILE cannot be read.
+    Export {
+        /// The recording.
+        file: PathBuf,
+        /// The HAR file to write.
+        #[arg(long, required = true, value_name = "OUT")]
+        har: PathBuf,
+    },
 }
 
 /// `shadowgate replay FILE --target URL`.
@@ -383,6 +399,29 @@ fn main() -> ExitCode {
             rt.block_on(tools::bench_backend::run(args))
                 .context("bench-backend"),
         ),
+        Command::Record(RecordCommand::Export { file, har }) => {
+            use shadowgate::record::export::ExportError;
+            match shadowgate::record::export_har(&file, &har) {
+                Ok(s) => {
+                    eprintln!("wrote {} entries to {}", s.entries, har.display());
+                    if s.unreadable > 0 {
+                        eprintln!("left out {} unreadable records:", s.unreadable);
+                        for e in &s.examples {
+                            eprintln!("  {e}");
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e @ ExportError::Write { .. }) => {
+                    eprintln!("shadowgate: {e}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("shadowgate: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 

@@ -10,11 +10,16 @@
 //! batches, flushes at least every second, rotates and compresses.
 
 pub mod calls;
+pub mod export;
+pub mod har;
 mod line;
 pub mod read;
 mod tap;
 mod writer;
 
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -214,7 +219,68 @@ pub(crate) fn written(metrics: &Metrics, route: &str, n: u64) {
 /// Recorded exchanges, one at a time, as read from a file.
 pub type Source = Box<dyn Iterator<Item = Result<read::Exchange, read::LineError>> + Send>;
 
-/// Opens a recording for reading (JSON lines, plain or zstd), streamed.
-pub fn open(path: &std::path::Path) -> Result<Source, read::OpenError> {
-    Ok(Box::new(read::Reader::open(path)?))
+/// Opens a recording for reading, streamed: JSON lines (plain or zstd) or
+/// a HAR 1.2 file, whose exchanges are named route `har`
+/// (`docs/replay.md`, "HAR").
+pub fn open(path: &Path) -> Result<Source, read::OpenError> {
+    open_named(path, None)
+}
+
+/// As [`open`]; `har_route` names the exchanges of a HAR file (default:
+/// the entry's own `_route` when shadowgate wrote it, else `har`).
+///
+/// A HAR is told by the extension `.har`, or, when the extension is
+/// neither that nor one of a recording (`.jsonl`, `.ndjson`, `.zst`), by
+/// its first bytes: a JSON object whose first key is `log`. The bytes
+/// looked at are the file's first buffer, read once and handed on.
+pub fn open_named(path: &Path, har_route: Option<&str>) -> Result<Source, read::OpenError> {
+    let io = |source| read::OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = BufReader::with_capacity(64 << 10, File::open(path).map_err(io)?);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let is_har = match ext.as_deref() {
+        Some("har") => true,
+        Some("jsonl" | "ndjson" | "zst") => false,
+        _ => har::looks_like_har(file.fill_buf().map_err(io)?),
+    };
+    if is_har {
+        Ok(Box::new(har::Reader::start(
+            path,
+            Box::new(file),
+            har_route,
+        )?))
+    } else {
+        Ok(Box::new(read::Reader::from_file(path, file)?))
+    }
+}
+
+/// `shadowgate record export FILE --har OUT`: the recording at `input`
+/// (JSON lines, plain or zstd; a HAR also reads) written to `out` as one
+/// HAR 1.2 document, an entry at a time. The document is written next to
+/// `out` and renamed over it when complete.
+pub fn export_har(input: &Path, out: &Path) -> Result<export::ExportSummary, export::ExportError> {
+    let source = open(input)?;
+    let io = |source| export::ExportError::Write {
+        path: out.to_path_buf(),
+        source,
+    };
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let file = File::create(&partial).map_err(io)?;
+    let mut writer = BufWriter::with_capacity(64 << 10, file);
+    let written = export::write_har(source, &mut writer, out).and_then(|summary| {
+        drop(writer);
+        std::fs::rename(&partial, out).map_err(io)?;
+        Ok(summary)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }

@@ -40,6 +40,20 @@ pub struct LineError {
     pub fatal: bool,
 }
 
+/// How the reason of an entry left out on purpose starts (a HAR entry
+/// that cannot be replayed, `record::har`): `skipped (KIND): …`.
+pub const SKIPPED: &str = "skipped (";
+
+impl LineError {
+    /// For an entry left out on purpose, the short name of why
+    /// (`failed`, `not-http`, `websocket`: see `record::har::Skip`);
+    /// `None` for a line or entry that could not be read.
+    pub fn skipped(&self) -> Option<&str> {
+        let rest = self.reason.strip_prefix(SKIPPED)?;
+        rest.split_once(')').map(|(kind, _)| kind)
+    }
+}
+
 /// One message (request or answer) as recorded.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Message {
@@ -234,11 +248,19 @@ pub fn is_zstd(head: &[u8]) -> bool {
 impl Reader {
     /// Opens `path` (plain JSON lines, or zstd frames of them).
     pub fn open(path: &Path) -> Result<Reader, OpenError> {
+        let file = File::open(path).map_err(|source| OpenError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Reader::from_file(path, BufReader::with_capacity(64 << 10, file))
+    }
+
+    /// Reads an opened file (plain, or zstd told by its first bytes).
+    pub fn from_file(path: &Path, mut file: BufReader<File>) -> Result<Reader, OpenError> {
         let io = |source| OpenError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = BufReader::with_capacity(64 << 10, File::open(path).map_err(io)?);
         let zstd = is_zstd(file.fill_buf().map_err(io)?);
         let input: Box<dyn BufRead + Send> = if zstd {
             Box::new(BufReader::with_capacity(
