@@ -125,7 +125,7 @@ enum RecordCommand {
 /// `shadowgate replay FILE --target URL`.
 #[derive(Debug, clap::Args)]
 struct ReplayArgs {
-    /// The recording: JSON lines, plain or zstd.
+    /// The recording: JSON lines (plain or zstd) or a HAR 1.2 file.
     file: PathBuf,
     /// The build under test, http://HOST:PORT[/PREFIX].
     #[arg(long)]
@@ -174,6 +174,11 @@ struct ReplayArgs {
     /// Exit 1 when the error rate (percent) is above this.
     #[arg(long)]
     max_error_rate: Option<f64>,
+    /// Serve the target's outbound calls (sent through this address as its
+    /// HTTP proxy, or to it with Host) from the recorded ones; calls the
+    /// recording lacks get 503. With --config, its `egress.services` name them.
+    #[arg(long, value_name = "ADDR")]
+    egress_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_header(s: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
@@ -527,6 +532,12 @@ async fn replay(args: ReplayArgs) -> ExitCode {
         },
         config,
         progress,
+        egress_listen: args.egress_listen.map(|addr| {
+            let ready: shadowgate::replay::EgressReadyFn = Box::new(|bound| {
+                eprintln!("shadowgate replay: egress listening on {bound}");
+            });
+            (addr, Some(ready))
+        }),
     };
     let result = shadowgate::replay::run(options).await;
     if let Some(bar) = bar {

@@ -330,6 +330,43 @@ async fn a_har_exported_from_a_real_browser_session_replays() {
         assert_eq!(Some(again.status.as_u16()), x.response.status, "{x:?}");
         assert_eq!(again.body, x.response.body, "{:?}", x.request.uri);
     }
+
+    // And `shadowgate replay` replays the HAR as it is: every exchange
+    // sent and judged equal, the entries a browser could not complete
+    // skipped as not replayable, the CI gate passes.
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(env!("CARGO_BIN_EXE_shadowgate"))
+            .arg("replay")
+            .arg(&har)
+            .args(["--target", &format!("http://{addr}")])
+            .args(["--max-diff-rate", "0", "--max-error-rate", "0"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("replay finished within 60 s")
+    .expect("replay ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = xs.len();
+    assert!(
+        stdout.contains(&format!("replayed {n} of {n} exchanges")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("equal {n}, different 0")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("not replayable {}", errors.len())),
+        "{stdout}"
+    );
 }
 
 /// A proxy recording route `shop` (JSON lines at `file`) in front of the

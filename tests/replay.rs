@@ -613,3 +613,197 @@ async fn the_error_rate_gate_counts_requests_without_an_answer() {
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r, serde_json::json!({ "endpoints": [] }));
 }
+
+/// A checkout app that pays through its egress proxy: `POST /checkout/{n}`
+/// calls `POST http://payments.example/charges` through the proxy at
+/// `egress` (propagating `traceparent` and `x-request-id`) and answers the
+/// charge id it got. Version 2 calls `/refunds` instead (a changed side
+/// effect).
+async fn spawn_checkout(
+    version: u8,
+    egress: std::sync::Arc<tokio::sync::OnceCell<SocketAddr>>,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let egress = egress.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let egress = egress.clone();
+                    async move {
+                        let order = req
+                            .uri()
+                            .path()
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or("")
+                            .to_string();
+                        let mut call = Request::builder()
+                            .method(Method::POST)
+                            .uri(if version == 2 {
+                                "http://payments.example/refunds"
+                            } else {
+                                "http://payments.example/charges"
+                            })
+                            .header("host", "payments.example");
+                        for name in ["traceparent", "x-request-id"] {
+                            if let Some(v) = req.headers().get(name) {
+                                call = call.header(name, v.clone());
+                            }
+                        }
+                        let call = call
+                            .body(Full::new(Bytes::from(format!(
+                                r#"{{"order":"o-{order}"}}"#
+                            ))))
+                            .unwrap();
+                        // The replay tells its egress address on stderr
+                        // just before it sends (bounded wait).
+                        let proxy = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            egress.get_or_init(std::future::pending),
+                        )
+                        .await
+                        .expect("the replay's egress address");
+                        let stream = tokio::net::TcpStream::connect(*proxy).await.unwrap();
+                        let (mut sender, conn) =
+                            hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                                .await
+                                .unwrap();
+                        tokio::spawn(conn);
+                        let paid = sender.send_request(call).await.unwrap();
+                        let status = paid.status().as_u16();
+                        let paid = paid.into_body().collect().await.unwrap().to_bytes();
+                        let charge = serde_json::from_slice::<serde_json::Value>(&paid)
+                            .ok()
+                            .and_then(|v| v["id"].as_str().map(str::to_string));
+                        let body = serde_json::json!({"order": format!("o-{order}"), "charge": charge, "payment_status": status});
+                        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+                        resp.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Runs `replay` with `--egress-listen 127.0.0.1:0`, telling `egress` the
+/// address it printed.
+async fn replay_with_egress(
+    args: &[&str],
+    egress: std::sync::Arc<tokio::sync::OnceCell<SocketAddr>>,
+) -> Run {
+    use tokio::io::AsyncBufReadExt;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shadowgate"))
+        .arg("replay")
+        .args(args)
+        .args(["--egress-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("replay ran");
+    let stderr = child.stderr.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let lines = tokio::spawn(async move {
+        let mut all = String::new();
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(addr) = line.strip_prefix("shadowgate replay: egress listening on ") {
+                let _ = egress.set(addr.trim().parse().unwrap());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let out = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut s).await;
+        s
+    });
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("replay finished within 60 s")
+        .unwrap();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: out.await.unwrap(),
+        stderr: lines.await.unwrap(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// `--egress-listen`: the replayed build's outbound calls are answered
+/// from the recorded ones (nothing leaves the machine: payments.example
+/// is never resolved), matched by the recorded trace id the request
+/// carries; a build that makes other calls gets 503s, and the summary
+/// counts the calls not recorded and the recorded ones not made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_listen_answers_the_builds_outbound_calls_from_the_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..3)
+        .map(|n| {
+            let trace = format!("{n:032x}");
+            serde_json::json!({
+                "v": 1,
+                "time": "2026-11-30T02:41:59.123Z",
+                "route": "checkout",
+                "request_id": format!("req-{n}"),
+                "trace_id": trace,
+                "request": {"method": "POST", "uri": format!("/checkout/{n}"),
+                            "headers": [["traceparent", format!("00-{trace}-00000000000000{n:02x}-01")], ["x-request-id", format!("req-{n}")]],
+                            "body": "", "body_truncated": false},
+                "response": {"status": 200, "headers": [["content-type", "application/json"]],
+                             "body": format!(r#"{{"order":"o-{n}","charge":"ch_{n}","payment_status":200}}"#), "body_truncated": false},
+                "duration_ms": 2.0,
+                "calls": [{"service": "payments",
+                           "request": {"method": "POST", "uri": "/charges", "headers": [["host", "payments.example"]],
+                                       "body": format!(r#"{{"order":"o-{n}"}}"#), "body_truncated": false},
+                           "response": {"status": 200, "headers": [["content-type", "application/json"]],
+                                        "body": format!(r#"{{"id":"ch_{n}"}}"#), "body_truncated": false},
+                           "duration_ms": 1.0}]
+            })
+            .to_string()
+        })
+        .collect();
+    let file = write_capture(&dir, "checkout.jsonl", &lines);
+    let file = file.to_str().unwrap();
+
+    let egress = std::sync::Arc::new(tokio::sync::OnceCell::new());
+    let v1 = spawn_checkout(1, egress.clone()).await;
+    let target = format!("http://{v1}");
+    let run =
+        replay_with_egress(&[file, "--target", &target, "--max-diff-rate", "0"], egress).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("outbound calls: answered from the recording 3, not recorded 0 (answered 503), recorded but not made 0"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("different 0"), "{}", run.stdout);
+
+    let egress = std::sync::Arc::new(tokio::sync::OnceCell::new());
+    let v2 = spawn_checkout(2, egress.clone()).await;
+    let target = format!("http://{v2}");
+    let run =
+        replay_with_egress(&[file, "--target", &target, "--max-diff-rate", "0"], egress).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("outbound calls: answered from the recording 0, not recorded 3 (answered 503), recorded but not made 3"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("$.charge"), "{}", run.stdout);
+    eprintln!("{:?}", run.elapsed);
+}

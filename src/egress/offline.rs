@@ -65,12 +65,16 @@ struct Entry {
     calls: Vec<Call>,
     /// Calls answered so far, by signature: the next one's ordinal.
     next: HashMap<Sig, usize>,
+    /// Recorded calls served.
+    served: usize,
 }
 
 /// The recorded calls by correlation id, and what was served from them.
 #[derive(Debug)]
 pub struct Book {
-    entries: Mutex<HashMap<String, Entry>>,
+    /// By correlation id; one request's entry may be held under several
+    /// ids (its trace id and its request id: `insert_all`).
+    entries: Mutex<HashMap<String, Arc<Mutex<Entry>>>>,
     counts: Mutex<BTreeMap<String, Counts>>,
     /// How a call's host names its service (`None`: not told).
     services: Option<Vec<EgressService>>,
@@ -120,16 +124,49 @@ impl Book {
     /// The recorded calls of the request with correlation id `id` (its
     /// trace id), replacing any before.
     pub fn insert(&self, id: &str, calls: Vec<Call>) {
-        let entry = Entry {
+        self.insert_all(&[id], calls);
+    }
+
+    /// The recorded calls of one request under each of its ids (e.g. its
+    /// trace id and its `x-request-id`): a call carrying any of them is
+    /// answered from the one list.
+    pub fn insert_all(&self, ids: &[&str], calls: Vec<Call>) {
+        let entry = Arc::new(Mutex::new(Entry {
             calls,
             next: HashMap::new(),
-        };
-        self.entries.lock().insert(id.to_string(), entry);
+            served: 0,
+        }));
+        let mut entries = self.entries.lock();
+        for id in ids {
+            entries.insert(id.to_string(), entry.clone());
+        }
     }
 
     /// Forgets `id`'s calls (its request has been replayed).
     pub fn remove(&self, id: &str) {
         self.entries.lock().remove(id);
+    }
+
+    /// Forgets the calls held under `ids` (one request's, as given to
+    /// `insert_all`) and tells how many recorded calls were not asked for:
+    /// calls the recorded version made that the replayed build did not.
+    pub fn finish(&self, ids: &[&str]) -> usize {
+        let mut entries = self.entries.lock();
+        let mut seen: Vec<Arc<Mutex<Entry>>> = Vec::new();
+        for id in ids {
+            if let Some(e) = entries.remove(*id) {
+                if !seen.iter().any(|s| Arc::ptr_eq(s, &e)) {
+                    seen.push(e);
+                }
+            }
+        }
+        drop(entries);
+        seen.iter()
+            .map(|e| {
+                let e = e.lock();
+                e.calls.len().saturating_sub(e.served)
+            })
+            .sum()
     }
 
     /// Ids held now.
@@ -187,16 +224,18 @@ impl Book {
     /// The recorded call answering this one, if any: the first id the call
     /// carries that the book holds, the next ordinal of its signature.
     fn take(&self, headers: &HeaderMap, sig: &Sig) -> Option<Call> {
-        let mut entries = self.entries.lock();
-        let id = self.correlate.iter().find_map(|name| {
-            target::correlation_id(headers, std::slice::from_ref(name))
-                .filter(|id| entries.contains_key(id))
-        })?;
-        let entry = entries.get_mut(&id)?;
+        let entry = {
+            let entries = self.entries.lock();
+            self.correlate.iter().find_map(|name| {
+                target::correlation_id(headers, std::slice::from_ref(name))
+                    .and_then(|id| entries.get(&id).cloned())
+            })?
+        };
+        let mut entry = entry.lock();
         let ordinal = entry.next.entry(sig.clone()).or_insert(0);
         let n = *ordinal;
         *ordinal += 1;
-        entry
+        let call = entry
             .calls
             .iter()
             .filter(|c| {
@@ -208,7 +247,11 @@ impl Book {
                     && path_of(c.request.uri.as_deref().unwrap_or("")) == sig.path
             })
             .nth(n)
-            .cloned()
+            .cloned();
+        if call.is_some() {
+            entry.served += 1;
+        }
+        call
     }
 }
 

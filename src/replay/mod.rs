@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
+use crate::egress::offline::{self, Book};
 use crate::record::read::{Exchange, LineError, OpenError};
 
 pub use judge::{recorded, Done, Judged, MAX_ROUTES, MIRROR};
@@ -49,7 +50,14 @@ pub struct Options {
     pub config: Option<Config>,
     /// Called after each judged exchange (e.g. a progress bar).
     pub progress: Option<ProgressFn>,
+    /// `--egress-listen`: serve the target's outbound calls from the
+    /// recorded ones on this address (`egress::offline`); told the bound
+    /// address once it listens.
+    pub egress_listen: Option<(std::net::SocketAddr, Option<EgressReadyFn>)>,
 }
+
+/// Told the address the offline egress listens on.
+pub type EgressReadyFn = Box<dyn FnOnce(std::net::SocketAddr) + Send>;
 
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,36 +101,80 @@ pub enum ReplayError {
     Report { path: String, reason: String },
     #[error("the replay failed: {0}")]
     Failed(String),
+    #[error("--egress-listen {addr}: {reason}")]
+    EgressListen {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
 }
 
 /// Sends one recorded exchange to the target (and the secondary): the
-/// unit the replay loop runs `concurrency` of at once. A later
-/// `--egress-listen` registers the exchange's `calls` (by its recorded
-/// `traceparent`, sent unchanged) around this call.
+/// unit the replay loop runs `concurrency` of at once. With
+/// `--egress-listen`, the exchange's recorded outbound `calls` are put in
+/// the offline egress's book under its recorded trace id and request id
+/// (sent unchanged in `traceparent` and `x-request-id`, which the target
+/// propagates to its calls) for as long as the exchange is in flight.
 #[derive(Debug, Clone)]
 pub struct Replayer {
     pub target: Sender,
     pub secondary: Option<Sender>,
     pub send: Arc<SendOptions>,
+    pub egress: Option<Arc<EgressBook>>,
+}
+
+/// The offline egress's book and what it found missing.
+#[derive(Debug)]
+pub struct EgressBook {
+    pub book: Arc<Book>,
+    /// Recorded calls the target did not make.
+    pub missing: std::sync::atomic::AtomicU64,
 }
 
 impl Replayer {
     /// Sends `request` (prepared from `exchange`) to the target and the
     /// secondary at once and waits for both answers.
     pub async fn replay_one(&self, exchange: Exchange, request: Prepared) -> Done {
-        let to_target = self.target.send(&request, &self.send);
-        let (target, secondary) = match &self.secondary {
-            Some(s) => {
-                let (t, s) = tokio::join!(to_target, s.send(&request, &self.send));
-                (t, Some(s))
-            }
-            None => (to_target.await, None),
-        };
+        let egress = self.egress.as_ref().filter(|_| !exchange.calls.is_empty());
+        let ids: Vec<&str> = [
+            exchange.trace_id.as_deref(),
+            Some(exchange.request_id.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|id| !id.is_empty())
+        .collect();
+        if let Some(e) = egress {
+            e.book.insert_all(&ids, exchange.calls.clone());
+        }
+        let done = self.send_both(&request).await;
+        if let Some(e) = egress {
+            let missing = e.book.finish(&ids) as u64;
+            e.missing
+                .fetch_add(missing, std::sync::atomic::Ordering::Relaxed);
+        }
+        let (target, secondary) = done;
         Done {
             exchange,
             request,
             target,
             secondary,
+        }
+    }
+
+    async fn send_both(
+        &self,
+        request: &Prepared,
+    ) -> (
+        Result<crate::diff::Captured, SendError>,
+        Option<Result<crate::diff::Captured, SendError>>,
+    ) {
+        let to_target = self.target.send(request, &self.send);
+        match &self.secondary {
+            Some(s) => {
+                let (t, s) = tokio::join!(to_target, s.send(request, &self.send));
+                (t, Some(s))
+            }
+            None => (to_target.await, None),
         }
     }
 }
@@ -136,6 +188,8 @@ struct Read {
     filtered: u64,
     skipped_truncated: u64,
     skipped_invalid: u64,
+    /// HAR entries that cannot be replayed (failed, not http, websocket).
+    skipped_unreplayable: u64,
     sent: u64,
     /// The file itself failed part-way.
     fatal: Option<String>,
@@ -170,6 +224,7 @@ pub async fn run(options: Options) -> Result<Summary, ReplayError> {
 
     // The judge thread: comparisons are CPU work, kept off the runtime.
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(concurrency);
+    let egress_config = options.config.as_ref().and_then(|c| c.egress.clone());
     let mut judge = judge::Judge::new(options.config, secondary.is_some());
     let progress = options.progress;
     let judging = tokio::task::spawn_blocking(move || {
@@ -189,10 +244,39 @@ pub async fn run(options: Options) -> Result<Summary, ReplayError> {
         judge
     });
 
+    // The offline egress: the target's outbound calls answered from the
+    // recorded ones, nothing leaving the machine.
+    let (egress_stop, egress_stopped) = tokio::sync::watch::channel(false);
+    let mut egress_server = None;
+    let egress = match options.egress_listen {
+        None => None,
+        Some((addr, ready)) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                ReplayError::EgressListen {
+                    addr,
+                    reason: e.to_string(),
+                }
+            })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            let book = match &egress_config {
+                Some(egress) => Book::with_services(egress),
+                None => Book::new(),
+            };
+            egress_server = Some(offline::serve(listener, book.clone(), egress_stopped));
+            if let Some(ready) = ready {
+                ready(bound);
+            }
+            Some(Arc::new(EgressBook {
+                book,
+                missing: std::sync::atomic::AtomicU64::new(0),
+            }))
+        }
+    };
     let replayer = Replayer {
         target: Sender::new(target, concurrency),
         secondary: secondary.map(|s| Sender::new(s, concurrency)),
         send: Arc::new(options.send),
+        egress: egress.clone(),
     };
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut pacer = Pacer::new(options.pace);
@@ -203,6 +287,10 @@ pub async fn run(options: Options) -> Result<Summary, ReplayError> {
         }
         let exchange = match item {
             Ok(e) => e,
+            Err(e) if e.skipped().is_some() => {
+                read.skipped_unreplayable += 1;
+                continue;
+            }
             Err(e) => {
                 read.bad_lines += 1;
                 if read.bad_examples.len() < BAD_LINES_SHOWN {
@@ -262,6 +350,10 @@ pub async fn run(options: Options) -> Result<Summary, ReplayError> {
         .map_err(|e| ReplayError::Failed(format!("the judge stopped: {e}")))?;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     let elapsed = started.elapsed();
+    let _ = egress_stop.send(true);
+    if let Some(server) = egress_server {
+        let _ = server.await;
+    }
 
     if read.read == 0 {
         return Err(ReplayError::NothingReadable {
@@ -281,7 +373,12 @@ pub async fn run(options: Options) -> Result<Summary, ReplayError> {
             reason,
         });
     }
-    Ok(Summary::new(read_counts(&read), judge, elapsed))
+    let mut summary = Summary::new(read_counts(&read), judge, elapsed);
+    summary.egress = egress.map(|e| summary::EgressCounts {
+        services: e.book.counts(),
+        missing: e.missing.load(std::sync::atomic::Ordering::Relaxed),
+    });
+    Ok(summary)
 }
 
 fn read_counts(read: &Read) -> summary::Counts {
@@ -293,6 +390,7 @@ fn read_counts(read: &Read) -> summary::Counts {
         filtered: read.filtered,
         skipped_truncated: read.skipped_truncated,
         skipped_invalid: read.skipped_invalid,
+        skipped_unreplayable: read.skipped_unreplayable,
         sent: read.sent,
     }
 }

@@ -29,6 +29,9 @@ pub struct Counts {
     pub skipped_truncated: u64,
     /// Not sent: no valid method or path.
     pub skipped_invalid: u64,
+    /// Not sent: HAR entries that cannot be replayed (failed in the
+    /// browser, not http, websocket).
+    pub skipped_unreplayable: u64,
     pub sent: u64,
 }
 
@@ -46,6 +49,18 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Per route seen, sorted by name.
     pub reports: Vec<(String, RouteReport)>,
+    /// With `--egress-listen`: the target's outbound calls.
+    pub egress: Option<EgressCounts>,
+}
+
+/// The target's outbound calls, answered from the recording.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressCounts {
+    /// Per service (or host): answered with the recorded answer, and not
+    /// (a call the recorded version did not make: 503 `no_recorded_call`).
+    pub services: std::collections::BTreeMap<String, crate::egress::offline::Counts>,
+    /// Recorded calls the target did not make.
+    pub missing: u64,
 }
 
 impl Summary {
@@ -59,6 +74,7 @@ impl Summary {
             noise_only: 0,
             elapsed,
             reports: Vec::new(),
+            egress: None,
         };
         for t in judge.tally.totals().iter().filter(|t| t.mirror == MIRROR) {
             s.compared += t.compared;
@@ -169,11 +185,18 @@ pub fn render(s: &Summary) -> String {
         s.noise_only,
         s.diff_rate()
     );
-    let skipped = c.skipped_truncated + c.skipped_invalid + j.over_route_limit;
+    let skipped =
+        c.skipped_truncated + c.skipped_invalid + c.skipped_unreplayable + j.over_route_limit;
     let _ = writeln!(
         out,
-        "  skipped {} (request body truncated {}, not sendable {}, over the route limit {}), filtered out {}, bad lines {}",
-        skipped, c.skipped_truncated, c.skipped_invalid, j.over_route_limit, c.filtered, c.bad_lines
+        "  skipped {} (request body truncated {}, not sendable {}, not replayable {}, over the route limit {}), filtered out {}, bad lines {}",
+        skipped,
+        c.skipped_truncated,
+        c.skipped_invalid,
+        c.skipped_unreplayable,
+        j.over_route_limit,
+        c.filtered,
+        c.bad_lines
     );
     if j.secondary_errors > 0 {
         let _ = writeln!(out, "  secondary errors {}", j.secondary_errors);
@@ -183,6 +206,24 @@ pub fn render(s: &Summary) -> String {
     }
     if let Some(f) = &c.fatal {
         let _ = writeln!(out, "  reading stopped: {}", clean(f));
+    }
+    if let Some(e) = &s.egress {
+        let served: u64 = e.services.values().map(|c| c.served).sum();
+        let unmatched: u64 = e.services.values().map(|c| c.unmatched).sum();
+        let _ = writeln!(
+            out,
+            "  outbound calls: answered from the recording {served}, not recorded {unmatched} (answered 503), recorded but not made {}",
+            e.missing
+        );
+        for (service, c) in &e.services {
+            let _ = writeln!(
+                out,
+                "    {}: answered {}, not recorded {}",
+                clean(service),
+                c.served,
+                c.unmatched
+            );
+        }
     }
     for (route, report) in &s.reports {
         out.push('\n');
@@ -273,6 +314,7 @@ mod tests {
             noise_only: 6,
             elapsed: Duration::from_secs(2),
             reports: Vec::new(),
+            egress: None,
         };
         assert!((s.error_rate() - 1.0).abs() < 1e-9);
         assert!((s.diff_rate() - 2.0 / 198.0 * 100.0).abs() < 1e-9);
