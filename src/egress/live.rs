@@ -173,26 +173,30 @@ pub(super) async fn call(
             e.to_string()
         }),
     };
+    // The call as its recorded request keeps it: what v1 got.
+    let keep_call = |status: StatusCode, headers: HeaderMap, answer: &Bytes, whole: bool| {
+        if let Some((log, order)) = &recorded {
+            let cap = log.max_body();
+            log.add(
+                *order,
+                OutboundCall {
+                    service: service.name.clone(),
+                    method: parts.method.clone(),
+                    uri: Uri::from(pq.clone()),
+                    request_headers: outbound_headers(&parts.headers),
+                    request_body: capped(&body, true, cap),
+                    status: status.as_u16(),
+                    response_headers: headers,
+                    response_body: capped(answer, whole, cap),
+                    duration: call.started.elapsed(),
+                },
+            );
+        }
+    };
     match read {
         Ok((rparts, (prefix, rest))) => {
             let whole = rest.is_none();
-            if let Some((log, order)) = recorded {
-                let cap = log.max_body();
-                log.add(
-                    order,
-                    OutboundCall {
-                        service: service.name.clone(),
-                        method: parts.method.clone(),
-                        uri: Uri::from(pq.clone()),
-                        request_headers: outbound_headers(&parts.headers),
-                        request_body: capped(&body, true, cap),
-                        status: rparts.status.as_u16(),
-                        response_headers: rparts.headers.clone(),
-                        response_body: capped(&prefix, whole, cap),
-                        duration: call.started.elapsed(),
-                    },
-                );
-            }
+            keep_call(rparts.status, rparts.headers.clone(), &prefix, whole);
             if let Some((sig, ticket)) = ticket {
                 let exchange = Exchange {
                     method: parts.method.clone(),
@@ -235,7 +239,7 @@ pub(super) async fn call(
                 (StatusCode::BAD_GATEWAY, "upstream_failed")
             };
             tracing::warn!(service = %service.name, error = %why, "egress call failed");
-            if let Some((log, order)) = recorded {
+            if recorded.is_some() {
                 // What v1 got: the egress's own answer.
                 let text = serde_json::json!({ "error": error }).to_string();
                 let mut headers = HeaderMap::new();
@@ -243,20 +247,7 @@ pub(super) async fn call(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
-                log.add(
-                    order,
-                    OutboundCall {
-                        service: service.name.clone(),
-                        method: parts.method.clone(),
-                        uri: Uri::from(pq.clone()),
-                        request_headers: outbound_headers(&parts.headers),
-                        request_body: capped(&body, true, log.max_body()),
-                        status: status.as_u16(),
-                        response_headers: headers,
-                        response_body: capped(&Bytes::from(text), true, log.max_body()),
-                        duration: call.started.elapsed(),
-                    },
-                );
+                keep_call(status, headers, &Bytes::from(text), true);
             }
             eg.done(
                 &call,
