@@ -13,6 +13,7 @@ pub mod calls;
 pub mod export;
 pub mod har;
 mod line;
+mod queue;
 pub mod read;
 mod tap;
 mod writer;
@@ -20,7 +21,7 @@ mod writer;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -75,7 +76,7 @@ pub(crate) enum Msg {
 /// The recording of every route: the queue into the writer thread.
 #[derive(Debug)]
 pub struct Recorder {
-    tx: SyncSender<Msg>,
+    queue: Arc<queue::Queue>,
     metrics: Arc<Metrics>,
     /// The files the configuration in force records to (`None` until a
     /// reload says): the writer closes the others.
@@ -95,18 +96,20 @@ pub struct RequestHead<'a> {
 impl Recorder {
     /// Starts the writer thread.
     pub fn start(metrics: Arc<Metrics>) -> Arc<Self> {
-        let (tx, rx) = sync_channel(QUEUE);
+        let queue = Arc::new(queue::Queue::new(QUEUE));
         let m = metrics.clone();
         let wanted = writer::Wanted::default();
         let w = wanted.clone();
+        let q = queue.clone();
         let spawned = std::thread::Builder::new()
             .name("shadowgate-record".into())
-            .spawn(move || writer::run(rx, m, w));
+            .spawn(move || writer::run(&q, m, w));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "the record writer could not start; records will be dropped");
+            queue.close();
         }
         Arc::new(Recorder {
-            tx,
+            queue,
             metrics,
             wanted,
         })
@@ -153,10 +156,10 @@ impl Recorder {
     fn send(&self, record: Record) {
         // A refused message comes back: its route names the drop, with no
         // copy of the name made for the records that go through.
-        let (reason, msg) = match self.tx.try_send(Msg::Record(Box::new(record))) {
+        let (reason, msg) = match self.queue.push(Msg::Record(Box::new(record))) {
             Ok(()) => return,
-            Err(TrySendError::Full(msg)) => ("queue_full", msg),
-            Err(TrySendError::Disconnected(msg)) => ("write_failed", msg),
+            Err(queue::Refused::Full(msg)) => ("queue_full", msg),
+            Err(queue::Refused::Closed(msg)) => ("write_failed", msg),
         };
         if let Msg::Record(record) = msg {
             self.dropped(&record.route, reason);
@@ -180,20 +183,16 @@ impl Recorder {
     /// for the writer to confirm; called at shutdown.
     pub fn flush(&self, within: Duration) {
         let (ack, done) = sync_channel(1);
-        let deadline = tokio::time::Instant::now() + within;
-        let mut msg = Msg::Flush(ack);
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if tokio::time::Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::yield_now();
-                }
-                Err(_) => return,
-            }
+        if self.queue.push(Msg::Flush(ack)).is_err() {
+            return;
         }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let _ = done.recv_timeout(left);
+        let _ = done.recv_timeout(within);
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }
 

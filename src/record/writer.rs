@@ -9,12 +9,12 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::queue::{Queue, LINGER};
 use super::{dropped, line, written, Msg, Record};
 use crate::config::record::RecordConfig;
 use crate::telemetry::metrics::Metrics;
@@ -230,23 +230,26 @@ pub fn numbered(path: &Path, n: u32) -> PathBuf {
 }
 
 /// The writer loop; ends when every sender is gone.
-pub(super) fn run(rx: Receiver<Msg>, metrics: Arc<Metrics>, wanted: Wanted) {
+pub(super) fn run(queue: &Queue, metrics: Arc<Metrics>, wanted: Wanted) {
     let mut sinks: HashMap<PathBuf, Sink> = HashMap::new();
     let mut last_flush = Instant::now();
+    let mut batch = Vec::new();
     loop {
-        let wait = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Record(record)) => write(&mut sinks, &metrics, &record),
-            Ok(Msg::Flush(ack)) => {
-                sinks.values_mut().for_each(|s| s.flush(&metrics, true));
-                last_flush = Instant::now();
-                let _ = ack.send(());
+        let wait = FLUSH_EVERY.saturating_sub(last_flush.elapsed()).min(LINGER);
+        let open = queue.take(&mut batch, wait);
+        for msg in batch.drain(..) {
+            match msg {
+                Msg::Record(record) => write(&mut sinks, &metrics, &record),
+                Msg::Flush(ack) => {
+                    sinks.values_mut().for_each(|s| s.flush(&metrics, true));
+                    last_flush = Instant::now();
+                    let _ = ack.send(());
+                }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                sinks.values_mut().for_each(|s| s.flush(&metrics, true));
-                return;
-            }
+        }
+        if !open {
+            sinks.values_mut().for_each(|s| s.flush(&metrics, true));
+            return;
         }
         if last_flush.elapsed() >= FLUSH_EVERY {
             sinks.values_mut().for_each(|s| s.flush(&metrics, false));
