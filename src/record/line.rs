@@ -56,7 +56,7 @@ struct Message<'a> {
     uri: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<u16>,
-    headers: Vec<(String, String)>,
+    headers: Headers<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,14 +64,25 @@ struct Message<'a> {
     body_truncated: bool,
 }
 
-fn headers(redact: &Redactor, map: &HeaderMap) -> Vec<(String, String)> {
-    map.iter()
-        .map(|(k, v)| {
+/// A header map as `[name, value]` pairs, secrets redacted, written
+/// straight from the map (no pair of `String`s per field).
+struct Headers<'a>(&'a Redactor, &'a HeaderMap);
+
+impl serde::Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.1.len()))?;
+        for (k, v) in self.1 {
             let value = String::from_utf8_lossy(v.as_bytes());
-            let value = redact.header_value(k.as_str(), &value).into_owned();
-            (k.as_str().to_string(), value)
-        })
-        .collect()
+            let value = self.0.header_value(k.as_str(), &value);
+            seq.serialize_element(&(k.as_str(), value.as_ref()))?;
+        }
+        seq.end()
+    }
+}
+
+fn headers<'a>(redact: &'a Redactor, map: &'a HeaderMap) -> Headers<'a> {
+    Headers(redact, map)
 }
 
 fn body(b: &CapturedBody) -> (Option<&str>, Option<String>) {
@@ -85,7 +96,7 @@ fn body(b: &CapturedBody) -> (Option<&str>, Option<String>) {
 }
 
 /// One outbound call, redacted like the record around it.
-fn call<'a>(redact: &Redactor, c: &'a OutboundCall) -> CallLine<'a> {
+fn call<'a>(redact: &'a Redactor, c: &'a OutboundCall) -> CallLine<'a> {
     let (req_body, req_b64) = body(&c.request_body);
     let (resp_body, resp_b64) = body(&c.response_body);
     CallLine {
