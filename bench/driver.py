@@ -1335,6 +1335,9 @@ def parse_args(argv):
     p.add_argument("--traefik", default=find_script("traefik"))
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     a = p.parse_args(argv)
+    # Processes start in their own run directory: a relative path would
+    # not be found there.
+    a.shadowgate = os.path.abspath(a.shadowgate)
     a.argv = argv
     return a
 

@@ -163,6 +163,9 @@ def main(argv):
     p.add_argument("--envoy", default=driver.find_envoy())
     p.add_argument("--nginx", default=driver.shutil.which("nginx") or "/usr/sbin/nginx")
     a = p.parse_args(argv)
+    # Processes start in their own run directory: a relative path would
+    # not be found there.
+    a.shadowgate = os.path.abspath(a.shadowgate)
     seconds = driver.duration_s(a.duration)
     busy = [k for k in ("sg", "sg_admin", "nginx", "envoy", "envoy_admin", "v1", "v2", "v1_stats", "v2_stats")
             if driver.port_open(PORT[k])]
