@@ -192,7 +192,7 @@ impl Pending {
         record.request_body = request;
         record.response_body = response;
         record.duration = self.started.elapsed();
-        self.recorder.send(record);
+        self.recorder.send(record, &self.memory);
     }
 }
 

@@ -1,5 +1,6 @@
-//! The writer thread: records from the queue are redacted and serialised
-//! (`line`), written to their route's file through a buffer, flushed at
+//! The writer thread: the records' lines from the queue (encoded by the
+//! threads that served them, `line`) are written to their route's file
+//! through a buffer, flushed at
 //! least every second and when asked (shutdown), rotated by size keeping
 //! `max_files`, zstd-compressed when the file name ends in `.zst`. A file
 //! that cannot be opened or written drops its records, counted
@@ -15,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::queue::{Queue, LINGER};
-use super::{dropped, line, written, Msg, Record};
+use super::{dropped, written, Encoded, Msg};
 use crate::config::record::RecordConfig;
 use crate::telemetry::metrics::Metrics;
 
@@ -259,8 +260,8 @@ pub(super) fn run(queue: &Queue, metrics: Arc<Metrics>, wanted: Wanted) {
     }
 }
 
-fn write(sinks: &mut HashMap<PathBuf, Sink>, metrics: &Metrics, record: &Record) {
-    let bytes = line::encode(record);
+fn write(sinks: &mut HashMap<PathBuf, Sink>, metrics: &Metrics, record: &Encoded) {
+    let bytes = &record.line;
     let sink = sinks
         .entry(record.config.file.clone())
         .or_insert_with(|| Sink {
@@ -273,5 +274,5 @@ fn write(sinks: &mut HashMap<PathBuf, Sink>, metrics: &Metrics, record: &Record)
     if sink.config != record.config && sink.config.zstd == record.config.zstd {
         sink.config = record.config.clone();
     }
-    sink.write(metrics, &record.route, &bytes);
+    sink.write(metrics, &record.route, bytes);
 }
