@@ -25,7 +25,7 @@ mod writer;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -41,6 +41,14 @@ pub use tap::Pending;
 
 /// Records waiting for the writer; more are dropped (`queue_full`).
 const QUEUE: usize = 4096;
+
+/// Bytes of line buffer a serving thread keeps between records.
+const SCRATCH_KEEP: usize = 256 << 10;
+
+thread_local! {
+    /// The line being encoded on this thread (kept: no allocation per record).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// One captured body.
 #[derive(Debug, Clone, Default)]
@@ -70,22 +78,6 @@ pub struct Record {
     pub config: Arc<RecordConfig>,
     /// The configuration in force: its `redact:` is what is hidden.
     pub settings: Arc<Config>,
-}
-
-/// One record as the writer gets it: its line, already encoded on the
-/// thread that finished the request (so the record's parts are freed
-/// where they were allocated and the writer only writes bytes), with the
-/// line's bytes reserved from the shadow memory budget until written.
-pub(crate) struct Encoded {
-    pub(crate) line: Vec<u8>,
-    pub(crate) route: Arc<str>,
-    pub(crate) config: Arc<RecordConfig>,
-    _held: crate::memory::Reservation,
-}
-
-pub(crate) enum Msg {
-    Record(Box<Encoded>),
-    Flush(SyncSender<()>),
 }
 
 /// The recording of every route: the queue into the writer thread.
@@ -168,27 +160,30 @@ impl Recorder {
         ))
     }
 
+    /// Encodes `record` into its line on this thread (into a buffer the
+    /// thread keeps) and queues a copy of the line; the record's parts are
+    /// freed here, where they were allocated.
     fn send(&self, record: Record, memory: &Arc<MemoryBudget>) {
-        let line = line::encode(&record);
-        let Some(held) = memory.reserve(line.len()) else {
-            self.dropped(&record.route, "over_budget");
-            return;
-        };
-        let encoded = Encoded {
-            line,
-            route: record.route.clone(),
-            config: record.config.clone(),
-            _held: held,
-        };
-        drop(record);
-        // A refused message comes back: its route names the drop, with no
-        // copy of the name made for the records that go through.
-        let (reason, msg) = match self.queue.push(Msg::Record(Box::new(encoded))) {
-            Ok(()) => return,
-            Err(queue::Refused::Full(msg)) => ("queue_full", msg),
-            Err(queue::Refused::Closed(msg)) => ("write_failed", msg),
-        };
-        if let Msg::Record(record) = msg {
+        let queued = SCRATCH.with(|scratch| {
+            let mut line = scratch.borrow_mut();
+            line.clear();
+            line::encode_into(&record, &mut line);
+            let queued = match memory.reserve(line.len()) {
+                Some(held) => self
+                    .queue
+                    .push(&line, &record.route, &record.config, held)
+                    .map_err(|refused| match refused {
+                        queue::Refused::Full => "queue_full",
+                        queue::Refused::Closed => "write_failed",
+                    }),
+                None => Err("over_budget"),
+            };
+            if line.capacity() > SCRATCH_KEEP {
+                *line = Vec::new();
+            }
+            queued
+        });
+        if let Err(reason) = queued {
             self.dropped(&record.route, reason);
         }
     }
@@ -210,7 +205,7 @@ impl Recorder {
     /// for the writer to confirm; called at shutdown.
     pub fn flush(&self, within: Duration) {
         let (ack, done) = sync_channel(1);
-        if self.queue.push(Msg::Flush(ack)).is_err() {
+        if self.queue.flush(ack).is_err() {
             return;
         }
         let _ = done.recv_timeout(within);

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::queue::{Queue, LINGER};
-use super::{dropped, written, Encoded, Msg};
+use super::queue::{Batch, Queue, LINGER};
+use super::{dropped, written};
 use crate::config::record::RecordConfig;
 use crate::telemetry::metrics::Metrics;
 
@@ -234,20 +234,23 @@ pub fn numbered(path: &Path, n: u32) -> PathBuf {
 pub(super) fn run(queue: &Queue, metrics: Arc<Metrics>, wanted: Wanted) {
     let mut sinks: HashMap<PathBuf, Sink> = HashMap::new();
     let mut last_flush = Instant::now();
-    let mut batch = Vec::new();
+    let mut batch = Batch::default();
     loop {
         let wait = FLUSH_EVERY.saturating_sub(last_flush.elapsed()).min(LINGER);
         let open = queue.take(&mut batch, wait);
-        for msg in batch.drain(..) {
-            match msg {
-                Msg::Record(record) => write(&mut sinks, &metrics, &record),
-                Msg::Flush(ack) => {
-                    sinks.values_mut().for_each(|s| s.flush(&metrics, true));
-                    last_flush = Instant::now();
-                    let _ = ack.send(());
-                }
+        for (entry, line) in batch.lines() {
+            write(&mut sinks, &metrics, &entry.config, &entry.route, line);
+        }
+        // A flush follows every line queued before it (they are in this
+        // batch or an earlier one).
+        if !batch.flushes.is_empty() {
+            sinks.values_mut().for_each(|s| s.flush(&metrics, true));
+            last_flush = Instant::now();
+            for ack in batch.flushes.drain(..) {
+                let _ = ack.send(());
             }
         }
+        batch.clear();
         if !open {
             sinks.values_mut().for_each(|s| s.flush(&metrics, true));
             return;
@@ -260,19 +263,22 @@ pub(super) fn run(queue: &Queue, metrics: Arc<Metrics>, wanted: Wanted) {
     }
 }
 
-fn write(sinks: &mut HashMap<PathBuf, Sink>, metrics: &Metrics, record: &Encoded) {
-    let bytes = &record.line;
-    let sink = sinks
-        .entry(record.config.file.clone())
-        .or_insert_with(|| Sink {
-            path: record.config.file.clone(),
-            config: record.config.clone(),
-            out: None,
-            failed_at: None,
-            unflushed: HashMap::new(),
-        });
-    if sink.config != record.config && sink.config.zstd == record.config.zstd {
-        sink.config = record.config.clone();
+fn write(
+    sinks: &mut HashMap<PathBuf, Sink>,
+    metrics: &Metrics,
+    config: &Arc<RecordConfig>,
+    route: &Arc<str>,
+    line: &[u8],
+) {
+    let sink = sinks.entry(config.file.clone()).or_insert_with(|| Sink {
+        path: config.file.clone(),
+        config: config.clone(),
+        out: None,
+        failed_at: None,
+        unflushed: HashMap::new(),
+    });
+    if sink.config != *config && sink.config.zstd == config.zstd {
+        sink.config = config.clone();
     }
-    sink.write(metrics, &record.route, bytes);
+    sink.write(metrics, route, line);
 }
