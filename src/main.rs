@@ -155,6 +155,14 @@ struct ReplayArgs {
     /// Send the target's authority as Host instead of the recorded Host.
     #[arg(long)]
     target_host: bool,
+    /// For https:// targets: trust the CA certificates in this PEM file
+    /// instead of the system's roots.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// For https:// targets: accept any certificate (a build with a
+    /// self-signed one); the traffic is still encrypted.
+    #[arg(long, conflicts_with = "ca_file")]
+    insecure: bool,
     /// A header set on every request, replacing a recorded one of the same name (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
@@ -529,6 +537,10 @@ async fn replay(args: ReplayArgs) -> ExitCode {
             timeout: args.timeout,
             max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
             headers: args.headers,
+            tls: shadowgate::replay::TlsOptions {
+                ca_file: args.ca_file,
+                insecure: args.insecure,
+            },
         },
         config,
         progress,

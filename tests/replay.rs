@@ -550,12 +550,7 @@ async fn a_missing_file_or_a_bad_url_is_exit_2() {
 
     let file = write_capture(&dir, "c.jsonl", &[line("r", "GET", "/", &[], "")]);
     let file = file.to_str().unwrap();
-    for url in [
-        "not a url",
-        "127.0.0.1:8080",
-        "https://127.0.0.1:8443",
-        "ftp://h/",
-    ] {
+    for url in ["not a url", "127.0.0.1:8080", "ftp://h/"] {
         let run = replay(&[file, "--target", url]).await;
         assert_eq!(run.code, 2, "{url}: {}\n{}", run.stdout, run.stderr);
         assert!(run.stderr.contains("--target"), "{}", run.stderr);
@@ -569,6 +564,21 @@ async fn a_missing_file_or_a_bad_url_is_exit_2() {
     ])
     .await;
     assert_eq!(run.code, 2, "{}", run.stderr);
+    let no_ca = dir.path().join("no-ca.pem");
+    let run = replay(&[
+        file,
+        "--target",
+        "https://127.0.0.1:9",
+        "--ca-file",
+        no_ca.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--ca-file") && run.stderr.contains("no-ca.pem"),
+        "{}",
+        run.stderr
+    );
     let run = replay(&[
         file,
         "--target",
@@ -806,4 +816,60 @@ async fn egress_listen_answers_the_builds_outbound_calls_from_the_recording() {
     );
     assert!(run.stdout.contains("$.charge"), "{}", run.stdout);
     eprintln!("{:?}", run.elapsed);
+}
+
+#[tokio::test]
+async fn an_https_target_is_trusted_through_ca_file_or_insecure() {
+    let pki = TestPki::new();
+    let files = pki.issue("build", &["localhost"], false);
+    let mut build = TlsBackend::spawn(pki.server_config(&files, &[b"http/1.1"], false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            serde_json::json!({
+                "v": 1,
+                "time": "2026-11-30T02:41:59.123Z",
+                "route": "r",
+                "request_id": format!("r{i}"),
+                "request": {"method": "GET", "uri": format!("/items/{i}"), "headers": [["host", "shop.example"]], "body": "", "body_truncated": false},
+                "response": {"status": 200, "headers": [], "body": "tls-ok", "body_truncated": false},
+                "duration_ms": 1.0
+            })
+            .to_string()
+        })
+        .collect();
+    let file = write_capture(&dir, "c.jsonl", &lines);
+    let file = file.to_str().unwrap();
+    let target = format!("https://localhost:{}", build.addr.port());
+    let ca = pki.ca_path();
+    let gate = ["--max-error-rate", "0", "--max-diff-rate", "0"];
+
+    let mut args = vec![file, "--target", &target, "--ca-file", ca.to_str().unwrap()];
+    args.extend(gate);
+    let run = replay(&args).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    for _ in 0..3 {
+        let seen = build.next().await;
+        assert!(seen.uri.path().starts_with("/items/"), "{:?}", seen.uri);
+        assert_eq!(seen.headers["host"], "shop.example");
+        assert_eq!(seen.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    }
+
+    // The build's certificate is not trusted by the system's roots: no
+    // answer at all, over the error gate.
+    let mut args = vec![file, "--target", &target];
+    args.extend(gate);
+    let run = replay(&args).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("certificate") || run.stderr.contains("certificate"),
+        "the reason is shown: {}\n{}",
+        run.stdout,
+        run.stderr
+    );
+
+    let mut args = vec![file, "--target", &target, "--insecure"];
+    args.extend(gate);
+    let run = replay(&args).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
 }

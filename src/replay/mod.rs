@@ -26,7 +26,9 @@ use crate::record::read::{Exchange, LineError, OpenError};
 
 pub use judge::{recorded, Done, Judged, MAX_ROUTES, MIRROR};
 pub use select::{glob, parse_rate, parse_speed, selected, Filter, FilterKey, Pace, Pacer};
-pub use send::{prepare, BadUrl, Prepared, SendError, SendOptions, Sender, Target, Unsendable};
+pub use send::{
+    prepare, BadUrl, Prepared, SendError, SendOptions, Sender, Target, TlsOptions, Unsendable,
+};
 pub use summary::{render, write_reports, Summary};
 
 /// Bad lines quoted in the summary (all are counted).
@@ -101,6 +103,8 @@ pub enum ReplayError {
     Report { path: String, reason: String },
     #[error("the replay failed: {0}")]
     Failed(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("--egress-listen {addr}: {reason}")]
     EgressListen {
         addr: std::net::SocketAddr,
@@ -204,6 +208,7 @@ pub async fn run(options: Options) -> Result<Summary, ReplayError> {
         .map(Target::parse)
         .transpose()
         .map_err(ReplayError::BadSecondary)?;
+    let tls = options.send.tls.client_config().map_err(ReplayError::Tls)?;
     let source = crate::record::open(&options.file)?;
     let concurrency = options.concurrency.clamp(1, usize::from(u16::MAX));
     let started = tokio::time::Instant::now();
@@ -273,8 +278,8 @@ pub async fn run(options: Options) -> Result<Summary, ReplayError> {
         }
     };
     let replayer = Replayer {
-        target: Sender::new(target, concurrency),
-        secondary: secondary.map(|s| Sender::new(s, concurrency)),
+        target: Sender::new(target, concurrency, tls.clone()),
+        secondary: secondary.map(|s| Sender::new(s, concurrency, tls)),
         send: Arc::new(options.send),
         egress: egress.clone(),
     };

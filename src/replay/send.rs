@@ -4,14 +4,19 @@
 //! headers (hop-by-hop fields, `content-length` and redacted values left
 //! out; `traceparent` and every other field sent unchanged), body. Host is
 //! the recorded one unless the target's authority is asked for. Keep-alive
-//! connections come from one pooled client per target.
+//! connections come from one pooled client per target; an `https://`
+//! target is reached over TLS (rustls, through `hyper-rustls`), trusting
+//! the system's roots, `--ca-file`, or with `--insecure` any certificate.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -34,10 +39,12 @@ const NOT_IN_URI: &AsciiSet = &CONTROLS
     .add(b'|')
     .add(b'}');
 
-/// Where requests are sent: `http://host:port` with an optional path
-/// prefix put before every recorded path.
+/// Where requests are sent: `http://host:port` or `https://host:port`
+/// with an optional path prefix put before every recorded path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// Over TLS (`https://`).
+    pub https: bool,
     pub authority: http::uri::Authority,
     /// Without a trailing `/` (`""` when none).
     pub prefix: String,
@@ -60,15 +67,11 @@ impl Target {
         let uri: Uri = url
             .parse()
             .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(bad(
-                    "https targets are not supported; replay to the build's plain http port",
-                ))
-            }
-            _ => return Err(bad("expected http://HOST:PORT[/PREFIX]")),
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad("expected http(s)://HOST:PORT[/PREFIX]")),
+        };
         let authority = uri
             .authority()
             .cloned()
@@ -81,6 +84,7 @@ impl Target {
             return Err(bad("a query string is not allowed here"));
         }
         Ok(Target {
+            https,
             authority,
             prefix: uri.path().trim_end_matches('/').to_string(),
         })
@@ -117,6 +121,40 @@ pub struct SendOptions {
     /// Headers set on every request (replacing recorded ones of the same
     /// name), e.g. a test credential in place of a redacted one.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// How `https://` targets are trusted.
+    pub tls: TlsOptions,
+}
+
+/// How `https://` targets (and secondaries) are trusted.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// Trust the CA certificates in this PEM file instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (a build with a self-signed one in CI).
+    pub insecure: bool,
+}
+
+impl TlsOptions {
+    /// The TLS client configuration, or why it cannot be made (naming
+    /// the file at fault).
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let ca = match &self.ca_file {
+            Some(path) => Some(
+                crate::tls::read_certificates(path)
+                    .map_err(|e| format!("--ca-file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        crate::tls::client_config(crate::tls::ClientTlsParams {
+            ca: ca.as_deref(),
+            identity: None,
+            insecure_skip_verify: self.insecure,
+        })
+        .map_err(|(part, e)| match (&self.ca_file, part) {
+            (Some(path), "ca_file") => format!("--ca-file {}: {e}", path.display()),
+            _ => e,
+        })
+    }
 }
 
 /// A recorded request, ready to send anywhere.
@@ -184,13 +222,20 @@ pub fn prepare(exchange: &Exchange, options: &SendOptions) -> Result<Prepared, U
 #[derive(Debug, Clone)]
 pub struct Sender {
     pub target: Target,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Sender {
-    pub fn new(target: Target, concurrency: usize) -> Sender {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+    /// A client for `target`; `tls` is used when it is `https://`.
+    pub fn new(target: Target, concurrency: usize, tls: Arc<rustls::ClientConfig>) -> Sender {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        // Offered in ALPN: the client speaks HTTP/1.1 only.
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // http:// and https:// alike (the builder refuses a preset ALPN).
+        let connector = HttpsConnector::from((http, tls));
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(concurrency)
             .build(connector);
@@ -215,8 +260,11 @@ impl Sender {
         options: &SendOptions,
     ) -> Result<Captured, SendError> {
         let uri = format!(
-            "http://{}{}{}",
-            self.target.authority, self.target.prefix, request.path_and_query
+            "{}://{}{}{}",
+            if self.target.https { "https" } else { "http" },
+            self.target.authority,
+            self.target.prefix,
+            request.path_and_query
         );
         let mut builder = Request::builder().method(request.method.clone()).uri(uri);
         let mut headers = request.headers.clone();
@@ -285,6 +333,7 @@ mod tests {
                 HeaderName::from_static("x-test"),
                 HeaderValue::from_static("1"),
             )],
+            tls: TlsOptions::default(),
         }
     }
 
@@ -294,9 +343,10 @@ mod tests {
         assert_eq!(t.authority.as_str(), "127.0.0.1:8080");
         assert_eq!(t.prefix, "/base");
         assert_eq!(Target::parse("http://h").unwrap().prefix, "");
+        assert!(!t.https);
+        assert!(Target::parse("https://h:8443").unwrap().https);
         for bad in [
             "127.0.0.1:8080",
-            "https://h",
             "ftp://h",
             "http://",
             "not a url",
