@@ -187,6 +187,10 @@ struct ReplayArgs {
     /// recording lacks get 503. With --config, its `egress.services` name them.
     #[arg(long, value_name = "ADDR")]
     egress_listen: Option<std::net::SocketAddr>,
+    /// With --egress-listen: exit 1 when more than N outbound calls differ
+    /// from the recording (calls it lacks plus recorded calls not made).
+    #[arg(long, value_name = "N", requires = "egress_listen")]
+    max_call_diffs: Option<u64>,
 }
 
 fn parse_header(s: &str) -> Result<(http::HeaderName, http::HeaderValue), String> {
@@ -576,7 +580,11 @@ async fn replay(args: ReplayArgs) -> ExitCode {
             }
         }
     }
-    let failures = summary.failures(args.max_diff_rate, args.max_error_rate);
+    let failures = summary.failures(&shadowgate::replay::Gate {
+        max_diff_rate: args.max_diff_rate,
+        max_error_rate: args.max_error_rate,
+        max_call_diffs: args.max_call_diffs,
+    });
     if failures.is_empty() {
         println!("pass");
         ExitCode::SUCCESS

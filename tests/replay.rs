@@ -793,8 +793,19 @@ async fn egress_listen_answers_the_builds_outbound_calls_from_the_recording() {
     let egress = std::sync::Arc::new(tokio::sync::OnceCell::new());
     let v1 = spawn_checkout(1, egress.clone()).await;
     let target = format!("http://{v1}");
-    let run =
-        replay_with_egress(&[file, "--target", &target, "--max-diff-rate", "0"], egress).await;
+    let run = replay_with_egress(
+        &[
+            file,
+            "--target",
+            &target,
+            "--max-diff-rate",
+            "0",
+            "--max-call-diffs",
+            "0",
+        ],
+        egress,
+    )
+    .await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains("outbound calls: answered from the recording 3, not recorded 0 (answered 503), recorded but not made 0"),
@@ -815,6 +826,37 @@ async fn egress_listen_answers_the_builds_outbound_calls_from_the_recording() {
         run.stdout
     );
     assert!(run.stdout.contains("$.charge"), "{}", run.stdout);
+
+    // The outbound-call gate alone: 6 calls differ (3 new, 3 not made).
+    for (max, code) in [("5", 1), ("6", 0)] {
+        let egress = std::sync::Arc::new(tokio::sync::OnceCell::new());
+        let v2 = spawn_checkout(2, egress.clone()).await;
+        let target = format!("http://{v2}");
+        let run = replay_with_egress(
+            &[file, "--target", &target, "--max-call-diffs", max],
+            egress,
+        )
+        .await;
+        assert_eq!(run.code, code, "{max}: {}\n{}", run.stdout, run.stderr);
+        if code == 1 {
+            assert!(
+                run.stdout
+                    .contains("FAIL: 6 outbound calls differ from the recording"),
+                "{}",
+                run.stdout
+            );
+        }
+    }
+    // Without --egress-listen there are no calls to judge: a usage error.
+    let run = replay(&[
+        file,
+        "--target",
+        "http://127.0.0.1:9",
+        "--max-call-diffs",
+        "0",
+    ])
+    .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
     eprintln!("{:?}", run.elapsed);
 }
 

@@ -29,7 +29,7 @@ pub use select::{glob, parse_rate, parse_speed, selected, Filter, FilterKey, Pac
 pub use send::{
     prepare, BadUrl, Prepared, SendError, SendOptions, Sender, Target, TlsOptions, Unsendable,
 };
-pub use summary::{render, write_reports, Summary};
+pub use summary::{render, write_reports, Gate, Summary};
 
 /// Bad lines quoted in the summary (all are counted).
 pub const BAD_LINES_SHOWN: usize = 5;

@@ -35,6 +35,17 @@ pub struct Counts {
     pub sent: u64,
 }
 
+/// The CI gate's thresholds (`None`: not judged).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gate {
+    /// Percent of compared pairs with a real difference.
+    pub max_diff_rate: Option<f64>,
+    /// Percent of requests without an answer or with a new 5xx.
+    pub max_error_rate: Option<f64>,
+    /// Outbound calls not recorded plus recorded calls not made.
+    pub max_call_diffs: Option<u64>,
+}
+
 /// A finished replay.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -121,10 +132,32 @@ impl Summary {
         }
     }
 
+    /// Outbound calls that differ from the recording (with
+    /// `--egress-listen`): calls the recording lacks plus recorded calls
+    /// not made.
+    pub fn call_diffs(&self) -> u64 {
+        self.egress.as_ref().map_or(0, |e| {
+            e.missing + e.services.values().map(|c| c.unmatched).sum::<u64>()
+        })
+    }
+
     /// The thresholds passed over (empty: the gate passes). A threshold
-    /// is passed over when the rate is above it.
-    pub fn failures(&self, max_diff_rate: Option<f64>, max_error_rate: Option<f64>) -> Vec<String> {
+    /// is passed over when the figure is above it.
+    pub fn failures(&self, gate: &Gate) -> Vec<String> {
+        let Gate {
+            max_diff_rate,
+            max_error_rate,
+            max_call_diffs,
+        } = *gate;
         let mut out = Vec::new();
+        if let Some(max) = max_call_diffs {
+            if self.call_diffs() > max {
+                out.push(format!(
+                    "{} outbound calls differ from the recording (not recorded or not made), over --max-call-diffs {max}",
+                    self.call_diffs()
+                ));
+            }
+        }
         if let Some(max) = max_diff_rate {
             if self.diff_rate() > max {
                 out.push(format!(
@@ -319,8 +352,31 @@ mod tests {
         assert!((s.error_rate() - 1.0).abs() < 1e-9);
         assert!((s.diff_rate() - 2.0 / 198.0 * 100.0).abs() < 1e-9);
         assert_eq!(s.rate(), 100.0);
-        assert!(s.failures(Some(1.1), Some(1.0)).is_empty());
-        assert_eq!(s.failures(Some(1.0), Some(0.5)).len(), 2);
-        assert!(s.failures(None, None).is_empty());
+        let gate = |d, e, c| Gate {
+            max_diff_rate: d,
+            max_error_rate: e,
+            max_call_diffs: c,
+        };
+        assert!(s.failures(&gate(Some(1.1), Some(1.0), None)).is_empty());
+        assert_eq!(s.failures(&gate(Some(1.0), Some(0.5), None)).len(), 2);
+        assert!(s.failures(&Gate::default()).is_empty());
+
+        let mut calls = s.clone();
+        let mut services = std::collections::BTreeMap::new();
+        services.insert(
+            "payments".to_string(),
+            crate::egress::offline::Counts {
+                served: 5,
+                unmatched: 2,
+            },
+        );
+        calls.egress = Some(EgressCounts {
+            services,
+            missing: 1,
+        });
+        assert_eq!(calls.call_diffs(), 3);
+        assert!(calls.failures(&gate(None, None, Some(3))).is_empty());
+        assert_eq!(calls.failures(&gate(None, None, Some(2))).len(), 1);
+        assert_eq!(s.call_diffs(), 0, "no egress: nothing to differ");
     }
 }
