@@ -51,14 +51,48 @@ pub(super) struct Batch {
     pub(super) flushes: Vec<SyncSender<()>>,
 }
 
-impl Batch {
+/// Lines in a row for the same file: their bytes are one slice.
+pub(super) struct Run<'a> {
+    pub(super) entries: &'a [Entry],
+    pub(super) bytes: &'a [u8],
+    /// Where `bytes` starts in the batch.
+    base: usize,
+}
+
+impl Run<'_> {
     /// Each line with its bytes.
     pub(super) fn lines(&self) -> impl Iterator<Item = (&Entry, &[u8])> {
         let mut start = 0;
         self.entries.iter().map(move |e| {
-            let line = &self.bytes[start..e.end];
-            start = e.end;
+            let end = e.end - self.base;
+            let line = &self.bytes[start..end];
+            start = end;
             (e, line)
+        })
+    }
+}
+
+impl Batch {
+    /// The lines, as runs of lines in a row for the same file.
+    pub(super) fn runs(&self) -> impl Iterator<Item = Run<'_>> {
+        let mut entries = &self.entries[..];
+        let mut base = 0;
+        std::iter::from_fn(move || {
+            let first = entries.first()?;
+            let n = entries
+                .iter()
+                .take_while(|e| Arc::ptr_eq(&e.config, &first.config))
+                .count();
+            let (run, rest) = entries.split_at(n);
+            entries = rest;
+            let end = run.last().map_or(base, |e| e.end);
+            let out = Run {
+                entries: run,
+                bytes: &self.bytes[base..end],
+                base,
+            };
+            base = end;
+            Some(out)
         })
     }
 
@@ -212,13 +246,49 @@ mod tests {
         );
         let mut out = Batch::default();
         assert!(q.take(&mut out, Duration::ZERO));
-        let lines: Vec<&[u8]> = out.lines().map(|(_, l)| l).collect();
+        let runs: Vec<_> = out.runs().collect();
+        assert_eq!(runs.len(), 1, "one file: one run");
+        assert_eq!(runs[0].bytes, b"one\nthree\n");
+        let lines: Vec<&[u8]> = runs[0].lines().map(|(_, l)| l).collect();
         assert_eq!(lines, [&b"one\n"[..], &b"three\n"[..]]);
+        drop(runs);
         assert_eq!(memory.in_use(), 10, "held until written");
         out.clear();
         assert_eq!(memory.in_use(), 0);
         // The swapped-in batch is empty again: room for more.
         q.push(b"x\n", &route, &cfg, held(2)).unwrap();
+    }
+
+    #[test]
+    fn runs_split_where_the_file_changes() {
+        let memory = MemoryBudget::new(1 << 20, None);
+        let q = Queue::new(16);
+        let route = Arc::<str>::from("r");
+        let (a, b) = (config(), config());
+        for (line, cfg) in [
+            (&b"a1\n"[..], &a),
+            (b"a2\n", &a),
+            (b"b1\n", &b),
+            (b"a3\n", &a),
+        ] {
+            q.push(line, &route, cfg, memory.reserve(line.len()).unwrap())
+                .unwrap();
+        }
+        let mut out = Batch::default();
+        q.take(&mut out, Duration::ZERO);
+        let runs: Vec<(usize, &[u8])> = out.runs().map(|r| (r.entries.len(), r.bytes)).collect();
+        assert_eq!(
+            runs,
+            [(2, &b"a1\na2\n"[..]), (1, &b"b1\n"[..]), (1, &b"a3\n"[..])]
+        );
+        let last: Vec<_> = out
+            .runs()
+            .last()
+            .unwrap()
+            .lines()
+            .map(|(_, l)| l.to_vec())
+            .collect();
+        assert_eq!(last, [b"a3\n".to_vec()]);
     }
 
     #[test]

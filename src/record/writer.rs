@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::queue::{Batch, Queue, LINGER};
+use super::queue::{Batch, Queue, Run, LINGER};
 use super::{dropped, written};
 use crate::config::record::RecordConfig;
 use crate::telemetry::metrics::Metrics;
@@ -149,6 +149,47 @@ impl Sink {
         }
     }
 
+    /// A run of lines: written with one call when the file is open and
+    /// takes them all without rotating (the buffer then passes a large
+    /// run straight to the file instead of copying it), else line by line.
+    fn write_run(&mut self, metrics: &Metrics, run: &Run<'_>) {
+        let fits = self
+            .out
+            .as_ref()
+            .is_some_and(|o| o.size() + run.bytes.len() as u64 <= self.config.max_file_bytes);
+        if !fits {
+            for (entry, line) in run.lines() {
+                self.write(metrics, &entry.route, line);
+            }
+            return;
+        }
+        let res = match self.out.as_mut() {
+            Some(out) => out.write_all(run.bytes),
+            None => return,
+        };
+        match res {
+            Ok(()) => {
+                // Counted per route, once per stretch of the same route.
+                let mut entries = run.entries;
+                while let Some(first) = entries.first() {
+                    let n = entries
+                        .iter()
+                        .take_while(|e| Arc::ptr_eq(&e.route, &first.route))
+                        .count();
+                    *self.unflushed.entry(first.route.clone()).or_default() += n as u64;
+                    entries = &entries[n..];
+                }
+            }
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), error = %e, "record file write failed; records are dropped");
+                for entry in run.entries {
+                    dropped(metrics, &entry.route, "write_failed");
+                }
+                self.fail(metrics);
+            }
+        }
+    }
+
     /// The file is closed; what its buffer held is counted as dropped.
     fn fail(&mut self, metrics: &Metrics) {
         self.out = None;
@@ -238,8 +279,8 @@ pub(super) fn run(queue: &Queue, metrics: Arc<Metrics>, wanted: Wanted) {
     loop {
         let wait = FLUSH_EVERY.saturating_sub(last_flush.elapsed()).min(LINGER);
         let open = queue.take(&mut batch, wait);
-        for (entry, line) in batch.lines() {
-            write(&mut sinks, &metrics, &entry.config, &entry.route, line);
+        for run in batch.runs() {
+            write(&mut sinks, &metrics, &run);
         }
         // A flush follows every line queued before it (they are in this
         // batch or an earlier one).
@@ -263,13 +304,11 @@ pub(super) fn run(queue: &Queue, metrics: Arc<Metrics>, wanted: Wanted) {
     }
 }
 
-fn write(
-    sinks: &mut HashMap<PathBuf, Sink>,
-    metrics: &Metrics,
-    config: &Arc<RecordConfig>,
-    route: &Arc<str>,
-    line: &[u8],
-) {
+fn write(sinks: &mut HashMap<PathBuf, Sink>, metrics: &Metrics, run: &Run<'_>) {
+    let Some(first) = run.entries.first() else {
+        return;
+    };
+    let config = &first.config;
     let sink = sinks.entry(config.file.clone()).or_insert_with(|| Sink {
         path: config.file.clone(),
         config: config.clone(),
@@ -280,5 +319,5 @@ fn write(
     if sink.config != *config && sink.config.zstd == config.zstd {
         sink.config = config.clone();
     }
-    sink.write(metrics, route, line);
+    sink.write_run(metrics, run);
 }
