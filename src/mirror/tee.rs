@@ -157,18 +157,21 @@ fn keep_trailers(
     })))
 }
 
-/// Most bytes queued for one copy: what a shadow may lag behind the
-/// primary's reading of the body before its copy is abandoned
-/// (`shadow_slow`). One socket read of hyper's (up to ~400 KiB for a fast
-/// HTTP/1.1 upload) is one chunk; a chunk is always taken into an empty
-/// queue, so a single large read never aborts a copy by itself. 256 KiB
-/// holds a burst of a few reads while the copy's task is scheduled, and
-/// with the in-flight bound and the memory budget keeps a slow shadow's
-/// cost bounded.
-pub const QUEUE_BYTES: usize = 256 * 1024;
+/// Most bytes queued for one copy: how far its shadow may lag behind the
+/// primary's reading of the body before the copy is abandoned
+/// (`shadow_slow`). The queue must absorb what a fast client sends while
+/// the copy's connection is still being set up (a connect, a TLS
+/// handshake) and a burst of hyper's reads (one read of a fast HTTP/1.1
+/// upload is one chunk, up to ~400 KiB; a chunk is always taken into an
+/// empty queue): with 256 KiB, 1 MiB uploads on loopback lost their copy
+/// while it connected. 1 MiB is the default mirror `max_body_bytes`, so a
+/// copy of a body within the default cap never holds more than the
+/// gathering copy it replaces did, and is abandoned only by its timeout;
+/// the shadow memory budget bounds the sum over all copies.
+pub const QUEUE_BYTES: usize = 1024 * 1024;
 /// Most chunks queued for one copy (many tiny chunks cost their entries
-/// even when their bytes are few).
-pub const QUEUE_CHUNKS: usize = 64;
+/// even when their bytes are few: about 100 bytes each).
+pub const QUEUE_CHUNKS: usize = 1024;
 
 /// A piece of the body held for the copies: one allocation shared by
 /// every copy (a `Bytes` clone each), its bytes reserved from the shadow
