@@ -9,7 +9,9 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,7 +32,7 @@ struct Conn {
 
 impl Conn {
     fn bytes(&self) -> Vec<u8> {
-        self.data.lock().unwrap().clone()
+        self.data.lock().clone()
     }
 }
 
@@ -85,7 +87,7 @@ impl RawShadow {
             let mut held = Vec::new();
             while let Ok((mut s, _)) = listener.accept().await {
                 let conn = Arc::new(Conn::default());
-                kept.lock().unwrap().push(conn.clone());
+                kept.lock().push(conn.clone());
                 if stalled {
                     held.push(s);
                     continue;
@@ -98,7 +100,7 @@ impl RawShadow {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
                                 let done = {
-                                    let mut d = conn.data.lock().unwrap();
+                                    let mut d = conn.data.lock();
                                     d.extend_from_slice(&buf[..n]);
                                     complete(&d)
                                 };
@@ -120,7 +122,7 @@ impl RawShadow {
     }
 
     fn conns(&self) -> Vec<Arc<Conn>> {
-        self.conns.lock().unwrap().clone()
+        self.conns.lock().clone()
     }
 
     /// Waits (at most `bound`) until `cond` holds for some connection.
@@ -404,7 +406,7 @@ async fn a_client_reset_mid_body_aborts_the_copy() {
         })
         .await;
     // Reset, not a clean close: linger 0.
-    c.set_linger(Some(Duration::ZERO)).unwrap();
+    c.set_zero_linger().unwrap();
     drop(c);
     shadow
         .wait_for(

@@ -1,16 +1,19 @@
 //! A lean HTTP/1.1 exchange for mirror copies.
 //!
-//! A copy is a request whose whole body is already in memory and whose
-//! answer nobody waits for: the proxy reads it to its end, counts it and,
-//! when comparing, keeps a bounded capture. hyper's pooled client is built
-//! for the other case (streaming both ways, a connection task per
-//! connection, a dispatch channel per connection) and costs about 50 KiB
-//! per connection held open by a slow shadow — 50 MiB for the default 1024
-//! copies in flight. Here the copy's own task owns its connection for the
-//! exchange: it writes the head and body, parses the answer with `httparse`
-//! into a small buffer and hands the body to a [`Sink`] chunk by chunk; then
-//! the connection goes back to the endpoint's idle list. Nothing else is
-//! allocated per connection.
+//! A copy is a request whose body streams from the copy's queue (the tee
+//! hands on the client's chunks as the primary reads them) and whose answer
+//! nobody waits for: the proxy reads it to its end, counts it and, when
+//! comparing, keeps a bounded capture. hyper's pooled client is built for
+//! the other case (streaming both ways, a connection task per connection, a
+//! dispatch channel per connection) and costs about 50 KiB per connection
+//! held open by a slow shadow — 50 MiB for the default 1024 copies in
+//! flight. Here the copy's own task owns its connection for the exchange:
+//! it writes the head and the body's pieces as [`Segments`] (each piece a
+//! `Bytes` clone with its chunk framing when the body is chunked, several
+//! in one vectored write), parses the answer with `httparse` into a small
+//! buffer ([`read_answer`]) and hands the body to a [`Sink`] chunk by
+//! chunk; then the connection goes back to the endpoint's idle list.
+//! Nothing else is allocated per connection.
 //!
 //! Framing follows RFC 9112 §6.3: no body for `HEAD`, 1xx, 204 and 304;
 //! `Transfer-Encoding` whose last coding is `chunked` is decoded (trailers
