@@ -412,23 +412,7 @@ impl TeeBody {
         caps: &[u64],
         memory: &Arc<MemoryBudget>,
     ) -> (Self, Vec<CopyStream>) {
-        let mut feeds = Vec::with_capacity(caps.len());
-        let mut copies = Vec::with_capacity(caps.len());
-        for &cap in caps {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let state = Arc::new(QueueState::default());
-            feeds.push(Feed {
-                tx,
-                state: state.clone(),
-                cap,
-                ended: false,
-            });
-            copies.push(CopyStream {
-                rx,
-                state,
-                finished: false,
-            });
-        }
+        let (feeds, copies) = queues(caps);
         let tee = TeeBody {
             inner,
             feeds,
@@ -437,6 +421,28 @@ impl TeeBody {
         };
         (tee, copies)
     }
+}
+
+/// One queue per copy (of cap `caps[i]`): the tee's ends and the copies'.
+fn queues(caps: &[u64]) -> (Vec<Feed>, Vec<CopyStream>) {
+    let mut feeds = Vec::with_capacity(caps.len());
+    let mut copies = Vec::with_capacity(caps.len());
+    for &cap in caps {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(QueueState::default());
+        feeds.push(Feed {
+            tx,
+            state: state.clone(),
+            cap,
+            ended: false,
+        });
+        copies.push(CopyStream {
+            rx,
+            state,
+            finished: false,
+        });
+    }
+    (feeds, copies)
 }
 
 /// Abandons every copy still fed, for `why`.
@@ -572,5 +578,103 @@ mod tests {
         let tiny = MemoryBudget::new(10, None);
         assert_eq!(keep_trailers(&tiny, &t).unwrap_err(), TeeFailure::Memory);
         assert_eq!(tiny.in_use(), 0);
+    }
+
+    fn data(next: Option<Next>) -> Bytes {
+        match next {
+            Some(Next::Data(h)) => h.bytes().clone(),
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_reach_every_copy_in_order_shared_and_budgeted() {
+        let memory = MemoryBudget::new(1 << 20, None);
+        let (mut feeds, mut copies) = queues(&[1000, 1000]);
+        let a = Bytes::from_static(b"hello ");
+        let b = Bytes::from_static(b"world");
+        deliver(&mut feeds, &memory, &a, 6);
+        deliver(&mut feeds, &memory, &b, 11);
+        // One reservation per chunk, whatever the number of copies.
+        assert_eq!(memory.in_use(), 11);
+        end_all(&mut feeds, None);
+        assert!(feeds.is_empty());
+        let first = &mut copies[0];
+        let got = data(first.try_next());
+        assert_eq!(got, a);
+        assert_eq!(got.as_ptr(), a.as_ptr(), "a Bytes clone, not a copy");
+        assert_eq!(data(first.try_next()), b);
+        assert!(matches!(first.try_next(), Some(Next::End(None))));
+        // Written by one copy, still held by the other.
+        assert_eq!(memory.in_use(), 11);
+        let second = &mut copies[1];
+        assert_eq!(data(Some(second.next().await)), a);
+        assert_eq!(data(Some(second.next().await)), b);
+        assert!(matches!(second.next().await, Next::End(None)));
+        assert_eq!(memory.in_use(), 0);
+        assert_eq!(second.watch().failure(), None);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_abandons_only_its_copy_and_wakes_it() {
+        let memory = MemoryBudget::new(64 << 20, None);
+        let (mut feeds, mut copies) = queues(&[u64::MAX, u64::MAX]);
+        let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+        let watch = copies[1].watch();
+        let mut seen = 0;
+        // Copy 0 keeps up; copy 1 never reads.
+        for _ in 0..(QUEUE_BYTES / chunk.len()) {
+            seen += chunk.len() as u64;
+            deliver(&mut feeds, &memory, &chunk, seen);
+            assert_eq!(data(copies[0].try_next()), chunk);
+        }
+        assert_eq!(feeds.len(), 2, "a queue exactly full is not over");
+        seen += chunk.len() as u64;
+        deliver(&mut feeds, &memory, &chunk, seen);
+        assert_eq!(feeds.len(), 1, "the slow copy is abandoned");
+        assert_eq!(watch.abandoned().await, TeeFailure::Slow);
+        // What was queued is not handed out: the copy sees the failure.
+        assert!(matches!(
+            copies[1].try_next(),
+            Some(Next::Failed(TeeFailure::Slow))
+        ));
+        drop(copies.remove(1));
+        assert_eq!(data(copies[0].try_next()), chunk);
+        assert_eq!(memory.in_use(), 0, "the abandoned queue's bytes came back");
+        // A single chunk larger than the bound fits an empty queue.
+        let big = Bytes::from(vec![1u8; QUEUE_BYTES + 1]);
+        deliver(&mut feeds, &memory, &big, seen + big.len() as u64);
+        assert_eq!(feeds.len(), 1);
+        assert_eq!(data(copies[0].try_next()).len(), QUEUE_BYTES + 1);
+    }
+
+    #[test]
+    fn cap_memory_and_the_client_abandon_copies_with_their_reason() {
+        let memory = MemoryBudget::new(400, None); // buffers: 300
+        let (mut feeds, mut copies) = queues(&[10, 1000]);
+        deliver(&mut feeds, &memory, &Bytes::from_static(b"0123456789"), 10);
+        deliver(&mut feeds, &memory, &Bytes::from_static(b"x"), 11);
+        assert_eq!(feeds.len(), 1);
+        assert_eq!(copies[0].watch().failure(), Some(TeeFailure::TooLarge));
+        deliver(&mut feeds, &memory, &Bytes::from(vec![0u8; 301]), 312);
+        assert!(feeds.is_empty());
+        assert_eq!(copies[1].watch().failure(), Some(TeeFailure::Memory));
+        drop(copies);
+        assert_eq!(memory.in_use(), 0);
+
+        // The tee dropped before the body's end (client reset, primary
+        // failed): the copy is abandoned, not left waiting.
+        let (feeds, mut copies) = queues(&[1000]);
+        drop(feeds);
+        assert!(matches!(
+            copies[0].try_next(),
+            Some(Next::Failed(TeeFailure::ClientError))
+        ));
+        // A copy that went away is simply no longer fed.
+        let (mut feeds, copies) = queues(&[1000]);
+        drop(copies);
+        deliver(&mut feeds, &memory, &Bytes::from_static(b"a"), 1);
+        assert!(feeds.is_empty());
+        assert_eq!(memory.in_use(), 0);
     }
 }
