@@ -3,9 +3,9 @@
 //! backend endpoint and reads the whole answer into a [`Sink`]. Backends
 //! that speak plain HTTP/1.1 get the copy over `wire`, on a connection the
 //! copy's task owns for the exchange (idle ones wait in the endpoint's list
-//! between copies): the head goes out at once, with whatever of the body is
-//! already queued, then each chunk as it comes (those queued meanwhile in
-//! one vectored write). HTTP/2 and `auto` over TLS go through the
+//! between copies): the connection is made at once, the head goes out with
+//! the body's first piece (and whatever else is queued by then), then each
+//! chunk as it comes (those queued meanwhile in one vectored write). HTTP/2 and `auto` over TLS go through the
 //! backend's own clients with a body fed from the same queue. Only a
 //! refused connection passes an endpoint over, and there is no retry on
 //! another endpoint (a failed copy is counted, not repeated).
@@ -302,8 +302,9 @@ async fn stream_rest(
     }
 }
 
-/// A copy over HTTP/1.1 on a connection of its own (see `wire`): the head
-/// at once with what of the body is queued, the rest as it comes, then the
+/// A copy over HTTP/1.1 on a connection of its own (see `wire`): the
+/// connection made (or taken idle) at once, the head with the body's first
+/// piece and what else is queued by then, the rest as it comes, then the
 /// answer. A reused connection that ends before any answer (the server
 /// closed it while idle) is replaced by a fresh one once, for idempotent
 /// methods, and only when the whole request was still in hand (no body, or
@@ -327,17 +328,23 @@ async fn copy_over_wire(
         CopyBody::Empty => (None, false),
         CopyBody::Streamed { pieces, length } => (Some(pieces), length.is_none()),
     };
-    let whole = match pieces.as_mut() {
-        None => true,
-        Some(p) => take_queued(p, chunked, &mut first, &mut held).map_err(CopyError::Abandoned)?,
-    };
-    let kept = (whole && method.is_idempotent()).then(|| first.clone());
-    // Abandonment can only come while the body is still streaming.
-    let watch = pieces.as_ref().filter(|_| !whole).map(CopyStream::watch);
     let (mut stream, mut reused) = match endpoint.take_idle() {
         Some(s) => (s, true),
         None => (endpoint.connect().await?, false),
     };
+    // The connection is ready: the head goes out with the body's first
+    // piece (and whatever else is queued by then) in one write.
+    let whole = match pieces.as_mut() {
+        None => true,
+        Some(p) => {
+            let next = p.next().await;
+            put(next, chunked, &mut first, &mut held).map_err(CopyError::Abandoned)?
+                || take_queued(p, chunked, &mut first, &mut held).map_err(CopyError::Abandoned)?
+        }
+    };
+    let kept = (whole && method.is_idempotent()).then(|| first.clone());
+    // Abandonment can only come while the body is still streaming.
+    let watch = pieces.as_ref().filter(|_| !whole).map(CopyStream::watch);
     loop {
         let mut out = first.clone();
         let written = match write_or_abandon(&mut stream, &mut out, watch.as_ref()).await {

@@ -1,8 +1,8 @@
 //! Shadow dispatch: admit a copy per mirror (sampling, method, body size,
 //! in-flight bound), then send the admitted copies from a spawned task.
-//! Each copy starts at once: its head goes to the shadow while the body
-//! is still arriving, and the body follows chunk by chunk from the copy's
-//! queue (`tee`), framed as the client framed it (`Content-Length` kept;
+//! Each copy starts at once (its connection made while the body arrives):
+//! its head goes to the shadow with the body's first piece, and the rest
+//! follows chunk by chunk from the copy's queue (`tee`), framed as the client framed it (`Content-Length` kept;
 //! otherwise chunked, the trailers after the last chunk). A copy the tee
 //! abandons mid-body (slow shadow, over `max_body_bytes`, the client's
 //! body failed, memory) is counted as dropped with that reason, its

@@ -651,7 +651,7 @@ mod tests {
     #[test]
     fn cap_memory_and_the_client_abandon_copies_with_their_reason() {
         let memory = MemoryBudget::new(400, None); // buffers: 300
-        let (mut feeds, mut copies) = queues(&[10, 1000]);
+        let (mut feeds, copies) = queues(&[10, 1000]);
         deliver(&mut feeds, &memory, &Bytes::from_static(b"0123456789"), 10);
         deliver(&mut feeds, &memory, &Bytes::from_static(b"x"), 11);
         assert_eq!(feeds.len(), 1);
