@@ -430,3 +430,92 @@ async fn a_client_reset_mid_body_aborts_the_copy() {
     );
     proxy.shutdown().await;
 }
+
+/// The same over HTTP/2 (hyper's client, the copy's queue as a streamed
+/// body): the shadow gets the exact bytes with their declared length; a
+/// body growing past the cap resets the copy's stream, never completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_shadow_gets_the_streamed_copy_or_a_reset_stream() {
+    let mut v1 = TestBackend::new().spawn().await;
+    let mut v2 = TestBackend::new().spawn().await;
+    let proxy = start_proxy(&format!(
+        "backends: {{ v1: {{ endpoints: [\"{}\"] }}, m0: {{ endpoints: [\"{}\"], protocol: h2 }} }}\nroutes: [{{ name: r, backend: v1, mirrors: [{{ backend: m0, max_body_bytes: 256KiB, timeout: 30s }}] }}]\n",
+        v1.addr, v2.addr
+    ))
+    .await;
+    let addr = proxy.listen_addrs[0];
+    let body = Bytes::from(pattern(200 * 1024));
+    let a = send(
+        &client(),
+        addr,
+        Method::POST,
+        "app",
+        "/h2",
+        &[],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(v1.next().await.body, body);
+    let copy = v2.next().await;
+    assert!(copy.complete);
+    assert_eq!(copy.body, body, "the h2 shadow gets the exact bytes");
+    assert_eq!(copy.header("content-length"), Some("204800"));
+
+    // Chunked, 512 KiB: past the 256 KiB cap.
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(
+        b"POST /h2 HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let piece = vec![b'g'; 32 * 1024];
+    for _ in 0..16 {
+        let mut f = format!("{:x}\r\n", piece.len()).into_bytes();
+        f.extend_from_slice(&piece);
+        f.extend_from_slice(b"\r\n");
+        c.write_all(&f).await.unwrap();
+    }
+    c.write_all(b"0\r\n\r\n").await.unwrap();
+    let a = answer(&mut c).await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    assert_eq!(v1.next().await.body.len(), 512 * 1024);
+    mirrors_settled(&proxy).await;
+    assert_eq!(dropped(&proxy, "body_too_large").await, 1.0);
+    assert_eq!(v2.completed(), 1, "the cut copy never completed");
+    memory_returns_to_zero(&proxy).await;
+    proxy.shutdown().await;
+}
+
+/// An HTTP/2 shadow that never reads: hyper's client stops asking for the
+/// body (flow control), the queue fills, the copy is abandoned at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_h2_shadow_is_counted_slow() {
+    let v1 = TestBackend::new().spawn().await;
+    let shadow = RawShadow::spawn(true).await;
+    let proxy = start_proxy(&format!(
+        "backends: {{ v1: {{ endpoints: [\"{}\"] }}, m0: {{ endpoints: [\"{}\"], protocol: h2 }} }}\nroutes: [{{ name: r, backend: v1, mirrors: [{{ backend: m0, max_body_bytes: 16MiB, timeout: 60s }}] }}]\n",
+        v1.addr, shadow.addr
+    ))
+    .await;
+    let body = Bytes::from(pattern(4 << 20));
+    let a = tokio::time::timeout(
+        Duration::from_secs(30),
+        send(
+            &client(),
+            proxy.listen_addrs[0],
+            Method::POST,
+            "app",
+            "/big",
+            &[],
+            body,
+        ),
+    )
+    .await
+    .expect("the primary's POST did not complete within 30s");
+    assert_eq!(a.status, 200);
+    mirrors_settled(&proxy).await;
+    assert_eq!(dropped(&proxy, "shadow_slow").await, 1.0);
+    memory_returns_to_zero(&proxy).await;
+    proxy.shutdown().await;
+}
