@@ -336,10 +336,11 @@ async fn a_shadow_that_stops_reading_costs_the_primary_nothing_and_is_counted_sl
     // A timeout far longer than the test: only the full queue ends the copy.
     let proxy = start_proxy(&shadow_config(
         v1.addr,
-        &[(shadow.addr, ", max_body_bytes: 16MiB, timeout: 60s")],
+        &[(shadow.addr, ", max_body_bytes: 64MiB, timeout: 60s")],
     ))
     .await;
-    let body = Bytes::from(pattern(8 << 20));
+    // Four times the copy's queue bound (`QUEUE_BYTES`, 4 MiB).
+    let body = Bytes::from(pattern(16 << 20));
     let started = Instant::now();
     let a = tokio::time::timeout(
         Duration::from_secs(30),
@@ -354,7 +355,7 @@ async fn a_shadow_that_stops_reading_costs_the_primary_nothing_and_is_counted_sl
         ),
     )
     .await
-    .expect("the primary's 8 MiB POST did not complete within 30s");
+    .expect("the primary's 16 MiB POST did not complete within 30s");
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(v1.received(), 1);
     let took = started.elapsed();
@@ -494,11 +495,12 @@ async fn a_stalled_h2_shadow_is_counted_slow() {
     let v1 = TestBackend::new().spawn().await;
     let shadow = RawShadow::spawn(true).await;
     let proxy = start_proxy(&format!(
-        "backends: {{ v1: {{ endpoints: [\"{}\"] }}, m0: {{ endpoints: [\"{}\"], protocol: h2 }} }}\nroutes: [{{ name: r, backend: v1, mirrors: [{{ backend: m0, max_body_bytes: 16MiB, timeout: 60s }}] }}]\n",
+        "backends: {{ v1: {{ endpoints: [\"{}\"] }}, m0: {{ endpoints: [\"{}\"], protocol: h2 }} }}\nroutes: [{{ name: r, backend: v1, mirrors: [{{ backend: m0, max_body_bytes: 64MiB, timeout: 60s }}] }}]\n",
         v1.addr, shadow.addr
     ))
     .await;
-    let body = Bytes::from(pattern(4 << 20));
+    // Four times the copy's queue bound (`QUEUE_BYTES`, 4 MiB).
+    let body = Bytes::from(pattern(16 << 20));
     let a = tokio::time::timeout(
         Duration::from_secs(30),
         send(
@@ -516,6 +518,47 @@ async fn a_stalled_h2_shadow_is_counted_slow() {
     assert_eq!(a.status, 200);
     mirrors_settled(&proxy).await;
     assert_eq!(dropped(&proxy, "shadow_slow").await, 1.0);
+    memory_returns_to_zero(&proxy).await;
+    proxy.shutdown().await;
+}
+
+/// A copy never holds more than a full queue, so a declared body larger
+/// than the whole shadow memory budget is mirrored when the shadow keeps
+/// up (admission used to refuse it, `memory`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_larger_than_the_memory_budget_streams_to_a_shadow_that_keeps_up() {
+    let v1 = TestBackend::new().spawn().await;
+    let mut v2 = TestBackend::new().spawn().await;
+    let proxy = start_proxy(&format!(
+        "limits: {{ shadow_memory: 8MiB }}\n{}",
+        shadow_config(
+            v1.addr,
+            &[(v2.addr, ", max_body_bytes: 16MiB, timeout: 30s")]
+        )
+    ))
+    .await;
+    let body = Bytes::from(pattern(12 << 20));
+    let a = send(
+        &client(),
+        proxy.listen_addrs[0],
+        Method::POST,
+        "app",
+        "/",
+        &[],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let copy = v2.next().await;
+    let m = metrics(&proxy).await;
+    let why: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("shadowgate_mirror_") && !l.ends_with(" 0"))
+        .collect();
+    assert!(copy.complete, "{why:?}");
+    assert!(copy.body == body, "the shadow gets the exact 12 MiB");
+    mirrors_settled(&proxy).await;
+    assert_eq!(dropped(&proxy, "memory").await, 0.0);
     memory_returns_to_zero(&proxy).await;
     proxy.shutdown().await;
 }

@@ -19,7 +19,7 @@ use super::bound::InFlightPermit;
 use super::client::{self, CopyBody, CopyError, CopyRequest};
 use super::sample::sampled;
 use super::target::{Mirror, RouteShadows};
-use super::tee::{may_be_trailer, CopyStream, TeeFailure};
+use super::tee::{may_be_trailer, CopyStream, TeeFailure, QUEUE_BYTES};
 use super::wire::Sink;
 use crate::compare::capture::Capturer;
 use crate::compare::{Engine, Job, PrimaryAnswer, PrimaryCapture, RouteComparison, Side};
@@ -139,9 +139,9 @@ fn dropped(
 /// Decides, for each mirror of a route (`shadows`), whether this request is copied.
 /// Copies refused for a reason (method, body size, memory, overload) are
 /// counted and logged here; requests merely not sampled are not. A body
-/// the shadow memory budget cannot hold now (its declared length, or any
-/// body when the budget is spent) is refused here; the tee reserves the
-/// bytes themselves as they arrive.
+/// the shadow memory budget cannot hold now (its declared length up to a
+/// full queue, or any body when the budget is spent) is refused here; the
+/// tee reserves the bytes themselves as they arrive.
 pub fn admit(
     shadows: RouteShadows<'_>,
     answerer: &str,
@@ -211,13 +211,15 @@ pub fn admit(
     jobs
 }
 
-/// Whether the request's body (declared length; unknown length when the
-/// budget is spent) cannot fit in the shadow memory budget now.
+/// Whether the part of the request's body a copy may hold at once (its
+/// declared length, at most a full queue: copies stream, they never hold
+/// the whole of a longer body; unknown length: when the budget is spent)
+/// cannot fit in the shadow memory budget now.
 fn body_over_budget(mirror: &Mirror, content_length: Option<u64>) -> bool {
     let available = mirror.memory.available() as u64;
     match content_length {
         Some(0) => false,
-        Some(n) => n > available,
+        Some(n) => n.min(QUEUE_BYTES as u64) > available,
         None => available == 0,
     }
 }

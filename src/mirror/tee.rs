@@ -161,14 +161,17 @@ fn keep_trailers(
 /// primary's reading of the body before the copy is abandoned
 /// (`shadow_slow`). The queue must absorb what a fast client sends while
 /// the copy's connection is still being set up (a connect, a TLS
-/// handshake) and a burst of hyper's reads (one read of a fast HTTP/1.1
+/// handshake), a burst of hyper's reads (one read of a fast HTTP/1.1
 /// upload is one chunk, up to ~400 KiB; a chunk is always taken into an
-/// empty queue): with 256 KiB, 1 MiB uploads on loopback lost their copy
-/// while it connected. 1 MiB is the default mirror `max_body_bytes`, so a
-/// copy of a body within the default cap never holds more than the
-/// gathering copy it replaces did, and is abandoned only by its timeout;
-/// the shadow memory budget bounds the sum over all copies.
-pub const QUEUE_BYTES: usize = 1024 * 1024;
+/// empty queue), and the scheduling jitter between the primary's upload and
+/// the copy's task: on loopback a millisecond is about a megabyte. Measured
+/// (debug build, 2 shared cores): with 256 KiB, 1 MiB uploads lost their
+/// copy while it connected; with 1 MiB, one 8 MiB upload in four to a
+/// shadow as fast as the primary lost its copy. 4 MiB is above the default
+/// mirror `max_body_bytes` (1 MiB), so with the defaults a copy is never
+/// abandoned as slow and never holds more than the gathering copy it
+/// replaces did; the shadow memory budget bounds the sum over all copies.
+pub const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Most chunks queued for one copy (many tiny chunks cost their entries
 /// even when their bytes are few: about 100 bytes each).
 pub const QUEUE_CHUNKS: usize = 1024;
