@@ -112,9 +112,10 @@ pin_project_lite::pin_project! {
     pub enum UpstreamBody {
         /// The client's body, streamed.
         Streamed { #[pin] inner: ClientBody },
-        /// The client's body, streamed, with a copy kept for the mirrors
-        /// (the tee is `crate::mirror::tee::TeeBody`; boxed here so that
-        /// this room does not depend on the mirrors).
+        /// A body of another room, boxed so that this room does not
+        /// depend on it: the client's body passed through the mirrors' tee
+        /// (`crate::mirror::tee::TeeBody`) or a recording tap, or a mirror
+        /// copy's body streamed from its queue (`crate::mirror::client`).
         Teed { #[pin] inner: UnsyncBoxBody<Bytes, BoxError> },
         /// A body already in memory (a mirror's copy).
         Buffered { #[pin] inner: Full<Bytes> },

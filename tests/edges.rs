@@ -208,6 +208,8 @@ async fn mirror_drop_and_error_series_exist_at_zero_from_the_start_and_after_rel
         "method",
         "body_incomplete",
         "backend_unhealthy",
+        "memory",
+        "shadow_slow",
     ];
     let kinds = [
         "connect",

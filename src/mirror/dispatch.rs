@@ -1,19 +1,25 @@
 //! Shadow dispatch: admit a copy per mirror (sampling, method, body size,
 //! in-flight bound), then send the admitted copies from a spawned task.
-//! The shadow's response is read to its end and discarded so the
-//! connection goes back to the pool; it never reaches the client.
+//! Each copy starts at once (its connection made while the body arrives):
+//! its head goes to the shadow with the body's first piece, and the rest
+//! follows chunk by chunk from the copy's queue (`tee`), framed as the client framed it (`Content-Length` kept;
+//! otherwise chunked, the trailers after the last chunk). A copy the tee
+//! abandons mid-body (slow shadow, over `max_body_bytes`, the client's
+//! body failed, memory) is counted as dropped with that reason, its
+//! connection closed. The shadow's response is read to its end and
+//! discarded so the connection goes back to the pool; it never reaches
+//! the client.
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use tokio::sync::oneshot;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::bound::InFlightPermit;
-use super::client::{self, CopyRequest};
+use super::client::{self, CopyBody, CopyError, CopyRequest};
 use super::sample::sampled;
 use super::target::{Mirror, RouteShadows};
-use super::tee::{TeeCopy, TeeFailure, TeeResult};
+use super::tee::{may_be_trailer, CopyStream, TeeFailure, QUEUE_BYTES};
 use super::wire::Sink;
 use crate::compare::capture::Capturer;
 use crate::compare::{Engine, Job, PrimaryAnswer, PrimaryCapture, RouteComparison, Side};
@@ -83,8 +89,13 @@ impl MirrorHead {
 pub enum MirrorBody {
     /// The request has no body.
     Empty,
-    /// The body is still streaming to the primary; its copy arrives here.
-    Pending(oneshot::Receiver<TeeResult>),
+    /// The body is streaming to the primary; each admitted copy gets it
+    /// from its own queue (`copies`, in the order of the jobs). `length` is
+    /// the declared one.
+    Streamed {
+        copies: Vec<CopyStream>,
+        length: Option<u64>,
+    },
 }
 
 fn log_record<'a>(
@@ -128,9 +139,9 @@ fn dropped(
 /// Decides, for each mirror of a route (`shadows`), whether this request is copied.
 /// Copies refused for a reason (method, body size, memory, overload) are
 /// counted and logged here; requests merely not sampled are not. A body
-/// the shadow memory budget cannot hold now (its declared length, or any
-/// body when the budget is spent) is refused here; the tee reserves the
-/// bytes themselves as they arrive.
+/// the shadow memory budget cannot hold now (its declared length up to a
+/// full queue, or any body when the budget is spent) is refused here; the
+/// tee reserves the bytes themselves as they arrive.
 pub fn admit(
     shadows: RouteShadows<'_>,
     answerer: &str,
@@ -200,13 +211,15 @@ pub fn admit(
     jobs
 }
 
-/// Whether the request's body (declared length; unknown length when the
-/// budget is spent) cannot fit in the shadow memory budget now.
+/// Whether the part of the request's body a copy may hold at once (its
+/// declared length, at most a full queue: copies stream, they never hold
+/// the whole of a longer body; unknown length: when the budget is spent)
+/// cannot fit in the shadow memory budget now.
 fn body_over_budget(mirror: &Mirror, content_length: Option<u64>) -> bool {
     let available = mirror.memory.available() as u64;
     match content_length {
         Some(0) => false,
-        Some(n) => n > available,
+        Some(n) => n.min(QUEUE_BYTES as u64) > available,
         None => available == 0,
     }
 }
@@ -217,7 +230,8 @@ fn body_over_budget(mirror: &Mirror, content_length: Option<u64>) -> bool {
 /// for a shadow: the task below is detached, bounded by the permits held
 /// in `jobs` (max_in_flight per mirror), and each copy is bounded in time
 /// by its mirror's `timeout`, counted from here: waiting for the client's
-/// body to arrive is part of it.
+/// body to arrive is part of it. The tee never waits for a copy either (a
+/// full queue abandons the copy).
 pub fn dispatch(
     telemetry: Arc<Telemetry>,
     jobs: Vec<MirrorJob>,
@@ -228,40 +242,44 @@ pub fn dispatch(
         return;
     }
     let dispatched = Instant::now();
+    let bodies: Vec<CopyBody> = match body {
+        MirrorBody::Empty => jobs.iter().map(|_| CopyBody::Empty).collect(),
+        MirrorBody::Streamed { copies, length } => copies
+            .into_iter()
+            .map(|pieces| CopyBody::Streamed { pieces, length })
+            .collect(),
+    };
     tokio::spawn(async move {
-        let longest = jobs
-            .iter()
-            .map(|j| j.mirror.config.timeout)
-            .max()
-            .unwrap_or_default();
-        // `None`: the body did not arrive within the longest timeout.
-        let body = match body {
-            MirrorBody::Empty => Some(Ok(TeeCopy::default())),
-            MirrorBody::Pending(rx) => tokio::time::timeout_at(dispatched + longest, rx)
-                .await
-                .ok()
-                .map(|r| r.unwrap_or(Err(TeeFailure::ClientError))),
-        };
-        let mut jobs = jobs;
-        let last = jobs.pop();
-        for job in jobs {
-            let (t, h, b) = (telemetry.clone(), head.clone(), body.clone());
-            tokio::spawn(async move { send_copy(&t, job, &h, b, dispatched).await });
+        let mut copies: Vec<(MirrorJob, CopyBody)> = jobs.into_iter().zip(bodies).collect();
+        let last = copies.pop();
+        let head = Arc::new(head);
+        for (job, body) in copies {
+            let (t, h) = (telemetry.clone(), head.clone());
+            tokio::spawn(async move { send_copy(&t, job, &h, body, dispatched).await });
         }
-        if let Some(job) = last {
+        if let Some((job, body)) = last {
             send_copy(&telemetry, job, &head, body, dispatched).await;
         }
     });
 }
 
-/// Sends one copy and reads the shadow's answer to its end, all within the
-/// mirror's `timeout` from `dispatched`. `body` is `None` when the client's
-/// body did not arrive in time.
+/// The drop reason of a copy the tee abandoned.
+fn abandoned(why: TeeFailure) -> DropReason {
+    match why {
+        TeeFailure::TooLarge => DropReason::BodyTooLarge,
+        TeeFailure::Memory => DropReason::Memory,
+        TeeFailure::ClientError => DropReason::BodyIncomplete,
+        TeeFailure::Slow => DropReason::ShadowSlow,
+    }
+}
+
+/// Sends one copy (its body streamed as it arrives) and reads the shadow's
+/// answer to its end, all within the mirror's `timeout` from `dispatched`.
 async fn send_copy(
     telemetry: &Telemetry,
     job: MirrorJob,
     head: &MirrorHead,
-    body: Option<TeeResult>,
+    body: CopyBody,
     dispatched: Instant,
 ) {
     let mirror = &*job.mirror;
@@ -269,27 +287,6 @@ async fn send_copy(
     let started = dispatched;
     let deadline = dispatched + cfg.timeout;
     let view = head.view();
-    let body = match body {
-        Some(body) if Instant::now() < deadline => body,
-        _ => {
-            let kind = MirrorErrorKind::Timeout;
-            let rec = log_record(mirror, view, None, 0, started, Some(kind.as_str()));
-            telemetry.mirror_failed(&mirror.metrics, kind, &rec);
-            return;
-        }
-    };
-    let body = match body {
-        Ok(b) if b.body.len() as u64 <= cfg.max_body_bytes => b,
-        refused => {
-            let reason = match refused {
-                Ok(_) | Err(TeeFailure::TooLarge) => DropReason::BodyTooLarge,
-                Err(TeeFailure::Memory) => DropReason::Memory,
-                Err(TeeFailure::ClientError) => DropReason::BodyIncomplete,
-            };
-            dropped(telemetry, mirror, view, started, reason);
-            return;
-        }
-    };
     // A backend whose every endpoint refused connections lately is skipped
     // (counted) until its ejection lapses; then one copy probes it again.
     if mirror.backend.all_ejected() {
@@ -314,8 +311,13 @@ async fn send_copy(
         client::send_copy(&mirror.backend, copy, remaining, &mut sink),
     )
     .await
-    .map_err(|_| MirrorErrorKind::Timeout)
-    .and_then(|sent| sent.map_err(classify_upstream))
+    .map_err(|_| Err(MirrorErrorKind::Timeout))
+    .and_then(|sent| {
+        sent.map_err(|e| match e {
+            CopyError::Upstream(e) => Err(classify_upstream(e)),
+            CopyError::Abandoned(why) => Ok(abandoned(why)),
+        })
+    })
     .map(|a| (a.status.as_u16(), a.body_bytes, sink.grpc_status));
     if let Some(g) = &mirror.metrics.in_flight {
         g.dec();
@@ -342,7 +344,8 @@ async fn send_copy(
             let rec = log_record(mirror, view, Some(status), bytes, started, None);
             telemetry.answered(&mirror.metrics, &rec);
         }
-        Err(kind) => {
+        Err(Ok(reason)) => dropped(telemetry, mirror, view, started, reason),
+        Err(Err(kind)) => {
             let rec = log_record(mirror, view, None, 0, started, Some(kind.as_str()));
             telemetry.mirror_failed(&mirror.metrics, kind, &rec);
         }
@@ -394,11 +397,13 @@ impl Sink for CopySink {
 }
 
 /// The shadow's request: same method, path, query, headers and body, with
-/// the mirror's header rules applied and the Host suffixed; the request's
-/// trailers, when it had some, follow the body (announced in `Trailer`,
-/// the body then sent without `Content-Length`).
-fn copy_request(mirror: &Mirror, head: &MirrorHead, copy: TeeCopy) -> CopyRequest {
-    let TeeCopy { body, trailers } = copy;
+/// the mirror's header rules applied and the Host suffixed. A declared
+/// length is kept (`Content-Length`; the body must then be exactly that
+/// long); a body of unknown length, or one whose trailers the client
+/// announced (`Trailer`), is sent chunked, its trailers after the last
+/// chunk and announced as the client announced them (fields that may be
+/// trailers only).
+fn copy_request(mirror: &Mirror, head: &MirrorHead, body: CopyBody) -> CopyRequest {
     let cfg = &mirror.config;
     let mut headers = head.headers.clone();
     for name in &cfg.remove_headers {
@@ -411,34 +416,63 @@ fn copy_request(mirror: &Mirror, head: &MirrorHead, copy: TeeCopy) -> CopyReques
     if let Ok(v) = HeaderValue::from_str(&authority) {
         headers.insert(http::header::HOST, v);
     }
+    let announced = announced_trailers(&headers);
     headers.remove(http::header::TRAILER);
-    match trailers.as_deref().and_then(|t| trailer_names(t.fields())) {
-        Some(names) => {
-            headers.remove(http::header::CONTENT_LENGTH);
-            headers.insert(http::header::TRAILER, names);
-        }
-        None => {
-            if !body.is_empty() || headers.contains_key(http::header::CONTENT_LENGTH) {
-                headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.remove(http::header::TRANSFER_ENCODING);
+    let body = match body {
+        CopyBody::Streamed {
+            pieces,
+            length: Some(n),
+        } if announced.is_none() => {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            CopyBody::Streamed {
+                pieces,
+                length: Some(n),
             }
         }
-    }
+        CopyBody::Streamed { pieces, .. } => {
+            headers.remove(http::header::CONTENT_LENGTH);
+            headers.insert(
+                http::header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            if let Some(names) = announced {
+                headers.insert(http::header::TRAILER, names);
+            }
+            CopyBody::Streamed {
+                pieces,
+                length: None,
+            }
+        }
+        CopyBody::Empty => CopyBody::Empty,
+    };
     CopyRequest {
         method: head.method.clone(),
         uri: head.sent_uri.clone().unwrap_or_else(|| head.uri.clone()),
         headers,
         body,
-        trailers,
     }
 }
 
-/// The `Trailer` field naming `fields` (each name once), `None` when empty.
-fn trailer_names(fields: &HeaderMap) -> Option<HeaderValue> {
-    let names: Vec<&str> = fields.keys().map(|n| n.as_str()).collect();
+/// The trailer fields the client announced (`Trailer`) that a copy may
+/// carry, as one `Trailer` value; `None` when there are none.
+fn announced_trailers(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut names: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(http::header::TRAILER) {
+        let Ok(value) = value.to_str() else { continue };
+        for name in value.split(',').map(str::trim) {
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                if may_be_trailer(&name) && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
     if names.is_empty() {
         return None;
     }
-    HeaderValue::from_str(&names.join(", ")).ok()
+    let joined: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
+    HeaderValue::from_str(&joined.join(", ")).ok()
 }
 
 fn classify_upstream(e: UpstreamError) -> MirrorErrorKind {

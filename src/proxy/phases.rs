@@ -4,7 +4,7 @@
 //! 2. `select_route`    — first matching route, or 404
 //! 3. `upstream_head`   — hop-by-hop removed, forwarding fields, request id
 //! 4. `admit_mirrors`   — sampling and bounds per mirror (no I/O)
-//! 5. `tee_body`        — the body streams on; mirrors get a bounded copy
+//! 5. `tee_body`        — the body streams on; each chunk goes to the copies' queues
 //! 6. `dispatch`        — mirrors spawned; never awaited from here
 //! 7. `forward`         — the primary exchange, with timeout and retry
 //! 8. `response_filter` — hop-by-hop removed; body observed for the log
@@ -184,7 +184,7 @@ pub async fn handle(
         egress.expect_calls(pending, &parts.headers);
     }
 
-    // 5. body: tee a bounded copy for the mirrors while it streams to the primary
+    // 5. body: each chunk also goes to the copies' bounded queues as it streams to the primary
     let (upstream_body, mirror_body) = tee_body(body, &jobs, content_length);
     let upstream_body = match &recording {
         Some(pending) => pending.tap_request(upstream_body),
@@ -196,10 +196,9 @@ pub async fn handle(
 
     // 6. dispatch: spawned and bounded; nothing below waits for it
     if !jobs.is_empty() {
-        // Copies carry the body with a length and without the trailer
-        // fields (not forwarded to copies yet): they announce none.
-        let mut headers = parts.headers.clone();
-        headers.remove(header::TRAILER);
+        // `Trailer` stays: a copy framed chunked announces the trailers
+        // it may carry (`mirror::dispatch::copy_request`).
+        let headers = parts.headers.clone();
         let rewritten = route.config.rewrite.is_some();
         let head = MirrorHead {
             method: parts.method.clone(),
@@ -466,7 +465,8 @@ fn declared_length(headers: &http::HeaderMap, body: &impl Body) -> Option<u64> {
     })
 }
 
-/// Phase 5.
+/// Phase 5: with copies admitted and a body, the tee hands each chunk to
+/// every copy's queue as the primary reads it.
 fn tee_body(
     body: ClientBody,
     jobs: &[mirror::MirrorJob],
@@ -478,14 +478,17 @@ fn tee_body(
     if content_length == Some(0) {
         return (UpstreamBody::Streamed { inner: body }, MirrorBody::Empty);
     }
-    let cap = jobs
+    let caps: Vec<u64> = jobs
         .iter()
         .map(|j| j.mirror.config.max_body_bytes)
-        .max()
-        .unwrap_or(0);
+        .collect();
     let memory = &jobs[0].mirror.memory;
-    let (tee, rx) = TeeBody::new(body, usize::try_from(cap).unwrap_or(usize::MAX), memory);
-    (UpstreamBody::teed(tee), MirrorBody::Pending(rx))
+    let (tee, copies) = TeeBody::new(body, &caps, memory);
+    let length = content_length;
+    (
+        UpstreamBody::teed(tee),
+        MirrorBody::Streamed { copies, length },
+    )
 }
 
 /// A copy of the head for one retry on another endpoint, only when a retry

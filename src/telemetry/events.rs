@@ -23,17 +23,22 @@ pub enum DropReason {
     /// The shadow memory budget (`limits.shadow_memory`) could not hold
     /// the copy's body.
     Memory,
+    /// The copy's queue filled (`mirror::tee::QUEUE_BYTES`): the shadow took
+    /// the streamed body slower than the client sent it, so the copy was
+    /// abandoned mid-body (its connection closed).
+    ShadowSlow,
 }
 
 impl DropReason {
     /// Every reason, for series initialised at zero.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Overload,
         DropReason::BodyTooLarge,
         DropReason::Method,
         DropReason::BodyIncomplete,
         DropReason::Unhealthy,
         DropReason::Memory,
+        DropReason::ShadowSlow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +49,7 @@ impl DropReason {
             DropReason::BodyIncomplete => "body_incomplete",
             DropReason::Unhealthy => "backend_unhealthy",
             DropReason::Memory => "memory",
+            DropReason::ShadowSlow => "shadow_slow",
         }
     }
 }

@@ -66,13 +66,14 @@ pub const LATENCY_EDGES_SECONDS: [f64; LATENCY_EDGES] = latency_edges_seconds();
 const LATENCY_BUCKETS: usize = LATENCY_EDGES + 1;
 
 /// Drop reasons tracked per slot (index = position).
-pub const DROP_REASONS: [&str; 6] = [
+pub const DROP_REASONS: [&str; 7] = [
     "overload",
     "body_too_large",
     "method",
     "body_incomplete",
     "backend_unhealthy",
     "memory",
+    "shadow_slow",
 ];
 /// Mirror error kinds tracked per slot.
 pub const ERROR_KINDS: [&str; 6] = [

@@ -29,6 +29,9 @@ pub struct Recorded {
     pub body: Bytes,
     /// The request's trailer fields, when its body ended with some.
     pub trailers: Option<HeaderMap>,
+    /// Whether the body was read to its end (false: the connection closed
+    /// or failed mid-body, `body` is then empty).
+    pub complete: bool,
 }
 
 impl Recorded {
@@ -117,6 +120,8 @@ impl TestBackend {
         let status_now = status.clone();
         let this = Arc::new(self);
         let counter = count.clone();
+        let complete = Arc::new(AtomicUsize::new(0));
+        let completed = complete.clone();
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = connections.clone();
         let task = tokio::spawn(async move {
@@ -130,28 +135,31 @@ impl TestBackend {
                     held.push(stream);
                     continue;
                 }
-                let (this, tx, counter, status_now) = (
+                let (this, tx, counter, status_now, completed) = (
                     this.clone(),
                     tx.clone(),
                     counter.clone(),
                     status_now.clone(),
+                    completed.clone(),
                 );
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (this, tx, counter, status_now) = (
+                        let (this, tx, counter, status_now, completed) = (
                             this.clone(),
                             tx.clone(),
                             counter.clone(),
                             status_now.clone(),
+                            completed.clone(),
                         );
                         async move {
                             let (parts, body) = req.into_parts();
-                            let (body, trailers) = match body.collect().await {
+                            let (body, trailers, complete) = match body.collect().await {
                                 Ok(c) => {
                                     let trailers = c.trailers().cloned();
-                                    (c.to_bytes(), trailers)
+                                    completed.fetch_add(1, Ordering::SeqCst);
+                                    (c.to_bytes(), trailers, true)
                                 }
-                                Err(_) => (Bytes::new(), None),
+                                Err(_) => (Bytes::new(), None, false),
                             };
                             let rec = Recorded {
                                 method: parts.method,
@@ -159,6 +167,7 @@ impl TestBackend {
                                 headers: parts.headers,
                                 body,
                                 trailers,
+                                complete,
                             };
                             let host = rec.header("host").unwrap_or("").to_string();
                             let nth = counter.fetch_add(1, Ordering::SeqCst);
@@ -198,6 +207,7 @@ impl TestBackend {
             addr,
             rx,
             count,
+            complete,
             connections,
             task,
             status,
@@ -212,6 +222,7 @@ pub struct BackendHandle {
     pub status: Arc<AtomicU16>,
     rx: mpsc::UnboundedReceiver<Recorded>,
     count: Arc<AtomicUsize>,
+    complete: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -240,6 +251,11 @@ impl BackendHandle {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+    /// Requests received whose body was read to its end (a copy abandoned
+    /// mid-body is received, never completed).
+    pub fn completed(&self) -> usize {
+        self.complete.load(Ordering::SeqCst)
     }
 }
 

@@ -1,16 +1,19 @@
 //! A lean HTTP/1.1 exchange for mirror copies.
 //!
-//! A copy is a request whose whole body is already in memory and whose
-//! answer nobody waits for: the proxy reads it to its end, counts it and,
-//! when comparing, keeps a bounded capture. hyper's pooled client is built
-//! for the other case (streaming both ways, a connection task per
-//! connection, a dispatch channel per connection) and costs about 50 KiB
-//! per connection held open by a slow shadow — 50 MiB for the default 1024
-//! copies in flight. Here the copy's own task owns its connection for the
-//! exchange: it writes the head and body, parses the answer with `httparse`
-//! into a small buffer and hands the body to a [`Sink`] chunk by chunk; then
-//! the connection goes back to the endpoint's idle list. Nothing else is
-//! allocated per connection.
+//! A copy is a request whose body streams from the copy's queue (the tee
+//! hands on the client's chunks as the primary reads them) and whose answer
+//! nobody waits for: the proxy reads it to its end, counts it and, when
+//! comparing, keeps a bounded capture. hyper's pooled client is built for
+//! the other case (streaming both ways, a connection task per connection, a
+//! dispatch channel per connection) and costs about 50 KiB per connection
+//! held open by a slow shadow — 50 MiB for the default 1024 copies in
+//! flight. Here the copy's own task owns its connection for the exchange:
+//! it writes the head and the body's pieces as [`Segments`] (each piece a
+//! `Bytes` clone with its chunk framing when the body is chunked, several
+//! in one vectored write), parses the answer with `httparse` into a small
+//! buffer ([`read_answer`]) and hands the body to a [`Sink`] chunk by
+//! chunk; then the connection goes back to the endpoint's idle list.
+//! Nothing else is allocated per connection.
 //!
 //! Framing follows RFC 9112 §6.3: no body for `HEAD`, 1xx, 204 and 304;
 //! `Transfer-Encoding` whose last coding is `chunked` is decoded (trailers
@@ -28,8 +31,10 @@
 mod fuzz;
 mod parse;
 
+use std::collections::VecDeque;
+
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 #[doc(hidden)]
@@ -124,68 +129,104 @@ pub fn request_head(method: &Method, target: &str, headers: &HeaderMap) -> Vec<u
     out
 }
 
-/// The request of a copy whose body ends in trailer fields: the head (from
-/// `headers` without their framing fields, plus `Transfer-Encoding:
-/// chunked` and a `Trailer` field naming the trailers) with the first chunk
-/// line, and what follows the body: the last chunk and the trailer section.
-/// Fields that must not be trailers are left out (RFC 9110 §6.5.1). Send
-/// with [`exchange`] as `head`, body, `tail`.
-pub fn chunked_request(
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-    body_len: usize,
-    trailers: &HeaderMap,
-) -> (Vec<u8>, Vec<u8>) {
-    let sendable = || {
-        trailers
-            .iter()
-            .filter(|(n, _)| crate::mirror::tee::may_be_trailer(n))
-    };
-    let mut fields = headers.clone();
-    for framing in [
-        http::header::CONTENT_LENGTH,
-        http::header::TRANSFER_ENCODING,
-        http::header::TRAILER,
-    ] {
-        fields.remove(framing);
-    }
-    fields.insert(
-        http::header::TRANSFER_ENCODING,
-        HeaderValue::from_static("chunked"),
-    );
-    let mut names: Vec<&str> = Vec::new();
-    for (name, _) in sendable() {
-        if !names.contains(&name.as_str()) {
-            names.push(name.as_str());
+/// Bytes queued for one (vectored) write: the request head, body chunks
+/// as they are (`Bytes` clones) and their framing. Written with
+/// `write_all_buf`, which writes vectored where the stream allows.
+#[derive(Debug, Clone, Default)]
+pub struct Segments {
+    parts: VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl Segments {
+    pub fn push(&mut self, part: Bytes) {
+        if !part.is_empty() {
+            self.remaining += part.len();
+            self.parts.push_back(part);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
-        if !names.is_empty() {
-            fields.insert(http::header::TRAILER, v);
+
+    /// Queues a piece of the body with its framing (a chunk of its own
+    /// when `chunked`).
+    pub fn body(&mut self, data: &Bytes, chunked: bool) {
+        if data.is_empty() {
+            return;
+        }
+        if chunked {
+            self.push(Bytes::from(format!("{:x}\r\n", data.len())));
+            self.push(data.clone());
+            self.push(Bytes::from_static(b"\r\n"));
+        } else {
+            self.push(data.clone());
         }
     }
-    let mut head = request_head(method, target, &fields);
-    let mut tail = Vec::new();
-    if body_len > 0 {
-        head.extend_from_slice(format!("{body_len:x}\r\n").as_bytes());
-        tail.extend_from_slice(b"\r\n");
+
+    /// Queues the end of a chunked body: the last chunk and the trailer
+    /// section (only fields that may be trailers, RFC 9110 §6.5.1).
+    pub fn last_chunk(&mut self, trailers: Option<&HeaderMap>) {
+        let mut end = b"0\r\n".to_vec();
+        for (name, value) in trailers.into_iter().flatten() {
+            if crate::mirror::tee::may_be_trailer(name) {
+                end.extend_from_slice(name.as_str().as_bytes());
+                end.extend_from_slice(b": ");
+                end.extend_from_slice(value.as_bytes());
+                end.extend_from_slice(b"\r\n");
+            }
+        }
+        end.extend_from_slice(b"\r\n");
+        self.push(Bytes::from(end));
     }
-    tail.extend_from_slice(b"0\r\n");
-    for (name, value) in sendable() {
-        tail.extend_from_slice(name.as_str().as_bytes());
-        tail.extend_from_slice(b": ");
-        tail.extend_from_slice(value.as_bytes());
-        tail.extend_from_slice(b"\r\n");
+
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
     }
-    tail.extend_from_slice(b"\r\n");
-    (head, tail)
+}
+
+impl Buf for Segments {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.front().map_or(&[], |p| &p[..])
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, part) in dst.iter_mut().zip(&self.parts) {
+            *slot = std::io::IoSlice::new(part);
+            n += 1;
+        }
+        n
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        self.remaining = self.remaining.saturating_sub(cnt);
+        while cnt > 0 {
+            let Some(front) = self.parts.front_mut() else {
+                return;
+            };
+            if cnt < front.len() {
+                front.advance(cnt);
+                return;
+            }
+            cnt -= front.len();
+            self.parts.pop_front();
+        }
+    }
+}
+
+/// Writes everything in `out` (vectored where the stream allows).
+pub async fn write<S: Io>(stream: &mut S, out: &mut Segments) -> Result<(), WireError> {
+    stream
+        .write_all_buf(out)
+        .await
+        .map_err(WireError::Unanswered)
 }
 
 /// Sends one request (`head` from [`request_head`], then `body`, then
-/// `tail` — empty, or the end of a chunked body from [`chunked_request`] —
-/// in one vectored write where the stream allows) and reads the whole
-/// answer into `sink`.
+/// `tail`, in one vectored write where the stream allows) and reads the
+/// whole answer into `sink`.
 pub async fn exchange<S: Io>(
     stream: &mut S,
     head: &[u8],
@@ -199,6 +240,15 @@ pub async fn exchange<S: Io>(
         .write_all_buf(&mut out)
         .await
         .map_err(WireError::Unanswered)?;
+    read_answer(stream, method, sink).await
+}
+
+/// Reads the whole answer to a request already written into `sink`.
+pub async fn read_answer<S: Io>(
+    stream: &mut S,
+    method: &Method,
+    sink: &mut (dyn Sink + Send),
+) -> Result<Answered, WireError> {
     let mut buf = Buffer::new();
     let parsed = loop {
         match parse_head(buf.unread(), sink.wants_headers())? {
@@ -259,6 +309,7 @@ pub async fn exchange<S: Io>(
 mod tests {
     use super::*;
     use crate::upstream::UpstreamStream;
+    use http::HeaderValue;
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
@@ -490,26 +541,48 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_with_trailers_is_chunked_and_names_them() {
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::HOST, HeaderValue::from_static("app-shadow"));
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    fn chunked_copies_frame_each_piece_and_end_with_sendable_trailers() {
         let mut trailers = HeaderMap::new();
         trailers.insert("x-sum", HeaderValue::from_static("42"));
         trailers.insert(http::header::HOST, HeaderValue::from_static("evil"));
         trailers.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("9"));
-        let (head, tail) = chunked_request(&Method::POST, "/t", &headers, 5, &trailers);
+        let mut out = Segments::default();
+        out.push(Bytes::from_static(b"HEAD\r\n\r\n"));
+        out.body(&Bytes::from_static(b"hello"), true);
+        out.body(&Bytes::new(), true);
+        out.body(&Bytes::from_static(b" world, again"), true);
+        out.last_chunk(Some(&trailers));
+        let mut written = Vec::new();
+        let mut slices = [std::io::IoSlice::new(&[]); 16];
+        let n = out.chunks_vectored(&mut slices);
+        for s in &slices[..n] {
+            written.extend_from_slice(s);
+        }
+        assert_eq!(written.len(), out.remaining());
         assert_eq!(
-            String::from_utf8(head).unwrap(),
-            "POST /t HTTP/1.1\r\nhost: app-shadow\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n5\r\n"
+            String::from_utf8(written).unwrap(),
+            "HEAD\r\n\r\n5\r\nhello\r\nd\r\n world, again\r\n0\r\nx-sum: 42\r\n\r\n"
         );
+        // Advancing across pieces keeps the rest intact.
+        out.advance(10);
+        assert_eq!(out.chunk(), b"\n");
+        let mut rest = Vec::new();
+        while out.has_remaining() {
+            let c = out.chunk().to_vec();
+            out.advance(c.len());
+            rest.extend_from_slice(&c);
+        }
         assert_eq!(
-            String::from_utf8(tail).unwrap(),
-            "\r\n0\r\nx-sum: 42\r\n\r\n"
+            String::from_utf8(rest).unwrap(),
+            "\nhello\r\nd\r\n world, again\r\n0\r\nx-sum: 42\r\n\r\n"
         );
-        let (head, tail) = chunked_request(&Method::POST, "/t", &headers, 0, &trailers);
-        assert!(head.ends_with(b"trailer: x-sum\r\n\r\n"));
-        assert_eq!(&tail[..], b"0\r\nx-sum: 42\r\n\r\n");
+        // A length-framed body is sent as it is.
+        let mut plain = Segments::default();
+        plain.body(&Bytes::from_static(b"abc"), false);
+        assert_eq!(plain.chunk(), b"abc");
+        let mut end = Segments::default();
+        end.last_chunk(None);
+        assert_eq!(end.chunk(), b"0\r\n\r\n");
     }
 
     #[tokio::test]
