@@ -217,11 +217,20 @@ fn headers(out: &mut Vec<u8>, redact: &Redactor, map: &HeaderMap) {
     out.push(b']');
 }
 
+/// A request target as text: an origin-form one (the usual case) without
+/// a copy.
+fn text(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
+    match uri.path_and_query() {
+        Some(pq) if uri.scheme().is_none() && uri.authority().is_none() => pq.as_str().into(),
+        _ => uri.to_string().into(),
+    }
+}
+
 /// One outbound call, redacted like the record around it.
 fn call(out: &mut Vec<u8>, redact: &Redactor, c: &OutboundCall) {
     let mut o = Object::open(out);
     o.str("service", &c.service);
-    let uri = c.uri.to_string();
+    let uri = text(&c.uri);
     Message {
         method: Some(c.method.as_str()),
         uri: Some(&uri),
@@ -247,16 +256,18 @@ pub fn encode_into(record: &Record, out: &mut Vec<u8>) {
     let redact = &record.settings.redact;
     let mut o = Object::open(out);
     o.num("v", VERSION);
-    o.str(
-        "time",
-        &humantime::format_rfc3339_millis(record.time).to_string(),
+    // RFC 3339 text needs no escaping: written in place.
+    let _ = write!(
+        o.key("time"),
+        "\"{}\"",
+        humantime::format_rfc3339_millis(record.time)
     );
     o.str("route", &record.route);
     o.str("request_id", record.request_id.to_str().unwrap_or(""));
     if let Some(t) = &record.trace_id {
         o.str("trace_id", t);
     }
-    let uri = record.uri.to_string();
+    let uri = text(&record.uri);
     Message {
         method: Some(record.method.as_str()),
         uri: Some(&uri),
