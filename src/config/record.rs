@@ -26,6 +26,23 @@ pub struct RecordConfig {
     pub max_calls: usize,
 }
 
+#[cfg(test)]
+impl RecordConfig {
+    /// Every route's defaults, writing to `file` (unit tests).
+    pub(crate) fn for_tests(file: &str) -> Self {
+        RecordConfig {
+            file: file.into(),
+            zstd: false,
+            percent: 100.0,
+            methods: None,
+            max_body_bytes: 1024,
+            max_file_bytes: 1 << 20,
+            max_files: 1,
+            max_calls: 0,
+        }
+    }
+}
+
 /// Checks `{path}` (a route's `record:`).
 pub(super) fn record(c: &mut Check, path: &str, raw: &RawRecord) -> Option<RecordConfig> {
     if raw.file.trim().is_empty() {

@@ -401,16 +401,7 @@ mod tests {
             },
             duration: Duration::from_micros(2_500),
             calls: Default::default(),
-            config: Arc::new(crate::config::record::RecordConfig {
-                file: "r.jsonl".into(),
-                zstd: false,
-                percent: 100.0,
-                methods: None,
-                max_body_bytes: 1024,
-                max_file_bytes: 1 << 20,
-                max_files: 1,
-                max_calls: 0,
-            }),
+            config: Arc::new(crate::config::record::RecordConfig::for_tests("r.jsonl")),
             settings,
         };
         let mut out = b"earlier\n".to_vec();

@@ -219,16 +219,7 @@ mod tests {
     use crate::memory::MemoryBudget;
 
     fn config() -> Arc<RecordConfig> {
-        Arc::new(RecordConfig {
-            file: "/nonexistent/r.jsonl".into(),
-            zstd: false,
-            percent: 100.0,
-            methods: None,
-            max_body_bytes: 1024,
-            max_file_bytes: 1 << 20,
-            max_files: 1,
-            max_calls: 0,
-        })
+        Arc::new(RecordConfig::for_tests("/nonexistent/r.jsonl"))
     }
 
     #[test]
