@@ -481,11 +481,12 @@ fn deliver(feeds: &mut Vec<Feed>, memory: &Arc<MemoryBudget>, data: &Bytes, seen
     };
     // Copied into an allocation of its own size, not a clone of hyper's
     // slice: a slice pins the whole read buffer it was cut from (up to
-    // hundreds of KiB) while the budget counts only the slice. Measured
-    // (`bench/memory.py --rows post`, 1 MiB uploads to a shadow that never
-    // reads, 128 MiB budget): with clones, RSS peaked at 465 MiB with 32
-    // MiB counted and stayed at 436 MiB; copied, RSS stays within idle +
-    // budget. The copy is one memcpy per byte, what gathering cost.
+    // hundreds of KiB) while the budget counts only the slice, so what the
+    // budget counts would not be what is held. The copy is one memcpy per
+    // byte, what gathering cost. (`bench/memory.py --rows post` peaked at
+    // 465 MiB RSS for a 128 MiB budget with clones; most of that was the
+    // copy client keeping its first write, fixed in `client`; with both
+    // fixes 157 MiB, as the gathering tee's 155 MiB in the same session.)
     let chunk = Held(Arc::new(Chunk {
         data: Bytes::copy_from_slice(data),
         _reservation: reservation,
