@@ -342,7 +342,7 @@ routes:
     ];
     let c = client();
     for path in ["/users/1", "/dead/x", "/users/2?token=x"] {
-        let a = send(
+        let sent = send(
             &c,
             proxy.listen,
             Method::GET,
@@ -350,8 +350,22 @@ routes:
             path,
             &headers,
             Bytes::new(),
-        )
-        .await;
+        );
+        // Bounded below `send`'s own 20 s, to say which request and what
+        // the proxy logged (it hung once, in a full suite run, session 7).
+        let a = match tokio::time::timeout(Duration::from_secs(15), sent).await {
+            Ok(a) => a,
+            Err(_) => {
+                let lines: Vec<String> = proxy.stderr.try_iter().collect();
+                let tail = &lines[lines.len().saturating_sub(300)..];
+                let access = std::fs::read_to_string(&stdout_file).unwrap_or_default();
+                panic!(
+                    "{path}: no answer within 15 s\n--- access log ---\n{access}\n--- last {} diagnostic lines ---\n{}",
+                    tail.len(),
+                    tail.join("\n")
+                );
+            }
+        };
         assert!(a.status == 200 || a.status == 502, "{path}: {}", a.status);
     }
     // Give the mirrors and the comparison time to finish and log.
