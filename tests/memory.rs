@@ -15,25 +15,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-const GAUGE: &str = "shadowgate_shadow_memory_bytes";
-
-/// Waits (at most 20 s) until the shadow memory gauge reads 0.
-async fn memory_returns_to_zero(proxy: &Running) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = metrics(proxy).await;
-        let used = metric(&m, GAUGE);
-        if used == 0.0 && proxy.shared.runtime.load().memory.in_use() == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{used} bytes of shadow memory still in use after 20s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Sends `n` requests at once (each a fresh client); asserts every answer is 200.
 async fn burst(addr: std::net::SocketAddr, n: usize, method: Method, body: Bytes) {
     let tasks = (0..n).map(|_| {

@@ -169,23 +169,6 @@ async fn dropped(proxy: &Running, reason: &str) -> f64 {
     )
 }
 
-/// Waits (at most 20 s) until the shadow memory in use is back to 0.
-async fn memory_returns_to_zero(proxy: &Running) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = metrics(proxy).await;
-        let used = metric(&m, "shadowgate_shadow_memory_bytes");
-        if used == 0.0 && proxy.shared.runtime.load().memory.in_use() == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{used} bytes of shadow memory still in use after 20s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_body_reaches_the_shadow_while_the_client_is_still_sending() {
     let mut v1 = TestBackend::new().spawn().await;

@@ -414,7 +414,7 @@ impl TeeBody {
     /// its end, the copies see it failed (`ClientError`).
     pub fn new(
         inner: ClientBody,
-        caps: &[u64],
+        caps: impl ExactSizeIterator<Item = u64>,
         memory: &Arc<MemoryBudget>,
     ) -> (Self, Vec<CopyStream>) {
         let (feeds, copies) = queues(caps);
@@ -429,10 +429,10 @@ impl TeeBody {
 }
 
 /// One queue per copy (of cap `caps[i]`): the tee's ends and the copies'.
-fn queues(caps: &[u64]) -> (Vec<Feed>, Vec<CopyStream>) {
+fn queues(caps: impl ExactSizeIterator<Item = u64>) -> (Vec<Feed>, Vec<CopyStream>) {
     let mut feeds = Vec::with_capacity(caps.len());
     let mut copies = Vec::with_capacity(caps.len());
-    for &cap in caps {
+    for cap in caps {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(QueueState::default());
         feeds.push(Feed {
@@ -603,7 +603,7 @@ mod tests {
     #[tokio::test]
     async fn chunks_reach_every_copy_in_order_shared_and_budgeted() {
         let memory = MemoryBudget::new(1 << 20, None);
-        let (mut feeds, mut copies) = queues(&[1000, 1000]);
+        let (mut feeds, mut copies) = queues([1000, 1000].into_iter());
         let a = Bytes::from_static(b"hello ");
         let b = Bytes::from_static(b"world");
         deliver(&mut feeds, &memory, &a, 6);
@@ -637,7 +637,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_abandons_only_its_copy_and_wakes_it() {
         let memory = MemoryBudget::new(64 << 20, None);
-        let (mut feeds, mut copies) = queues(&[u64::MAX, u64::MAX]);
+        let (mut feeds, mut copies) = queues([u64::MAX, u64::MAX].into_iter());
         let chunk = Bytes::from(vec![7u8; 64 * 1024]);
         let watch = copies[1].watch();
         let mut seen = 0;
@@ -670,7 +670,7 @@ mod tests {
     #[test]
     fn cap_memory_and_the_client_abandon_copies_with_their_reason() {
         let memory = MemoryBudget::new(400, None); // buffers: 300
-        let (mut feeds, copies) = queues(&[10, 1000]);
+        let (mut feeds, copies) = queues([10, 1000].into_iter());
         deliver(&mut feeds, &memory, &Bytes::from_static(b"0123456789"), 10);
         deliver(&mut feeds, &memory, &Bytes::from_static(b"x"), 11);
         assert_eq!(feeds.len(), 1);
@@ -683,14 +683,14 @@ mod tests {
 
         // The tee dropped before the body's end (client reset, primary
         // failed): the copy is abandoned, not left waiting.
-        let (feeds, mut copies) = queues(&[1000]);
+        let (feeds, mut copies) = queues([1000].into_iter());
         drop(feeds);
         assert!(matches!(
             copies[0].try_next(),
             Some(Next::Failed(TeeFailure::ClientError))
         ));
         // A copy that went away is simply no longer fed.
-        let (mut feeds, copies) = queues(&[1000]);
+        let (mut feeds, copies) = queues([1000].into_iter());
         drop(copies);
         deliver(&mut feeds, &memory, &Bytes::from_static(b"a"), 1);
         assert!(feeds.is_empty());

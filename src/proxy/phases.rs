@@ -472,22 +472,17 @@ fn tee_body(
     jobs: &[mirror::MirrorJob],
     content_length: Option<u64>,
 ) -> (UpstreamBody, MirrorBody) {
-    if jobs.is_empty() {
+    let Some(first) = jobs.first().filter(|_| content_length != Some(0)) else {
         return (UpstreamBody::Streamed { inner: body }, MirrorBody::Empty);
-    }
-    if content_length == Some(0) {
-        return (UpstreamBody::Streamed { inner: body }, MirrorBody::Empty);
-    }
-    let caps: Vec<u64> = jobs
-        .iter()
-        .map(|j| j.mirror.config.max_body_bytes)
-        .collect();
-    let memory = &jobs[0].mirror.memory;
-    let (tee, copies) = TeeBody::new(body, &caps, memory);
-    let length = content_length;
+    };
+    let caps = jobs.iter().map(|j| j.mirror.config.max_body_bytes);
+    let (tee, copies) = TeeBody::new(body, caps, &first.mirror.memory);
     (
         UpstreamBody::teed(tee),
-        MirrorBody::Streamed { copies, length },
+        MirrorBody::Streamed {
+            copies,
+            length: content_length,
+        },
     )
 }
 

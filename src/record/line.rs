@@ -169,7 +169,32 @@ struct Message<'a> {
     body: &'a CapturedBody,
 }
 
-impl Message<'_> {
+impl<'a> Message<'a> {
+    fn request(
+        method: &'a http::Method,
+        uri: &'a str,
+        headers: &'a HeaderMap,
+        body: &'a CapturedBody,
+    ) -> Self {
+        Message {
+            method: Some(method.as_str()),
+            uri: Some(uri),
+            status: None,
+            headers,
+            body,
+        }
+    }
+
+    fn response(status: u16, headers: &'a HeaderMap, body: &'a CapturedBody) -> Self {
+        Message {
+            method: None,
+            uri: None,
+            status: Some(status),
+            headers,
+            body,
+        }
+    }
+
     fn write(&self, out: &mut Vec<u8>, redact: &Redactor) {
         let mut o = Object::open(out);
         if let Some(m) = self.method {
@@ -226,28 +251,32 @@ fn text(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// An exchange's `request`, `response` and `duration_ms` members (of a
+/// record, and of each of its outbound calls).
+fn exchange(
+    o: &mut Object<'_>,
+    redact: &Redactor,
+    request: Message<'_>,
+    response: Message<'_>,
+    took: std::time::Duration,
+) {
+    request.write(o.key("request"), redact);
+    response.write(o.key("response"), redact);
+    millis(o.key("duration_ms"), took);
+}
+
 /// One outbound call, redacted like the record around it.
 fn call(out: &mut Vec<u8>, redact: &Redactor, c: &OutboundCall) {
     let mut o = Object::open(out);
     o.str("service", &c.service);
     let uri = text(&c.uri);
-    Message {
-        method: Some(c.method.as_str()),
-        uri: Some(&uri),
-        status: None,
-        headers: &c.request_headers,
-        body: &c.request_body,
-    }
-    .write(o.key("request"), redact);
-    Message {
-        method: None,
-        uri: None,
-        status: Some(c.status),
-        headers: &c.response_headers,
-        body: &c.response_body,
-    }
-    .write(o.key("response"), redact);
-    millis(o.key("duration_ms"), c.duration);
+    exchange(
+        &mut o,
+        redact,
+        Message::request(&c.method, &uri, &c.request_headers, &c.request_body),
+        Message::response(c.status, &c.response_headers, &c.response_body),
+        c.duration,
+    );
     o.close();
 }
 
@@ -268,23 +297,22 @@ pub fn encode_into(record: &Record, out: &mut Vec<u8>) {
         o.str("trace_id", t);
     }
     let uri = text(&record.uri);
-    Message {
-        method: Some(record.method.as_str()),
-        uri: Some(&uri),
-        status: None,
-        headers: &record.request_headers,
-        body: &record.request_body,
-    }
-    .write(o.key("request"), redact);
-    Message {
-        method: None,
-        uri: None,
-        status: Some(record.status),
-        headers: &record.response_headers,
-        body: &record.response_body,
-    }
-    .write(o.key("response"), redact);
-    millis(o.key("duration_ms"), record.duration);
+    exchange(
+        &mut o,
+        redact,
+        Message::request(
+            &record.method,
+            &uri,
+            &record.request_headers,
+            &record.request_body,
+        ),
+        Message::response(
+            record.status,
+            &record.response_headers,
+            &record.response_body,
+        ),
+        record.duration,
+    );
     if !record.calls.list.is_empty() {
         let out = o.key("calls");
         out.push(b'[');

@@ -1081,3 +1081,21 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Waits (at most 20 s) until the shadow memory in use is back to 0, in
+/// the budget and in its gauge.
+pub async fn memory_returns_to_zero(proxy: &Running) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = metrics(proxy).await;
+        let used = metric(&m, "shadowgate_shadow_memory_bytes");
+        if used == 0.0 && proxy.shared.runtime.load().memory.in_use() == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{used} bytes of shadow memory still in use after 20s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
