@@ -592,10 +592,6 @@ fn message_done(
     }
 }
 
-/// The most of hyper's read buffer one direct body read may use (and so
-/// zero): a loopback or LAN read rarely brings more.
-const DIRECT_READ: usize = 64 * 1024;
-
 fn find_head_end(data: &[u8]) -> Option<usize> {
     // Skip leading CRLFs, then find the first empty line (CRLF CRLF, or LF LF
     // for bare-LF heads). One pass over the line ends, stopping at the first
@@ -714,26 +710,28 @@ impl<IO: AsyncRead + AsyncWrite> AsyncRead for FramingGuard<IO> {
                     return this.io.poll_read(cx, buf);
                 }
                 // Inside a fixed-length body: read straight into hyper's
-                // buffer, never past the body's end (the next head must be
-                // inspected).
+                // buffer, as much as one read brings (an uninitialised
+                // buffer is not zeroed: neither `TcpStream` nor
+                // tokio-rustls initialises what it does not fill). What a
+                // read brings past the body's end (the next pipelined
+                // request) is taken back into `pending`, as the next head
+                // must be inspected before hyper sees it.
                 if let State::Fixed(left) = this.state {
                     if this.pending.is_empty() {
-                        // At most one socket read's worth: the part of
-                        // hyper's buffer handed to the read is zeroed first
-                        // (no `unsafe` here to skip that), and hyper's
-                        // buffer may be far larger than what one read brings.
-                        let limit = usize::try_from(*left)
-                            .unwrap_or(usize::MAX)
-                            .min(buf.remaining())
-                            .min(DIRECT_READ);
-                        let mut direct = ReadBuf::new(buf.initialize_unfilled_to(limit));
-                        ready!(this.io.poll_read(cx, &mut direct))?;
-                        let n = direct.filled().len();
-                        buf.advance(n);
-                        *left -= n as u64;
+                        let start = buf.filled().len();
+                        ready!(this.io.poll_read(cx, buf))?;
+                        let n = buf.filled().len() - start;
+                        let body = usize::try_from(*left).unwrap_or(usize::MAX).min(n);
+                        if n > body {
+                            this.pending
+                                .extend_from_slice(&buf.filled()[start + body..]);
+                            buf.set_filled(start + body);
+                        }
+                        *left -= body as u64;
                         if *left == 0 {
                             *this.state =
                                 message_done(this.tunnel_pending, *this.heads, this.verdicts);
+                            self.as_mut().advance();
                         }
                         return Poll::Ready(Ok(()));
                     }
@@ -1204,5 +1202,54 @@ mod streaming_tests {
             got.extend_from_slice(&buf[..n]);
         }
         assert_eq!(got.len(), want);
+    }
+
+    /// Reads from the guard until `want` bytes came or it ends.
+    async fn read_from<IO: AsyncRead + AsyncWrite + Unpin>(
+        guard: &mut FramingGuard<IO>,
+        want: usize,
+    ) -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < want {
+            let mut buf = vec![0u8; 1 << 16];
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(2), guard.read(&mut buf));
+            match read.await.expect("the guard must hand on what it has") {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    }
+
+    /// A fixed-length body is read straight into the caller's buffer; what
+    /// that read brings past the body's end is the next head, and it is
+    /// inspected like any other: a good one is handed on whole, a smuggling
+    /// shape is never handed on.
+    #[tokio::test]
+    async fn a_head_read_with_the_end_of_a_body_is_still_inspected() {
+        let head = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n";
+        let good = b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+        let bad = b"POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for (next, pass) in [(&good[..], true), (&bad[..], false)] {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let mut guard = FramingGuard::new(server);
+            client.write_all(head).await.unwrap();
+            // The head alone first, so that the body is read directly.
+            assert_eq!(read_from(&mut guard, head.len()).await, head);
+            let mut rest = b"hello".to_vec();
+            rest.extend_from_slice(next);
+            client.write_all(&rest).await.unwrap();
+            let mut got = read_from(&mut guard, 5).await;
+            assert_eq!(got, b"hello", "a direct read stops at the body's end");
+            if pass {
+                got = read_from(&mut guard, next.len()).await;
+                assert_eq!(got, next);
+            } else {
+                drop(client);
+                got = read_from(&mut guard, usize::MAX).await;
+                assert_eq!(got, POISON, "the bad head is replaced, never handed on");
+            }
+        }
     }
 }
