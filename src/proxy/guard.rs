@@ -110,8 +110,9 @@ pin_project_lite::pin_project! {
         // starts, every request is followed by another to inspect).
         verdicts: Option<Arc<TunnelVerdicts>>,
         chunk_size: u64,
-        // Past this many bytes without a complete head, the bytes go on to
-        // hyper, whose own limit (`limits.max_header_bytes`) answers 431.
+        // A head longer than this (`limits.max_header_bytes`) is answered
+        // 431 here: hyper's read buffer is larger, for bodies
+        // (`proxy::server::READ_BUFFER`).
         max_head: usize,
         // Time for the first request head (or the HTTP/2 preface), armed on
         // the first read and dropped once bytes are handed on: until then
@@ -124,6 +125,9 @@ pin_project_lite::pin_project! {
 }
 
 const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 64\r\n\r\n{\"error\":\"bad_request\",\"message\":\"ambiguous or invalid framing\"}";
+
+/// The answer to a request head over `limits.max_header_bytes`.
+const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 104\r\n\r\n{\"error\":\"request_header_fields_too_large\",\"message\":\"the request head is over limits.max_header_bytes\"}";
 
 impl<IO> FramingGuard<IO> {
     pub fn new(io: IO) -> Self {
@@ -375,12 +379,20 @@ impl<IO: AsyncRead + AsyncWrite> FramingGuard<IO> {
                         }
                     }
                     // Leading empty lines before a request are allowed (RFC 9112 §2.2).
-                    let Some(end) = find_head_end(&this.pending[start..]) else {
-                        if this.pending.len() - start > *this.max_head {
-                            // Let hyper answer 431 for what it has.
-                            *this.state = State::Passthrough;
-                            continue;
-                        }
+                    let end = find_head_end(&this.pending[start..]);
+                    let length = end.unwrap_or(this.pending.len() - start);
+                    if length > *this.max_head {
+                        let earlier = *this.heads > 0;
+                        *this.state = refuse_head(
+                            this.pending,
+                            this.scanned,
+                            *this.released,
+                            earlier,
+                            HEAD_TOO_LARGE,
+                        );
+                        return false;
+                    }
+                    let Some(end) = end else {
                         return true;
                     };
                     let head = &this.pending[start..start + end];
@@ -388,8 +400,13 @@ impl<IO: AsyncRead + AsyncWrite> FramingGuard<IO> {
                         Err(()) => {
                             // Earlier heads on this connection were handed on.
                             let earlier = *this.heads > 0;
-                            *this.state =
-                                refuse_head(this.pending, this.scanned, *this.released, earlier);
+                            *this.state = refuse_head(
+                                this.pending,
+                                this.scanned,
+                                *this.released,
+                                earlier,
+                                BAD_REQUEST,
+                            );
                             return false;
                         }
                         Ok(checked) => {
@@ -530,7 +547,13 @@ impl<IO: AsyncRead + AsyncWrite> FramingGuard<IO> {
                         // Later in the body: the request is already streaming; cut it.
                         *this.state = if held {
                             let earlier = *this.heads > 1;
-                            refuse_head(this.pending, this.scanned, *this.released, earlier)
+                            refuse_head(
+                                this.pending,
+                                this.scanned,
+                                *this.released,
+                                earlier,
+                                BAD_REQUEST,
+                            )
                         } else {
                             State::Refusing {
                                 response: b"",
@@ -565,12 +588,19 @@ impl<IO: AsyncRead + AsyncWrite> FramingGuard<IO> {
 
 /// The state after a refused head that starts at `pending[at..]` (all
 /// before it is checked). With nothing handed to hyper yet, the guard
-/// answers 400 itself; after earlier requests, hyper gets `POISON` in its
-/// place so that it answers them first and then 400 (see `State::Poisoning`).
-fn refuse_head(pending: &mut Vec<u8>, scanned: &mut usize, at: usize, earlier: bool) -> State {
+/// writes `response` itself; after earlier requests, hyper gets `POISON`
+/// in its place so that it answers them first and then 400 (see
+/// `State::Poisoning`).
+fn refuse_head(
+    pending: &mut Vec<u8>,
+    scanned: &mut usize,
+    at: usize,
+    earlier: bool,
+    response: &'static [u8],
+) -> State {
     if !earlier {
         return State::Refusing {
-            response: BAD_REQUEST,
+            response,
             written: 0,
         };
     }
@@ -1220,6 +1250,58 @@ mod streaming_tests {
             }
         }
         got
+    }
+
+    /// The guard's own answers declare their bodies' true lengths.
+    #[test]
+    fn refusals_are_well_framed() {
+        for response in [BAD_REQUEST, HEAD_TOO_LARGE] {
+            let text = std::str::from_utf8(response).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap();
+            assert_eq!(length.parse::<usize>().unwrap(), body.len(), "{head}");
+            serde_json::from_str::<serde_json::Value>(body).unwrap();
+        }
+    }
+
+    /// A head over the limit is answered 431 by the guard, whole or not
+    /// (hyper's read buffer is larger); after requests already handed on,
+    /// it is replaced by `POISON`.
+    #[tokio::test]
+    async fn a_head_over_the_limit_is_431() {
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n",
+            "a".repeat(2000)
+        );
+        let fits = "GET / HTTP/1.1\r\nHost: a\r\nX-Small: b\r\n\r\n";
+        for (sent, earlier) in [
+            (big.clone(), false),
+            (format!("{big}\r\n"), false),
+            (format!("{fits}{big}\r\n"), true),
+        ] {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let mut guard = FramingGuard::with_limits(server, 1024, None);
+            client.write_all(sent.as_bytes()).await.unwrap();
+            client.shutdown().await.unwrap();
+            let got = read_from(&mut guard, usize::MAX).await;
+            drop(guard);
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await.unwrap();
+            if earlier {
+                assert_eq!(got, [fits.as_bytes(), POISON].concat());
+            } else {
+                assert!(got.is_empty(), "nothing of it is handed on");
+                assert_eq!(answer, HEAD_TOO_LARGE);
+            }
+        }
+        // At the limit, it passes.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut guard = FramingGuard::with_limits(server, fits.len(), None);
+        client.write_all(fits.as_bytes()).await.unwrap();
+        assert_eq!(read_from(&mut guard, fits.len()).await, fits.as_bytes());
     }
 
     /// A fixed-length body is read straight into the caller's buffer; what

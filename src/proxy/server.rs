@@ -37,6 +37,16 @@ use super::phases::handle;
 use crate::config::Limits;
 use crate::runtime::Shared;
 
+/// The most an HTTP/1.1 client connection reads at once (hyper's read
+/// buffer; request heads are held to `limits.max_header_bytes` by the
+/// framing guard, which answers 431). A body read takes what the socket
+/// has, up to this: with 256 KiB uploads mirrored, the 64 KiB this was
+/// (the head limit) cut each body into ~5 chunks, each written to the
+/// primary and to every copy on its own: 10.8 `writev` per request against
+/// nginx's 3, and 0.92× nginx's throughput; at 256 KiB, 6.4 `writev` and
+/// 1.19× (`bench/shipped.py --scenarios post`, docs/benchmarks.md).
+const READ_BUFFER: usize = 256 * 1024;
+
 /// Builds the connection builder with the configured limits.
 fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -44,7 +54,7 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(READ_BUFFER.max(limits.max_header_bytes))
         .max_headers(limits.max_headers)
         .auto_date_header(false);
     builder
