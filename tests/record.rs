@@ -155,6 +155,14 @@ async fn binary_bodies_are_base64_and_small_ones_whole() {
     assert_eq!(got[0]["request"]["body_b64"], "/wD+");
     assert_eq!(got[0]["response"]["body"], "{\"ok\":true}");
     assert_eq!(got[0]["response"]["body_truncated"], false);
+    // A request without a body (no tap in its way) is recorded whole.
+    let g = get(&client(), proxy.listen_addrs[0], "shop.example", "/g").await;
+    assert_eq!(g.status, 200);
+    let got = wait_lines(&file, 2).await;
+    assert_eq!(got[1]["request"]["method"], "GET");
+    assert_eq!(got[1]["request"]["body"], "");
+    assert_eq!(got[1]["request"]["body_truncated"], false, "{}", got[1]);
+    assert_eq!(got[1]["response"]["body"], "{\"ok\":true}");
     proxy.shutdown().await;
 }
 

@@ -186,7 +186,7 @@ pub async fn handle(
 
     // 5. body: each chunk also goes to the copies' bounded queues as it streams to the primary
     let (upstream_body, mirror_body) = tee_body(body, &jobs, content_length);
-    let upstream_body = match &recording {
+    let upstream_body = match recording.as_mut() {
         Some(pending) => pending.tap_request(upstream_body),
         None => upstream_body,
     };

@@ -87,7 +87,7 @@ pub struct Pending {
     started: Instant,
     time: SystemTime,
     head: Option<Record>,
-    request: Arc<Mutex<Copy>>,
+    request: RequestCopy,
     memory: Arc<MemoryBudget>,
     /// With `egress:` on: where its outbound calls are gathered.
     calls: Option<Expecting>,
@@ -124,7 +124,7 @@ impl Pending {
             started: Instant::now(),
             time: record.time,
             head: Some(record),
-            request: Arc::new(Mutex::new(Copy::new(memory, cap))),
+            request: RequestCopy::Untapped(cap),
             memory: memory.clone(),
             calls: None,
         }
@@ -146,15 +146,19 @@ impl Pending {
         );
     }
 
-    /// Wraps the request body: copied as the primary reads it.
-    pub fn tap_request(&self, body: UpstreamBody) -> UpstreamBody {
+    /// Wraps the request body: copied as the primary reads it. An empty
+    /// body (a GET) is passed on as it is: nothing to copy.
+    pub fn tap_request(&mut self, body: UpstreamBody) -> UpstreamBody {
+        let RequestCopy::Untapped(cap) = self.request else {
+            return body;
+        };
         if body.is_end_stream() {
-            self.request.lock().ended = true;
+            self.request = RequestCopy::Empty;
+            return body;
         }
-        UpstreamBody::teed(RequestTap {
-            inner: body,
-            copy: self.request.clone(),
-        })
+        let copy = Arc::new(Mutex::new(Copy::new(&self.memory, cap)));
+        self.request = RequestCopy::Tapped(copy.clone());
+        UpstreamBody::teed(RequestTap { inner: body, copy })
     }
 
     /// Wraps the answer's body: copied as the client reads it; the record
@@ -184,7 +188,15 @@ impl Pending {
                 self.recorder.calls_cut(&record.route, record.calls.cut);
             }
         }
-        let request = self.request.lock().finish_request();
+        let request = match &self.request {
+            RequestCopy::Empty => Some(CapturedBody::default()),
+            RequestCopy::Tapped(copy) => copy.lock().finish_request(),
+            // Never read: kept out, as a body cut short.
+            RequestCopy::Untapped(_) => Some(CapturedBody {
+                bytes: Bytes::new(),
+                truncated: true,
+            }),
+        };
         let (Some(request), Some(response)) = (request, response.finish()) else {
             self.recorder.dropped(&record.route, "over_budget");
             return;
@@ -194,6 +206,16 @@ impl Pending {
         record.duration = self.started.elapsed();
         self.recorder.send(record, &self.memory);
     }
+}
+
+/// Where a recorded request's body copy stands.
+enum RequestCopy {
+    /// Not tapped yet; the copy's cap.
+    Untapped(usize),
+    /// The body was empty.
+    Empty,
+    /// Copied as the primary reads it.
+    Tapped(Arc<Mutex<Copy>>),
 }
 
 pin_project_lite::pin_project! {
