@@ -48,13 +48,26 @@ fn word_needs_escape(word: [u8; WORD]) -> bool {
 
 /// `s`'s characters as JSON string contents.
 fn escaped(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
+    escape_from(out, s.as_bytes(), false);
+}
+
+/// Writes `bytes` escaped into `out`. With `ascii_only`, stops at the
+/// first byte that is not ASCII and returns its index (all before it
+/// written); otherwise such bytes are copied as they are.
+#[inline(always)]
+fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Option<usize> {
+    // The word's high bits are looked at only for `ascii_only`.
+    let high = if ascii_only {
+        u64::from_ne_bytes([0x80; WORD])
+    } else {
+        0
+    };
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
         // Skip whole words with nothing to escape; copy runs at once.
         if let Some(Ok(word)) = bytes.get(i..i + WORD).map(<[u8; WORD]>::try_from) {
-            if !word_needs_escape(word) {
+            if u64::from_ne_bytes(word) & high == 0 && !word_needs_escape(word) {
                 i += WORD;
                 continue;
             }
@@ -62,6 +75,10 @@ fn escaped(out: &mut Vec<u8>, s: &str) {
         let end = (i + WORD).min(bytes.len());
         while i < end {
             let b = bytes[i];
+            if ascii_only && !b.is_ascii() {
+                out.extend_from_slice(&bytes[start..i]);
+                return Some(i);
+            }
             if needs_escape(b) {
                 out.extend_from_slice(&bytes[start..i]);
                 escape_byte(out, b);
@@ -71,6 +88,7 @@ fn escaped(out: &mut Vec<u8>, s: &str) {
         }
     }
     out.extend_from_slice(&bytes[start..]);
+    None
 }
 
 /// `bytes` as JSON string contents when they are UTF-8 (true); when they
@@ -80,44 +98,21 @@ fn escaped(out: &mut Vec<u8>, s: &str) {
 /// separate `from_utf8` pass over a 4 KiB body was 0.6 µs a record,
 /// `perf`, `bench/record.py`).
 fn escaped_utf8(out: &mut Vec<u8>, bytes: &[u8]) -> bool {
-    const HIGH: u64 = u64::from_ne_bytes([0x80; WORD]);
     let mark = out.len();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        if let Some(Ok(word)) = bytes.get(i..i + WORD).map(<[u8; WORD]>::try_from) {
-            if u64::from_ne_bytes(word) & HIGH == 0 && !word_needs_escape(word) {
-                i += WORD;
-                continue;
-            }
+    let Some(at) = escape_from(out, bytes, true) else {
+        return true;
+    };
+    // All before `at` is ASCII: the whole is UTF-8 when the rest is.
+    match std::str::from_utf8(&bytes[at..]) {
+        Ok(rest) => {
+            escaped(out, rest);
+            true
         }
-        let end = (i + WORD).min(bytes.len());
-        while i < end {
-            let b = bytes[i];
-            if !b.is_ascii() {
-                // All before is ASCII: the whole is UTF-8 when the rest is.
-                out.extend_from_slice(&bytes[start..i]);
-                return match std::str::from_utf8(&bytes[i..]) {
-                    Ok(rest) => {
-                        escaped(out, rest);
-                        true
-                    }
-                    Err(_) => {
-                        out.truncate(mark);
-                        false
-                    }
-                };
-            }
-            if needs_escape(b) {
-                out.extend_from_slice(&bytes[start..i]);
-                escape_byte(out, b);
-                start = i + 1;
-            }
-            i += 1;
+        Err(_) => {
+            out.truncate(mark);
+            false
         }
     }
-    out.extend_from_slice(&bytes[start..]);
-    true
 }
 
 /// The escape of one byte, as serde_json writes it.
