@@ -348,14 +348,13 @@ async fn copy_over_wire(
     // exchange, a copy to a shadow that never answers held ~0.5 MiB each,
     // uncounted: `bench/memory.py --rows post` peaked at 533 MiB RSS).
     let retry = whole && method.is_idempotent();
-    let mut first = Some(first);
     // Abandonment can only come while the body is still streaming.
     let watch = pieces.as_ref().filter(|_| !whole).map(CopyStream::watch);
     loop {
         let mut out = if retry {
-            first.clone().unwrap_or_default()
+            first.clone()
         } else {
-            first.take().unwrap_or_default()
+            std::mem::take(&mut first)
         };
         let wrote = write_or_abandon(&mut stream, &mut out, watch.as_ref()).await;
         drop(out);

@@ -380,24 +380,18 @@ impl<IO: AsyncRead + AsyncWrite> FramingGuard<IO> {
                     }
                     // Leading empty lines before a request are allowed (RFC 9112 §2.2).
                     let end = find_head_end(&this.pending[start..]);
-                    let length = end.unwrap_or(this.pending.len() - start);
-                    if length > *this.max_head {
-                        let earlier = *this.heads > 0;
-                        *this.state = refuse_head(
-                            this.pending,
-                            this.scanned,
-                            *this.released,
-                            earlier,
-                            HEAD_TOO_LARGE,
-                        );
-                        return false;
-                    }
-                    let Some(end) = end else {
-                        return true;
+                    let checked = match end {
+                        // Whole or not, longer than the limit: 431.
+                        _ if end.unwrap_or(this.pending.len() - start) > *this.max_head => {
+                            Err(HEAD_TOO_LARGE)
+                        }
+                        None => return true,
+                        Some(end) => check_head(&this.pending[start..start + end])
+                            .map(|checked| (checked, end))
+                            .map_err(|()| BAD_REQUEST),
                     };
-                    let head = &this.pending[start..start + end];
-                    match check_head(head) {
-                        Err(()) => {
+                    match checked {
+                        Err(response) => {
                             // Earlier heads on this connection were handed on.
                             let earlier = *this.heads > 0;
                             *this.state = refuse_head(
@@ -405,11 +399,11 @@ impl<IO: AsyncRead + AsyncWrite> FramingGuard<IO> {
                                 this.scanned,
                                 *this.released,
                                 earlier,
-                                BAD_REQUEST,
+                                response,
                             );
                             return false;
                         }
-                        Ok(checked) => {
+                        Ok((checked, end)) => {
                             *this.first_message = false;
                             *this.heads += 1;
                             *this.tunnel_pending = checked.tunnel;

@@ -101,7 +101,6 @@ impl Pending {
         settings: &Arc<Config>,
         memory: &Arc<MemoryBudget>,
     ) -> Self {
-        let cap = config.max_body_bytes;
         let record = Record {
             time: SystemTime::now(),
             route: head.route.clone(),
@@ -124,7 +123,7 @@ impl Pending {
             started: Instant::now(),
             time: record.time,
             head: Some(record),
-            request: RequestCopy::Untapped(cap),
+            request: RequestCopy::Untapped,
             memory: memory.clone(),
             calls: None,
         }
@@ -149,9 +148,10 @@ impl Pending {
     /// Wraps the request body: copied as the primary reads it. An empty
     /// body (a GET) is passed on as it is: nothing to copy.
     pub fn tap_request(&mut self, body: UpstreamBody) -> UpstreamBody {
-        let RequestCopy::Untapped(cap) = self.request else {
+        let (RequestCopy::Untapped, Some(record)) = (&self.request, &self.head) else {
             return body;
         };
+        let cap = record.config.max_body_bytes;
         if body.is_end_stream() {
             self.request = RequestCopy::Empty;
             return body;
@@ -192,7 +192,7 @@ impl Pending {
             RequestCopy::Empty => Some(CapturedBody::default()),
             RequestCopy::Tapped(copy) => copy.lock().finish_request(),
             // Never read: kept out, as a body cut short.
-            RequestCopy::Untapped(_) => Some(CapturedBody {
+            RequestCopy::Untapped => Some(CapturedBody {
                 bytes: Bytes::new(),
                 truncated: true,
             }),
@@ -210,8 +210,8 @@ impl Pending {
 
 /// Where a recorded request's body copy stands.
 enum RequestCopy {
-    /// Not tapped yet; the copy's cap.
-    Untapped(usize),
+    /// Not tapped yet.
+    Untapped,
     /// The body was empty.
     Empty,
     /// Copied as the primary reads it.
