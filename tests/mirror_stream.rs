@@ -150,6 +150,17 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
+/// A connection to the proxy on which the head of a `POST path` with a
+/// body of `len` bytes (and `connection: close`) has been sent.
+async fn post_head(proxy: &Running, path: &str, len: usize) -> TcpStream {
+    let mut c = TcpStream::connect(proxy.listen_addrs[0]).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: app\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c
+}
+
 /// Reads the proxy's whole answer (the request said `connection: close`),
 /// at most 20 s.
 async fn answer(s: &mut TcpStream) -> String {
@@ -179,16 +190,7 @@ async fn a_large_body_reaches_the_shadow_while_the_client_is_still_sending() {
     ))
     .await;
     let body = pattern(1 << 20);
-    let mut c = TcpStream::connect(proxy.listen_addrs[0]).await.unwrap();
-    c.write_all(
-        format!(
-            "POST /up HTTP/1.1\r\nhost: app\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let mut c = post_head(&proxy, "/up", body.len()).await;
     // The first half, in 64 KiB pieces.
     let half = body.len() / 2;
     for piece in body[..half].chunks(64 * 1024) {
@@ -525,16 +527,7 @@ async fn a_body_larger_than_the_memory_budget_streams_to_a_shadow_that_keeps_up(
     ))
     .await;
     let body = pattern(12 << 20);
-    let mut c = TcpStream::connect(proxy.listen_addrs[0]).await.unwrap();
-    c.write_all(
-        format!(
-            "POST / HTTP/1.1\r\nhost: app\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let mut c = post_head(&proxy, "/", body.len()).await;
     let mut sent = 0;
     for piece in body.chunks(1 << 20) {
         c.write_all(piece).await.unwrap();
