@@ -1253,11 +1253,15 @@ def wrk_measure(procs, url, seconds, connections, cpus=None, script=None, env=No
     """One second of warm-up, then `wrk -t2 -c<connections>` for `seconds`
     against `url` (with the Lua `script`, e.g. post.lua, and `env` for it);
     the parsed result (see parse_wrk)."""
+    wrk_load(procs, url, 1, connections, cpus=cpus, script=script, env=env)
+    return wrk_load(procs, url, seconds, connections, cpus=cpus, script=script, env=env)
+
+
+def wrk_load(procs, url, seconds, connections, cpus=None, script=None, env=None):
+    """`wrk -t2 -c<connections>` for `seconds` against `url`, no warm-up;
+    the parsed result (see parse_wrk)."""
     extra = ["-s", script] if script else []
     argv = ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency"] + extra + [url]
-    warm = procs.start("warmup", argv[:3] + ["-d1s"] + argv[4:], cpus=cpus, env=env, capture=True)
-    warm.communicate(timeout=40)
-    procs.live.pop(warm.pid, None)
     w = procs.start("wrk", argv, cpus=cpus, env=env, capture=True)
     out, err = w.communicate(timeout=seconds + 40)
     procs.live.pop(w.pid, None)

@@ -1,27 +1,37 @@
 #!/usr/bin/env python3
 """Recording bench (issue #17): what does `record: {percent: 100}` cost?
 
-Starts a backend (`shadowgate bench-backend`) and, row after row, the
-proxy with one route to it, on free loopback ports:
+Starts a backend (`shadowgate bench-backend`) and two proxies, each with
+one route to it, on free loopback ports:
 
   plain   the route without `record`
   record  the same route with `record: {percent: 100}` to a file in a
-          temporary directory (deleted at the end)
+          temporary directory (deleted at the end; `--record-dir` puts it
+          elsewhere, e.g. /dev/shm to take the disk out)
 
-Rows are interleaved over rounds (plain, record, plain, record, ...) so
-the machine's drift hits both alike. Each row gets one second of warm-up
-and `wrk -t2 -c<connections>` for `--duration`. Reported per row (medians):
-req/s, p99, the proxy's CPU time per request (all its threads, warm-up
-included; steadier than req/s on a shared machine), and for `record` the
-records written and dropped (from /metrics). The row the issue states:
-record / plain throughput (target: ≥ 0.90, i.e. at most 10% lost).
+Both proxies run for the whole scenario; the load alternates between them
+in slices of `--duration` (`wrk -t2 -c<connections>`, after one second of
+warm-up each), `--rounds` slices each, in ABBA order (plain, record,
+record, plain, ...). This machine has phases of 10-20 s in which every
+request costs about a third more CPU: slices much shorter than that, taken
+alternately, put both rows through the same phases, which runs of one row
+after the other (this bench before session 9) did not, and their ratio
+wandered between 0.79 and 0.98 for the same build.
+
+Reported per row: req/s (all slices together, and the median slice), p99
+(median slice), the proxy's CPU time per request (all its threads, its
+slices together), and for `record` the records written and dropped (from
+/metrics). The row the issue states: record / plain throughput over all
+slices (target: >= 0.90, i.e. at most 10% lost), with the per-round ratios
+and their median beside it.
 
 Scenarios: `get` (64-byte answers) and `post` (request bodies of
 `--body-bytes`, bench/post.lua). Both rows log nothing (`access_log:
 off`), so the difference is the recording alone.
 
-Usage: bench/record.py [--bin target/release/shadowgate] [--rounds 3]
-                       [--duration 10s] [--scenarios get,post] [--doc]
+Usage: bench/record.py [--bin target/release/shadowgate] [--rounds 10]
+                       [--duration 3s] [--scenarios get,post]
+                       [--record-dir DIR] [--doc]
 Writes its table into docs/benchmarks.md (section "Recording") only with
 --doc. Standard library only (plus wrk); every process it starts is
 stopped on exit; every load run is bounded in time.
@@ -50,12 +60,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def write_config(d, row, ports, backend):
+def write_config(d, capture_dir, row, ports, backend):
     record = ""
     if row == "record":
         # Two files of at most 64 MiB: a long run rotates instead of
         # filling the disk.
-        record = f"    record: {{ file: {os.path.join(d, 'captures', 'bench.jsonl')}, percent: 100, max_files: 2 }}\n"
+        record = f"    record: {{ file: {os.path.join(capture_dir, 'captures', 'bench.jsonl')}, percent: 100, max_files: 2 }}\n"
     path = os.path.join(d, row + ".yaml")
     with open(path, "w") as f:
         f.write(
@@ -65,6 +75,24 @@ def write_config(d, row, ports, backend):
             f"routes:\n  - name: bench\n    backend: v1\n{record}"
         )
     return path
+
+
+def slice_measure(procs, proxy, ports, stats, seconds, connections, script, env):
+    """One slice of load on one proxy: wrk's figures plus the proxy's CPU
+    time per request served (the backend's count; only this proxy is
+    loaded meanwhile)."""
+    tree = driver.process_tree(proxy.pid)
+    ticks = driver.proc_ticks(tree)
+    before = driver.http_req("GET", stats, "/stats")
+    served0 = json.loads(before[1]).get("requests", 0) if before[0] == 200 else 0
+    r = driver.wrk_load(procs, f"http://{HOST}:{ports['listen']}/bench", seconds,
+                        connections, script=script, env=env)
+    ticks = driver.proc_ticks(tree) - ticks
+    after = driver.http_req("GET", stats, "/stats")
+    served = (json.loads(after[1]).get("requests", 0) if after[0] == 200 else 0) - served0
+    if served:
+        r["cpu_us"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / served
+    return r
 
 
 def record_counts(admin):
@@ -79,11 +107,14 @@ def record_counts(admin):
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "shadowgate"))
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", default="10s")
+    p.add_argument("--rounds", type=int, default=10, help="slices per row")
+    p.add_argument("--duration", default="3s", help="length of one slice")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--scenarios", default="get,post")
     p.add_argument("--body-bytes", type=int, default=4096)
+    p.add_argument("--record-dir", default=None,
+                   help="where the record files go (default: a new temporary directory); "
+                        "e.g. /dev/shm to take the disk out of the figure")
     p.add_argument("--doc", action="store_true", help="write the table into docs/benchmarks.md")
     a = p.parse_args(argv)
     a.bin = os.path.abspath(a.bin)
@@ -96,6 +127,8 @@ def main(argv):
     run_dir = os.path.join(ROOT, "bench", "out", "record-" + time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(run_dir, exist_ok=True)
     data_dir = tempfile.mkdtemp(prefix="sg-record-bench-")
+    capture_dir = (tempfile.mkdtemp(prefix="sg-record-bench-", dir=a.record_dir)
+                   if a.record_dir else data_dir)
     procs = driver.Procs(run_dir)
     results = {s: {r: [] for r in ROWS} for s in scenarios}
     try:
@@ -104,47 +137,51 @@ def main(argv):
                                 "--stats", f"{HOST}:{stats}"])
         if not driver.wait_until(lambda: driver.port_open(backend), 10):
             sys.exit("the bench backend did not start")
-        for rnd in range(1, a.rounds + 1):
-            for scn in scenarios:
+        for scn in scenarios:
+            env = {"BENCH_BODY_BYTES": str(a.body_bytes)}
+            script = os.path.join(ROOT, "bench", "post.lua") if scn == "post" else None
+            # Both proxies run for the whole scenario, idle but for their
+            # own slices; the load alternates between them.
+            proxies = {}
+            for row in ROWS:
+                ports = {"listen": free_port(), "admin": free_port()}
+                cfg = write_config(data_dir, capture_dir, row, ports, backend)
+                proxy = procs.start(f"sg-{row}", [a.bin, "run", "--config", cfg])
+                ok = driver.wait_until(
+                    lambda: driver.http_req("GET", ports["admin"], "/readyz")[0] == 200, 20)
+                if not ok or proxy.poll() is not None:
+                    sys.exit(f"shadowgate did not become ready (log: {run_dir}/sg-{row}.log)")
+                proxies[row] = (proxy, ports)
+            try:
                 for row in ROWS:
-                    ports = {"listen": free_port(), "admin": free_port()}
-                    cfg = write_config(data_dir, row, ports, backend)
-                    proxy = procs.start(f"sg-{row}", [a.bin, "run", "--config", cfg])
-                    ok = driver.wait_until(
-                        lambda: driver.http_req("GET", ports["admin"], "/readyz")[0] == 200, 20)
-                    if not ok or proxy.poll() is not None:
-                        procs.stop(proxy)
-                        sys.exit(f"shadowgate did not become ready (log: {run_dir}/sg-{row}.log)")
-                    try:
-                        env = {"BENCH_BODY_BYTES": str(a.body_bytes)}
-                        script = os.path.join(ROOT, "bench", "post.lua") if scn == "post" else None
-                        tree = driver.process_tree(proxy.pid)
-                        ticks = driver.proc_ticks(tree)
-                        before = driver.http_req("GET", stats, "/stats")
-                        served0 = json.loads(before[1]).get("requests", 0) if before[0] == 200 else 0
-                        r = driver.wrk_measure(procs, f"http://{HOST}:{ports['listen']}/bench", seconds,
-                                               a.connections, script=script, env=env)
-                        ticks = driver.proc_ticks(tree) - ticks
-                        after = driver.http_req("GET", stats, "/stats")
-                        served = (json.loads(after[1]).get("requests", 0) if after[0] == 200 else 0) - served0
-                        if served:
-                            r["cpu_us"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / served
-                        if row == "record":
-                            # Written records are counted when their buffer
-                            # is flushed, at least every second.
-                            time.sleep(1.5)
-                            r["written"], r["dropped"] = record_counts(ports["admin"])
-                    finally:
-                        procs.stop(proxy)
-                    shutil.rmtree(os.path.join(data_dir, "captures"), ignore_errors=True)
-                    results[scn][row].append(r)
-                    extra = (f", written {r.get('written') or 0:.0f}, dropped {r.get('dropped') or 0:.0f}"
-                             if row == "record" else "")
-                    print(f"round {rnd} {scn:4s} {row:6s}: {r.get('rps') or 0:8.0f} req/s, p99 {r.get('p99_ms')} ms, "
-                          f"errors {r.get('errors')}, CPU {r.get('cpu_us') or 0:.0f} µs/req{extra}", flush=True)
+                    # Warm-up (connections, pools, the record file opened).
+                    driver.wrk_load(procs, f"http://{HOST}:{proxies[row][1]['listen']}/bench", 1,
+                                    a.connections, script=script, env=env)
+                for rnd in range(1, a.rounds + 1):
+                    # ABBA: a drift within a round weighs on both rows alike.
+                    order = ROWS if rnd % 2 else ROWS[::-1]
+                    for row in order:
+                        proxy, ports = proxies[row]
+                        r = slice_measure(procs, proxy, ports, stats, seconds, a.connections, script, env)
+                        results[scn][row].append(r)
+                        print(f"round {rnd} {scn:4s} {row:6s}: {r.get('rps') or 0:8.0f} req/s, "
+                              f"p99 {r.get('p99_ms')} ms, errors {r.get('errors')}, "
+                              f"CPU {r.get('cpu_us') or 0:.0f} µs/req", flush=True)
+                # Written records are counted when their buffer is flushed,
+                # at least every second.
+                time.sleep(1.5)
+                written, dropped = record_counts(proxies["record"][1]["admin"])
+                results[scn]["record"][-1]["written"] = written
+                results[scn]["record"][-1]["dropped"] = dropped
+                print(f"{scn}: records written {written or 0:.0f}, dropped {dropped or 0:.0f}", flush=True)
+            finally:
+                for proxy, _ in proxies.values():
+                    procs.stop(proxy)
+                shutil.rmtree(os.path.join(capture_dir, "captures"), ignore_errors=True)
     finally:
         procs.stop_all()
         shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(capture_dir, ignore_errors=True)
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
 
@@ -152,30 +189,45 @@ def main(argv):
         vals = [x[key] for x in results[scn][row] if x.get(key) is not None]
         return statistics.median(vals) if vals else None
 
+    def total_rps(scn, row):
+        """Requests answered over the time of all the row's slices."""
+        xs = [x for x in results[scn][row] if x.get("rps") and x.get("seconds")]
+        secs = sum(x["seconds"] for x in xs)
+        return sum(x["rps"] * x["seconds"] for x in xs) / secs if secs else None
+
+    def total_cpu(scn, row):
+        """CPU per request over all the row's slices (weighted by requests)."""
+        xs = [x for x in results[scn][row] if x.get("cpu_us") and x.get("rps") and x.get("seconds")]
+        n = sum(x["rps"] * x["seconds"] for x in xs)
+        return sum(x["cpu_us"] * x["rps"] * x["seconds"] for x in xs) / n if n else None
+
     out = []
     for scn in scenarios:
         title = "GET, 64-byte answers" if scn == "get" else f"POST, {a.body_bytes // 1024} KiB bodies"
-        out.append(f"**{title}** (medians of {a.rounds} interleaved rounds)\n")
-        out.append("| row | req/s | p99 | proxy CPU per request | records written | dropped | errors |")
-        out.append("|---|--:|--:|--:|--:|--:|--:|")
+        out.append(f"**{title}** ({a.rounds} alternating slices of {a.duration} per row)\n")
+        out.append("| row | req/s, all slices | req/s, median slice | p99, median slice "
+                   "| proxy CPU per request | records written | dropped | errors |")
+        out.append("|---|--:|--:|--:|--:|--:|--:|--:|")
         for row in ROWS:
-            rps, p99, cpu = med(scn, row, "rps"), med(scn, row, "p99_ms"), med(scn, row, "cpu_us")
+            rps, mid, p99, cpu = total_rps(scn, row), med(scn, row, "rps"), med(scn, row, "p99_ms"), total_cpu(scn, row)
             errs = sum((x.get("errors") or 0) for x in results[scn][row])
             written = sum((x.get("written") or 0) for x in results[scn][row]) if row == "record" else None
             dropped = sum((x.get("dropped") or 0) for x in results[scn][row]) if row == "record" else None
-            out.append(f"| {LABEL[row]} | {rps or 0:,.0f} | {p99 if p99 is not None else 'n/a'} ms "
+            out.append(f"| {LABEL[row]} | {rps or 0:,.0f} | {mid or 0:,.0f} | {'n/a' if p99 is None else f'{p99:.2f}'} ms "
                        f"| {'n/a' if cpu is None else f'{cpu:.0f} µs'} "
                        f"| {'' if written is None else f'{written:,.0f}'} "
                        f"| {'' if dropped is None else f'{dropped:,.0f}'} | {errs} |")
-        plain, rec = med(scn, "plain", "rps"), med(scn, "record", "rps")
+        plain, rec = total_rps(scn, "plain"), total_rps(scn, "record")
         lines = []
         if plain and rec:
             lines.append(f"record / plain throughput: {rec / plain:.2f}× "
                          f"(cost {(1 - rec / plain) * 100:.1f}%; target ≤ 10%)")
             per_round = [x["rps"] / y["rps"] for x, y in zip(results[scn]["record"], results[scn]["plain"])
                          if x.get("rps") and y.get("rps")]
-            lines.append("per round: " + ", ".join(f"{v:.2f}" for v in per_round))
-        c_rec, c_plain = med(scn, "record", "cpu_us"), med(scn, "plain", "cpu_us")
+            if per_round:
+                lines.append(f"per round (median {statistics.median(per_round):.2f}): "
+                             + ", ".join(f"{v:.2f}" for v in per_round))
+        c_rec, c_plain = total_cpu(scn, "record"), total_cpu(scn, "plain")
         if c_rec and c_plain:
             lines.append(f"proxy CPU per request, record / plain: {c_rec / c_plain:.2f}× "
                          f"(+{c_rec - c_plain:.0f} µs)")
@@ -186,7 +238,8 @@ def main(argv):
         body = (f"## Recording\n\n`bench/record.py --rounds {a.rounds} --duration {a.duration}`, "
                 f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs shared by every "
                 f"process (proxy, wrk -t2 -c{a.connections}, the backend); `access_log: off` in both rows; "
-                f"`record: {{percent: 100}}` to a local file against the same route without it.\n\n{report}")
+                f"`record: {{percent: 100}}` to a local file against the same route without it; both "
+                f"proxies up throughout, the load alternating between them slice by slice.\n\n{report}")
         driver.replace_section(os.path.join(ROOT, "docs", "benchmarks.md"), "recording", body)
 
 
