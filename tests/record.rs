@@ -297,6 +297,43 @@ async fn an_unwritable_file_drops_and_counts_without_failing_requests() {
     proxy.shutdown().await;
 }
 
+/// The line's first part (the request's method, target and headers) is
+/// written when the request is admitted, into a buffer of 1 KiB held from
+/// the shadow memory budget: a budget that cannot hold it drops the
+/// record, counted, and the request is served all the same. (1000 bytes
+/// would hold this record's whole line, about 550 bytes, once encoded:
+/// the buffer is counted as allocated, not as used.)
+#[tokio::test]
+async fn a_budget_too_small_for_the_request_part_drops_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_in(&dir, "small.jsonl");
+    let v1 = TestBackend::new().body("ok").spawn().await;
+    let proxy = start_proxy(&format!(
+        "limits: {{ shadow_memory: 1000 }}\nbackends:\n  v1: {{ endpoints: [\"{}\"] }}\nroutes:\n  - name: r\n    backend: v1\n    record: {{ file: {} }}\n",
+        v1.addr,
+        file.display()
+    ))
+    .await;
+    let addr = proxy.listen_addrs[0];
+    let c = client();
+    for _ in 0..3 {
+        let a = get(&c, addr, "shop.example", "/x").await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.text(), "ok");
+    }
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(
+            &m,
+            "shadowgate_record_dropped_total{route=\"r\",reason=\"over_budget\"}"
+        ),
+        3.0
+    );
+    assert_eq!(metric(&m, "shadowgate_shadow_memory_bytes"), 0.0);
+    proxy.shutdown().await;
+    assert!(lines(&file).is_empty());
+}
+
 #[tokio::test]
 async fn shutdown_flushes_the_last_records() {
     let dir = tempfile::tempdir().unwrap();

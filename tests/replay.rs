@@ -629,10 +629,7 @@ async fn the_error_rate_gate_counts_requests_without_an_answer() {
 /// `egress` (propagating `traceparent` and `x-request-id`) and answers the
 /// charge id it got. Version 2 calls `/refunds` instead (a changed side
 /// effect).
-async fn spawn_checkout(
-    version: u8,
-    egress: std::sync::Arc<tokio::sync::OnceCell<SocketAddr>>,
-) -> SocketAddr {
+async fn spawn_checkout(version: u8, egress: Egress) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -672,13 +669,16 @@ async fn spawn_checkout(
                             .unwrap();
                         // The replay tells its egress address on stderr
                         // just before it sends (bounded wait).
+                        let mut told = egress.subscribe();
                         let proxy = tokio::time::timeout(
                             Duration::from_secs(10),
-                            egress.get_or_init(std::future::pending),
+                            told.wait_for(Option::is_some),
                         )
                         .await
-                        .expect("the replay's egress address");
-                        let stream = tokio::net::TcpStream::connect(*proxy).await.unwrap();
+                        .expect("the replay's egress address")
+                        .unwrap()
+                        .unwrap();
+                        let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
                         let (mut sender, conn) =
                             hyper::client::conn::http1::handshake(TokioIo::new(stream))
                                 .await
@@ -708,10 +708,18 @@ async fn spawn_checkout(
 
 /// Runs `replay` with `--egress-listen 127.0.0.1:0`, telling `egress` the
 /// address it printed.
-async fn replay_with_egress(
-    args: &[&str],
-    egress: std::sync::Arc<tokio::sync::OnceCell<SocketAddr>>,
-) -> Run {
+/// Where the replay's egress listens, once its stderr has told. (A
+/// `OnceCell` was used first: a request that came before the address had
+/// been read took the cell's initialisation with a future that never
+/// ended, the address could then not be set, and the test waited its
+/// 10 s bound; seen once, run beside another test binary.)
+type Egress = std::sync::Arc<tokio::sync::watch::Sender<Option<SocketAddr>>>;
+
+fn egress_address() -> Egress {
+    std::sync::Arc::new(tokio::sync::watch::Sender::new(None))
+}
+
+async fn replay_with_egress(args: &[&str], egress: Egress) -> Run {
     use tokio::io::AsyncBufReadExt;
     let started = Instant::now();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shadowgate"))
@@ -730,7 +738,7 @@ async fn replay_with_egress(
         let mut lines = tokio::io::BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(addr) = line.strip_prefix("shadowgate replay: egress listening on ") {
-                let _ = egress.set(addr.trim().parse().unwrap());
+                egress.send_replace(Some(addr.trim().parse().unwrap()));
             }
             all.push_str(&line);
             all.push('\n');
@@ -790,7 +798,7 @@ async fn egress_listen_answers_the_builds_outbound_calls_from_the_recording() {
     let file = write_capture(&dir, "checkout.jsonl", &lines);
     let file = file.to_str().unwrap();
 
-    let egress = std::sync::Arc::new(tokio::sync::OnceCell::new());
+    let egress = egress_address();
     let v1 = spawn_checkout(1, egress.clone()).await;
     let target = format!("http://{v1}");
     let run = replay_with_egress(
@@ -814,7 +822,7 @@ async fn egress_listen_answers_the_builds_outbound_calls_from_the_recording() {
     );
     assert!(run.stdout.contains("different 0"), "{}", run.stdout);
 
-    let egress = std::sync::Arc::new(tokio::sync::OnceCell::new());
+    let egress = egress_address();
     let v2 = spawn_checkout(2, egress.clone()).await;
     let target = format!("http://{v2}");
     let run =
@@ -829,7 +837,7 @@ async fn egress_listen_answers_the_builds_outbound_calls_from_the_recording() {
 
     // The outbound-call gate alone: 6 calls differ (3 new, 3 not made).
     for (max, code) in [("5", 1), ("6", 0)] {
-        let egress = std::sync::Arc::new(tokio::sync::OnceCell::new());
+        let egress = egress_address();
         let v2 = spawn_checkout(2, egress.clone()).await;
         let target = format!("http://{v2}");
         let run = replay_with_egress(

@@ -11,13 +11,13 @@
 //! (the unit tests compare the two); the reader (`read`) parses it with
 //! serde.
 
-use std::io::Write as _;
-
 use base64::Engine as _;
 use http::HeaderMap;
 
-use super::calls::OutboundCall;
-use super::{CapturedBody, Record};
+use std::time::{Duration, SystemTime};
+
+use super::calls::{OutboundCall, RecordedCalls};
+use super::{CapturedBody, RequestHead};
 use crate::diff::Redactor;
 
 /// Format version of a line.
@@ -65,12 +65,23 @@ fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Option<usiz
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        // Skip whole words with nothing to escape; copy runs at once.
-        if let Some(Ok(word)) = bytes.get(i..i + WORD).map(<[u8; WORD]>::try_from) {
-            if u64::from_ne_bytes(word) & high == 0 && !word_needs_escape(word) {
-                i += WORD;
-                continue;
+        // Skip whole words with nothing to escape; copy runs at once. The
+        // last, shorter word is padded with spaces (nothing to escape), so
+        // a short string is one test, not a byte loop (the byte loop over
+        // the tails was most of escaping a record's many short strings,
+        // callgrind).
+        let word = match bytes.get(i..i + WORD).map(<[u8; WORD]>::try_from) {
+            Some(Ok(word)) => word,
+            _ => {
+                let rest = &bytes[i..];
+                let mut word = [b' '; WORD];
+                word[..rest.len()].copy_from_slice(rest);
+                word
             }
+        };
+        if u64::from_ne_bytes(word) & high == 0 && !word_needs_escape(word) {
+            i += WORD;
+            continue;
         }
         let end = (i + WORD).min(bytes.len());
         while i < end {
@@ -169,11 +180,6 @@ impl<'a> Object<'a> {
         string(out, value);
     }
 
-    fn num(&mut self, key: &str, value: impl std::fmt::Display) {
-        let out = self.key(key);
-        let _ = write!(out, "{value}");
-    }
-
     fn close(self) {
         self.out.push(b'}');
     }
@@ -185,6 +191,12 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// An integer, as JSON writes it (`itoa`: `write!` through `fmt` was
+/// most of a number's cost).
+fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// A duration in milliseconds to the microsecond, written as serde_json
 /// writes that `f64` (`2.5`, `3.0`), from integers (formatting the float
 /// itself was 0.4 µs a record).
@@ -192,88 +204,109 @@ fn millis(out: &mut Vec<u8>, d: std::time::Duration) {
     // In u64 (585,000 years of microseconds): u128 formatting is slow.
     let micros = u64::try_from((d.as_nanos() + 500) / 1000).unwrap_or(u64::MAX);
     let (whole, frac) = (micros / 1000, micros % 1000);
-    let _ = if frac == 0 {
-        write!(out, "{whole}.0")
-    } else if frac % 100 == 0 {
-        write!(out, "{whole}.{}", frac / 100)
+    number(out, whole);
+    out.push(b'.');
+    // The fraction's digits without its trailing zeros (but one digit).
+    let digits = [frac / 100, frac / 10 % 10, frac % 10];
+    let keep = if frac % 100 == 0 {
+        1
     } else if frac % 10 == 0 {
-        write!(out, "{whole}.{:02}", frac / 10)
+        2
     } else {
-        write!(out, "{whole}.{frac:03}")
+        3
     };
+    for d in &digits[..keep] {
+        out.push(b'0' + d.to_le_bytes()[0]);
+    }
 }
 
-/// One side of an exchange.
-struct Message<'a> {
-    method: Option<&'a str>,
-    uri: Option<&'a str>,
-    status: Option<u16>,
-    headers: &'a HeaderMap,
-    body: &'a CapturedBody,
+thread_local! {
+    /// The last second written as RFC 3339 (`2026-11-30T12:59:47`) on this
+    /// thread: records come many a second, and formatting the date was
+    /// 0.6k instructions a record (callgrind).
+    static SECOND: std::cell::RefCell<(u64, [u8; 19])> = const { std::cell::RefCell::new((u64::MAX, [0; 19])) };
 }
 
-impl<'a> Message<'a> {
-    fn request(
-        method: &'a http::Method,
-        uri: &'a str,
-        headers: &'a HeaderMap,
-        body: &'a CapturedBody,
-    ) -> Self {
-        Message {
-            method: Some(method.as_str()),
-            uri: Some(uri),
-            status: None,
-            headers,
-            body,
+/// `time` as RFC 3339 in UTC to the millisecond (`2026-11-30T12:59:47.211Z`),
+/// as `humantime::format_rfc3339_millis` writes it.
+fn rfc3339_millis(out: &mut Vec<u8>, time: std::time::SystemTime) {
+    let since = time
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let full = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(secs),
+            )
+            .to_string();
+            // `YYYY-MM-DDTHH:MM:SSZ` for the years 0000-9999 (humantime's range).
+            match full.as_bytes().get(..19).map(<[u8; 19]>::try_from) {
+                Some(Ok(date)) => *cached = (secs, date),
+                _ => {
+                    out.extend_from_slice(full.trim_end_matches('Z').as_bytes());
+                    return write_millis(out, since.subsec_millis());
+                }
+            }
         }
-    }
+        out.extend_from_slice(&cached.1);
+        write_millis(out, since.subsec_millis());
+    });
+}
 
-    fn response(status: u16, headers: &'a HeaderMap, body: &'a CapturedBody) -> Self {
-        Message {
-            method: None,
-            uri: None,
-            status: Some(status),
-            headers,
-            body,
-        }
-    }
+/// `.mmmZ`.
+fn write_millis(out: &mut Vec<u8>, ms: u32) {
+    let [a, b, c] = [ms / 100, ms / 10 % 10, ms % 10].map(|d| b'0' + d.to_le_bytes()[0]);
+    out.extend_from_slice(&[b'.', a, b, c, b'Z']);
+}
 
-    fn write(&self, out: &mut Vec<u8>, redact: &Redactor) {
-        let mut o = Object::open(out);
-        if let Some(m) = self.method {
-            o.str("method", m);
+/// How a message begins: a request's method and target, or an answer's status.
+enum Start<'a> {
+    Request { method: &'a str, uri: &'a str },
+    Response(u16),
+}
+
+/// A message up to its body, `{"method":…,"uri":…,"headers":[…]` or
+/// `{"status":…,"headers":[…]`, its object left open for [`message_end`].
+fn message_head(out: &mut Vec<u8>, start: Start<'_>, headers: &HeaderMap, redact: &Redactor) {
+    match start {
+        Start::Request { method, uri } => {
+            out.extend_from_slice(b"{\"method\":");
+            string(out, method);
+            out.extend_from_slice(b",\"uri\":");
+            string(out, &redact.uri(uri));
         }
-        if let Some(u) = self.uri {
-            o.str("uri", &redact.uri(u));
+        Start::Response(status) => {
+            out.extend_from_slice(b"{\"status\":");
+            number(out, status);
         }
-        if let Some(s) = self.status {
-            o.num("status", s);
-        }
-        headers(o.key("headers"), redact, self.headers);
-        // Text (`body`) when it is UTF-8; otherwise the member is taken
-        // back and written as base64 (`body_b64`).
-        let mark = o.out.len();
-        let out = o.key("body");
-        out.push(b'"');
-        if escaped_utf8(out, &self.body.bytes) {
-            out.push(b'"');
-        } else {
-            o.out.truncate(mark);
-            let b64 = base64::engine::general_purpose::STANDARD.encode(&self.body.bytes);
-            o.str("body_b64", &b64);
-        }
-        o.key("body_truncated")
-            .extend_from_slice(if self.body.truncated {
-                b"true"
-            } else {
-                b"false"
-            });
-        o.close();
     }
+    out.extend_from_slice(b",\"headers\":");
+    header_list(out, redact, headers);
+}
+
+/// A message's body and its object's end: `,"body":…,"body_truncated":…}`.
+/// Text (`body`) when it is UTF-8; otherwise the member is taken back and
+/// written as base64 (`body_b64`).
+fn message_end(out: &mut Vec<u8>, body: &CapturedBody) {
+    let mark = out.len();
+    out.extend_from_slice(b",\"body\":\"");
+    if !escaped_utf8(out, &body.bytes) {
+        out.truncate(mark);
+        out.extend_from_slice(b",\"body_b64\":\"");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&body.bytes);
+        out.extend_from_slice(b64.as_bytes());
+    }
+    out.extend_from_slice(if body.truncated {
+        b"\",\"body_truncated\":true}"
+    } else {
+        b"\",\"body_truncated\":false}"
+    });
 }
 
 /// A header map as `[name, value]` pairs, secrets redacted.
-fn headers(out: &mut Vec<u8>, redact: &Redactor, map: &HeaderMap) {
+fn header_list(out: &mut Vec<u8>, redact: &Redactor, map: &HeaderMap) {
     out.push(b'[');
     for (i, (k, v)) in map.iter().enumerate() {
         if i > 0 {
@@ -285,8 +318,10 @@ fn headers(out: &mut Vec<u8>, redact: &Redactor, map: &HeaderMap) {
             Err(_) => String::from_utf8_lossy(v.as_bytes()),
         };
         let value = redact.header_value(k.as_str(), &value);
+        // A header name is a lowercase token (`http` refuses any other):
+        // nothing in it to escape.
         out.extend_from_slice(b"[\"");
-        escaped(out, k.as_str());
+        out.extend_from_slice(k.as_str().as_bytes());
         out.extend_from_slice(b"\",");
         string(out, &value);
         out.push(b']');
@@ -303,72 +338,92 @@ fn text(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// An exchange's `request`, `response` and `duration_ms` members (of a
-/// record, and of each of its outbound calls).
-fn exchange(
-    o: &mut Object<'_>,
-    redact: &Redactor,
-    request: Message<'_>,
-    response: Message<'_>,
-    took: std::time::Duration,
-) {
-    request.write(o.key("request"), redact);
-    response.write(o.key("response"), redact);
-    millis(o.key("duration_ms"), took);
-}
-
 /// One outbound call, redacted like the record around it.
 fn call(out: &mut Vec<u8>, redact: &Redactor, c: &OutboundCall) {
     let mut o = Object::open(out);
     o.str("service", &c.service);
     let uri = text(&c.uri);
-    exchange(
-        &mut o,
-        redact,
-        Message::request(&c.method, &uri, &c.request_headers, &c.request_body),
-        Message::response(c.status, &c.response_headers, &c.response_body),
-        c.duration,
-    );
+    let start = Start::Request {
+        method: c.method.as_str(),
+        uri: &uri,
+    };
+    let out = o.key("request");
+    message_head(out, start, &c.request_headers, redact);
+    message_end(out, &c.request_body);
+    let out = o.key("response");
+    message_head(out, Start::Response(c.status), &c.response_headers, redact);
+    message_end(out, &c.response_body);
+    millis(o.key("duration_ms"), c.duration);
     o.close();
 }
 
-/// `record` as one line, newline included, appended to `out`.
-pub fn encode_into(record: &Record, out: &mut Vec<u8>) {
-    let redact = &record.settings.redact;
-    let mut o = Object::open(out);
-    o.num("v", VERSION);
+/// A record's line begins with its request, up to the request's body:
+/// `{"v":1,"time":…,"route":…,"request_id":…,"request":{"method":…,…,"headers":[…]`.
+/// Written when the request is admitted, so that its headers need not be
+/// kept (cloning the two header maps and dropping them later was 3.3k
+/// instructions a record, callgrind).
+pub fn request_part(
+    out: &mut Vec<u8>,
+    head: &RequestHead<'_>,
+    time: SystemTime,
+    redact: &Redactor,
+) {
+    out.extend_from_slice(b"{\"v\":");
+    number(out, VERSION);
     // RFC 3339 text needs no escaping: written in place.
-    let _ = write!(
-        o.key("time"),
-        "\"{}\"",
-        humantime::format_rfc3339_millis(record.time)
-    );
-    o.str("route", &record.route);
-    o.str("request_id", record.request_id.to_str().unwrap_or(""));
-    if let Some(t) = &record.trace_id {
-        o.str("trace_id", t);
+    out.extend_from_slice(b",\"time\":\"");
+    rfc3339_millis(out, time);
+    out.extend_from_slice(b"\",\"route\":");
+    string(out, head.route);
+    out.extend_from_slice(b",\"request_id\":");
+    string(out, head.request_id.to_str().unwrap_or(""));
+    if let Some(t) = head.trace_id {
+        out.extend_from_slice(b",\"trace_id\":");
+        string(out, t);
     }
-    let uri = text(&record.uri);
-    exchange(
-        &mut o,
-        redact,
-        Message::request(
-            &record.method,
-            &uri,
-            &record.request_headers,
-            &record.request_body,
-        ),
-        Message::response(
-            record.status,
-            &record.response_headers,
-            &record.response_body,
-        ),
-        record.duration,
-    );
-    if !record.calls.list.is_empty() {
-        let out = o.key("calls");
-        out.push(b'[');
-        for (i, c) in record.calls.list.iter().enumerate() {
+    out.extend_from_slice(b",\"request\":");
+    let uri = text(head.uri);
+    let start = Start::Request {
+        method: head.method.as_str(),
+        uri: &uri,
+    };
+    message_head(out, start, head.headers, redact);
+}
+
+/// The answer's part, up to its body: `,"response":{"status":…,"headers":[…]`.
+/// Written when the answer's head is known.
+pub fn response_part(out: &mut Vec<u8>, status: u16, headers: &HeaderMap, redact: &Redactor) {
+    out.extend_from_slice(b",\"response\":");
+    message_head(out, Start::Response(status), headers, redact);
+}
+
+/// What a record's line needs once the answer has ended.
+pub struct Ending<'a> {
+    pub request_body: &'a CapturedBody,
+    pub response_body: &'a CapturedBody,
+    pub duration: Duration,
+    pub calls: &'a RecordedCalls,
+}
+
+/// A record's whole line, newline included, appended to `out`: `parts`
+/// holds [`request_part`] and then, from `response_at`, [`response_part`].
+pub fn finish_into(
+    out: &mut Vec<u8>,
+    parts: &[u8],
+    response_at: usize,
+    end: &Ending<'_>,
+    redact: &Redactor,
+) {
+    let (request, response) = parts.split_at(response_at.min(parts.len()));
+    out.extend_from_slice(request);
+    message_end(out, end.request_body);
+    out.extend_from_slice(response);
+    message_end(out, end.response_body);
+    out.extend_from_slice(b",\"duration_ms\":");
+    millis(out, end.duration);
+    if !end.calls.list.is_empty() {
+        out.extend_from_slice(b",\"calls\":[");
+        for (i, c) in end.calls.list.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -376,18 +431,17 @@ pub fn encode_into(record: &Record, out: &mut Vec<u8>) {
         }
         out.push(b']');
     }
-    if record.calls.cut > 0 {
-        o.num("calls_cut", record.calls.cut);
+    if end.calls.cut > 0 {
+        out.extend_from_slice(b",\"calls_cut\":");
+        number(out, end.calls.cut);
     }
-    o.close();
-    out.push(b'\n');
+    out.extend_from_slice(b"}\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::time::{Duration, SystemTime};
 
     #[test]
     fn strings_are_escaped_as_serde_json_escapes_them() {
@@ -445,6 +499,37 @@ mod tests {
     }
 
     #[test]
+    fn times_are_written_as_humantime_writes_them() {
+        let base = 1_700_000_000_000u64;
+        // Within one second (the cached date), across seconds, days and
+        // years, and back to an earlier second.
+        for ms in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            999,
+            1_000,
+            1_001,
+            86_399_999,
+            86_400_000,
+            400 * 86_400_000,
+            5,
+        ] {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_millis(base + ms);
+            let mut out = b"x".to_vec();
+            rfc3339_millis(&mut out, t);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("x{}", humantime::format_rfc3339_millis(t)),
+                "{ms}"
+            );
+        }
+    }
+
+    #[test]
     fn durations_are_written_as_serde_json_writes_them() {
         for nanos in [
             0,
@@ -485,31 +570,36 @@ mod tests {
         let mut request_headers = HeaderMap::new();
         request_headers.insert("authorization", "Bearer s3cret".parse().unwrap());
         request_headers.append("x-note", "say \"hi\"".parse().unwrap());
-        let record = Record {
-            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            route: "r".into(),
-            request_id: "id-1".parse().unwrap(),
-            trace_id: Some("abc".into()),
-            method: http::Method::POST,
-            uri: "/items?token=t0p&x=1".parse().unwrap(),
-            request_headers,
-            request_body: CapturedBody {
+        let route: Arc<str> = "r".into();
+        let request_id = "id-1".parse().unwrap();
+        let head = RequestHead {
+            route: &route,
+            method: &http::Method::POST,
+            uri: &"/items?token=t0p&x=1".parse().unwrap(),
+            headers: &request_headers,
+            request_id: &request_id,
+            trace_id: Some("abc"),
+        };
+        let redact = &settings.redact;
+        let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let mut parts = Vec::new();
+        request_part(&mut parts, &head, time, redact);
+        let response_at = parts.len();
+        response_part(&mut parts, 201, &HeaderMap::new(), redact);
+        let end = Ending {
+            request_body: &CapturedBody {
                 bytes: "{\"a\":\"line\\nbreak\"}".into(),
                 truncated: false,
             },
-            status: 201,
-            response_headers: HeaderMap::new(),
-            response_body: CapturedBody {
+            response_body: &CapturedBody {
                 bytes: vec![0xff, 0x00, 0x10].into(),
                 truncated: true,
             },
             duration: Duration::from_micros(2_500),
-            calls: Default::default(),
-            config: Arc::new(crate::config::record::RecordConfig::for_tests("r.jsonl")),
-            settings,
+            calls: &Default::default(),
         };
         let mut out = b"earlier\n".to_vec();
-        encode_into(&record, &mut out);
+        finish_into(&mut out, &parts, response_at, &end, redact);
         let line = out.strip_prefix(b"earlier\n").unwrap();
         assert_eq!(line.last(), Some(&b'\n'));
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line");

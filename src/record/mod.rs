@@ -27,7 +27,7 @@ use std::io::{BufRead, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Uri};
@@ -55,29 +55,6 @@ thread_local! {
 pub struct CapturedBody {
     pub bytes: Bytes,
     pub truncated: bool,
-}
-
-/// One exchange, as handed to the writer.
-#[derive(Debug)]
-pub struct Record {
-    pub time: SystemTime,
-    pub route: Arc<str>,
-    pub request_id: HeaderValue,
-    pub trace_id: Option<String>,
-    pub method: Method,
-    pub uri: Uri,
-    pub request_headers: HeaderMap,
-    pub request_body: CapturedBody,
-    pub status: u16,
-    pub response_headers: HeaderMap,
-    pub response_body: CapturedBody,
-    pub duration: Duration,
-    /// The outbound calls made while answering it (with `egress:` on).
-    pub calls: calls::RecordedCalls,
-    /// Where and how it is written.
-    pub config: Arc<RecordConfig>,
-    /// The configuration in force: its `redact:` is what is hidden.
-    pub settings: Arc<Config>,
 }
 
 /// The recording of every route: the queue into the writer thread.
@@ -151,27 +128,23 @@ impl Recorder {
         if config.percent < 100.0 && fastrand::f64() * 100.0 >= config.percent {
             return None;
         }
-        Some(Pending::new(
-            self.clone(),
-            config.clone(),
-            head,
-            settings,
-            memory,
-        ))
+        Pending::new(self.clone(), config.clone(), head, settings, memory)
     }
 
-    /// Encodes `record` into its line on this thread (into a buffer the
-    /// thread keeps) and queues a copy of the line; the record's parts are
-    /// freed here, where they were allocated.
-    fn send(&self, record: Record, memory: &Arc<MemoryBudget>) {
+    /// Finishes `pending`'s line on this thread (in a buffer the thread
+    /// keeps) and queues a copy of it; the record's parts are freed here,
+    /// where they were allocated.
+    fn send(&self, pending: &Pending, response_at: usize, end: &line::Ending<'_>) {
+        let route = &pending.route;
         let queued = SCRATCH.with(|scratch| {
             let mut line = scratch.borrow_mut();
             line.clear();
-            line::encode_into(&record, &mut line);
-            let queued = match memory.reserve(line.len()) {
+            let redact = &pending.settings.redact;
+            line::finish_into(&mut line, &pending.parts, response_at, end, redact);
+            let queued = match pending.memory.reserve(line.len()) {
                 Some(held) => self
                     .queue
-                    .push(&line, &record.route, &record.config, held)
+                    .push(&line, route, &pending.config, held)
                     .map_err(|refused| match refused {
                         queue::Refused::Full => "queue_full",
                         queue::Refused::Closed => "write_failed",
@@ -184,7 +157,7 @@ impl Recorder {
             queued
         });
         if let Err(reason) = queued {
-            self.dropped(&record.route, reason);
+            self.dropped(route, reason);
         }
     }
 

@@ -15,12 +15,12 @@ use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::calls::{Expecting, Open};
-use super::{CapturedBody, Record, Recorder, RequestHead};
+use super::calls::{Expecting, Open, RecordedCalls};
+use super::{line, CapturedBody, Recorder, RequestHead};
 use crate::body::{BoxError, ProxyBody, UpstreamBody};
 use crate::config::record::RecordConfig;
 use crate::config::Config;
-use crate::memory::{BoundedBuf, BufRefused, MemoryBudget};
+use crate::memory::{BoundedBuf, BufRefused, MemoryBudget, Reservation};
 
 /// One body being copied up to a cap.
 #[derive(Debug)]
@@ -85,57 +85,54 @@ impl Copy {
 pub struct Pending {
     recorder: Arc<Recorder>,
     started: Instant,
-    time: SystemTime,
-    head: Option<Record>,
+    pub(super) route: Arc<str>,
+    pub(super) config: Arc<RecordConfig>,
+    /// The configuration in force: its `redact:` is what is hidden.
+    pub(super) settings: Arc<Config>,
+    /// The line so far (`line::request_part`, then `line::response_part`),
+    /// its bytes reserved from the memory budget.
+    pub(super) parts: Vec<u8>,
+    held: Reservation,
     request: RequestCopy,
-    memory: Arc<MemoryBudget>,
+    pub(super) memory: Arc<MemoryBudget>,
     /// With `egress:` on: where its outbound calls are gathered.
     calls: Option<Expecting>,
 }
 
 impl Pending {
+    /// The request's part of the line written; `None` (counted) when the
+    /// memory budget cannot hold it.
     pub(super) fn new(
         recorder: Arc<Recorder>,
         config: Arc<RecordConfig>,
         head: RequestHead<'_>,
         settings: &Arc<Config>,
         memory: &Arc<MemoryBudget>,
-    ) -> Self {
-        let record = Record {
-            time: SystemTime::now(),
-            route: head.route.clone(),
-            request_id: head.request_id.clone(),
-            trace_id: head.trace_id.map(str::to_string),
-            method: head.method.clone(),
-            uri: head.uri.clone(),
-            request_headers: head.headers.clone(),
-            request_body: CapturedBody::default(),
-            status: 0,
-            response_headers: http::HeaderMap::new(),
-            response_body: CapturedBody::default(),
-            duration: std::time::Duration::ZERO,
-            calls: Default::default(),
-            config,
-            settings: settings.clone(),
+    ) -> Option<Self> {
+        let mut parts = Vec::with_capacity(PARTS_CAPACITY);
+        line::request_part(&mut parts, &head, SystemTime::now(), &settings.redact);
+        let Some(held) = memory.reserve(parts.capacity()) else {
+            recorder.dropped(head.route, "over_budget");
+            return None;
         };
-        Pending {
+        Some(Pending {
             recorder,
             started: Instant::now(),
-            time: record.time,
-            head: Some(record),
+            route: head.route.clone(),
+            config,
+            settings: settings.clone(),
+            parts,
+            held,
             request: RequestCopy::Untapped,
             memory: memory.clone(),
             calls: None,
-        }
+        })
     }
 
     /// Gathers the outbound calls that name one of `ids` (the correlation
     /// ids the egress reads) until the answer ends.
     pub fn expect_calls(&mut self, open: &Arc<Open>, ids: &[&str]) {
-        let Some(record) = &self.head else {
-            return;
-        };
-        let config = &record.config;
+        let config = &self.config;
         self.calls = Expecting::new(
             open,
             ids,
@@ -148,14 +145,14 @@ impl Pending {
     /// Wraps the request body: copied as the primary reads it. An empty
     /// body (a GET) is passed on as it is: nothing to copy.
     pub fn tap_request(&mut self, body: UpstreamBody) -> UpstreamBody {
-        let (RequestCopy::Untapped, Some(record)) = (&self.request, &self.head) else {
+        let RequestCopy::Untapped = self.request else {
             return body;
         };
-        let cap = record.config.max_body_bytes;
         if body.is_end_stream() {
             self.request = RequestCopy::Empty;
             return body;
         }
+        let cap = self.config.max_body_bytes;
         let copy = Arc::new(Mutex::new(Copy::new(&self.memory, cap)));
         self.request = RequestCopy::Tapped(copy.clone());
         UpstreamBody::teed(RequestTap { inner: body, copy })
@@ -165,27 +162,34 @@ impl Pending {
     /// is sent when it ends.
     pub fn tap_response(mut self, resp: http::Response<ProxyBody>) -> http::Response<ProxyBody> {
         let (parts, body) = resp.into_parts();
-        let Some(mut record) = self.head.take() else {
+        let response_at = self.parts.len();
+        line::response_part(
+            &mut self.parts,
+            parts.status.as_u16(),
+            &parts.headers,
+            &self.settings.redact,
+        );
+        let grown = self.parts.capacity().saturating_sub(self.held.bytes());
+        if !self.held.grow(grown) {
+            self.recorder.dropped(&self.route, "over_budget");
             return http::Response::from_parts(parts, body);
-        };
-        record.status = parts.status.as_u16();
-        record.response_headers = parts.headers.clone();
-        record.time = self.time;
-        let cap = record.config.max_body_bytes;
+        }
+        let cap = self.config.max_body_bytes;
         let tap = ResponseTap {
             inner: body,
             copy: Copy::new(&self.memory, cap),
-            pending: Some((self, record)),
+            pending: Some((self, response_at)),
         };
         http::Response::from_parts(parts, tap.boxed())
     }
 
     /// The answer has ended: the record goes to the writer.
-    fn complete(mut self, mut record: Record, response: &mut Copy) {
-        if let Some(calls) = self.calls.take() {
-            record.calls = calls.close();
-            if record.calls.cut > 0 {
-                self.recorder.calls_cut(&record.route, record.calls.cut);
+    fn complete(mut self, response_at: usize, response: &mut Copy) {
+        let mut calls = RecordedCalls::default();
+        if let Some(expecting) = self.calls.take() {
+            calls = expecting.close();
+            if calls.cut > 0 {
+                self.recorder.calls_cut(&self.route, calls.cut);
             }
         }
         let request = match &self.request {
@@ -198,15 +202,22 @@ impl Pending {
             }),
         };
         let (Some(request), Some(response)) = (request, response.finish()) else {
-            self.recorder.dropped(&record.route, "over_budget");
+            self.recorder.dropped(&self.route, "over_budget");
             return;
         };
-        record.request_body = request;
-        record.response_body = response;
-        record.duration = self.started.elapsed();
-        self.recorder.send(record, &self.memory);
+        let end = line::Ending {
+            request_body: &request,
+            response_body: &response,
+            duration: self.started.elapsed(),
+            calls: &calls,
+        };
+        self.recorder.send(&self, response_at, &end);
     }
 }
+
+/// Bytes a record's line parts start with room for: a request's and an
+/// answer's usual heads (the bench's GET line is 650 bytes in all).
+const PARTS_CAPACITY: usize = 1024;
 
 /// Where a recorded request's body copy stands.
 enum RequestCopy {
@@ -273,18 +284,18 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: ProxyBody,
         copy: Copy,
-        pending: Option<(Pending, Record)>,
+        pending: Option<(Pending, usize)>,
     }
 
     impl PinnedDrop for ResponseTap {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some((pending, record)) = this.pending.take() {
+            if let Some((pending, response_at)) = this.pending.take() {
                 // An empty body may never be polled: that is a complete answer.
                 if this.inner.is_end_stream() {
-                    pending.complete(record, this.copy);
+                    pending.complete(response_at, this.copy);
                 } else {
-                    pending.recorder.dropped(&record.route, "incomplete");
+                    pending.recorder.dropped(&pending.route, "incomplete");
                 }
             }
         }
@@ -308,8 +319,8 @@ impl Body for ResponseTap {
                 }
             }
             Poll::Ready(Some(Err(_))) => {
-                if let Some((pending, record)) = this.pending.take() {
-                    pending.recorder.dropped(&record.route, "incomplete");
+                if let Some((pending, _)) = this.pending.take() {
+                    pending.recorder.dropped(&pending.route, "incomplete");
                 }
             }
             Poll::Ready(None) => {}
@@ -317,8 +328,8 @@ impl Body for ResponseTap {
         }
         let ended = matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream();
         if ended {
-            if let Some((pending, record)) = this.pending.take() {
-                pending.complete(record, this.copy);
+            if let Some((pending, response_at)) = this.pending.take() {
+                pending.complete(response_at, this.copy);
             }
         }
         polled
