@@ -32,18 +32,36 @@ fn needs_escape(b: u8) -> bool {
 /// Bytes checked together for anything to escape.
 const WORD: usize = 8;
 
-/// Whether any of the 8 bytes must be escaped, checked on the word at once
-/// (the "has a byte less than n / equal to c" bit tricks; exact as a yes or
-/// no for n <= 128). 0.5 µs per 4 KiB here, against 3.3 µs for a byte
-/// loop (which LLVM does not vectorise) and serde_json's.
-fn word_needs_escape(word: [u8; WORD]) -> bool {
+/// Bytes checked before one branch: four words, whose tests LLVM runs side
+/// by side. 0.35 µs per 4 KiB against 0.85 µs for a branch per word
+/// (a standalone loop over 4 KiB of plain text, `rustc -O`).
+const CHUNK: usize = 32;
+
+/// The high bit of each byte in a word whose bytes must be escaped (or,
+/// with `high` set to every byte's high bit, that is not ASCII), by the
+/// "has a byte less than n / equal to c" bit tricks (exact as a yes or no
+/// for n <= 128). 0 when there is none.
+fn word_flags(x: u64, high: u64) -> u64 {
     const ONES: u64 = u64::from_ne_bytes([1; WORD]);
     const HIGH: u64 = ONES << 7;
     let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let x = u64::from_ne_bytes(word);
     let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-    (control | has_zero(x ^ (ONES * u64::from(b'"'))) | has_zero(x ^ (ONES * u64::from(b'\\'))))
-        != 0
+    control
+        | has_zero(x ^ (ONES * u64::from(b'"')))
+        | has_zero(x ^ (ONES * u64::from(b'\\')))
+        | (x & high)
+}
+
+/// Whether any byte of `chunk` must be looked at (`word_flags`), with no
+/// branch between its words.
+fn chunk_flags(chunk: &[u8; CHUNK], high: u64) -> bool {
+    let mut acc = 0;
+    for word in chunk.chunks_exact(WORD) {
+        if let Ok(word) = <[u8; WORD]>::try_from(word) {
+            acc |= word_flags(u64::from_ne_bytes(word), high);
+        }
+    }
+    acc != 0
 }
 
 /// `s`'s characters as JSON string contents.
@@ -65,37 +83,47 @@ fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Option<usiz
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        // Skip whole words with nothing to escape; copy runs at once. The
-        // last, shorter word is padded with spaces (nothing to escape), so
-        // a short string is one test, not a byte loop (the byte loop over
-        // the tails was most of escaping a record's many short strings,
-        // callgrind).
-        let word = match bytes.get(i..i + WORD).map(<[u8; WORD]>::try_from) {
-            Some(Ok(word)) => word,
-            _ => {
-                let rest = &bytes[i..];
-                let mut word = [b' '; WORD];
-                word[..rest.len()].copy_from_slice(rest);
-                word
+        // Skip whole chunks with nothing to look at.
+        if let Some(Ok(chunk)) = bytes.get(i..i + CHUNK).map(<&[u8; CHUNK]>::try_from) {
+            if !chunk_flags(chunk, high) {
+                i += CHUNK;
+                continue;
             }
-        };
-        if u64::from_ne_bytes(word) & high == 0 && !word_needs_escape(word) {
-            i += WORD;
-            continue;
         }
-        let end = (i + WORD).min(bytes.len());
-        while i < end {
-            let b = bytes[i];
-            if ascii_only && !b.is_ascii() {
-                out.extend_from_slice(&bytes[start..i]);
-                return Some(i);
+        // Something in the next chunk, or less than a chunk left: word by
+        // word through it, copying runs at once. The last, shorter word is
+        // padded with spaces (nothing to escape), so a short string is one
+        // test, not a byte loop (the byte loop over the tails was most of
+        // escaping a record's many short strings, callgrind).
+        let stop = (i + CHUNK).min(bytes.len());
+        while i < stop {
+            let word = match bytes.get(i..i + WORD).map(<[u8; WORD]>::try_from) {
+                Some(Ok(word)) => word,
+                _ => {
+                    let rest = &bytes[i..];
+                    let mut word = [b' '; WORD];
+                    word[..rest.len()].copy_from_slice(rest);
+                    word
+                }
+            };
+            if word_flags(u64::from_ne_bytes(word), high) == 0 {
+                i += WORD;
+                continue;
             }
-            if needs_escape(b) {
-                out.extend_from_slice(&bytes[start..i]);
-                escape_byte(out, b);
-                start = i + 1;
+            let end = (i + WORD).min(bytes.len());
+            while i < end {
+                let b = bytes[i];
+                if ascii_only && !b.is_ascii() {
+                    out.extend_from_slice(&bytes[start..i]);
+                    return Some(i);
+                }
+                if needs_escape(b) {
+                    out.extend_from_slice(&bytes[start..i]);
+                    escape_byte(out, b);
+                    start = i + 1;
+                }
+                i += 1;
             }
-            i += 1;
         }
     }
     out.extend_from_slice(&bytes[start..]);
