@@ -178,11 +178,17 @@ impl Redactor {
         Cow::Owned(out)
     }
 
+    /// False when `header_value` surely keeps the values of header `name`
+    /// as they are (most headers), without comparing names.
+    pub fn may_change_header(&self, name: &str) -> bool {
+        self.header_bits & name_bit(name) != 0
+    }
+
     /// A header value as it may be kept: [`REDACTED`] for a secret header,
     /// the URL with its secret parameters redacted for a URL header,
     /// otherwise as it is.
     pub fn header_value<'a>(&self, name: &str, value: &'a str) -> Cow<'a, str> {
-        if self.header_bits & name_bit(name) == 0 {
+        if !self.may_change_header(name) {
             Cow::Borrowed(value)
         } else if self.is_secret_header(name) {
             Cow::Borrowed(REDACTED)

@@ -91,20 +91,27 @@ fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Option<usiz
             }
         }
         // Something in the next chunk, or less than a chunk left: word by
-        // word through it, copying runs at once. The last, shorter word is
-        // padded with spaces (nothing to escape), so a short string is one
-        // test, not a byte loop (the byte loop over the tails was most of
-        // escaping a record's many short strings, callgrind).
+        // word through it, copying runs at once. A string shorter than a
+        // word is padded with spaces (nothing to escape), so a short
+        // string is one test, not a byte loop (the byte loop over the tails
+        // was most of escaping a record's many short strings, callgrind).
         let stop = (i + CHUNK).min(bytes.len());
         while i < stop {
             let word = match bytes.get(i..i + WORD).map(<[u8; WORD]>::try_from) {
                 Some(Ok(word)) => word,
-                _ => {
-                    let rest = &bytes[i..];
-                    let mut word = [b' '; WORD];
-                    word[..rest.len()].copy_from_slice(rest);
-                    word
-                }
+                // Fewer left: the string's last 8 bytes, when it has 8
+                // (some looked at already: the test is only a yes or no).
+                _ => match bytes.get(bytes.len().saturating_sub(WORD)..) {
+                    Some(last) if last.len() == WORD => {
+                        <[u8; WORD]>::try_from(last).unwrap_or([b'"'; WORD])
+                    }
+                    _ => {
+                        let rest = &bytes[i..];
+                        let mut word = [b' '; WORD];
+                        word[..rest.len()].copy_from_slice(rest);
+                        word
+                    }
+                },
             };
             if word_flags(u64::from_ne_bytes(word), high) == 0 {
                 i += WORD;
@@ -340,19 +347,19 @@ fn header_list(out: &mut Vec<u8>, redact: &Redactor, map: &HeaderMap) {
         if i > 0 {
             out.push(b',');
         }
-        // Visible ASCII (the usual value) needs no UTF-8 repair.
-        let value = match v.to_str() {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(v.as_bytes()),
-        };
-        let value = redact.header_value(k.as_str(), &value);
         // A header name is a lowercase token (`http` refuses any other):
         // nothing in it to escape.
         out.extend_from_slice(b"[\"");
         out.extend_from_slice(k.as_str().as_bytes());
-        out.extend_from_slice(b"\",");
-        string(out, &value);
-        out.push(b']');
+        out.extend_from_slice(b"\",\"");
+        // A value the redactor surely keeps (most) is escaped straight
+        // from its bytes when they are UTF-8, in one pass.
+        let kept = !redact.may_change_header(k.as_str()) && escaped_utf8(out, v.as_bytes());
+        if !kept {
+            let value = String::from_utf8_lossy(v.as_bytes());
+            escaped(out, &redact.header_value(k.as_str(), &value));
+        }
+        out.extend_from_slice(b"\"]");
     }
     out.push(b']');
 }
@@ -485,10 +492,13 @@ mod tests {
         for c in [
             '"', '\\', '\n', '\u{1}', '\u{1f}', ' ', '!', '#', '[', ']', '\u{7f}', 'é',
         ] {
-            for at in 0..70 {
-                let mut s: String = "a".repeat(70);
-                s.replace_range(at..at + 1, &c.to_string());
-                cases.push(s);
+            // Lengths: shorter than a chunk, a chunk and a word and a tail.
+            for len in [9, 20, 70] {
+                for at in 0..len {
+                    let mut s: String = "a".repeat(len);
+                    s.replace_range(at..at + 1, &c.to_string());
+                    cases.push(s);
+                }
             }
         }
         for s in cases {
@@ -598,6 +608,10 @@ mod tests {
         let mut request_headers = HeaderMap::new();
         request_headers.insert("authorization", "Bearer s3cret".parse().unwrap());
         request_headers.append("x-note", "say \"hi\"".parse().unwrap());
+        // Not visible ASCII: UTF-8 kept, other bytes replaced, a tab escaped.
+        for value in [&b"caf\xc3\xa9"[..], b"a\xffb", b"tab\there"] {
+            request_headers.append("x-raw", http::HeaderValue::from_bytes(value).unwrap());
+        }
         let route: Arc<str> = "r".into();
         let request_id = "id-1".parse().unwrap();
         let head = RequestHead {
@@ -643,7 +657,8 @@ mod tests {
                 "request": {
                     "method": "POST",
                     "uri": "/items?token=<redacted>&x=1",
-                    "headers": [["authorization", "<redacted>"], ["x-note", "say \"hi\""]],
+                    "headers": [["authorization", "<redacted>"], ["x-note", "say \"hi\""],
+                                ["x-raw", "café"], ["x-raw", "a\u{fffd}b"], ["x-raw", "tab\there"]],
                     "body": "{\"a\":\"line\\nbreak\"}",
                     "body_truncated": false
                 },
