@@ -1249,6 +1249,24 @@ def write_doc(path, text):
         f.write(doc)
 
 
+def free_port():
+    """A free loopback port (bound, read, released)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start_bench_backend(procs, binary):
+    """`shadowgate bench-backend` on free ports; (port, stats port) once it
+    accepts connections, or exits when it does not within 10 s."""
+    backend, stats = free_port(), free_port()
+    procs.start("backend", [binary, "bench-backend", "--listen", f"{HOST}:{backend}",
+                            "--stats", f"{HOST}:{stats}"])
+    if not wait_until(lambda: port_open(backend), 10):
+        sys.exit("the bench backend did not start")
+    return backend, stats
+
+
 def wrk_measure(procs, url, seconds, connections, cpus=None, script=None, env=None):
     """One second of warm-up, then `wrk -t2 -c<connections>` for `seconds`
     against `url` (with the Lua `script`, e.g. post.lua, and `env` for it);

@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -52,12 +51,6 @@ import driver  # noqa: E402  (processes, wrk, metrics parsing)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = driver.HOST
 ROWS = ["plain", "record"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def write_config(d, capture_dir, row, ports, backend):
@@ -132,11 +125,7 @@ def main(argv):
     procs = driver.Procs(run_dir)
     results = {s: {r: [] for r in ROWS} for s in scenarios}
     try:
-        backend, stats = free_port(), free_port()
-        procs.start("backend", [a.bin, "bench-backend", "--listen", f"{HOST}:{backend}",
-                                "--stats", f"{HOST}:{stats}"])
-        if not driver.wait_until(lambda: driver.port_open(backend), 10):
-            sys.exit("the bench backend did not start")
+        backend, stats = driver.start_bench_backend(procs, a.bin)
         for scn in scenarios:
             env = {"BENCH_BODY_BYTES": str(a.body_bytes)}
             script = os.path.join(ROOT, "bench", "post.lua") if scn == "post" else None
@@ -144,7 +133,7 @@ def main(argv):
             # own slices; the load alternates between them.
             proxies = {}
             for row in ROWS:
-                ports = {"listen": free_port(), "admin": free_port()}
+                ports = {"listen": driver.free_port(), "admin": driver.free_port()}
                 cfg = write_config(data_dir, capture_dir, row, ports, backend)
                 proxy = procs.start(f"sg-{row}", [a.bin, "run", "--config", cfg])
                 ok = driver.wait_until(

@@ -50,6 +50,15 @@ async fn wait_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
     }
 }
 
+/// `n` GETs of `/x`, each answered 200 `ok` (recording never fails a request).
+async fn gets_answered_ok(c: &TestClient, addr: std::net::SocketAddr, n: usize) {
+    for _ in 0..n {
+        let a = get(c, addr, "shop.example", "/x").await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.text(), "ok");
+    }
+}
+
 fn file_in(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
@@ -271,11 +280,7 @@ async fn an_unwritable_file_drops_and_counts_without_failing_requests() {
     let (proxy, _v1) = proxy_recording("ok", &format!("file: {}", file.display())).await;
     let addr = proxy.listen_addrs[0];
     let c = client();
-    for _ in 0..10 {
-        let a = get(&c, addr, "shop.example", "/x").await;
-        assert_eq!(a.status, 200);
-        assert_eq!(a.text(), "ok");
-    }
+    gets_answered_ok(&c, addr, 10).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let key = "shadowgate_record_dropped_total{route=\"r\",reason=\"write_failed\"}";
     let mut dropped = 0.0;
@@ -316,11 +321,7 @@ async fn a_budget_too_small_for_the_request_part_drops_the_record() {
     .await;
     let addr = proxy.listen_addrs[0];
     let c = client();
-    for _ in 0..3 {
-        let a = get(&c, addr, "shop.example", "/x").await;
-        assert_eq!(a.status, 200);
-        assert_eq!(a.text(), "ok");
-    }
+    gets_answered_ok(&c, addr, 3).await;
     let m = metrics(&proxy).await;
     assert_eq!(
         metric(
