@@ -1,17 +1,21 @@
 //! Recording (issue #17, part 1): a sampled share of a route's requests
 //! and the primary's answers, written as JSON lines (`docs/replay.md`).
 //!
-//! On the request path only a sampling decision and two bounded copies are
-//! made: the request body as the primary reads it (`tap::RequestTap`) and
-//! the answer's body as the client reads it (`tap::ResponseTap`), both
-//! reserved from `limits.shadow_memory`. When the answer has ended, the
-//! [`Record`] is redacted and serialised into its line on that thread
-//! (`line`; freed where it was allocated) and the line goes to a bounded
-//! queue (`queue`: a full queue drops it, counted, never waits); a
-//! dedicated writer thread (`writer`) batches, flushes at least every
-//! second, rotates and compresses. Encoding on the writer thread instead,
-//! with every record's parts freed there, cost 24 µs of proxy CPU per
-//! recorded GET against 13 µs this way (`bench/record.py`, session 6).
+//! On the request path a sampling decision is made, the line's first part
+//! (the request's method, target and headers, redacted) is written at once
+//! into a buffer held from `limits.shadow_memory` (`line::request_part`;
+//! keeping clones of the header maps until the end cost more), and two
+//! bounded copies are taken: the request body as the primary reads it
+//! (`tap::RequestTap`) and the answer's body as the client reads it
+//! (`tap::ResponseTap`), both reserved from `limits.shadow_memory`. The
+//! answer's head is added when it comes (`line::response_part`). When the
+//! answer has ended the line is finished on that thread (`line::finish_into`;
+//! everything freed where it was allocated) and goes to a bounded queue
+//! (`queue`: a full queue drops it, counted, never waits); a dedicated
+//! writer thread (`writer`) batches, flushes at least every second, rotates
+//! and compresses. Encoding on the writer thread instead, with every
+//! record's parts freed there, cost 24 µs of proxy CPU per recorded GET
+//! against 13 µs this way (`bench/record.py`, session 6).
 
 pub mod calls;
 pub mod export;
