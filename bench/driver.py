@@ -1267,6 +1267,18 @@ def start_bench_backend(procs, binary):
     return backend, stats
 
 
+def served(stats):
+    """Requests the bench backend on stats port `stats` has served (0 when
+    it does not answer)."""
+    try:
+        status, body = http_req("GET", stats, "/stats")
+        if status == 200:
+            return json.loads(body).get("requests", 0)
+    except (OSError, http.client.HTTPException, ValueError):
+        pass
+    return 0
+
+
 def wrk_measure(procs, url, seconds, connections, cpus=None, script=None, env=None):
     """One second of warm-up, then `wrk -t2 -c<connections>` for `seconds`
     against `url` (with the Lua `script`, e.g. post.lua, and `env` for it);

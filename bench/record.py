@@ -76,15 +76,13 @@ def slice_measure(procs, proxy, ports, stats, seconds, connections, script, env)
     loaded meanwhile)."""
     tree = driver.process_tree(proxy.pid)
     ticks = driver.proc_ticks(tree)
-    before = driver.http_req("GET", stats, "/stats")
-    served0 = json.loads(before[1]).get("requests", 0) if before[0] == 200 else 0
+    before = driver.served(stats)
     r = driver.wrk_load(procs, f"http://{HOST}:{ports['listen']}/bench", seconds,
                         connections, script=script, env=env)
     ticks = driver.proc_ticks(tree) - ticks
-    after = driver.http_req("GET", stats, "/stats")
-    served = (json.loads(after[1]).get("requests", 0) if after[0] == 200 else 0) - served0
-    if served:
-        r["cpu_us"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / served
+    r["served"] = driver.served(stats) - before
+    if r["served"]:
+        r["cpu_us"] = ticks * 1e6 / os.sysconf("SC_CLK_TCK") / r["served"]
     return r
 
 
@@ -95,6 +93,17 @@ def record_counts(admin):
     fams = driver.prom_families(body.decode("utf-8", "replace"))
     return (driver.prom_sum(fams, "shadowgate_record_written") or 0.0,
             driver.prom_sum(fams, "shadowgate_record_dropped") or 0.0)
+
+
+def settled_counts(admin, at_least, timeout=10):
+    """The record counts once `at_least` records are accounted for
+    (written ones are counted when their buffer is flushed, at least every
+    second), or as they stand after `timeout` seconds."""
+    def accounted():
+        written, dropped = record_counts(admin)
+        return (written or 0) + (dropped or 0) >= at_least
+    driver.wait_until(accounted, timeout, step=0.2)
+    return record_counts(admin)
 
 
 def main(argv):
@@ -156,10 +165,8 @@ def main(argv):
                         print(f"round {rnd} {scn:4s} {row:6s}: {r.get('rps') or 0:8.0f} req/s, "
                               f"p99 {r.get('p99_ms')} ms, errors {r.get('errors')}, "
                               f"CPU {r.get('cpu_us') or 0:.0f} µs/req", flush=True)
-                # Written records are counted when their buffer is flushed,
-                # at least every second.
-                time.sleep(1.5)
-                written, dropped = record_counts(proxies["record"][1]["admin"])
+                recorded = sum(x.get("served") or 0 for x in results[scn]["record"])
+                written, dropped = settled_counts(proxies["record"][1]["admin"], recorded)
                 results[scn]["record"][-1]["written"] = written
                 results[scn]["record"][-1]["dropped"] = dropped
                 print(f"{scn}: records written {written or 0:.0f}, dropped {dropped or 0:.0f}", flush=True)

@@ -9,8 +9,11 @@ under `valgrind --tool=callgrind`, first without `record`, then with
 `record: {percent: 100}` to a file in a temporary directory, each behind
 the same `shadowgate bench-backend`; after a warm-up the counters are
 zeroed (`callgrind_control -z`), `wrk -t1 -c2` runs for `--duration`, and
-the counters are dumped (`callgrind_control -d`). Instructions per request
-= the dump's total over the requests the backend served meanwhile.
+the counters are dumped (`callgrind_control -d`), for the record row once
+every request's line is in the files (counted on disk: polling the proxy's
+/metrics would add its own instructions, 3k a request in one try).
+Instructions per request = the dump's total over the requests the backend
+served meanwhile.
 
 Printed: instructions per request for each row and the difference, and
 (with --top N) the record functions' inclusive counts per request, from
@@ -30,25 +33,30 @@ Needs valgrind (Debian `valgrind`) and wrk. Every process it starts is
 stopped on exit; the load is bounded in time.
 """
 import argparse
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import driver  # noqa: E402  (processes, HTTP, waiting)
+import record as record_bench  # noqa: E402  (its configurations and record counts)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOST = driver.HOST
 
 
-def served(stats):
-    status, body = driver.http_req("GET", stats, "/stats")
-    return json.loads(body).get("requests", 0) if status == 200 else 0
+def lines_written(capture_dir):
+    """Lines in the record files under `capture_dir` (`write_config`'s
+    `captures/bench.jsonl` and its rotated predecessors)."""
+    d = os.path.join(capture_dir, "captures")
+    n = 0
+    for name in os.listdir(d) if os.path.isdir(d) else []:
+        with open(os.path.join(d, name), "rb") as f:
+            while chunk := f.read(1 << 20):
+                n += chunk.count(b"\n")
+    return n
 
 
 def total_instructions(dump):
@@ -70,33 +78,32 @@ def top_functions(dump, requests, n):
 
 def measure(a, procs, tmp, scenario, row, backend, stats):
     ports = {"listen": driver.free_port(), "admin": driver.free_port()}
-    record = ""
-    if row == "record":
-        record = f"    record: {{ file: {os.path.join(tmp, 'captures', 'bench.jsonl')}, percent: 100, max_files: 2 }}\n"
-    cfg = os.path.join(tmp, f"{row}.yaml")
-    with open(cfg, "w") as f:
-        f.write(f"listen: {HOST}:{ports['listen']}\nadmin: {HOST}:{ports['admin']}\n"
-                "access_log: off\nstore: memory\n"
-                f"backends:\n  v1: {{ endpoints: [\"{HOST}:{backend}\"] }}\n"
-                f"routes:\n  - name: bench\n    backend: v1\n{record}")
+    # The same two configurations as the throughput bench.
+    cfg = record_bench.write_config(tmp, tmp, row, ports, backend)
     dump = os.path.join(tmp, f"callgrind.{scenario}.{row}.out")
     proxy = procs.start(f"callgrind-{row}", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}",
                                              a.bin, "run", "--config", cfg])
     try:
         if not driver.wait_until(lambda: driver.http_req("GET", ports["admin"], "/readyz")[0] == 200, 120):
             sys.exit(f"shadowgate did not become ready under valgrind ({row})")
-        url = f"http://{HOST}:{ports['listen']}/bench"
+        url = f"http://{driver.HOST}:{ports['listen']}/bench"
         script = ["-s", os.path.join(ROOT, "bench", "post.lua")] if scenario == "post" else []
         env = dict(os.environ, BENCH_BODY_BYTES=str(a.body_bytes))
         wrk = ["wrk", "-t1", "-c2"] + script
+        # Everything the backend serves from here on came through this proxy.
+        start = driver.served(stats)
         subprocess.run(wrk + ["-d3s", url], capture_output=True, env=env, timeout=60)
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], capture_output=True, timeout=60)
-        before = served(stats)
+        before = driver.served(stats)
         subprocess.run(wrk + [f"-d{a.duration}s", url], capture_output=True, env=env, timeout=a.duration + 60)
-        # Let the last answers and records settle before the dump.
-        time.sleep(2)
+        requests = driver.served(stats) - before
+        if row == "record":
+            # The writer's share of the last records is in the count: wait
+            # until every request's line is in the files (read from disk:
+            # asking the proxy's /metrics would be counted too).
+            recorded = driver.served(stats) - start
+            driver.wait_until(lambda: lines_written(tmp) >= recorded, 30, step=0.2)
         subprocess.run(["callgrind_control", "-d", str(proxy.pid)], capture_output=True, timeout=60)
-        requests = served(stats) - before
     finally:
         procs.stop(proxy, grace=20)
     # The zeroed-then-dumped part is the first numbered dump.

@@ -216,6 +216,10 @@ impl BoundedBuf {
         self.buf.is_empty()
     }
 
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Appends `data`, reserving more capacity first when needed. On a
     /// refusal nothing is appended; the caller normally drops the buffer.
     pub fn extend(&mut self, data: &[u8]) -> Result<(), BufRefused> {

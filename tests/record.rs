@@ -305,9 +305,9 @@ async fn an_unwritable_file_drops_and_counts_without_failing_requests() {
 /// The line's first part (the request's method, target and headers) is
 /// written when the request is admitted, into a buffer of 1 KiB held from
 /// the shadow memory budget: a budget that cannot hold it drops the
-/// record, counted, and the request is served all the same. (1000 bytes
-/// would hold this record's whole line, about 550 bytes, once encoded:
-/// the buffer is counted as allocated, not as used.)
+/// record, counted, and the request is served all the same. (Buffers may
+/// hold 750 of a 1000-byte budget: enough for this record's whole line,
+/// about 550 bytes, but the buffer is counted as allocated, not as used.)
 #[tokio::test]
 async fn a_budget_too_small_for_the_request_part_drops_the_record() {
     let dir = tempfile::tempdir().unwrap();

@@ -706,8 +706,6 @@ async fn spawn_checkout(version: u8, egress: Egress) -> SocketAddr {
     addr
 }
 
-/// Runs `replay` with `--egress-listen 127.0.0.1:0`, telling `egress` the
-/// address it printed.
 /// Where the replay's egress listens, once its stderr has told. (A
 /// `OnceCell` was used first: a request that came before the address had
 /// been read took the cell's initialisation with a future that never
@@ -719,6 +717,8 @@ fn egress_address() -> Egress {
     std::sync::Arc::new(tokio::sync::watch::Sender::new(None))
 }
 
+/// Runs `replay` with `--egress-listen 127.0.0.1:0`, telling `egress` the
+/// address it printed.
 async fn replay_with_egress(args: &[&str], egress: Egress) -> Run {
     use tokio::io::AsyncBufReadExt;
     let started = Instant::now();

@@ -380,15 +380,16 @@ impl<IO: AsyncRead + AsyncWrite> FramingGuard<IO> {
                     }
                     // Leading empty lines before a request are allowed (RFC 9112 §2.2).
                     let end = find_head_end(&this.pending[start..]);
-                    let checked = match end {
+                    let length = end.unwrap_or(this.pending.len() - start);
+                    let checked = if length > *this.max_head {
                         // Whole or not, longer than the limit: 431.
-                        _ if end.unwrap_or(this.pending.len() - start) > *this.max_head => {
-                            Err(HEAD_TOO_LARGE)
-                        }
-                        None => return true,
-                        Some(end) => check_head(&this.pending[start..start + end])
+                        Err(HEAD_TOO_LARGE)
+                    } else if let Some(end) = end {
+                        check_head(&this.pending[start..start + end])
                             .map(|checked| (checked, end))
-                            .map_err(|()| BAD_REQUEST),
+                            .map_err(|()| BAD_REQUEST)
+                    } else {
+                        return true;
                     };
                     match checked {
                         Err(response) => {

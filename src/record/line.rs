@@ -187,39 +187,6 @@ fn escape_byte(out: &mut Vec<u8>, b: u8) {
     out.extend_from_slice(&[b'\\', short]);
 }
 
-/// A JSON object being written: `,` between members.
-struct Object<'a> {
-    out: &'a mut Vec<u8>,
-    first: bool,
-}
-
-impl<'a> Object<'a> {
-    fn open(out: &'a mut Vec<u8>) -> Self {
-        out.push(b'{');
-        Object { out, first: true }
-    }
-
-    fn key(&mut self, key: &str) -> &mut Vec<u8> {
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
-        self.out
-    }
-
-    fn str(&mut self, key: &str, value: &str) {
-        let out = self.key(key);
-        string(out, value);
-    }
-
-    fn close(self) {
-        self.out.push(b'}');
-    }
-}
-
 fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     escaped(out, s);
@@ -232,17 +199,21 @@ fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// `n` (below 1000) as three digits.
+fn three_digits(n: u64) -> [u8; 3] {
+    [n / 100, n / 10 % 10, n % 10].map(|d| b'0' + d.to_le_bytes()[0])
+}
+
 /// A duration in milliseconds to the microsecond, written as serde_json
 /// writes that `f64` (`2.5`, `3.0`), from integers (formatting the float
 /// itself was 0.4 µs a record).
-fn millis(out: &mut Vec<u8>, d: std::time::Duration) {
+fn millis(out: &mut Vec<u8>, d: Duration) {
     // In u64 (585,000 years of microseconds): u128 formatting is slow.
     let micros = u64::try_from((d.as_nanos() + 500) / 1000).unwrap_or(u64::MAX);
     let (whole, frac) = (micros / 1000, micros % 1000);
     number(out, whole);
     out.push(b'.');
-    // The fraction's digits without its trailing zeros (but one digit).
-    let digits = [frac / 100, frac / 10 % 10, frac % 10];
+    // The fraction without its trailing zeros (but one digit).
     let keep = if frac % 100 == 0 {
         1
     } else if frac % 10 == 0 {
@@ -250,50 +221,36 @@ fn millis(out: &mut Vec<u8>, d: std::time::Duration) {
     } else {
         3
     };
-    for d in &digits[..keep] {
-        out.push(b'0' + d.to_le_bytes()[0]);
-    }
+    out.extend_from_slice(&three_digits(frac)[..keep]);
 }
 
 thread_local! {
-    /// The last second written as RFC 3339 (`2026-11-30T12:59:47`) on this
-    /// thread: records come many a second, and formatting the date was
-    /// 0.6k instructions a record (callgrind).
-    static SECOND: std::cell::RefCell<(u64, [u8; 19])> = const { std::cell::RefCell::new((u64::MAX, [0; 19])) };
+    /// The last second written as RFC 3339 on this thread, and its text
+    /// without the `Z` (`2026-11-30T12:59:47`): records come many a
+    /// second, and formatting the date was 0.6k instructions a record
+    /// (callgrind).
+    static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
 }
 
 /// `time` as RFC 3339 in UTC to the millisecond (`2026-11-30T12:59:47.211Z`),
 /// as `humantime::format_rfc3339_millis` writes it.
-fn rfc3339_millis(out: &mut Vec<u8>, time: std::time::SystemTime) {
+fn rfc3339_millis(out: &mut Vec<u8>, time: SystemTime) {
     let since = time
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     let secs = since.as_secs();
     SECOND.with(|cell| {
         let mut cached = cell.borrow_mut();
         if cached.0 != secs {
-            let full = humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + Duration::from_secs(secs),
-            )
-            .to_string();
-            // `YYYY-MM-DDTHH:MM:SSZ` for the years 0000-9999 (humantime's range).
-            match full.as_bytes().get(..19).map(<[u8; 19]>::try_from) {
-                Some(Ok(date)) => *cached = (secs, date),
-                _ => {
-                    out.extend_from_slice(full.trim_end_matches('Z').as_bytes());
-                    return write_millis(out, since.subsec_millis());
-                }
-            }
+            let second = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let text = humantime::format_rfc3339_seconds(second).to_string();
+            *cached = (secs, text.trim_end_matches('Z').to_string());
         }
-        out.extend_from_slice(&cached.1);
-        write_millis(out, since.subsec_millis());
+        out.extend_from_slice(cached.1.as_bytes());
     });
-}
-
-/// `.mmmZ`.
-fn write_millis(out: &mut Vec<u8>, ms: u32) {
-    let [a, b, c] = [ms / 100, ms / 10 % 10, ms % 10].map(|d| b'0' + d.to_le_bytes()[0]);
-    out.extend_from_slice(&[b'.', a, b, c, b'Z']);
+    out.push(b'.');
+    out.extend_from_slice(&three_digits(u64::from(since.subsec_millis())));
+    out.push(b'Z');
 }
 
 /// How a message begins: a request's method and target, or an answer's status.
@@ -375,21 +332,22 @@ fn text(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
 
 /// One outbound call, redacted like the record around it.
 fn call(out: &mut Vec<u8>, redact: &Redactor, c: &OutboundCall) {
-    let mut o = Object::open(out);
-    o.str("service", &c.service);
+    out.extend_from_slice(b"{\"service\":");
+    string(out, &c.service);
+    out.extend_from_slice(b",\"request\":");
     let uri = text(&c.uri);
     let start = Start::Request {
         method: c.method.as_str(),
         uri: &uri,
     };
-    let out = o.key("request");
     message_head(out, start, &c.request_headers, redact);
     message_end(out, &c.request_body);
-    let out = o.key("response");
+    out.extend_from_slice(b",\"response\":");
     message_head(out, Start::Response(c.status), &c.response_headers, redact);
     message_end(out, &c.response_body);
-    millis(o.key("duration_ms"), c.duration);
-    o.close();
+    out.extend_from_slice(b",\"duration_ms\":");
+    millis(out, c.duration);
+    out.push(b'}');
 }
 
 /// A record's line begins with its request, up to the request's body:

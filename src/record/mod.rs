@@ -54,6 +54,20 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Runs `f` on this thread's encoding buffer, emptied first (and freed
+/// afterwards when a large record grew it past `SCRATCH_KEEP`).
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        buf.clear();
+        let out = f(&mut buf);
+        if buf.capacity() > SCRATCH_KEEP {
+            *buf = Vec::new();
+        }
+        out
+    })
+}
+
 /// One captured body.
 #[derive(Debug, Clone, Default)]
 pub struct CapturedBody {
@@ -135,31 +149,26 @@ impl Recorder {
         Pending::new(self.clone(), config.clone(), head, settings, memory)
     }
 
-    /// Finishes `pending`'s line on this thread (in a buffer the thread
-    /// keeps) and queues a copy of it; the record's parts are freed here,
-    /// where they were allocated.
-    fn send(&self, pending: &Pending, response_at: usize, end: &line::Ending<'_>) {
-        let route = &pending.route;
-        let queued = SCRATCH.with(|scratch| {
-            let mut line = scratch.borrow_mut();
-            line.clear();
-            let redact = &pending.settings.redact;
-            line::finish_into(&mut line, &pending.parts, response_at, end, redact);
-            let queued = match pending.memory.reserve(line.len()) {
-                Some(held) => self
-                    .queue
-                    .push(&line, route, &pending.config, held)
+    /// Queues a copy of `line`, its bytes reserved from `memory` until
+    /// written; a line that cannot be queued is dropped, counted.
+    fn queue_line(
+        &self,
+        line: &[u8],
+        route: &Arc<str>,
+        config: &Arc<RecordConfig>,
+        memory: &Arc<MemoryBudget>,
+    ) {
+        let queued = match memory.reserve(line.len()) {
+            Some(held) => {
+                self.queue
+                    .push(line, route, config, held)
                     .map_err(|refused| match refused {
                         queue::Refused::Full => "queue_full",
                         queue::Refused::Closed => "write_failed",
-                    }),
-                None => Err("over_budget"),
-            };
-            if line.capacity() > SCRATCH_KEEP {
-                *line = Vec::new();
+                    })
             }
-            queued
-        });
+            None => Err("over_budget"),
+        };
         if let Err(reason) = queued {
             self.dropped(route, reason);
         }

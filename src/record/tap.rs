@@ -15,12 +15,12 @@ use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::calls::{Expecting, Open, RecordedCalls};
-use super::{line, CapturedBody, Recorder, RequestHead};
+use super::calls::{Expecting, Open};
+use super::{line, with_scratch, CapturedBody, Recorder, RequestHead};
 use crate::body::{BoxError, ProxyBody, UpstreamBody};
 use crate::config::record::RecordConfig;
 use crate::config::Config;
-use crate::memory::{BoundedBuf, BufRefused, MemoryBudget, Reservation};
+use crate::memory::{BoundedBuf, BufRefused, MemoryBudget};
 
 /// One body being copied up to a cap.
 #[derive(Debug)]
@@ -85,16 +85,16 @@ impl Copy {
 pub struct Pending {
     recorder: Arc<Recorder>,
     started: Instant,
-    pub(super) route: Arc<str>,
-    pub(super) config: Arc<RecordConfig>,
+    route: Arc<str>,
+    config: Arc<RecordConfig>,
     /// The configuration in force: its `redact:` is what is hidden.
-    pub(super) settings: Arc<Config>,
-    /// The line so far (`line::request_part`, then `line::response_part`),
-    /// its bytes reserved from the memory budget.
-    pub(super) parts: Vec<u8>,
-    held: Reservation,
+    settings: Arc<Config>,
+    /// The line so far, held from the memory budget: `line::request_part`,
+    /// then, from `response_at`, `line::response_part`.
+    parts: BoundedBuf,
+    response_at: usize,
     request: RequestCopy,
-    pub(super) memory: Arc<MemoryBudget>,
+    memory: Arc<MemoryBudget>,
     /// With `egress:` on: where its outbound calls are gathered.
     calls: Option<Expecting>,
 }
@@ -109,9 +109,15 @@ impl Pending {
         settings: &Arc<Config>,
         memory: &Arc<MemoryBudget>,
     ) -> Option<Self> {
-        let mut parts = Vec::with_capacity(PARTS_CAPACITY);
-        line::request_part(&mut parts, &head, SystemTime::now(), &settings.redact);
-        let Some(held) = memory.reserve(parts.capacity()) else {
+        let time = SystemTime::now();
+        let parts = with_scratch(|part| {
+            line::request_part(part, &head, time, &settings.redact);
+            // Room for the answer's part too, reserved before allocated.
+            let mut parts = BoundedBuf::new(memory, usize::MAX, part.len().max(PARTS_CAPACITY))?;
+            parts.extend(part).ok()?;
+            Some(parts)
+        });
+        let Some(parts) = parts else {
             recorder.dropped(head.route, "over_budget");
             return None;
         };
@@ -121,8 +127,8 @@ impl Pending {
             route: head.route.clone(),
             config,
             settings: settings.clone(),
+            response_at: parts.len(),
             parts,
-            held,
             request: RequestCopy::Untapped,
             memory: memory.clone(),
             calls: None,
@@ -162,15 +168,13 @@ impl Pending {
     /// is sent when it ends.
     pub fn tap_response(mut self, resp: http::Response<ProxyBody>) -> http::Response<ProxyBody> {
         let (parts, body) = resp.into_parts();
-        let response_at = self.parts.len();
-        line::response_part(
-            &mut self.parts,
-            parts.status.as_u16(),
-            &parts.headers,
-            &self.settings.redact,
-        );
-        let grown = self.parts.capacity().saturating_sub(self.held.bytes());
-        if !self.held.grow(grown) {
+        self.response_at = self.parts.len();
+        let added = with_scratch(|part| {
+            let status = parts.status.as_u16();
+            line::response_part(part, status, &parts.headers, &self.settings.redact);
+            self.parts.extend(part)
+        });
+        if added.is_err() {
             self.recorder.dropped(&self.route, "over_budget");
             return http::Response::from_parts(parts, body);
         }
@@ -178,19 +182,17 @@ impl Pending {
         let tap = ResponseTap {
             inner: body,
             copy: Copy::new(&self.memory, cap),
-            pending: Some((self, response_at)),
+            pending: Some(self),
         };
         http::Response::from_parts(parts, tap.boxed())
     }
 
-    /// The answer has ended: the record goes to the writer.
-    fn complete(mut self, response_at: usize, response: &mut Copy) {
-        let mut calls = RecordedCalls::default();
-        if let Some(expecting) = self.calls.take() {
-            calls = expecting.close();
-            if calls.cut > 0 {
-                self.recorder.calls_cut(&self.route, calls.cut);
-            }
+    /// The answer has ended: the line is finished on this thread and
+    /// queued for the writer.
+    fn complete(mut self, response: &mut Copy) {
+        let calls = self.calls.take().map(Expecting::close).unwrap_or_default();
+        if calls.cut > 0 {
+            self.recorder.calls_cut(&self.route, calls.cut);
         }
         let request = match &self.request {
             RequestCopy::Empty => Some(CapturedBody::default()),
@@ -211,7 +213,12 @@ impl Pending {
             duration: self.started.elapsed(),
             calls: &calls,
         };
-        self.recorder.send(&self, response_at, &end);
+        with_scratch(|out| {
+            let parts = self.parts.as_slice();
+            line::finish_into(out, parts, self.response_at, &end, &self.settings.redact);
+            self.recorder
+                .queue_line(out, &self.route, &self.config, &self.memory);
+        });
     }
 }
 
@@ -284,16 +291,16 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: ProxyBody,
         copy: Copy,
-        pending: Option<(Pending, usize)>,
+        pending: Option<Pending>,
     }
 
     impl PinnedDrop for ResponseTap {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some((pending, response_at)) = this.pending.take() {
+            if let Some(pending) = this.pending.take() {
                 // An empty body may never be polled: that is a complete answer.
                 if this.inner.is_end_stream() {
-                    pending.complete(response_at, this.copy);
+                    pending.complete(this.copy);
                 } else {
                     pending.recorder.dropped(&pending.route, "incomplete");
                 }
@@ -319,7 +326,7 @@ impl Body for ResponseTap {
                 }
             }
             Poll::Ready(Some(Err(_))) => {
-                if let Some((pending, _)) = this.pending.take() {
+                if let Some(pending) = this.pending.take() {
                     pending.recorder.dropped(&pending.route, "incomplete");
                 }
             }
@@ -328,8 +335,8 @@ impl Body for ResponseTap {
         }
         let ended = matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream();
         if ended {
-            if let Some((pending, response_at)) = this.pending.take() {
-                pending.complete(response_at, this.copy);
+            if let Some(pending) = this.pending.take() {
+                pending.complete(this.copy);
             }
         }
         polled
