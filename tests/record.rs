@@ -335,6 +335,62 @@ async fn a_budget_too_small_for_the_request_part_drops_the_record() {
     assert!(lines(&file).is_empty());
 }
 
+/// Waits (at most 10 s) until the proxy holds no shadow memory: a
+/// record's bytes are held until written, then all returned.
+async fn wait_memory_returned(proxy: &Running) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = metric(&metrics(proxy).await, "shadowgate_shadow_memory_bytes");
+        if held == 0.0 || tokio::time::Instant::now() > deadline {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The answer's body is copied into the record's buffer as the client
+/// reads it, each growth reserved first: an answer the budget cannot hold
+/// drops the record (counted) and reaches the client whole; a record that
+/// is written gives all its memory back.
+#[tokio::test]
+async fn an_answer_too_large_for_the_budget_drops_the_record_and_is_served_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dropped, file) = (file_in(&dir, "large.jsonl"), file_in(&dir, "small.jsonl"));
+    let large = "y".repeat(8000);
+    let v1 = TestBackend::new().body(large.clone()).spawn().await;
+    let small = TestBackend::new().body("ok").spawn().await;
+    // Buffers may hold 3000 bytes: the parts' 1 KiB and a small answer
+    // fit, 8000 bytes of answer do not.
+    let proxy = start_proxy(&format!(
+        "limits: {{ shadow_memory: 4000 }}\nbackends:\n  v1: {{ endpoints: [\"{}\"] }}\n  small: {{ endpoints: [\"{}\"] }}\nroutes:\n  - name: large\n    match: {{ path_prefix: /large }}\n    backend: v1\n    record: {{ file: {}, max_body_bytes: 65536 }}\n  - name: r\n    backend: small\n    record: {{ file: {}, max_body_bytes: 65536 }}\n",
+        v1.addr,
+        small.addr,
+        dropped.display(),
+        file.display()
+    ))
+    .await;
+    let addr = proxy.listen_addrs[0];
+    let c = client();
+    let a = get(&c, addr, "shop.example", "/large").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), large, "the answer reached the client whole");
+    gets_answered_ok(&c, addr, 2).await;
+    let got = wait_lines(&file, 2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|l| l["route"] == "r" && l["response"]["body"] == "ok"));
+    assert_eq!(wait_memory_returned(&proxy).await, 0.0);
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(
+            &m,
+            "shadowgate_record_dropped_total{route=\"large\",reason=\"over_budget\"}"
+        ),
+        1.0
+    );
+    proxy.shutdown().await;
+    assert!(lines(&dropped).is_empty());
+}
+
 #[tokio::test]
 async fn shutdown_flushes_the_last_records() {
     let dir = tempfile::tempdir().unwrap();

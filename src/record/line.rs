@@ -278,16 +278,35 @@ fn message_head(out: &mut Vec<u8>, start: Start<'_>, headers: &HeaderMap, redact
     header_list(out, redact, headers);
 }
 
+/// A body as a line writes it: its bytes (up to the cap) and whether
+/// more were cut off. Borrowed where the copy was made (no handing over
+/// to a `Bytes`: freezing a copy allocated its owner, and that was freed
+/// again at once).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BodyBytes<'a> {
+    pub bytes: &'a [u8],
+    pub truncated: bool,
+}
+
+impl CapturedBody {
+    pub fn as_body(&self) -> BodyBytes<'_> {
+        BodyBytes {
+            bytes: &self.bytes,
+            truncated: self.truncated,
+        }
+    }
+}
+
 /// A message's body and its object's end: `,"body":…,"body_truncated":…}`.
 /// Text (`body`) when it is UTF-8; otherwise the member is taken back and
 /// written as base64 (`body_b64`).
-fn message_end(out: &mut Vec<u8>, body: &CapturedBody) {
+fn message_end(out: &mut Vec<u8>, body: BodyBytes<'_>) {
     let mark = out.len();
     out.extend_from_slice(b",\"body\":\"");
     if !escaped_utf8(out, &body.bytes) {
         out.truncate(mark);
         out.extend_from_slice(b",\"body_b64\":\"");
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&body.bytes);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(body.bytes);
         out.extend_from_slice(b64.as_bytes());
     }
     out.extend_from_slice(if body.truncated {
@@ -341,10 +360,10 @@ fn call(out: &mut Vec<u8>, redact: &Redactor, c: &OutboundCall) {
         uri: &uri,
     };
     message_head(out, start, &c.request_headers, redact);
-    message_end(out, &c.request_body);
+    message_end(out, c.request_body.as_body());
     out.extend_from_slice(b",\"response\":");
     message_head(out, Start::Response(c.status), &c.response_headers, redact);
-    message_end(out, &c.response_body);
+    message_end(out, c.response_body.as_body());
     out.extend_from_slice(b",\"duration_ms\":");
     millis(out, c.duration);
     out.push(b'}');
@@ -392,22 +411,21 @@ pub fn response_part(out: &mut Vec<u8>, status: u16, headers: &HeaderMap, redact
 
 /// What a record's line needs once the answer has ended.
 pub struct Ending<'a> {
-    pub request_body: &'a CapturedBody,
-    pub response_body: &'a CapturedBody,
+    pub request_body: BodyBytes<'a>,
+    pub response_body: BodyBytes<'a>,
     pub duration: Duration,
     pub calls: &'a RecordedCalls,
 }
 
-/// A record's whole line, newline included, appended to `out`: `parts`
-/// holds [`request_part`] and then, from `response_at`, [`response_part`].
+/// A record's whole line, newline included, appended to `out`, from what
+/// [`request_part`] and [`response_part`] wrote.
 pub fn finish_into(
     out: &mut Vec<u8>,
-    parts: &[u8],
-    response_at: usize,
+    request: &[u8],
+    response: &[u8],
     end: &Ending<'_>,
     redact: &Redactor,
 ) {
-    let (request, response) = parts.split_at(response_at.min(parts.len()));
     out.extend_from_slice(request);
     message_end(out, end.request_body);
     out.extend_from_slice(response);
@@ -582,24 +600,24 @@ mod tests {
         };
         let redact = &settings.redact;
         let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        let mut parts = Vec::new();
-        request_part(&mut parts, &head, time, redact);
-        let response_at = parts.len();
-        response_part(&mut parts, 201, &HeaderMap::new(), redact);
+        let mut request = Vec::new();
+        request_part(&mut request, &head, time, redact);
+        let mut response = Vec::new();
+        response_part(&mut response, 201, &HeaderMap::new(), redact);
         let end = Ending {
-            request_body: &CapturedBody {
-                bytes: "{\"a\":\"line\\nbreak\"}".into(),
+            request_body: BodyBytes {
+                bytes: b"{\"a\":\"line\\nbreak\"}",
                 truncated: false,
             },
-            response_body: &CapturedBody {
-                bytes: vec![0xff, 0x00, 0x10].into(),
+            response_body: BodyBytes {
+                bytes: &[0xff, 0x00, 0x10],
                 truncated: true,
             },
             duration: Duration::from_micros(2_500),
             calls: &Default::default(),
         };
         let mut out = b"earlier\n".to_vec();
-        finish_into(&mut out, &parts, response_at, &end, redact);
+        finish_into(&mut out, &request, &response, &end, redact);
         let line = out.strip_prefix(b"earlier\n").unwrap();
         assert_eq!(line.last(), Some(&b'\n'));
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line");

@@ -1,8 +1,9 @@
 //! The two bounded copies a recorded request makes on the request path:
 //! the request body as the primary reads it, and the answer's body as the
-//! client reads it. Neither ever waits: a chunk that does not fit the cap
-//! marks the body truncated, one that does not fit the shadow memory
-//! budget drops the record (`over_budget`).
+//! client reads it (appended to the record's line parts, so an answer
+//! costs no buffer and no reservation of its own). Neither ever waits: a
+//! chunk that does not fit the cap marks the body truncated, one that does
+//! not fit the shadow memory budget drops the record (`over_budget`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,19 +17,20 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::calls::{Expecting, Open};
-use super::{line, with_scratch, CapturedBody, Recorder, RequestHead};
+use super::line::BodyBytes;
+use super::{line, with_scratch, Recorder, RequestHead};
 use crate::body::{BoxError, ProxyBody, UpstreamBody};
 use crate::config::record::RecordConfig;
 use crate::config::Config;
 use crate::memory::{BoundedBuf, BufRefused, MemoryBudget};
 
-/// One body being copied up to a cap.
+/// The request body being copied up to a cap.
 #[derive(Debug)]
 struct Copy {
     buf: BoundedBuf,
     truncated: bool,
     over_budget: bool,
-    /// The body was read to its end (the request's; answers end by the tap).
+    /// The body was read to its end.
     ended: bool,
 }
 
@@ -59,23 +61,19 @@ impl Copy {
         }
     }
 
-    /// The request's copy: as `finish`, and marked truncated (kept out)
-    /// when the primary answered before reading the body to its end.
-    fn finish_request(&mut self) -> Option<CapturedBody> {
-        if !self.ended && !self.over_budget {
-            self.truncated = true;
-            drop(self.buf.take());
-        }
-        self.finish()
-    }
-
-    /// The copy, or `None` when it did not fit the memory budget.
-    fn finish(&mut self) -> Option<CapturedBody> {
+    /// The copy, or `None` when it did not fit the memory budget; marked
+    /// truncated (kept out) when the primary answered before reading the
+    /// body to its end.
+    fn body(&mut self) -> Option<BodyBytes<'_>> {
         if self.over_budget {
             return None;
         }
-        Some(CapturedBody {
-            bytes: self.buf.take().freeze(),
+        if !self.ended {
+            self.truncated = true;
+            drop(self.buf.take());
+        }
+        Some(BodyBytes {
+            bytes: self.buf.as_slice(),
             truncated: self.truncated,
         })
     }
@@ -90,11 +88,14 @@ pub struct Pending {
     /// The configuration in force: its `redact:` is what is hidden.
     settings: Arc<Config>,
     /// The line so far, held from the memory budget: `line::request_part`,
-    /// then, from `response_at`, `line::response_part`.
+    /// from `response_at` `line::response_part`, and from `body_at` the
+    /// answer's body as the client has read it (up to the cap).
     parts: BoundedBuf,
     response_at: usize,
+    body_at: usize,
+    /// The answer's body passed the cap: its copy was let go.
+    response_truncated: bool,
     request: RequestCopy,
-    memory: Arc<MemoryBudget>,
     /// With `egress:` on: where its outbound calls are gathered.
     calls: Option<Expecting>,
 }
@@ -128,9 +129,10 @@ impl Pending {
             config,
             settings: settings.clone(),
             response_at: parts.len(),
+            body_at: parts.len(),
+            response_truncated: false,
             parts,
             request: RequestCopy::Untapped,
-            memory: memory.clone(),
             calls: None,
         })
     }
@@ -142,7 +144,7 @@ impl Pending {
         self.calls = Expecting::new(
             open,
             ids,
-            &self.memory,
+            self.parts.budget(),
             config.max_body_bytes,
             config.max_calls,
         );
@@ -159,7 +161,7 @@ impl Pending {
             return body;
         }
         let cap = self.config.max_body_bytes;
-        let copy = Arc::new(Mutex::new(Copy::new(&self.memory, cap)));
+        let copy = Arc::new(Mutex::new(Copy::new(self.parts.budget(), cap)));
         self.request = RequestCopy::Tapped(copy.clone());
         UpstreamBody::teed(RequestTap { inner: body, copy })
     }
@@ -178,46 +180,86 @@ impl Pending {
             self.recorder.dropped(&self.route, "over_budget");
             return http::Response::from_parts(parts, body);
         }
-        let cap = self.config.max_body_bytes;
+        self.body_at = self.parts.len();
         let tap = ResponseTap {
             inner: body,
-            copy: Copy::new(&self.memory, cap),
             pending: Some(self),
         };
         http::Response::from_parts(parts, tap.boxed())
     }
 
+    /// Appends a chunk of the answer's body to the parts, up to the cap
+    /// (past it, the copy is let go and marked truncated). False when the
+    /// memory budget refuses it: the record is dropped.
+    fn answer_data(&mut self, data: &[u8]) -> bool {
+        if self.response_truncated {
+            return true;
+        }
+        let copied = self.parts.len() - self.body_at;
+        if copied.saturating_add(data.len()) > self.config.max_body_bytes {
+            self.response_truncated = true;
+            self.parts.truncate(self.body_at);
+            return true;
+        }
+        self.parts.extend(data).is_ok()
+    }
+
     /// The answer has ended: the line is finished on this thread and
     /// queued for the writer.
-    fn complete(mut self, response: &mut Copy) {
+    fn complete(mut self) {
         let calls = self.calls.take().map(Expecting::close).unwrap_or_default();
         if calls.cut > 0 {
             self.recorder.calls_cut(&self.route, calls.cut);
         }
-        let request = match &self.request {
-            RequestCopy::Empty => Some(CapturedBody::default()),
-            RequestCopy::Tapped(copy) => copy.lock().finish_request(),
+        // The request's copy is read under its lock: its tap is done by
+        // now, unless the primary answered before reading the body, and
+        // then the copy is only marked truncated.
+        let mut tapped = match &self.request {
+            RequestCopy::Tapped(copy) => Some(copy.lock()),
+            _ => None,
+        };
+        let request = match (&self.request, tapped.as_deref_mut()) {
+            (_, Some(copy)) => copy.body(),
+            (RequestCopy::Empty, None) => Some(BodyBytes::default()),
             // Never read: kept out, as a body cut short.
-            RequestCopy::Untapped => Some(CapturedBody {
-                bytes: Bytes::new(),
+            _ => Some(BodyBytes {
+                bytes: &[],
                 truncated: true,
             }),
         };
-        let (Some(request), Some(response)) = (request, response.finish()) else {
+        let Some(request_body) = request else {
             self.recorder.dropped(&self.route, "over_budget");
             return;
         };
-        let end = line::Ending {
-            request_body: &request,
-            response_body: &response,
-            duration: self.started.elapsed(),
-            calls: &calls,
-        };
+        let Pending {
+            recorder,
+            started,
+            route,
+            config,
+            settings,
+            parts,
+            response_at,
+            body_at,
+            response_truncated,
+            ..
+        } = self;
         with_scratch(|out| {
-            let parts = self.parts.as_slice();
-            line::finish_into(out, parts, self.response_at, &end, &self.settings.redact);
-            self.recorder
-                .queue_line(out, &self.route, &self.config, &self.memory);
+            // `response_at <= body_at <= len` (the answer's body is only
+            // ever cut back to `body_at`).
+            let (heads, body) = parts.as_slice().split_at(body_at);
+            let (request, response) = heads.split_at(response_at);
+            let end = line::Ending {
+                request_body,
+                response_body: BodyBytes {
+                    bytes: body,
+                    truncated: response_truncated,
+                },
+                duration: started.elapsed(),
+                calls: &calls,
+            };
+            line::finish_into(out, request, response, &end, &settings.redact);
+            // The line takes over the parts' reservation.
+            recorder.queue_line(out, &route, &config, parts.into_reservation());
         });
     }
 }
@@ -290,7 +332,6 @@ pin_project_lite::pin_project! {
     struct ResponseTap {
         #[pin]
         inner: ProxyBody,
-        copy: Copy,
         pending: Option<Pending>,
     }
 
@@ -300,7 +341,7 @@ pin_project_lite::pin_project! {
             if let Some(pending) = this.pending.take() {
                 // An empty body may never be polled: that is a complete answer.
                 if this.inner.is_end_stream() {
-                    pending.complete(this.copy);
+                    pending.complete();
                 } else {
                     pending.recorder.dropped(&pending.route, "incomplete");
                 }
@@ -321,8 +362,13 @@ impl Body for ResponseTap {
         let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    this.copy.data(d);
+                let data = frame.data_ref();
+                if let (Some(pending), Some(d)) = (this.pending.as_mut(), data) {
+                    if !pending.answer_data(d) {
+                        if let Some(pending) = this.pending.take() {
+                            pending.recorder.dropped(&pending.route, "over_budget");
+                        }
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => {
@@ -336,7 +382,7 @@ impl Body for ResponseTap {
         let ended = matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream();
         if ended {
             if let Some(pending) = this.pending.take() {
-                pending.complete(this.copy);
+                pending.complete();
             }
         }
         polled
