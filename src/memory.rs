@@ -237,13 +237,14 @@ impl BoundedBuf {
         self.reservation
     }
 
-    /// Appends `data`, reserving more capacity first when needed. On a
-    /// refusal nothing is appended; the caller normally drops the buffer.
-    pub fn extend(&mut self, data: &[u8]) -> Result<(), BufRefused> {
+    /// Makes room for `additional` more bytes, reserved before allocated
+    /// (e.g. a body's declared length, so that it is not copied again
+    /// each time the buffer doubles). On a refusal nothing changes.
+    pub fn reserve(&mut self, additional: usize) -> Result<(), BufRefused> {
         let needed = self
             .buf
             .len()
-            .checked_add(data.len())
+            .checked_add(additional)
             .filter(|n| *n <= self.cap)
             .ok_or(BufRefused::TooLarge)?;
         if needed > self.buf.capacity() {
@@ -258,6 +259,13 @@ impl BoundedBuf {
             let target = self.reservation.bytes();
             self.buf.reserve_exact(target - self.buf.len());
         }
+        Ok(())
+    }
+
+    /// Appends `data`, reserving more capacity first when needed. On a
+    /// refusal nothing is appended; the caller normally drops the buffer.
+    pub fn extend(&mut self, data: &[u8]) -> Result<(), BufRefused> {
+        self.reserve(data.len())?;
         self.buf.extend_from_slice(data);
         Ok(())
     }
@@ -337,6 +345,32 @@ mod tests {
         assert_eq!(g.get() as usize, b.in_use());
         drop(frozen);
         assert_eq!(g.get(), 0);
+    }
+
+    #[test]
+    fn room_made_ahead_is_reserved_and_filled_without_growing() {
+        let b = MemoryBudget::new(4000, None);
+        let mut buf = BoundedBuf::new(&b, 2000, 0).unwrap();
+        // Past the buffer's cap, then past the budget's 3000: refused, unchanged.
+        assert_eq!(buf.reserve(2001), Err(BufRefused::TooLarge));
+        let other = b.reserve(2500).unwrap();
+        assert_eq!(buf.reserve(1000), Err(BufRefused::Memory));
+        assert_eq!(b.in_use(), 2500);
+        drop(other);
+        buf.reserve(1000).unwrap();
+        assert_eq!(b.in_use(), 1000);
+        for _ in 0..10 {
+            buf.extend(&[7; 100]).unwrap();
+        }
+        assert_eq!(buf.len(), 1000);
+        assert_eq!(b.in_use(), 1000, "filled within the room made");
+        // Cut back to a tenth: the rest is given back.
+        buf.truncate(100);
+        assert!(b.in_use() >= 100 && b.in_use() < 200, "{}", b.in_use());
+        let held = buf.into_reservation();
+        assert_eq!(held.bytes(), b.in_use());
+        drop(held);
+        assert_eq!(b.in_use(), 0);
     }
 
     #[test]

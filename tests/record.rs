@@ -377,7 +377,9 @@ async fn an_answer_too_large_for_the_budget_drops_the_record_and_is_served_whole
     gets_answered_ok(&c, addr, 2).await;
     let got = wait_lines(&file, 2).await;
     assert_eq!(got.len(), 2, "{got:?}");
-    assert!(got.iter().all(|l| l["route"] == "r" && l["response"]["body"] == "ok"));
+    assert!(got
+        .iter()
+        .all(|l| l["route"] == "r" && l["response"]["body"] == "ok"));
     assert_eq!(wait_memory_returned(&proxy).await, 0.0);
     let m = metrics(&proxy).await;
     assert_eq!(

@@ -303,7 +303,7 @@ impl CapturedBody {
 fn message_end(out: &mut Vec<u8>, body: BodyBytes<'_>) {
     let mark = out.len();
     out.extend_from_slice(b",\"body\":\"");
-    if !escaped_utf8(out, &body.bytes) {
+    if !escaped_utf8(out, body.bytes) {
         out.truncate(mark);
         out.extend_from_slice(b",\"body_b64\":\"");
         let b64 = base64::engine::general_purpose::STANDARD.encode(body.bytes);

@@ -8,10 +8,12 @@
 //! bounded copies are taken: the request body as the primary reads it
 //! (`tap::RequestTap`) and the answer's body as the client reads it
 //! (`tap::ResponseTap`), both reserved from `limits.shadow_memory`. The
-//! answer's head is added when it comes (`line::response_part`). When the
-//! answer has ended the line is finished on that thread (`line::finish_into`;
+//! answer's head is added to the buffer when it comes
+//! (`line::response_part`), and its body after it. When the answer has
+//! ended the line is finished on that thread (`line::finish_into`;
 //! everything freed where it was allocated) and goes to a bounded queue
-//! (`queue`: a full queue drops it, counted, never waits); a dedicated
+//! holding the buffer's reservation (`queue`: a full queue drops it,
+//! counted, never waits); a dedicated
 //! writer thread (`writer`) batches, flushes at least every second, rotates
 //! and compresses. Encoding on the writer thread instead, with every
 //! record's parts freed there, cost 24 µs of proxy CPU per recorded GET

@@ -161,7 +161,9 @@ impl Pending {
             return body;
         }
         let cap = self.config.max_body_bytes;
-        let copy = Arc::new(Mutex::new(Copy::new(self.parts.budget(), cap)));
+        let mut copy = Copy::new(self.parts.budget(), cap);
+        presize(&mut copy.buf, body.size_hint(), cap);
+        let copy = Arc::new(Mutex::new(copy));
         self.request = RequestCopy::Tapped(copy.clone());
         UpstreamBody::teed(RequestTap { inner: body, copy })
     }
@@ -181,6 +183,11 @@ impl Pending {
             return http::Response::from_parts(parts, body);
         }
         self.body_at = self.parts.len();
+        presize(
+            &mut self.parts,
+            body.size_hint(),
+            self.config.max_body_bytes,
+        );
         let tap = ResponseTap {
             inner: body,
             pending: Some(self),
@@ -261,6 +268,17 @@ impl Pending {
             // The line takes over the parts' reservation.
             recorder.queue_line(out, &route, &config, parts.into_reservation());
         });
+    }
+}
+
+/// Room for a body of declared length up to the cap, made before its
+/// first chunk: it is then copied once, not again at each doubling. A
+/// refusal here is left to the chunks' own (`over_budget`).
+fn presize(buf: &mut BoundedBuf, hint: SizeHint, cap: usize) {
+    if let Some(len) = hint.exact().and_then(|n| usize::try_from(n).ok()) {
+        if len <= cap {
+            let _ = buf.reserve(len);
+        }
     }
 }
 
