@@ -393,6 +393,60 @@ async fn an_answer_too_large_for_the_budget_drops_the_record_and_is_served_whole
     assert!(lines(&dropped).is_empty());
 }
 
+/// A request body is escaped chunk by chunk as the primary reads it: a
+/// character cut between two chunks is written whole, and a body whose
+/// later chunk shows it is not UTF-8 is written as base64 of all its
+/// bytes, the earlier chunks' too.
+#[tokio::test]
+async fn a_body_streamed_in_chunks_is_recorded_as_sent() {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_in(&dir, "chunks.jsonl");
+    let (proxy, _v1) = proxy_recording("ok", &format!("file: {}", file.display())).await;
+    let text = "caf\u{e9} \"quoted\" \u{1f980}\n".as_bytes().to_vec();
+    let mut not_utf8 = text.clone();
+    not_utf8.extend_from_slice(&[b'a', 0xff, b'z']);
+    // Cut inside `é`, and (the second) before the bad byte.
+    for (body, cut) in [(&text, 4), (&text, 17), (&not_utf8, 4)] {
+        let mut s = tokio::net::TcpStream::connect(proxy.listen_addrs[0])
+            .await
+            .unwrap();
+        let (first, second) = body.split_at(cut);
+        let mut head = b"POST /up HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+        head.extend_from_slice(format!("{:x}\r\n", first.len()).as_bytes());
+        head.extend_from_slice(first);
+        head.extend_from_slice(b"\r\n");
+        s.write_all(&head).await.unwrap();
+        // Apart in time, so that the proxy reads them as two chunks.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut tail = format!("{:x}\r\n", second.len()).into_bytes();
+        tail.extend_from_slice(second);
+        tail.extend_from_slice(b"\r\n0\r\n\r\n");
+        s.write_all(&tail).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+            .await
+            .expect("the answer in time")
+            .unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    }
+    let got = wait_lines(&file, 3).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    for r in &got[..2] {
+        assert_eq!(
+            r["request"]["body"],
+            std::str::from_utf8(&text).unwrap(),
+            "{r}"
+        );
+        assert_eq!(r["request"]["body_truncated"], false);
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&not_utf8);
+    assert_eq!(got[2]["request"]["body_b64"], b64.as_str(), "{}", got[2]);
+    assert!(got[2]["request"].get("body").is_none());
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_flushes_the_last_records() {
     let dir = tempfile::tempdir().unwrap();
