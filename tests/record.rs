@@ -393,10 +393,9 @@ async fn an_answer_too_large_for_the_budget_drops_the_record_and_is_served_whole
     assert!(lines(&dropped).is_empty());
 }
 
-/// A request body is escaped chunk by chunk as the primary reads it: a
-/// character cut between two chunks is written whole, and a body whose
-/// later chunk shows it is not UTF-8 is written as base64 of all its
-/// bytes, the earlier chunks' too.
+/// A request body that comes in chunks is recorded as sent: a character
+/// cut between two chunks is written whole, and a body whose later chunk
+/// is not UTF-8 is written as base64 of all its bytes.
 #[tokio::test]
 async fn a_body_streamed_in_chunks_is_recorded_as_sent() {
     use base64::Engine as _;

@@ -285,9 +285,6 @@ fn message_head(out: &mut Vec<u8>, start: Start<'_>, headers: &HeaderMap, redact
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BodyBytes<'a> {
     pub bytes: &'a [u8],
-    /// `bytes` are already JSON string contents ([`escape_chunk`]), not
-    /// the body's own bytes.
-    pub escaped: bool,
     pub truncated: bool,
 }
 
@@ -295,7 +292,6 @@ impl CapturedBody {
     pub fn as_body(&self) -> BodyBytes<'_> {
         BodyBytes {
             bytes: &self.bytes,
-            escaped: false,
             truncated: self.truncated,
         }
     }
@@ -307,9 +303,7 @@ impl CapturedBody {
 fn message_end(out: &mut Vec<u8>, body: BodyBytes<'_>) {
     let mark = out.len();
     out.extend_from_slice(b",\"body\":\"");
-    if body.escaped {
-        out.extend_from_slice(body.bytes);
-    } else if !escaped_utf8(out, body.bytes) {
+    if !escaped_utf8(out, body.bytes) {
         out.truncate(mark);
         out.extend_from_slice(b",\"body_b64\":\"");
         let b64 = base64::engine::general_purpose::STANDARD.encode(body.bytes);
@@ -320,118 +314,6 @@ fn message_end(out: &mut Vec<u8>, body: BodyBytes<'_>) {
     } else {
         b"\",\"body_truncated\":false}"
     });
-}
-
-/// The first bytes of a character that a chunk's end cut (at most 3).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Carry {
-    bytes: [u8; 4],
-    len: usize,
-}
-
-impl Carry {
-    pub fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-
-    /// Holds `bytes` (at most 3, checked by the caller).
-    fn hold(bytes: &[u8]) -> Carry {
-        let mut carry = Carry::default();
-        carry.bytes[..bytes.len()].copy_from_slice(bytes);
-        carry.len = bytes.len();
-        carry
-    }
-}
-
-/// The body is not UTF-8: it is written as base64.
-#[derive(Debug, PartialEq, Eq)]
-pub struct NotUtf8;
-
-/// Appends `chunk`, the next piece of a body, to `out` as JSON string
-/// contents, while the chunk is still in the cache it was read into
-/// (escaping the cold copy at the answer's end cost a second pass over
-/// memory). `carry` holds the start of a character the last chunk cut, and
-/// on return the start of one this chunk cut. When the body so far is not
-/// UTF-8, `NotUtf8`, with `out` and `carry` as they were.
-pub fn escape_chunk(out: &mut Vec<u8>, carry: &mut Carry, chunk: &[u8]) -> Result<(), NotUtf8> {
-    let mark = out.len();
-    let mut rest = chunk;
-    if carry.len > 0 {
-        // The held character, completed by this chunk's first bytes (its
-        // width is in its first byte, which a valid start only holds).
-        let width: usize = match carry.bytes[0] {
-            0xc0..=0xdf => 2,
-            0xe0..=0xef => 3,
-            _ => 4,
-        };
-        let mut held = *carry;
-        let take = width.saturating_sub(held.len).min(rest.len());
-        held.bytes[held.len..held.len + take].copy_from_slice(&rest[..take]);
-        held.len += take;
-        match std::str::from_utf8(held.as_slice()) {
-            Ok(_) => {}
-            // Still cut short, by this chunk's end too (a 1- or 2-byte chunk).
-            Err(e) if e.error_len().is_none() => {
-                *carry = held;
-                return Ok(());
-            }
-            Err(_) => return Err(NotUtf8),
-        }
-        // One character, not ASCII: nothing in it to escape.
-        out.extend_from_slice(held.as_slice());
-        rest = &rest[take..];
-    }
-    let Some(at) = escape_from(out, rest, true) else {
-        *carry = Carry::default();
-        return Ok(());
-    };
-    let tail = &rest[at..];
-    let (text, cut) = match std::str::from_utf8(tail) {
-        Ok(text) => (text, &[][..]),
-        Err(e) if e.error_len().is_none() => {
-            let (valid, cut) = tail.split_at(e.valid_up_to());
-            (std::str::from_utf8(valid).unwrap_or_default(), cut)
-        }
-        Err(_) => {
-            out.truncate(mark);
-            return Err(NotUtf8);
-        }
-    };
-    escaped(out, text);
-    *carry = Carry::hold(cut);
-    Ok(())
-}
-
-/// The bytes that [`escape_chunk`]'s output stands for, appended to `out`
-/// (when a body turns out not to be UTF-8 after some of it was escaped).
-pub fn unescape(out: &mut Vec<u8>, text: &[u8]) {
-    let mut rest = text;
-    while let Some(i) = memchr::memchr(b'\\', rest) {
-        out.extend_from_slice(&rest[..i]);
-        let (b, used) = match rest.get(i + 1) {
-            Some(b'b') => (0x08, 2),
-            Some(b'f') => (0x0c, 2),
-            Some(b'n') => (b'\n', 2),
-            Some(b'r') => (b'\r', 2),
-            Some(b't') => (b'\t', 2),
-            // `\u00XX`: a control character.
-            Some(b'u') => {
-                let hex = rest
-                    .get(i + 4..i + 6)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                (
-                    hex.and_then(|h| u8::from_str_radix(h, 16).ok())
-                        .unwrap_or(0),
-                    6,
-                )
-            }
-            Some(&other) => (other, 2),
-            None => (b'\\', 1),
-        };
-        out.push(b);
-        rest = rest.get(i + used..).unwrap_or_default();
-    }
-    out.extend_from_slice(rest);
 }
 
 /// A header map as `[name, value]` pairs, secrets redacted.
@@ -630,91 +512,6 @@ mod tests {
         }
     }
 
-    /// `chunks` through `escape_chunk` as a body streams them; `Err` with
-    /// the bytes rebuilt from what was escaped when the body is not UTF-8.
-    fn stream(chunks: &[&[u8]]) -> Result<Vec<u8>, Vec<u8>> {
-        let (mut out, mut carry) = (Vec::new(), Carry::default());
-        for (i, chunk) in chunks.iter().enumerate() {
-            let before = (out.clone(), carry);
-            if escape_chunk(&mut out, &mut carry, chunk).is_err() {
-                assert_eq!((&out, carry.as_slice()), (&before.0, before.1.as_slice()));
-                let mut raw = Vec::new();
-                unescape(&mut raw, &out);
-                raw.extend_from_slice(carry.as_slice());
-                chunks[i..].iter().for_each(|c| raw.extend_from_slice(c));
-                return Err(raw);
-            }
-        }
-        if !carry.as_slice().is_empty() {
-            // Ends inside a character: not UTF-8 either.
-            let mut raw = Vec::new();
-            unescape(&mut raw, &out);
-            raw.extend_from_slice(carry.as_slice());
-            return Err(raw);
-        }
-        Ok(out)
-    }
-
-    #[test]
-    fn a_body_escaped_chunk_by_chunk_is_the_body_escaped_whole() {
-        let text = "a\"é\\\n 漢🦀\u{1}\u{7f}x\u{2028}";
-        let bytes = text.as_bytes();
-        let quoted = serde_json::to_string(text).unwrap();
-        let whole = &quoted.as_bytes()[1..quoted.len() - 1];
-        // Cut in two and in three at every place, inside characters too.
-        for i in 0..=bytes.len() {
-            for j in i..=bytes.len() {
-                let chunks = [&bytes[..i], &bytes[i..j], &bytes[j..]];
-                assert_eq!(stream(&chunks).as_deref(), Ok(whole), "cut at {i}, {j}");
-            }
-        }
-        // One byte at a time.
-        let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
-        assert_eq!(stream(&bytewise).as_deref(), Ok(whole));
-    }
-
-    #[test]
-    fn a_body_found_not_utf8_midway_is_given_back_as_its_bytes() {
-        let good = "q\"\u{1f}é漢x".as_bytes();
-        // A bad byte, a character cut for good, a lone continuation byte,
-        // a bad continuation after a good start, and a body that ends cut.
-        for bad in [
-            &[0xffu8][..],
-            &[0xe6, 0xbc, b'a'],
-            &[0x80],
-            &[0xc3, 0x28],
-            &[0xf0, 0x9f],
-        ] {
-            for at in 0..=good.len() {
-                let mut body = good.to_vec();
-                body.splice(at..at, bad.iter().copied());
-                if std::str::from_utf8(&body).is_ok() {
-                    continue;
-                }
-                for i in 0..=body.len() {
-                    for j in i..=body.len() {
-                        let chunks = [&body[..i], &body[i..j], &body[j..]];
-                        assert_eq!(
-                            stream(&chunks),
-                            Err(body.clone()),
-                            "{body:?} cut at {i}, {j}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn unescape_undoes_every_escape() {
-        let all: String = (0u8..0x80).map(char::from).chain("é漢🦀".chars()).collect();
-        let mut text = Vec::new();
-        escaped(&mut text, &all);
-        let mut back = Vec::new();
-        unescape(&mut back, &text);
-        assert_eq!(back, all.as_bytes());
-    }
-
     #[test]
     fn times_are_written_as_humantime_writes_them() {
         let base = 1_700_000_000_000u64;
@@ -810,12 +607,10 @@ mod tests {
         let end = Ending {
             request_body: BodyBytes {
                 bytes: b"{\"a\":\"line\\nbreak\"}",
-                escaped: false,
                 truncated: false,
             },
             response_body: BodyBytes {
                 bytes: &[0xff, 0x00, 0x10],
-                escaped: false,
                 truncated: true,
             },
             duration: Duration::from_micros(2_500),

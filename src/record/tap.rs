@@ -1,11 +1,9 @@
 //! The two bounded copies a recorded request makes on the request path:
 //! the request body as the primary reads it, and the answer's body as the
 //! client reads it (appended to the record's line parts, so an answer
-//! costs no buffer and no reservation of its own). Both are kept as JSON
-//! string contents, escaped chunk by chunk as they pass (`BodyText`).
-//! Neither ever waits: a chunk that does not fit the cap marks the body
-//! truncated, one that does not fit the shadow memory budget drops the
-//! record (`over_budget`).
+//! costs no buffer and no reservation of its own). Neither ever waits: a
+//! chunk that does not fit the cap marks the body truncated, one that does
+//! not fit the shadow memory budget drops the record (`over_budget`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,94 +24,11 @@ use crate::config::record::RecordConfig;
 use crate::config::Config;
 use crate::memory::{BoundedBuf, BufRefused, MemoryBudget};
 
-/// A body copied up to a cap as it streams, into a buffer from `base`
-/// on: as JSON string contents while it is UTF-8, escaped while each
-/// chunk is still in the cache it was just read into (escaping the cold
-/// copy when the answer ended was a second pass over memory); as its own
-/// bytes from the first chunk that shows it is not (base64 in the line).
-#[derive(Debug, Default)]
-struct BodyText {
-    /// Bytes of the body seen: the cap is on these, not on the text.
-    seen: usize,
-    /// The text so far ends inside a character: its first bytes.
-    carry: line::Carry,
-    /// Not UTF-8: the buffer holds the body's own bytes.
-    raw: bool,
-    /// Past the cap: the copy was let go.
-    truncated: bool,
-}
-
-impl BodyText {
-    /// Adds a chunk; `Err` when the memory budget refuses it (the record
-    /// is then dropped).
-    fn data(
-        &mut self,
-        buf: &mut BoundedBuf,
-        base: usize,
-        data: &[u8],
-        cap: usize,
-    ) -> Result<(), BufRefused> {
-        if self.truncated {
-            return Ok(());
-        }
-        self.seen = self.seen.saturating_add(data.len());
-        if self.seen > cap {
-            self.truncated = true;
-            buf.truncate(base);
-            return Ok(());
-        }
-        if !self.raw {
-            let escaped = with_scratch(|text| {
-                line::escape_chunk(text, &mut self.carry, data)
-                    .ok()
-                    .map(|()| buf.extend(text))
-            });
-            if let Some(added) = escaped {
-                return added;
-            }
-            self.turn_raw(buf, base)?;
-        }
-        buf.extend(data)
-    }
-
-    /// From text to the body's own bytes: the text so far unescaped, and
-    /// the held start of a character after it.
-    fn turn_raw(&mut self, buf: &mut BoundedBuf, base: usize) -> Result<(), BufRefused> {
-        self.raw = true;
-        let carry = std::mem::take(&mut self.carry);
-        with_scratch(|bytes| {
-            line::unescape(bytes, buf.as_slice().get(base..).unwrap_or_default());
-            bytes.extend_from_slice(carry.as_slice());
-            buf.truncate(base);
-            buf.extend(bytes)
-        })
-    }
-
-    /// The body has ended: a text that ends inside a character is not
-    /// UTF-8. `Err` when the budget refuses the change.
-    fn settle(&mut self, buf: &mut BoundedBuf, base: usize) -> Result<(), BufRefused> {
-        if self.raw || self.truncated || self.carry.as_slice().is_empty() {
-            return Ok(());
-        }
-        self.turn_raw(buf, base)
-    }
-
-    /// The body as the line writes it, from `base` in `buf`.
-    fn body<'a>(&self, buf: &'a BoundedBuf, base: usize) -> BodyBytes<'a> {
-        BodyBytes {
-            bytes: buf.as_slice().get(base..).unwrap_or_default(),
-            escaped: !self.raw,
-            truncated: self.truncated,
-        }
-    }
-}
-
 /// The request body being copied up to a cap.
 #[derive(Debug)]
 struct Copy {
     buf: BoundedBuf,
-    text: BodyText,
-    cap: usize,
+    truncated: bool,
     over_budget: bool,
     /// The body was read to its end.
     ended: bool,
@@ -122,22 +37,27 @@ struct Copy {
 impl Copy {
     fn new(memory: &Arc<MemoryBudget>, cap: usize) -> Self {
         Copy {
-            // The cap is on the body (`BodyText`); its text may be longer.
-            buf: BoundedBuf::empty(memory, usize::MAX),
-            text: BodyText::default(),
-            cap,
+            buf: BoundedBuf::empty(memory, cap),
+            truncated: false,
             over_budget: false,
             ended: false,
         }
     }
 
     fn data(&mut self, data: &[u8]) {
-        if self.over_budget {
+        if self.truncated || self.over_budget {
             return;
         }
-        if self.text.data(&mut self.buf, 0, data, self.cap).is_err() {
-            self.over_budget = true;
-            drop(self.buf.take());
+        match self.buf.extend(data) {
+            Ok(()) => {}
+            Err(BufRefused::TooLarge) => {
+                self.truncated = true;
+                drop(self.buf.take());
+            }
+            Err(BufRefused::Memory) => {
+                self.over_budget = true;
+                drop(self.buf.take());
+            }
         }
     }
 
@@ -145,14 +65,17 @@ impl Copy {
     /// truncated (kept out) when the primary answered before reading the
     /// body to its end.
     fn body(&mut self) -> Option<BodyBytes<'_>> {
-        if !self.ended && !self.text.truncated {
-            self.text.truncated = true;
-            drop(self.buf.take());
-        }
-        if self.over_budget || self.text.settle(&mut self.buf, 0).is_err() {
+        if self.over_budget {
             return None;
         }
-        Some(self.text.body(&self.buf, 0))
+        if !self.ended {
+            self.truncated = true;
+            drop(self.buf.take());
+        }
+        Some(BodyBytes {
+            bytes: self.buf.as_slice(),
+            truncated: self.truncated,
+        })
     }
 }
 
@@ -170,7 +93,8 @@ pub struct Pending {
     parts: BoundedBuf,
     response_at: usize,
     body_at: usize,
-    response: BodyText,
+    /// The answer's body passed the cap: its copy was let go.
+    response_truncated: bool,
     request: RequestCopy,
     /// With `egress:` on: where its outbound calls are gathered.
     calls: Option<Expecting>,
@@ -206,7 +130,7 @@ impl Pending {
             settings: settings.clone(),
             response_at: parts.len(),
             body_at: parts.len(),
-            response: BodyText::default(),
+            response_truncated: false,
             parts,
             request: RequestCopy::Untapped,
             calls: None,
@@ -275,9 +199,16 @@ impl Pending {
     /// (past it, the copy is let go and marked truncated). False when the
     /// memory budget refuses it: the record is dropped.
     fn answer_data(&mut self, data: &[u8]) -> bool {
-        let cap = self.config.max_body_bytes;
-        let base = self.body_at;
-        self.response.data(&mut self.parts, base, data, cap).is_ok()
+        if self.response_truncated {
+            return true;
+        }
+        let copied = self.parts.len() - self.body_at;
+        if copied.saturating_add(data.len()) > self.config.max_body_bytes {
+            self.response_truncated = true;
+            self.parts.truncate(self.body_at);
+            return true;
+        }
+        self.parts.extend(data).is_ok()
     }
 
     /// The answer has ended: the line is finished on this thread and
@@ -299,13 +230,11 @@ impl Pending {
             (RequestCopy::Empty, None) => Some(BodyBytes::default()),
             // Never read: kept out, as a body cut short.
             _ => Some(BodyBytes {
+                bytes: &[],
                 truncated: true,
-                ..BodyBytes::default()
             }),
         };
-        let base = self.body_at;
-        let settled = self.response.settle(&mut self.parts, base);
-        let (Some(request_body), Ok(())) = (request, settled) else {
+        let Some(request_body) = request else {
             self.recorder.dropped(&self.route, "over_budget");
             return;
         };
@@ -318,19 +247,23 @@ impl Pending {
             parts,
             response_at,
             body_at,
-            response,
+            response_truncated,
             ..
         } = self;
         with_scratch(|out| {
+            // `response_at <= body_at <= len` (the answer's body is only
+            // ever cut back to `body_at`).
+            let (heads, body) = parts.as_slice().split_at(body_at);
+            let (request, response) = heads.split_at(response_at);
             let end = line::Ending {
                 request_body,
-                response_body: response.body(&parts, body_at),
+                response_body: BodyBytes {
+                    bytes: body,
+                    truncated: response_truncated,
+                },
                 duration: started.elapsed(),
                 calls: &calls,
             };
-            // `response_at <= body_at <= len` (the answer's body is only
-            // ever cut back to `body_at`).
-            let (request, response) = parts.as_slice()[..body_at].split_at(response_at);
             line::finish_into(out, request, response, &end, &settings.redact);
             // The line takes over the parts' reservation.
             recorder.queue_line(out, &route, &config, parts.into_reservation());
