@@ -91,8 +91,7 @@ async fn normalize_path_false_routes_the_raw_path() {
     running.shutdown().await;
 }
 
-const SPOOFED: &str =
-    "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\n";
+const SPOOFED: &str = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6;proto=https\r\nX-Real-IP: 6.6.6.6\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_fields_from_an_untrusted_client_are_replaced() {
@@ -115,6 +114,9 @@ async fn forwarding_fields_from_an_untrusted_client_are_replaced() {
             assert_eq!(got.header("x-forwarded-host"), Some("app"), "{trusted}");
             assert_eq!(got.header("x-forwarded-proto"), Some("http"), "{trusted}");
             assert_eq!(got.headers.get_all("x-forwarded-for").iter().count(), 1);
+            // The other fields a backend may take for the client's address.
+            assert_eq!(got.header("forwarded"), None, "{trusted}");
+            assert_eq!(got.header("x-real-ip"), None, "{trusted}");
         }
         running.shutdown().await;
     }
@@ -133,6 +135,11 @@ async fn forwarding_fields_from_a_trusted_proxy_are_kept_and_appended_to() {
     assert_eq!(got.header("x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"));
     assert_eq!(got.header("x-forwarded-host"), Some("evil.example"));
     assert_eq!(got.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        got.header("forwarded"),
+        Some("for=6.6.6.6;proto=https, for=127.0.0.1;proto=http;host=app")
+    );
+    assert_eq!(got.header("x-real-ip"), Some("6.6.6.6"));
     running.shutdown().await;
 }
 

@@ -53,6 +53,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Joins several `cookie` fields into one, separated by `; `. HTTP/2
 /// clients (browsers) split cookies into fields of their own for HPACK;
@@ -79,9 +80,13 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 ///
 /// From a `trusted` peer (a configured proxy in front of shadowgate):
 /// `x-forwarded-for` is appended to, `x-forwarded-proto` and
-/// `x-forwarded-host` are kept (and set when absent). From any other peer
-/// the client's own values are not believed: all three are replaced by
-/// what shadowgate saw (peer address, scheme of the listener, authority).
+/// `x-forwarded-host` are kept (and set when absent), and so is
+/// `x-real-ip`; a `forwarded` field (RFC 7239) gets shadowgate's element
+/// appended (`for=…;proto=…;host=…`). From any other peer the client's own
+/// values are not believed: the three `x-forwarded-*` are replaced by what
+/// shadowgate saw (peer address, scheme of the listener, authority), and
+/// `forwarded` and `x-real-ip`, which a backend may take for the client's
+/// address as well, are removed.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: IpAddr,
@@ -112,6 +117,12 @@ pub fn add_forwarded(
             headers.insert(X_FORWARDED_HOST.clone(), v);
         }
     }
+    if trusted {
+        append_forwarded(headers, client, tls, host);
+    } else {
+        headers.remove(header::FORWARDED);
+        headers.remove(&X_REAL_IP);
+    }
     let hop = match version {
         http::Version::HTTP_2 => "2 shadowgate",
         http::Version::HTTP_10 => "1.0 shadowgate",
@@ -123,6 +134,35 @@ pub fn add_forwarded(
     };
     if let Some(v) = via {
         headers.insert(header::VIA, v);
+    }
+}
+
+/// Appends this hop's element to a `forwarded` field the trusted peer
+/// sent (RFC 7239 §4; none is added when there is none: the
+/// `x-forwarded-*` fields are shadowgate's own). An IPv6 address and a
+/// host with a port are quoted (§6: `"[2001:db8::1]"`, `"app:8080"`).
+fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: &str) {
+    let Some(prev) = joined(headers, &header::FORWARDED) else {
+        return;
+    };
+    let node = match client {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let proto = if tls { "https" } else { "http" };
+    let element = if host.is_empty() {
+        format!("for={node};proto={proto}")
+    } else if host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    {
+        format!("for={node};proto={proto};host={host}")
+    } else {
+        let quoted = host.replace('\\', "\\\\").replace('"', "\\\"");
+        format!("for={node};proto={proto};host=\"{quoted}\"")
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {element}")) {
+        headers.insert(header::FORWARDED, v);
     }
 }
 
@@ -403,6 +443,51 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 7.7.7.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "evil.example");
+    }
+
+    #[test]
+    fn forwarded_and_x_real_ip_are_removed_from_an_untrusted_peer_and_appended_to_from_a_trusted_one(
+    ) {
+        let sent = [
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("forwarded", "for=7.7.7.7"),
+            ("x-real-ip", "6.6.6.6"),
+        ];
+        let mut h = map(&sent);
+        forward(&mut h, "127.0.0.1", false);
+        assert!(h.get("forwarded").is_none());
+        assert!(h.get("x-real-ip").is_none());
+
+        let mut h = map(&sent);
+        forward(&mut h, "127.0.0.1", true);
+        assert_eq!(
+            h["forwarded"],
+            "for=6.6.6.6;proto=https, for=7.7.7.7, for=127.0.0.1;proto=http;host=my-app.local"
+        );
+        assert_eq!(h.get_all("forwarded").iter().count(), 1);
+        assert_eq!(h["x-real-ip"], "6.6.6.6");
+        // IPv6 and a host with a port are quoted.
+        let mut h = map(&sent);
+        add_forwarded(
+            &mut h,
+            "2001:db8::1".parse().unwrap(),
+            true,
+            "app:8080",
+            http::Version::HTTP_11,
+            true,
+        );
+        assert!(
+            h["forwarded"]
+                .to_str()
+                .unwrap()
+                .ends_with(", for=\"[2001:db8::1]\";proto=https;host=\"app:8080\""),
+            "{:?}",
+            h["forwarded"]
+        );
+        // None sent: none added.
+        let mut h = map(&[]);
+        forward(&mut h, "127.0.0.1", true);
+        assert!(h.get("forwarded").is_none());
     }
 
     #[test]
