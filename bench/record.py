@@ -70,6 +70,28 @@ def write_config(d, capture_dir, row, ports, backend):
     return path
 
 
+def start_row(procs, d, capture_dir, row, backend, binary, name, wrap=(), ready_within=20):
+    """The proxy of `row` (`write_config`) on free ports, started (under
+    `wrap`, e.g. valgrind) and ready to serve: (process, ports). Exits when
+    it does not become ready within `ready_within` seconds."""
+    ports = {"listen": driver.free_port(), "admin": driver.free_port()}
+    cfg = write_config(d, capture_dir, row, ports, backend)
+    proxy = procs.start(name, list(wrap) + [binary, "run", "--config", cfg])
+    ok = driver.wait_until(lambda: driver.http_req("GET", ports["admin"], "/readyz")[0] == 200,
+                           ready_within)
+    if not ok or proxy.poll() is not None:
+        sys.exit(f"shadowgate did not become ready (log: {procs.logdir}/{name}.log)")
+    return proxy, ports
+
+
+def wrk_for(scenario, body_bytes, threads, connections):
+    """wrk's arguments up to the duration, and its environment, for
+    `scenario`: `post` sends bodies of `body_bytes` (bench/post.lua)."""
+    script = ["-s", os.path.join(ROOT, "bench", "post.lua")] if scenario == "post" else []
+    env = dict(os.environ, BENCH_BODY_BYTES=str(body_bytes))
+    return ["wrk", f"-t{threads}", f"-c{connections}"] + script, env
+
+
 def slice_measure(procs, proxy, ports, stats, seconds, connections, script, env):
     """One slice of load on one proxy: wrk's figures plus the proxy's CPU
     time per request served (the backend's count; only this proxy is
@@ -142,14 +164,7 @@ def main(argv):
             # own slices; the load alternates between them.
             proxies = {}
             for row in ROWS:
-                ports = {"listen": driver.free_port(), "admin": driver.free_port()}
-                cfg = write_config(data_dir, capture_dir, row, ports, backend)
-                proxy = procs.start(f"sg-{row}", [a.bin, "run", "--config", cfg])
-                ok = driver.wait_until(
-                    lambda: driver.http_req("GET", ports["admin"], "/readyz")[0] == 200, 20)
-                if not ok or proxy.poll() is not None:
-                    sys.exit(f"shadowgate did not become ready (log: {run_dir}/sg-{row}.log)")
-                proxies[row] = (proxy, ports)
+                proxies[row] = start_row(procs, data_dir, capture_dir, row, backend, a.bin, f"sg-{row}")
             try:
                 for row in ROWS:
                     # Warm-up (connections, pools, the record file opened).

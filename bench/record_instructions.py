@@ -77,19 +77,14 @@ def top_functions(dump, requests, n):
 
 
 def measure(a, procs, tmp, scenario, row, backend, stats):
-    ports = {"listen": driver.free_port(), "admin": driver.free_port()}
-    # The same two configurations as the throughput bench.
-    cfg = record_bench.write_config(tmp, tmp, row, ports, backend)
     dump = os.path.join(tmp, f"callgrind.{scenario}.{row}.out")
-    proxy = procs.start(f"callgrind-{row}", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}",
-                                             a.bin, "run", "--config", cfg])
+    # The same two configurations as the throughput bench.
+    proxy, ports = record_bench.start_row(
+        procs, tmp, tmp, row, backend, a.bin, f"callgrind-{row}",
+        wrap=["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}"], ready_within=120)
     try:
-        if not driver.wait_until(lambda: driver.http_req("GET", ports["admin"], "/readyz")[0] == 200, 120):
-            sys.exit(f"shadowgate did not become ready under valgrind ({row})")
         url = f"http://{driver.HOST}:{ports['listen']}/bench"
-        script = ["-s", os.path.join(ROOT, "bench", "post.lua")] if scenario == "post" else []
-        env = dict(os.environ, BENCH_BODY_BYTES=str(a.body_bytes))
-        wrk = ["wrk", "-t1", "-c2"] + script
+        wrk, env = record_bench.wrk_for(scenario, a.body_bytes, 1, 2)
         # Everything the backend serves from here on came through this proxy.
         start = driver.served(stats)
         subprocess.run(wrk + ["-d3s", url], capture_output=True, env=env, timeout=60)

@@ -58,16 +58,10 @@ def samples_by_function(data):
 
 
 def profile_row(a, procs, tmp, row, backend, stats, rounds_done):
-    ports = {"listen": driver.free_port(), "admin": driver.free_port()}
-    cfg = record_bench.write_config(tmp, tmp, row, ports, backend)
-    proxy = procs.start(f"{row}-{rounds_done}", [a.bin, "run", "--config", cfg])
+    proxy, ports = record_bench.start_row(procs, tmp, tmp, row, backend, a.bin, f"{row}-{rounds_done}")
     try:
-        if not driver.wait_until(lambda: driver.http_req("GET", ports["admin"], "/readyz")[0] == 200, 30):
-            sys.exit(f"shadowgate did not become ready ({row})")
         url = f"http://{driver.HOST}:{ports['listen']}/bench"
-        script = ["-s", os.path.join(ROOT, "bench", "post.lua")] if a.scenario == "post" else []
-        env = dict(os.environ, BENCH_BODY_BYTES=str(a.body_bytes))
-        wrk = ["wrk", "-t2", "-c32"] + script
+        wrk, env = record_bench.wrk_for(a.scenario, a.body_bytes, 2, 32)
         subprocess.run(wrk + ["-d1s", url], capture_output=True, env=env, timeout=60)
         data = os.path.join(tmp, f"{row}-{rounds_done}.data")
         before = driver.served(stats)

@@ -89,8 +89,10 @@ impl MemoryBudget {
         if bytes == 0 {
             return true;
         }
-        let (Ok(bytes), Ok(limit)) = (i64::try_from(bytes), i64::try_from(self.buffer_limit()))
-        else {
+        // A limit past i64 (the gauge's type) holds anything that can be
+        // reserved; more bytes than that never fit.
+        let limit = i64::try_from(self.buffer_limit()).unwrap_or(i64::MAX);
+        let Ok(bytes) = i64::try_from(bytes) else {
             return false;
         };
         self.used
@@ -345,6 +347,15 @@ mod tests {
         assert_eq!(g.get() as usize, b.in_use());
         drop(frozen);
         assert_eq!(g.get(), 0);
+    }
+
+    #[test]
+    fn a_limit_past_the_gauges_range_still_lends() {
+        let b = MemoryBudget::new(usize::MAX, None);
+        let r = b.reserve(1 << 20).unwrap();
+        assert_eq!(b.in_use(), 1 << 20);
+        drop(r);
+        assert_eq!(b.in_use(), 0);
     }
 
     #[test]

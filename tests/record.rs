@@ -393,32 +393,78 @@ async fn an_answer_too_large_for_the_budget_drops_the_record_and_is_served_whole
     assert!(lines(&dropped).is_empty());
 }
 
+/// A primary that tells on `got_first` when the bytes `first` of a body
+/// have reached it, then reads the request to its end and answers `ok`.
+async fn primary_telling_first_chunk(
+    first: Vec<u8>,
+    got_first: tokio::sync::mpsc::Sender<()>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (first, got_first) = (first.clone(), got_first.clone());
+            tokio::spawn(async move {
+                let (mut buf, mut told) = (Vec::new(), false);
+                let mut chunk = [0u8; 4096];
+                while !buf.ends_with(b"0\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if !told && buf.windows(first.len()).any(|w| w == first) {
+                        told = true;
+                        let _ = got_first.send(()).await;
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// A request body that comes in chunks is recorded as sent: a character
 /// cut between two chunks is written whole, and a body whose later chunk
-/// is not UTF-8 is written as base64 of all its bytes.
+/// is not UTF-8 is written as base64 of all its bytes. The second chunk is
+/// sent only once the first has reached the primary, so the proxy has
+/// passed (and copied) it as a chunk of its own.
 #[tokio::test]
 async fn a_body_streamed_in_chunks_is_recorded_as_sent() {
     use base64::Engine as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let file = file_in(&dir, "chunks.jsonl");
-    let (proxy, _v1) = proxy_recording("ok", &format!("file: {}", file.display())).await;
     let text = "caf\u{e9} \"quoted\" \u{1f980}\n".as_bytes().to_vec();
     let mut not_utf8 = text.clone();
     not_utf8.extend_from_slice(&[b'a', 0xff, b'z']);
     // Cut inside `é`, and (the second) before the bad byte.
-    for (body, cut) in [(&text, 4), (&text, 17), (&not_utf8, 4)] {
+    for (i, (body, cut)) in [(&text, 4), (&text, 17), (&not_utf8, 4)]
+        .into_iter()
+        .enumerate()
+    {
+        let (first, second) = body.split_at(cut);
+        let (tell, mut got_first) = tokio::sync::mpsc::channel(1);
+        let primary = primary_telling_first_chunk(first.to_vec(), tell).await;
+        let proxy = start_proxy(&format!(
+            "backends:\n  v1: {{ endpoints: [\"{primary}\"] }}\nroutes:\n  - name: r\n    backend: v1\n    record: {{ file: {} }}\n",
+            file.display()
+        ))
+        .await;
         let mut s = tokio::net::TcpStream::connect(proxy.listen_addrs[0])
             .await
             .unwrap();
-        let (first, second) = body.split_at(cut);
         let mut head = b"POST /up HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
         head.extend_from_slice(format!("{:x}\r\n", first.len()).as_bytes());
         head.extend_from_slice(first);
         head.extend_from_slice(b"\r\n");
         s.write_all(&head).await.unwrap();
-        // Apart in time, so that the proxy reads them as two chunks.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::timeout(Duration::from_secs(10), got_first.recv())
+            .await
+            .expect("the first chunk reached the primary");
         let mut tail = format!("{:x}\r\n", second.len()).into_bytes();
         tail.extend_from_slice(second);
         tail.extend_from_slice(b"\r\n0\r\n\r\n");
@@ -429,9 +475,10 @@ async fn a_body_streamed_in_chunks_is_recorded_as_sent() {
             .expect("the answer in time")
             .unwrap();
         assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+        proxy.shutdown().await;
+        assert_eq!(lines(&file).len(), i + 1, "flushed at shutdown");
     }
-    let got = wait_lines(&file, 3).await;
-    assert_eq!(got.len(), 3, "{got:?}");
+    let got = lines(&file);
     for r in &got[..2] {
         assert_eq!(
             r["request"]["body"],
@@ -443,7 +490,6 @@ async fn a_body_streamed_in_chunks_is_recorded_as_sent() {
     let b64 = base64::engine::general_purpose::STANDARD.encode(&not_utf8);
     assert_eq!(got[2]["request"]["body_b64"], b64.as_str(), "{}", got[2]);
     assert!(got[2]["request"].get("body").is_none());
-    proxy.shutdown().await;
 }
 
 #[tokio::test]

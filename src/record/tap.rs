@@ -24,11 +24,58 @@ use crate::config::record::RecordConfig;
 use crate::config::Config;
 use crate::memory::{BoundedBuf, BufRefused, MemoryBudget};
 
+/// A body copied into a buffer from `base` on, up to `cap` bytes: past
+/// the cap the copy is let go and marked truncated. One rule for both
+/// copies: the request's (its own buffer) and the answer's (after the
+/// answer's head in the line's parts).
+#[derive(Debug, Clone, Copy)]
+struct Capped {
+    base: usize,
+    cap: usize,
+    truncated: bool,
+}
+
+impl Capped {
+    fn new(base: usize, cap: usize) -> Self {
+        Capped {
+            base,
+            cap,
+            truncated: false,
+        }
+    }
+
+    /// Appends a chunk; `Err` when the memory budget refuses it.
+    fn data(&mut self, buf: &mut BoundedBuf, data: &[u8]) -> Result<(), BufRefused> {
+        if self.truncated {
+            return Ok(());
+        }
+        let copied = buf.len() - self.base;
+        if copied.saturating_add(data.len()) > self.cap {
+            self.cut(buf);
+            return Ok(());
+        }
+        buf.extend(data)
+    }
+
+    /// Lets the copy go, marked truncated.
+    fn cut(&mut self, buf: &mut BoundedBuf) {
+        self.truncated = true;
+        buf.truncate(self.base);
+    }
+
+    fn body<'a>(&self, buf: &'a BoundedBuf) -> BodyBytes<'a> {
+        BodyBytes {
+            bytes: buf.as_slice().get(self.base..).unwrap_or_default(),
+            truncated: self.truncated,
+        }
+    }
+}
+
 /// The request body being copied up to a cap.
 #[derive(Debug)]
 struct Copy {
     buf: BoundedBuf,
-    truncated: bool,
+    copied: Capped,
     over_budget: bool,
     /// The body was read to its end.
     ended: bool,
@@ -37,27 +84,18 @@ struct Copy {
 impl Copy {
     fn new(memory: &Arc<MemoryBudget>, cap: usize) -> Self {
         Copy {
-            buf: BoundedBuf::empty(memory, cap),
-            truncated: false,
+            // The cap is kept by `Capped`.
+            buf: BoundedBuf::empty(memory, usize::MAX),
+            copied: Capped::new(0, cap),
             over_budget: false,
             ended: false,
         }
     }
 
     fn data(&mut self, data: &[u8]) {
-        if self.truncated || self.over_budget {
-            return;
-        }
-        match self.buf.extend(data) {
-            Ok(()) => {}
-            Err(BufRefused::TooLarge) => {
-                self.truncated = true;
-                drop(self.buf.take());
-            }
-            Err(BufRefused::Memory) => {
-                self.over_budget = true;
-                drop(self.buf.take());
-            }
+        if !self.over_budget && self.copied.data(&mut self.buf, data).is_err() {
+            self.over_budget = true;
+            drop(self.buf.take());
         }
     }
 
@@ -69,13 +107,9 @@ impl Copy {
             return None;
         }
         if !self.ended {
-            self.truncated = true;
-            drop(self.buf.take());
+            self.copied.cut(&mut self.buf);
         }
-        Some(BodyBytes {
-            bytes: self.buf.as_slice(),
-            truncated: self.truncated,
-        })
+        Some(self.copied.body(&self.buf))
     }
 }
 
@@ -88,13 +122,11 @@ pub struct Pending {
     /// The configuration in force: its `redact:` is what is hidden.
     settings: Arc<Config>,
     /// The line so far, held from the memory budget: `line::request_part`,
-    /// from `response_at` `line::response_part`, and from `body_at` the
-    /// answer's body as the client has read it (up to the cap).
+    /// from `response_at` `line::response_part`, and from `answer.base`
+    /// the answer's body as the client has read it (up to the cap).
     parts: BoundedBuf,
     response_at: usize,
-    body_at: usize,
-    /// The answer's body passed the cap: its copy was let go.
-    response_truncated: bool,
+    answer: Capped,
     request: RequestCopy,
     /// With `egress:` on: where its outbound calls are gathered.
     calls: Option<Expecting>,
@@ -122,6 +154,7 @@ impl Pending {
             recorder.dropped(head.route, "over_budget");
             return None;
         };
+        let answer = Capped::new(parts.len(), config.max_body_bytes);
         Some(Pending {
             recorder,
             started: Instant::now(),
@@ -129,8 +162,7 @@ impl Pending {
             config,
             settings: settings.clone(),
             response_at: parts.len(),
-            body_at: parts.len(),
-            response_truncated: false,
+            answer,
             parts,
             request: RequestCopy::Untapped,
             calls: None,
@@ -179,10 +211,10 @@ impl Pending {
             self.parts.extend(part)
         });
         if added.is_err() {
-            self.recorder.dropped(&self.route, "over_budget");
+            self.drop_as("over_budget");
             return http::Response::from_parts(parts, body);
         }
-        self.body_at = self.parts.len();
+        self.answer = Capped::new(self.parts.len(), self.config.max_body_bytes);
         presize(
             &mut self.parts,
             body.size_hint(),
@@ -195,20 +227,15 @@ impl Pending {
         http::Response::from_parts(parts, tap.boxed())
     }
 
-    /// Appends a chunk of the answer's body to the parts, up to the cap
-    /// (past it, the copy is let go and marked truncated). False when the
-    /// memory budget refuses it: the record is dropped.
+    /// Appends a chunk of the answer's body to the parts, up to the cap.
+    /// False when the memory budget refuses it: the record is dropped.
     fn answer_data(&mut self, data: &[u8]) -> bool {
-        if self.response_truncated {
-            return true;
-        }
-        let copied = self.parts.len() - self.body_at;
-        if copied.saturating_add(data.len()) > self.config.max_body_bytes {
-            self.response_truncated = true;
-            self.parts.truncate(self.body_at);
-            return true;
-        }
-        self.parts.extend(data).is_ok()
+        self.answer.data(&mut self.parts, data).is_ok()
+    }
+
+    /// The record is not written: counted under `reason`.
+    fn drop_as(self, reason: &str) {
+        self.recorder.dropped(&self.route, reason);
     }
 
     /// The answer has ended: the line is finished on this thread and
@@ -221,18 +248,18 @@ impl Pending {
         // The request's copy is read under its lock: its tap is done by
         // now, unless the primary answered before reading the body, and
         // then the copy is only marked truncated.
-        let mut tapped = match &self.request {
-            RequestCopy::Tapped(copy) => Some(copy.lock()),
-            _ => None,
-        };
-        let request = match (&self.request, tapped.as_deref_mut()) {
-            (_, Some(copy)) => copy.body(),
-            (RequestCopy::Empty, None) => Some(BodyBytes::default()),
+        let mut tapped;
+        let request = match &self.request {
+            RequestCopy::Empty => Some(BodyBytes::default()),
             // Never read: kept out, as a body cut short.
-            _ => Some(BodyBytes {
+            RequestCopy::Untapped => Some(BodyBytes {
                 bytes: &[],
                 truncated: true,
             }),
+            RequestCopy::Tapped(copy) => {
+                tapped = copy.lock();
+                tapped.body()
+            }
         };
         let Some(request_body) = request else {
             self.recorder.dropped(&self.route, "over_budget");
@@ -246,21 +273,16 @@ impl Pending {
             settings,
             parts,
             response_at,
-            body_at,
-            response_truncated,
+            answer,
             ..
         } = self;
         with_scratch(|out| {
-            // `response_at <= body_at <= len` (the answer's body is only
-            // ever cut back to `body_at`).
-            let (heads, body) = parts.as_slice().split_at(body_at);
-            let (request, response) = heads.split_at(response_at);
+            // `response_at <= answer.base <= len` (the answer's body is
+            // only ever cut back to its base).
+            let (request, response) = parts.as_slice()[..answer.base].split_at(response_at);
             let end = line::Ending {
                 request_body,
-                response_body: BodyBytes {
-                    bytes: body,
-                    truncated: response_truncated,
-                },
+                response_body: answer.body(&parts),
                 duration: started.elapsed(),
                 calls: &calls,
             };
@@ -361,7 +383,7 @@ pin_project_lite::pin_project! {
                 if this.inner.is_end_stream() {
                     pending.complete();
                 } else {
-                    pending.recorder.dropped(&pending.route, "incomplete");
+                    pending.drop_as("incomplete");
                 }
             }
         }
@@ -380,18 +402,17 @@ impl Body for ResponseTap {
         let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                let data = frame.data_ref();
-                if let (Some(pending), Some(d)) = (this.pending.as_mut(), data) {
-                    if !pending.answer_data(d) {
-                        if let Some(pending) = this.pending.take() {
-                            pending.recorder.dropped(&pending.route, "over_budget");
-                        }
-                    }
+                let refused = match (this.pending.as_mut(), frame.data_ref()) {
+                    (Some(pending), Some(d)) => !pending.answer_data(d),
+                    _ => false,
+                };
+                if let Some(pending) = this.pending.take_if(|_| refused) {
+                    pending.drop_as("over_budget");
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(pending) = this.pending.take() {
-                    pending.recorder.dropped(&pending.route, "incomplete");
+                    pending.drop_as("incomplete");
                 }
             }
             Poll::Ready(None) => {}
