@@ -11,9 +11,10 @@
 //! answer's head is added to the buffer when it comes
 //! (`line::response_part`), and its body after it. When the answer has
 //! ended the line is finished on that thread (`line::finish_into`;
-//! everything freed where it was allocated) and goes to a bounded queue
-//! holding the buffer's reservation (`queue`: a full queue drops it,
-//! counted, never waits); a dedicated
+//! everything freed where it was allocated), written straight into that
+//! thread's lane of a bounded queue and held there by the buffer's
+//! reservation (`queue`: a full lane drops it, counted, never waits); a
+//! dedicated
 //! writer thread (`writer`) batches, flushes at least every second, rotates
 //! and compresses. Encoding on the writer thread instead, with every
 //! record's parts freed there, cost 24 µs of proxy CPU per recorded GET
@@ -45,7 +46,8 @@ use crate::telemetry::metrics::{Metrics, RecordDropLabels, RecordLabels};
 
 pub use tap::Pending;
 
-/// Records waiting for the writer; more are dropped (`queue_full`).
+/// Records waiting for the writer per serving thread; more are dropped
+/// (`queue_full`).
 const QUEUE: usize = 4096;
 
 /// Bytes of line buffer a serving thread keeps between records.
@@ -151,41 +153,19 @@ impl Recorder {
         Pending::new(self.clone(), config.clone(), head, settings, memory)
     }
 
-    /// Queues a copy of `line`, its bytes held by `held` (the reservation
-    /// of the parts it was written from, grown when the line is longer)
-    /// until written; a line that cannot be queued is dropped, counted.
-    /// Taking over the parts' reservation spares a reservation and its
-    /// return on the budget's shared counter per record; a short line
-    /// holds at most twice its bytes (the parts start at 1 KiB; a GET's
-    /// line is ~650 bytes).
+    /// Queues a line without waiting: `encode` writes it into this
+    /// thread's lane of the queue and returns the reservation of the parts
+    /// it was written from, which then holds the line until it is written
+    /// (`queue::Queue::push`). A line that cannot be queued is dropped,
+    /// counted.
     fn queue_line(
         &self,
-        line: &[u8],
-        route: &Arc<str>,
-        config: &Arc<RecordConfig>,
-        mut held: Reservation,
+        route: Arc<str>,
+        config: Arc<RecordConfig>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Reservation,
     ) {
-        let fits = match held.bytes().checked_sub(line.len()) {
-            Some(spare) => {
-                if spare > line.len() {
-                    held.shrink_to(line.len());
-                }
-                true
-            }
-            None => held.grow(line.len() - held.bytes()),
-        };
-        let queued = if fits {
-            self.queue
-                .push(line, route, config, held)
-                .map_err(|refused| match refused {
-                    queue::Refused::Full => "queue_full",
-                    queue::Refused::Closed => "write_failed",
-                })
-        } else {
-            Err("over_budget")
-        };
-        if let Err(reason) = queued {
-            self.dropped(route, reason);
+        if let Err((refused, route)) = self.queue.push(route, config, encode) {
+            self.dropped(&route, refused.reason());
         }
     }
 

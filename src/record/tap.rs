@@ -238,8 +238,8 @@ impl Pending {
         self.recorder.dropped(&self.route, reason);
     }
 
-    /// The answer has ended: the line is finished on this thread and
-    /// queued for the writer.
+    /// The answer has ended: the line is finished on this thread, in its
+    /// lane of the writer's queue.
     fn complete(mut self) {
         let calls = self.calls.take().map(Expecting::close).unwrap_or_default();
         if calls.cut > 0 {
@@ -276,19 +276,20 @@ impl Pending {
             answer,
             ..
         } = self;
-        with_scratch(|out| {
+        let duration = started.elapsed();
+        recorder.queue_line(route, config, move |out| {
             // `response_at <= answer.base <= len` (the answer's body is
             // only ever cut back to its base).
             let (request, response) = parts.as_slice()[..answer.base].split_at(response_at);
             let end = line::Ending {
                 request_body,
                 response_body: answer.body(&parts),
-                duration: started.elapsed(),
+                duration,
                 calls: &calls,
             };
             line::finish_into(out, request, response, &end, &settings.redact);
             // The line takes over the parts' reservation.
-            recorder.queue_line(out, &route, &config, parts.into_reservation());
+            parts.into_reservation()
         });
     }
 }

@@ -275,23 +275,24 @@ pub fn numbered(path: &Path, n: u32) -> PathBuf {
 pub(super) fn run(queue: &Queue, metrics: Arc<Metrics>, wanted: Wanted) {
     let mut sinks: HashMap<PathBuf, Sink> = HashMap::new();
     let mut last_flush = Instant::now();
-    let mut batch = Batch::default();
+    let mut spare = Batch::default();
+    let mut flushes = Vec::new();
     loop {
         let wait = FLUSH_EVERY.saturating_sub(last_flush.elapsed()).min(LINGER);
-        let open = queue.take(&mut batch, wait);
-        for run in batch.runs() {
-            write(&mut sinks, &metrics, &run);
-        }
-        // A flush follows every line queued before it (they are in this
-        // batch or an earlier one).
-        if !batch.flushes.is_empty() {
+        let open = queue.take(wait, &mut spare, &mut flushes, |batch| {
+            for run in batch.runs() {
+                write(&mut sinks, &metrics, &run);
+            }
+        });
+        // A flush follows every line queued before it (they were handed
+        // over by this take or an earlier one).
+        if !flushes.is_empty() {
             sinks.values_mut().for_each(|s| s.flush(&metrics, true));
             last_flush = Instant::now();
-            for ack in batch.flushes.drain(..) {
+            for ack in flushes.drain(..) {
                 let _ = ack.send(());
             }
         }
-        batch.clear();
         if !open {
             sinks.values_mut().for_each(|s| s.flush(&metrics, true));
             return;
