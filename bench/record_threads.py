@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Recording's cost per thread (issue #17): microseconds of CPU per
+request, user and kernel, for each kind of proxy thread (the runtime's
+serving threads, the record writer), plain row against record row, for
+one or more builds side by side.
+
+`bench/record.py` gives the throughput ratio and the whole proxy's CPU
+per request; `bench/record_profile.py` gives functions. Neither tells
+the writer thread's share (its writes go through the kernel's page
+cache) from the serving threads' (encoding, copies). This one reads each
+thread's `utime` and `stime` from `/proc/PID/task/*/stat` before and
+after every slice and groups them by thread name.
+
+For each `--bin` two proxies run behind one `shadowgate bench-backend`,
+without and with `record: {percent: 100}` (`record.py`'s configurations);
+`wrk -t2 -c32` loads one proxy at a time for `--duration` seconds, all
+proxies in turn, the order reversed every other round so that a slow
+phase of this shared machine weighs on every row alike. Given two builds,
+the rows of both alternate in the same run, which is the only fair way to
+compare them here (one run's figures move by several µs on this
+machine).
+
+Usage: bench/record_threads.py [--bin BIN]... [--scenario post]
+           [--rounds 6] [--duration 4]
+Standard library only (plus wrk); every process it starts is stopped on
+exit; every load run is bounded in time.
+"""
+import argparse
+import collections
+import os
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import driver  # noqa: E402  (processes, wrk, the backend)
+import record as record_bench  # noqa: E402  (its configurations)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def thread_ticks(pid):
+    """{(thread name, "user" | "kernel"): clock ticks} of a process."""
+    out = collections.Counter()
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[(name, "user")] += int(fields[11])
+        out[(name, "kernel")] += int(fields[12])
+    return out
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bin", action="append", help="a build (repeat to compare; default target/release)")
+    p.add_argument("--scenario", default="post", choices=["get", "post"])
+    p.add_argument("--body-bytes", type=int, default=4096)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--duration", type=int, default=4, help="seconds per slice")
+    a = p.parse_args(argv)
+    bins = [os.path.abspath(b) for b in (a.bin or [os.path.join(ROOT, "target", "release", "shadowgate")])]
+    for b in bins:
+        if not os.access(b, os.X_OK):
+            sys.exit(f"{b}: not an executable (build it, or pass --bin)")
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed (bench/run installs it)")
+    tmp = tempfile.mkdtemp(prefix="sg-record-threads-")
+    procs = driver.Procs(tmp)
+    rows = [(b, row) for b in bins for row in record_bench.ROWS]
+    ticks = {r: collections.Counter() for r in rows}
+    served = collections.Counter()
+    try:
+        backend, stats = driver.start_bench_backend(procs, bins[0])
+        script = os.path.join(ROOT, "bench", "post.lua") if a.scenario == "post" else None
+        env = {"BENCH_BODY_BYTES": str(a.body_bytes)}
+        proxies = {}
+        for i, (b, row) in enumerate(rows):
+            proxies[(b, row)] = record_bench.start_row(procs, tmp, tmp, row, backend, b, f"sg-{i}-{row}")
+
+        def load(r, seconds):
+            url = f"http://{driver.HOST}:{proxies[r][1]['listen']}/bench"
+            driver.wrk_load(procs, url, seconds, 32, script=script, env=env)
+
+        for r in rows:
+            load(r, 1)  # warm-up: connections, pools, the record file
+        for n in range(a.rounds):
+            for r in (rows if n % 2 == 0 else rows[::-1]):
+                pid = proxies[r][0].pid
+                before, done = thread_ticks(pid), driver.served(stats)
+                load(r, a.duration)
+                served[r] += driver.served(stats) - done
+                ticks[r].update(thread_ticks(pid) - before)
+            print(f"round {n + 1} of {a.rounds} done", flush=True)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    hz = os.sysconf("SC_CLK_TCK")
+    for b in bins:
+        plain, rec = (b, "plain"), (b, "record")
+        print(f"\n{b} ({a.scenario}): {served[plain]} plain and {served[rec]} recorded requests; "
+              f"throughput record / plain {served[rec] / max(served[plain], 1):.2f}×")
+        print("  thread               space    plain   record     diff  (µs per request)")
+        for key in sorted(set(ticks[plain]) | set(ticks[rec])):
+            us = {r: ticks[r][key] * 1e6 / hz / max(served[r], 1) for r in (plain, rec)}
+            print(f"  {key[0]:20s} {key[1]:6s} {us[plain]:8.1f} {us[rec]:8.1f} {us[rec] - us[plain]:+8.1f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
