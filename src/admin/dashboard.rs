@@ -3,7 +3,7 @@
 //! binary from `assets/dashboard/`. Nothing is fetched from elsewhere.
 //!
 //! With `admin_token` set, these routes sit behind the same check as the
-//! JSON API ([`super::require_token`]). A browser cannot put a header on the
+//! JSON API (`admin::require_token`). A browser cannot put a header on the
 //! address it navigates to, so the dashboard routes also take the token once
 //! as `?token=`. The page keeps it in `sessionStorage`, removes it from the
 //! address bar, and sends `Authorization: Bearer` on every request it makes,

@@ -6,7 +6,8 @@
 //!   writer thread on every record, and at `percent: 100` those wake-ups
 //!   (a futex call and a thread switch per request) were most of
 //!   recording's cost (`bench/record.py`: 0.73× throughput). Here the
-//!   writer wakes when a lane has gathered `WAKE_AT` records, when asked
+//!   writer wakes when a lane has gathered `WAKE_AT` records or
+//!   `WAKE_BYTES` bytes, when asked
 //!   to flush, or by its own timer every `LINGER`, and takes each lane's
 //!   whole batch at once (swapped with an empty one, so neither is
 //!   reallocated);
@@ -46,9 +47,16 @@ const WAKE_AT: usize = 256;
 /// How long the writer lets records gather.
 pub(super) const LINGER: Duration = Duration::from_millis(20);
 
-/// Bytes of buffer a batch keeps between uses; a larger one (after a
-/// burst of large records) is freed once written.
-const KEEP_BYTES: usize = 4 << 20;
+/// Bytes gathered in a lane that wake the writer before its timer: a
+/// lane's buffer stays about this size (it is written while still in the
+/// cache, and a machine with many serving threads keeps little memory in
+/// lanes).
+const WAKE_BYTES: usize = 512 << 10;
+
+/// Bytes of buffer a batch keeps between uses (each lane's, and the
+/// writer's spare); a larger one (after a large record) is freed once
+/// written.
+const KEEP_BYTES: usize = 1 << 20;
 
 /// One line in a batch: where it goes, and its bytes reserved from the
 /// shadow memory budget until written.
@@ -145,7 +153,7 @@ struct LaneState {
 struct Control {
     lanes: Vec<Arc<Lane>>,
     flushes: Vec<SyncSender<()>>,
-    /// A lane has gathered `WAKE_AT` records.
+    /// A lane has gathered `WAKE_AT` records or `WAKE_BYTES` bytes.
     wake: bool,
     closed: bool,
 }
@@ -276,7 +284,9 @@ impl Queue {
                 end: batch.bytes.len(),
                 _held: held,
             });
-            Ok(batch.entries.len() == WAKE_AT)
+            // Each threshold wakes the writer once, when it is crossed.
+            let crossed = start < WAKE_BYTES && batch.bytes.len() >= WAKE_BYTES;
+            Ok(batch.entries.len() == WAKE_AT || crossed)
         });
         let refused = match queued {
             Ok(Ok(wake)) => {
@@ -320,7 +330,7 @@ impl Queue {
         Ok(())
     }
 
-    /// Waits at most `wait` for something to do (a lane at `WAKE_AT`, a
+    /// Waits at most `wait` for something to do (a lane full enough, a
     /// flush, the close), moves the flush requests made so far into
     /// `flushes`, then hands each lane's lines to `write` in turn: every
     /// line queued before one of those flush requests is among them.
@@ -648,5 +658,34 @@ mod tests {
         let (_, rest) = take_lines(&q, &mut Vec::new());
         lines += rest.iter().map(Vec::len).sum::<usize>();
         assert_eq!(lines, WAKE_AT);
+    }
+
+    #[test]
+    // As above: a plain thread beside the writer's.
+    #[allow(clippy::disallowed_methods)]
+    fn a_lane_holding_wake_bytes_wakes_the_writer_before_its_timer() {
+        let memory = MemoryBudget::new(4 << 20, None);
+        let cfg = config();
+        let q = Arc::new(Queue::new(WAKE_AT * 2));
+        let line = vec![b'x'; 64 << 10];
+        let n = WAKE_BYTES / line.len();
+        let (q2, m2, c2) = (q.clone(), memory.clone(), cfg.clone());
+        let pusher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            for _ in 0..n {
+                push(&q2, &m2, &line, line.len(), &c2).unwrap();
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let mut bytes = 0;
+        // Woken by the lane's bytes (8 records, far fewer than `WAKE_AT`).
+        q.take(Duration::from_secs(60), &mut Batch::default(), &mut Vec::new(), |b| {
+            bytes += b.runs().map(|r| r.bytes.len()).sum::<usize>()
+        });
+        assert!(started.elapsed() < Duration::from_secs(30));
+        pusher.join().unwrap();
+        let (_, rest) = take_lines(&q, &mut Vec::new());
+        bytes += rest.iter().flatten().map(Vec::len).sum::<usize>();
+        assert_eq!(bytes, n * (64 << 10));
     }
 }
