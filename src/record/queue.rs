@@ -679,9 +679,12 @@ mod tests {
         let started = tokio::time::Instant::now();
         let mut bytes = 0;
         // Woken by the lane's bytes (8 records, far fewer than `WAKE_AT`).
-        q.take(Duration::from_secs(60), &mut Batch::default(), &mut Vec::new(), |b| {
-            bytes += b.runs().map(|r| r.bytes.len()).sum::<usize>()
-        });
+        q.take(
+            Duration::from_secs(60),
+            &mut Batch::default(),
+            &mut Vec::new(),
+            |b| bytes += b.runs().map(|r| r.bytes.len()).sum::<usize>(),
+        );
         assert!(started.elapsed() < Duration::from_secs(30));
         pusher.join().unwrap();
         let (_, rest) = take_lines(&q, &mut Vec::new());
