@@ -627,68 +627,58 @@ mod tests {
         assert_eq!(memory.in_use(), 0);
     }
 
-    #[test]
-    // The writer is a plain thread, not a runtime task: this test waits
-    // beside it with a plain thread.
+    /// `n` lines of `len` bytes pushed by another thread once the writer
+    /// waits (with a 60 s timer): the lines and bytes handed over, after
+    /// checking the writer was woken long before its timer.
+    // The writer is a plain thread, not a runtime task: this waits beside
+    // it with a plain thread.
     #[allow(clippy::disallowed_methods)]
-    fn a_lane_at_wake_at_wakes_the_writer_before_its_timer() {
-        let memory = MemoryBudget::new(1 << 20, None);
+    fn pushed_while_the_writer_waits(n: usize, len: usize) -> (usize, usize) {
+        let memory = MemoryBudget::new(4 << 20, None);
         let cfg = config();
         let q = Arc::new(Queue::new(WAKE_AT * 2));
         let (q2, m2, c2) = (q.clone(), memory.clone(), cfg.clone());
         let pusher = std::thread::spawn(move || {
             // Give the writer time to start waiting.
             std::thread::sleep(Duration::from_millis(50));
-            for _ in 0..WAKE_AT {
-                push(&q2, &m2, b"l\n", 2, &c2).unwrap();
+            let line = vec![b'l'; len];
+            for _ in 0..n {
+                push(&q2, &m2, &line, len, &c2).unwrap();
             }
         });
         let started = tokio::time::Instant::now();
-        let mut lines = 0;
-        // Woken by the 256th line, not by a 60 s timer.
-        q.take(
-            Duration::from_secs(60),
-            &mut Batch::default(),
-            &mut Vec::new(),
-            |b| lines += b.runs().map(|r| r.entries.len()).sum::<usize>(),
+        let mut lines = Vec::new();
+        let mut take = |wait| {
+            q.take(wait, &mut Batch::default(), &mut Vec::new(), |b| {
+                for run in b.runs() {
+                    lines.extend(run.lines().map(|(_, l)| l.len()));
+                }
+            })
+        };
+        take(Duration::from_secs(60));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "woken by the lane"
         );
-        assert!(started.elapsed() < Duration::from_secs(30));
         pusher.join().unwrap();
         // Whatever came after the wake-up is in the next batch.
-        let (_, rest) = take_lines(&q, &mut Vec::new());
-        lines += rest.iter().map(Vec::len).sum::<usize>();
-        assert_eq!(lines, WAKE_AT);
+        take(Duration::ZERO);
+        (lines.len(), lines.iter().sum())
     }
 
     #[test]
-    // As above: a plain thread beside the writer's.
-    #[allow(clippy::disallowed_methods)]
-    fn a_lane_holding_wake_bytes_wakes_the_writer_before_its_timer() {
-        let memory = MemoryBudget::new(4 << 20, None);
-        let cfg = config();
-        let q = Arc::new(Queue::new(WAKE_AT * 2));
-        let line = vec![b'x'; 64 << 10];
-        let n = WAKE_BYTES / line.len();
-        let (q2, m2, c2) = (q.clone(), memory.clone(), cfg.clone());
-        let pusher = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            for _ in 0..n {
-                push(&q2, &m2, &line, line.len(), &c2).unwrap();
-            }
-        });
-        let started = tokio::time::Instant::now();
-        let mut bytes = 0;
-        // Woken by the lane's bytes (8 records, far fewer than `WAKE_AT`).
-        q.take(
-            Duration::from_secs(60),
-            &mut Batch::default(),
-            &mut Vec::new(),
-            |b| bytes += b.runs().map(|r| r.bytes.len()).sum::<usize>(),
+    fn a_lane_at_wake_at_records_wakes_the_writer_before_its_timer() {
+        assert_eq!(
+            pushed_while_the_writer_waits(WAKE_AT, 2),
+            (WAKE_AT, WAKE_AT * 2)
         );
-        assert!(started.elapsed() < Duration::from_secs(30));
-        pusher.join().unwrap();
-        let (_, rest) = take_lines(&q, &mut Vec::new());
-        bytes += rest.iter().flatten().map(Vec::len).sum::<usize>();
-        assert_eq!(bytes, n * (64 << 10));
+    }
+
+    #[test]
+    fn a_lane_holding_wake_bytes_wakes_the_writer_before_its_timer() {
+        // 8 lines: far fewer than `WAKE_AT`.
+        let len = 64 << 10;
+        let n = WAKE_BYTES / len;
+        assert_eq!(pushed_while_the_writer_waits(n, len), (n, WAKE_BYTES));
     }
 }
