@@ -14,8 +14,17 @@ use http::Method;
 use shadowgate::app::Running;
 use support::*;
 
+/// A proxy with one route `r` to `primary`, recording with `record` (the
+/// inside of the `record:` flow mapping).
+async fn recording_to(primary: std::net::SocketAddr, record: &str) -> Running {
+    start_proxy(&format!(
+        "backends:\n  v1: {{ endpoints: [\"{primary}\"] }}\nroutes:\n  - name: r\n    backend: v1\n    record: {{ {record} }}\n",
+    ))
+    .await
+}
+
 /// A proxy with one route `r` to a backend answering `body`, recording
-/// with `record` (the inside of the `record:` flow mapping).
+/// with `record`.
 async fn proxy_recording(body: &'static str, record: &str) -> (Running, BackendHandle) {
     let v1 = TestBackend::new()
         .body(body)
@@ -23,12 +32,20 @@ async fn proxy_recording(body: &'static str, record: &str) -> (Running, BackendH
         .header("set-cookie", "session=s3cret")
         .spawn()
         .await;
-    let proxy = start_proxy(&format!(
-        "backends:\n  v1: {{ endpoints: [\"{}\"] }}\nroutes:\n  - name: r\n    backend: v1\n    record: {{ {record} }}\n",
-        v1.addr
-    ))
-    .await;
-    (proxy, v1)
+    (recording_to(v1.addr, record).await, v1)
+}
+
+/// A proxy recording route `r` (to `primary`) into `file`, and a raw
+/// connection to it.
+async fn raw_client_of_recording(
+    primary: std::net::SocketAddr,
+    file: &Path,
+) -> (Running, tokio::net::TcpStream) {
+    let proxy = recording_to(primary, &format!("file: {}", file.display())).await;
+    let s = tokio::net::TcpStream::connect(proxy.listen_addrs[0])
+        .await
+        .unwrap();
+    (proxy, s)
 }
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {
@@ -449,14 +466,7 @@ async fn a_body_streamed_in_chunks_is_recorded_as_sent() {
         let (first, second) = body.split_at(cut);
         let (tell, mut got_first) = tokio::sync::mpsc::channel(1);
         let primary = primary_telling_first_chunk(first.to_vec(), tell).await;
-        let proxy = start_proxy(&format!(
-            "backends:\n  v1: {{ endpoints: [\"{primary}\"] }}\nroutes:\n  - name: r\n    backend: v1\n    record: {{ file: {} }}\n",
-            file.display()
-        ))
-        .await;
-        let mut s = tokio::net::TcpStream::connect(proxy.listen_addrs[0])
-            .await
-            .unwrap();
+        let (proxy, mut s) = raw_client_of_recording(primary, &file).await;
         let mut head = b"POST /up HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
         head.extend_from_slice(format!("{:x}\r\n", first.len()).as_bytes());
         head.extend_from_slice(first);
@@ -797,16 +807,9 @@ async fn a_request_body_the_primary_did_not_read_whole_is_marked_truncated() {
     });
     let dir = tempfile::tempdir().unwrap();
     let file = file_in(&dir, "early.jsonl");
-    let proxy = start_proxy(&format!(
-        "backends:\n  v1: {{ endpoints: [\"{primary}\"] }}\nroutes:\n  - name: r\n    backend: v1\n    record: {{ file: {} }}\n",
-        file.display()
-    ))
-    .await;
     // The client sends the head and a first chunk, reads the whole answer,
     // and only then ends its body.
-    let mut s = tokio::net::TcpStream::connect(proxy.listen_addrs[0])
-        .await
-        .unwrap();
+    let (proxy, mut s) = raw_client_of_recording(primary, &file).await;
     s.write_all(
         b"POST /upload HTTP/1.1\r\nhost: shop.example\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
     )

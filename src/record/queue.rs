@@ -240,44 +240,25 @@ impl Queue {
         config: Arc<RecordConfig>,
         encode: impl FnOnce(&mut Vec<u8>) -> Reservation,
     ) -> Result<(), (Refused, Arc<str>)> {
-        let mut dest = Some((route, config));
-        let queued = LANES.try_with(|lanes| {
-            // Only borrowed here, and `encode` never records: a failed
-            // borrow (or a thread being torn down) is a refusal, not a panic.
-            let Ok(mut lanes) = lanes.try_borrow_mut() else {
-                return Err(Refused::Closed);
-            };
-            let i = match lanes
-                .iter()
-                .position(|(q, _)| std::ptr::eq(q.as_ptr(), Arc::as_ptr(self)))
-            {
-                Some(i) => i,
-                None => {
-                    let lane = self.new_lane()?;
-                    // A `Weak` keeps its queue's allocation: no address
-                    // is reused while an entry names it.
-                    lanes.retain(|(q, _)| q.strong_count() > 0);
-                    lanes.push((Arc::downgrade(self), lane));
-                    lanes.len() - 1
-                }
-            };
-            let mut state = lanes[i].1.state.lock();
+        let lane = match self.lane() {
+            Ok(lane) => lane,
+            Err(refused) => return Err((refused, route)),
+        };
+        let wake = {
+            let mut state = lane.state.lock();
             if state.closed {
-                return Err(Refused::Closed);
+                return Err((Refused::Closed, route));
             }
             let batch = &mut state.batch;
             if batch.entries.len() >= self.capacity {
-                return Err(Refused::Full);
+                return Err((Refused::Full, route));
             }
             let start = batch.bytes.len();
             let mut held = encode(&mut batch.bytes);
             if !fit(&mut held, batch.bytes.len() - start) {
                 batch.bytes.truncate(start);
-                return Err(Refused::OverBudget);
+                return Err((Refused::OverBudget, route));
             }
-            let Some((route, config)) = dest.take() else {
-                return Err(Refused::Closed);
-            };
             batch.entries.push(Entry {
                 route,
                 config,
@@ -286,23 +267,36 @@ impl Queue {
             });
             // Each threshold wakes the writer once, when it is crossed.
             let crossed = start < WAKE_BYTES && batch.bytes.len() >= WAKE_BYTES;
-            Ok(batch.entries.len() == WAKE_AT || crossed)
-        });
-        let refused = match queued {
-            Ok(Ok(wake)) => {
-                if wake {
-                    self.control.lock().wake = true;
-                    self.ready.notify_one();
-                }
-                return Ok(());
-            }
-            Ok(Err(refused)) => refused,
-            Err(_) => Refused::Closed,
+            batch.entries.len() == WAKE_AT || crossed
         };
-        match dest {
-            Some((route, _)) => Err((refused, route)),
-            None => Ok(()),
+        if wake {
+            self.control.lock().wake = true;
+            self.ready.notify_one();
         }
+        Ok(())
+    }
+
+    /// This thread's lane, made on its first line.
+    fn lane(self: &Arc<Self>) -> Result<Arc<Lane>, Refused> {
+        LANES
+            .try_with(|lanes| {
+                // Only borrowed here: a failed borrow (or a thread being
+                // torn down) is a refusal, not a panic.
+                let mut lanes = lanes.try_borrow_mut().map_err(|_| Refused::Closed)?;
+                let mine = lanes
+                    .iter()
+                    .find(|(q, _)| std::ptr::eq(q.as_ptr(), Arc::as_ptr(self)));
+                if let Some((_, lane)) = mine {
+                    return Ok(lane.clone());
+                }
+                let lane = self.new_lane()?;
+                // A `Weak` keeps its queue's allocation: no address is
+                // reused while an entry names it.
+                lanes.retain(|(q, _)| q.strong_count() > 0);
+                lanes.push((Arc::downgrade(self), lane.clone()));
+                Ok(lane)
+            })
+            .unwrap_or(Err(Refused::Closed))
     }
 
     /// A lane for this thread, unless the queue is closed.
@@ -627,20 +621,18 @@ mod tests {
         assert_eq!(memory.in_use(), 0);
     }
 
-    /// `n` lines of `len` bytes pushed by another thread once the writer
-    /// waits (with a 60 s timer): the lines and bytes handed over, after
-    /// checking the writer was woken long before its timer.
-    // The writer is a plain thread, not a runtime task: this waits beside
-    // it with a plain thread.
-    #[allow(clippy::disallowed_methods)]
+    /// `n` lines of `len` bytes pushed by another thread while the writer
+    /// takes with a 60 s timer: the lines and bytes handed over, after
+    /// checking the writer was woken long before its timer. Whether the
+    /// writer is already waiting when the threshold is crossed (woken by
+    /// the notification) or not yet (it finds the flag and does not wait),
+    /// it must not sit out its timer.
     fn pushed_while_the_writer_waits(n: usize, len: usize) -> (usize, usize) {
         let memory = MemoryBudget::new(4 << 20, None);
         let cfg = config();
         let q = Arc::new(Queue::new(WAKE_AT * 2));
         let (q2, m2, c2) = (q.clone(), memory.clone(), cfg.clone());
         let pusher = std::thread::spawn(move || {
-            // Give the writer time to start waiting.
-            std::thread::sleep(Duration::from_millis(50));
             let line = vec![b'l'; len];
             for _ in 0..n {
                 push(&q2, &m2, &line, len, &c2).unwrap();
