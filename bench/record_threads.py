@@ -9,7 +9,9 @@ per request; `bench/record_profile.py` gives functions. Neither tells
 the writer thread's share (its writes go through the kernel's page
 cache) from the serving threads' (encoding, copies). This one reads each
 thread's `utime` and `stime` from `/proc/PID/task/*/stat` before and
-after every slice and groups them by thread name.
+after every slice and groups them by thread name, with each thread's
+minor page faults and voluntary and involuntary context switches (kernel
+time a profile of functions does not explain).
 
 For each `--bin` two proxies run behind one `shadowgate bench-backend`,
 without and with `record: {percent: 100}` (`record.py`'s configurations);
@@ -39,8 +41,14 @@ import record as record_bench  # noqa: E402  (its configurations)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# What `thread_ticks` counts besides CPU time, printed per 1000 requests:
+# minor page faults, voluntary and involuntary context switches.
+EVENTS = ("minflt", "vcsw", "ivcsw")
+
+
 def thread_ticks(pid):
-    """{(thread name, "user" | "kernel"): clock ticks} of a process."""
+    """{(thread name, "user" | "kernel"): clock ticks} of a process, and
+    {(thread name, event): count} of each of `EVENTS`."""
     out = collections.Counter()
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -56,6 +64,15 @@ def thread_ticks(pid):
         fields = stat[stat.rindex(")") + 2:].split()
         out[(name, "user")] += int(fields[11])
         out[(name, "kernel")] += int(fields[12])
+        out[(name, "minflt")] += int(fields[7])
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+                        out[(name, "vcsw" if key[0] == "v" else "ivcsw")] += int(value)
+        except OSError:
+            continue
     return out
 
 
@@ -108,10 +125,12 @@ def main(argv):
         plain, rec = (b, "plain"), (b, "record")
         print(f"\n{b} ({a.scenario}): {served[plain]} plain and {served[rec]} recorded requests; "
               f"throughput record / plain {served[rec] / max(served[plain], 1):.2f}×")
-        print("  thread               space    plain   record     diff  (µs per request)")
+        print("  thread               what     plain   record     diff  (CPU: µs per request; "
+              "minflt, vcsw, ivcsw: per 1000 requests)")
         for key in sorted(set(ticks[plain]) | set(ticks[rec])):
-            us = {r: ticks[r][key] * 1e6 / hz / max(served[r], 1) for r in (plain, rec)}
-            print(f"  {key[0]:20s} {key[1]:6s} {us[plain]:8.1f} {us[rec]:8.1f} {us[rec] - us[plain]:+8.1f}")
+            scale = 1000 if key[1] in EVENTS else 1e6 / hz
+            v = {r: ticks[r][key] * scale / max(served[r], 1) for r in (plain, rec)}
+            print(f"  {key[0]:20s} {key[1]:6s} {v[plain]:8.1f} {v[rec]:8.1f} {v[rec] - v[plain]:+8.1f}")
 
 
 if __name__ == "__main__":
