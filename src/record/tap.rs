@@ -1,8 +1,7 @@
 //! The two bounded copies a recorded request makes on the request path:
-//! the request body as the primary reads it (held, not copied, while it
-//! is one chunk), and the answer's body as the client reads it (appended
-//! to the record's line parts, so an answer costs no buffer and no
-//! reservation of its own). Neither ever waits: a
+//! the request body as the primary reads it, and the answer's body as the
+//! client reads it (appended to the record's line parts, so an answer
+//! costs no buffer and no reservation of its own). Neither ever waits: a
 //! chunk that does not fit the cap marks the body truncated, one that does
 //! not fit the shadow memory budget drops the record (`over_budget`).
 
@@ -23,7 +22,7 @@ use super::{line, with_scratch, Recorder, RequestHead};
 use crate::body::{BoxError, ProxyBody, UpstreamBody};
 use crate::config::record::RecordConfig;
 use crate::config::Config;
-use crate::memory::{BoundedBuf, BufRefused, MemoryBudget, Reservation};
+use crate::memory::{BoundedBuf, BufRefused, MemoryBudget};
 
 /// A body copied into a buffer from `base` on, up to `cap` bytes: past
 /// the cap the copy is let go and marked truncated. One rule for both
@@ -72,65 +71,28 @@ impl Capped {
     }
 }
 
-/// The request body being copied up to a cap. Its first chunk is held,
-/// not copied: a body that comes in one chunk (most do; a 4 KiB POST
-/// does) then costs no buffer and no copy, only a reference to the
-/// chunk hyper read, reserved from the budget at its length. A second
-/// chunk turns it into a copy, the held chunk first. Measured:
-/// `bench/record_profile.py`, a 4 KiB POST's copy was 0.4 µs of
-/// `memmove` and an allocation per record. The held chunk keeps the
-/// connection's read buffer from being reused until the answer ends,
-/// which is the request's own lifetime.
+/// The request body being copied up to a cap.
 #[derive(Debug)]
 struct Copy {
-    /// The first chunk, while it is the only one.
-    first: Option<(Bytes, Reservation)>,
     buf: BoundedBuf,
     copied: Capped,
-    /// The declared length, made room for when the body is copied.
-    declared: SizeHint,
     over_budget: bool,
     /// The body was read to its end.
     ended: bool,
 }
 
 impl Copy {
-    fn new(memory: &Arc<MemoryBudget>, cap: usize, declared: SizeHint) -> Self {
+    fn new(memory: &Arc<MemoryBudget>, cap: usize) -> Self {
         Copy {
-            first: None,
             // The cap is kept by `Capped`.
             buf: BoundedBuf::empty(memory, usize::MAX),
             copied: Capped::new(0, cap),
-            declared,
             over_budget: false,
             ended: false,
         }
     }
 
-    fn data(&mut self, data: &Bytes) {
-        if self.over_budget || self.copied.truncated || data.is_empty() {
-            return;
-        }
-        if self.first.is_none() && self.buf.is_empty() {
-            if data.len() > self.copied.cap {
-                self.copied.cut(&mut self.buf);
-            } else if let Some(held) = self.buf.budget().reserve(data.len()) {
-                self.first = Some((data.clone(), held));
-            } else {
-                self.over_budget = true;
-            }
-            return;
-        }
-        if let Some((first, held)) = self.first.take() {
-            // From the second chunk on, copied; its room reserved anew.
-            drop(held);
-            presize(&mut self.buf, self.declared, self.copied.cap);
-            self.copy(&first);
-        }
-        self.copy(data);
-    }
-
-    fn copy(&mut self, data: &[u8]) {
+    fn data(&mut self, data: &[u8]) {
         if !self.over_budget && self.copied.data(&mut self.buf, data).is_err() {
             self.over_budget = true;
             drop(self.buf.take());
@@ -145,14 +107,7 @@ impl Copy {
             return None;
         }
         if !self.ended {
-            self.first = None;
             self.copied.cut(&mut self.buf);
-        }
-        if let Some((first, _)) = &self.first {
-            return Some(BodyBytes {
-                bytes: first,
-                truncated: false,
-            });
         }
         Some(self.copied.body(&self.buf))
     }
@@ -237,11 +192,9 @@ impl Pending {
             self.request = RequestCopy::Empty;
             return body;
         }
-        let copy = Copy::new(
-            self.parts.budget(),
-            self.config.max_body_bytes,
-            body.size_hint(),
-        );
+        let cap = self.config.max_body_bytes;
+        let mut copy = Copy::new(self.parts.budget(), cap);
+        presize(&mut copy.buf, body.size_hint(), cap);
         let copy = Arc::new(Mutex::new(copy));
         self.request = RequestCopy::Tapped(copy.clone());
         UpstreamBody::teed(RequestTap { inner: body, copy })
@@ -481,84 +434,5 @@ impl Body for ResponseTap {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn copy_of(memory: &Arc<MemoryBudget>, cap: usize, chunks: &[&'static [u8]]) -> Copy {
-        let mut copy = Copy::new(memory, cap, SizeHint::default());
-        for c in chunks {
-            copy.data(&Bytes::from_static(c));
-        }
-        copy.ended = true;
-        copy
-    }
-
-    fn body_of(copy: &mut Copy) -> Option<(Vec<u8>, bool)> {
-        copy.body().map(|b| (b.bytes.to_vec(), b.truncated))
-    }
-
-    #[test]
-    fn a_body_of_one_chunk_is_held_not_copied_and_reserved_at_its_length() {
-        let memory = MemoryBudget::new(1 << 20, None);
-        let mut copy = copy_of(&memory, 1024, &[b"", b"hello", b""]);
-        assert_eq!(copy.buf.as_slice().len(), 0, "nothing copied");
-        assert_eq!(memory.in_use(), 5);
-        assert_eq!(body_of(&mut copy), Some((b"hello".to_vec(), false)));
-        drop(copy);
-        assert_eq!(memory.in_use(), 0);
-    }
-
-    #[test]
-    fn a_second_chunk_turns_the_held_one_into_a_copy_in_order() {
-        let memory = MemoryBudget::new(1 << 20, None);
-        let mut copy = copy_of(&memory, 1024, &[b"one,", b"two,", b"three"]);
-        assert!(copy.first.is_none());
-        assert_eq!(body_of(&mut copy), Some((b"one,two,three".to_vec(), false)));
-        // Only the copy's buffer is held now (its doubling share included).
-        assert!(
-            memory.in_use() >= 13 && memory.in_use() <= 32,
-            "{}",
-            memory.in_use()
-        );
-        drop(copy);
-        assert_eq!(memory.in_use(), 0);
-    }
-
-    #[test]
-    fn the_cap_cuts_a_held_chunk_and_a_copy_alike() {
-        let memory = MemoryBudget::new(1 << 20, None);
-        let mut one = copy_of(&memory, 4, &[b"hello"]);
-        assert_eq!(body_of(&mut one), Some((Vec::new(), true)));
-        let mut two = copy_of(&memory, 8, &[b"hello", b"world"]);
-        assert_eq!(body_of(&mut two), Some((Vec::new(), true)));
-        let mut fits = copy_of(&memory, 10, &[b"hello", b"world"]);
-        assert_eq!(body_of(&mut fits), Some((b"helloworld".to_vec(), false)));
-    }
-
-    #[test]
-    fn a_budget_that_cannot_hold_the_body_drops_it() {
-        let small = MemoryBudget::new(4, None);
-        let mut one = copy_of(&small, 1024, &[b"hello"]);
-        assert_eq!(body_of(&mut one), None);
-        let tight = MemoryBudget::new(6, None);
-        let mut two = copy_of(&tight, 1024, &[b"hello", b"world"]);
-        assert_eq!(body_of(&mut two), None);
-        drop((one, two));
-        assert_eq!((small.in_use(), tight.in_use()), (0, 0));
-    }
-
-    #[test]
-    fn a_body_not_read_to_its_end_is_kept_out() {
-        let memory = MemoryBudget::new(1 << 20, None);
-        for chunks in [&[&b"hello"[..]][..], &[b"hello", b"world"]] {
-            let mut copy = copy_of(&memory, 1024, chunks);
-            copy.ended = false;
-            assert_eq!(body_of(&mut copy), Some((Vec::new(), true)));
-        }
-        assert_eq!(memory.in_use(), 0, "what was held is let go");
     }
 }
