@@ -44,6 +44,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What `thread_ticks` counts besides CPU time, printed per 1000 requests:
 # minor page faults, voluntary and involuntary context switches.
 EVENTS = ("minflt", "vcsw", "ivcsw")
+# The context switch counters of /proc/PID/task/TID/status, by event.
+SWITCHES = {"voluntary_ctxt_switches": "vcsw", "nonvoluntary_ctxt_switches": "ivcsw"}
 
 
 def thread_ticks(pid):
@@ -69,10 +71,10 @@ def thread_ticks(pid):
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 for line in f:
                     key, _, value = line.partition(":")
-                    if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
-                        out[(name, "vcsw" if key[0] == "v" else "ivcsw")] += int(value)
+                    if key in SWITCHES:
+                        out[(name, SWITCHES[key])] += int(value)
         except OSError:
-            continue
+            pass  # the thread ended meanwhile
     return out
 
 
