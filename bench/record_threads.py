@@ -22,8 +22,14 @@ the rows of both alternate in the same run, which is the only fair way to
 compare them here (one run's figures move by several µs on this
 machine).
 
+Each row also gets the whole machine's CPU time per request
+(`/proc/stat`: every process and the kernel's own threads, such as the
+page cache's writeback, which no proxy thread is charged for).
+`--record-dir DIR` (repeatable) adds a record row per build whose file
+goes to DIR (e.g. /dev/shm, to take the disk and its writeback out).
+
 Usage: bench/record_threads.py [--bin BIN]... [--scenario post]
-           [--rounds 6] [--duration 4]
+           [--rounds 6] [--duration 4] [--record-dir DIR]...
 Standard library only (plus wrk); every process it starts is stopped on
 exit; every load run is bounded in time.
 """
@@ -78,6 +84,20 @@ def thread_ticks(pid):
     return out
 
 
+def machine_ticks():
+    """Clock ticks the whole machine has been busy (every CPU; idle and
+    iowait not counted)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return user + nice + system + irq + softirq + steal
+
+
+def row_name(row):
+    b, kind, where = row
+    return kind if where is None else f"{kind} in {where}"
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", action="append", help="a build (repeat to compare; default target/release)")
@@ -85,6 +105,8 @@ def main(argv):
     p.add_argument("--body-bytes", type=int, default=4096)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--duration", type=int, default=4, help="seconds per slice")
+    p.add_argument("--record-dir", action="append", default=[],
+                   help="a further record row per build, its file in this directory")
     a = p.parse_args(argv)
     bins = [os.path.abspath(b) for b in (a.bin or [os.path.join(ROOT, "target", "release", "shadowgate")])]
     for b in bins:
@@ -94,16 +116,27 @@ def main(argv):
         sys.exit("wrk is needed (bench/run installs it)")
     tmp = tempfile.mkdtemp(prefix="sg-record-threads-")
     procs = driver.Procs(tmp)
-    rows = [(b, row) for b in bins for row in record_bench.ROWS]
+    dirs = []
+    rows = []
+    for b in bins:
+        rows += [(b, "plain", None), (b, "record", None)]
+        for d in a.record_dir:
+            rows.append((b, "record", d))
     ticks = {r: collections.Counter() for r in rows}
+    machine = collections.Counter()
     served = collections.Counter()
     try:
         backend, stats = driver.start_bench_backend(procs, bins[0])
         script = os.path.join(ROOT, "bench", "post.lua") if a.scenario == "post" else None
         env = {"BENCH_BODY_BYTES": str(a.body_bytes)}
         proxies = {}
-        for i, (b, row) in enumerate(rows):
-            proxies[(b, row)] = record_bench.start_row(procs, tmp, tmp, row, backend, b, f"sg-{i}-{row}")
+        for i, r in enumerate(rows):
+            b, row, where = r
+            capture = tmp
+            if where is not None:
+                capture = tempfile.mkdtemp(prefix="sg-record-threads-", dir=where)
+                dirs.append(capture)
+            proxies[r] = record_bench.start_row(procs, tmp, capture, row, backend, b, f"sg-{i}-{row}")
 
         def load(r, seconds):
             url = f"http://{driver.HOST}:{proxies[r][1]['listen']}/bench"
@@ -114,25 +147,32 @@ def main(argv):
         for n in range(a.rounds):
             for r in (rows if n % 2 == 0 else rows[::-1]):
                 pid = proxies[r][0].pid
-                before, done = thread_ticks(pid), driver.served(stats)
+                before, done, busy = thread_ticks(pid), driver.served(stats), machine_ticks()
                 load(r, a.duration)
                 served[r] += driver.served(stats) - done
+                machine[r] += machine_ticks() - busy
                 ticks[r].update(thread_ticks(pid) - before)
             print(f"round {n + 1} of {a.rounds} done", flush=True)
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
     hz = os.sysconf("SC_CLK_TCK")
     for b in bins:
-        plain, rec = (b, "plain"), (b, "record")
-        print(f"\n{b} ({a.scenario}): {served[plain]} plain and {served[rec]} recorded requests; "
-              f"throughput record / plain {served[rec] / max(served[plain], 1):.2f}×")
-        print("  thread               what     plain   record     diff  (CPU: µs per request; "
-              "minflt, vcsw, ivcsw: per 1000 requests)")
-        for key in sorted(set(ticks[plain]) | set(ticks[rec])):
-            scale = 1000 if key[1] in EVENTS else 1e6 / hz
-            v = {r: ticks[r][key] * scale / max(served[r], 1) for r in (plain, rec)}
-            print(f"  {key[0]:20s} {key[1]:6s} {v[plain]:8.1f} {v[rec]:8.1f} {v[rec] - v[plain]:+8.1f}")
+        plain = (b, "plain", None)
+        for rec in [r for r in rows if r[0] == b and r[1] == "record"]:
+            print(f"\n{b} ({a.scenario}): {served[plain]} plain and {served[rec]} requests "
+                  f"({row_name(rec)}); throughput {row_name(rec)} / plain "
+                  f"{served[rec] / max(served[plain], 1):.2f}×")
+            print("  thread               what     plain   record     diff  (CPU: µs per request; "
+                  "minflt, vcsw, ivcsw: per 1000 requests)")
+            keys = sorted(set(ticks[plain]) | set(ticks[rec])) + [("whole machine", "busy")]
+            for key in keys:
+                scale = 1000 if key[1] in EVENTS else 1e6 / hz
+                count = (lambda r: machine[r]) if key[1] == "busy" else (lambda r: ticks[r][key])
+                v = {r: count(r) * scale / max(served[r], 1) for r in (plain, rec)}
+                print(f"  {key[0]:20s} {key[1]:6s} {v[plain]:8.1f} {v[rec]:8.1f} {v[rec] - v[plain]:+8.1f}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@
 
 pub mod calls;
 pub mod export;
+mod file;
 pub mod har;
 mod line;
 mod queue;
