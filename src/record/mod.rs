@@ -22,7 +22,6 @@
 
 pub mod calls;
 pub mod export;
-mod file;
 pub mod har;
 mod line;
 mod queue;

@@ -1,20 +1,20 @@
 //! The writer thread: the records' lines from the queue (encoded by the
 //! threads that served them, `line`) are written to their route's file
-//! (`file::RecordFile`: 1 MiB at a time, around the page cache), flushed at
+//! through a buffer, flushed at
 //! least every second and when asked (shutdown), rotated by size keeping
 //! `max_files`, zstd-compressed when the file name ends in `.zst`. A file
 //! that cannot be opened or written drops its records, counted
 //! (`write_failed`); opening is retried at most once a second.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::file::RecordFile;
 use super::queue::{Batch, Queue, Run, LINGER};
 use super::{dropped, written};
 use crate::config::record::RecordConfig;
@@ -44,8 +44,8 @@ impl<W: Write> Write for Counting<W> {
 }
 
 enum Out {
-    Plain(Counting<RecordFile>),
-    Zstd(zstd::Encoder<'static, Counting<RecordFile>>),
+    Plain(Counting<BufWriter<File>>),
+    Zstd(zstd::Encoder<'static, Counting<BufWriter<File>>>),
 }
 
 impl Out {
@@ -95,8 +95,15 @@ impl Sink {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let (file, bytes) = RecordFile::open(&self.path, true)?;
-        let w = Counting { inner: file, bytes };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        let bytes = file.metadata()?.len();
+        let w = Counting {
+            inner: BufWriter::with_capacity(64 << 10, file),
+            bytes,
+        };
         self.out = Some(if self.config.zstd {
             Out::Zstd(zstd::Encoder::new(w, 3)?)
         } else {
@@ -143,7 +150,8 @@ impl Sink {
     }
 
     /// A run of lines: written with one call when the file is open and
-    /// takes them all without rotating, else line by line.
+    /// takes them all without rotating (the buffer then passes a large
+    /// run straight to the file instead of copying it), else line by line.
     fn write_run(&mut self, metrics: &Metrics, run: &Run<'_>) {
         let fits = self
             .out
