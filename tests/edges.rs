@@ -253,6 +253,72 @@ async fn mirror_drop_and_error_series_exist_at_zero_from_the_start_and_after_rel
     running.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_removed_routes_series_leave_metrics_and_a_kept_routes_counts_stay() {
+    let v1 = TestBackend::new().spawn().await;
+    let v2 = TestBackend::new().spawn().await;
+    let body = |routes: &str| {
+        format!(
+            "backends:\n  v1: {{ endpoints: [\"{}\"] }}\n  v2: {{ endpoints: [\"{}\"] }}\nroutes:\n{routes}",
+            v1.addr, v2.addr
+        )
+    };
+    let kept = "  - { name: kept, backend: v1, mirrors: [{ backend: v2 }] }\n";
+    let both =
+        format!("  - {{ name: gone, match: {{ path_prefix: /gone }}, backend: v1, mirrors: [{{ backend: v2 }}] }}\n{kept}");
+    let running = start_proxy(&body(&both)).await;
+    let addr = running.listen_addrs[0];
+    let c = client();
+    for path in ["/gone/a", "/kept/a", "/kept/b"] {
+        assert_eq!(get(&c, addr, "x", path).await.status, 200);
+    }
+    mirrors_settled(&running).await;
+    let series = |route: &str, role: &str| {
+        format!("shadowgate_requests_total{{route=\"{route}\",backend=\"{}\",role=\"{role}\",code=\"200\"}}",
+            if role == "primary" { "v1" } else { "v2" })
+    };
+    let text = metrics(&running).await;
+    assert_eq!(metric(&text, &series("gone", "primary")), 1.0, "{text}");
+    assert_eq!(metric(&text, &series("gone", "mirror")), 1.0, "{text}");
+    assert!(text.contains("shadowgate_request_duration_seconds_count{route=\"gone\""));
+
+    // Reloaded without `gone`: none of its series is left, of any family;
+    // `kept` keeps its counts (no reset), and the unrouted series stay.
+    running
+        .shared
+        .apply(shadowgate::config::from_yaml("test.yaml", &body(kept)).unwrap());
+    assert_eq!(
+        get(&c, addr, "x", "/gone/b").await.status,
+        200,
+        "now served by kept"
+    );
+    mirrors_settled(&running).await;
+    let text = metrics(&running).await;
+    let left: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("route=\"gone\""))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{} series of the removed route are left, e.g. {:?}",
+        left.len(),
+        &left[..left.len().min(3)]
+    );
+    assert_eq!(metric(&text, &series("kept", "primary")), 3.0, "{text}");
+    assert_eq!(metric(&text, &series("kept", "mirror")), 3.0, "{text}");
+
+    // Back again: it starts from zero, like any new route.
+    running
+        .shared
+        .apply(shadowgate::config::from_yaml("test.yaml", &body(&both)).unwrap());
+    assert_eq!(get(&c, addr, "x", "/gone/c").await.status, 200);
+    mirrors_settled(&running).await;
+    let text = metrics(&running).await;
+    assert_eq!(metric(&text, &series("gone", "primary")), 1.0, "{text}");
+    assert_eq!(metric(&text, &series("kept", "primary")), 3.0, "{text}");
+    running.shutdown().await;
+}
+
 /// The proxy binary, run with its access log going to a file.
 struct Binary {
     child: std::process::Child,

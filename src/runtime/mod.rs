@@ -431,6 +431,7 @@ impl Shared {
     ) -> Arc<Self> {
         let started = Arc::new(config.clone());
         let runtime = Runtime::build(config, &book, None, &telemetry.metrics);
+        telemetry.metrics.keep_routes(route_names(&runtime.config));
         let comparison = Engine::start(
             &runtime.config.comparison,
             telemetry.metrics.clone(),
@@ -464,7 +465,14 @@ impl Shared {
         let previous = self.runtime.load_full();
         let next = Runtime::build(config, &book, Some(&previous), &self.telemetry.metrics);
         use_route_noise(&self.comparison, &next.config);
-        self.runtime.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.runtime.store(next.clone());
+        // After the swap: a request still on the previous runtime may
+        // make a removed route's series again, which the next scrape
+        // removes.
+        self.telemetry
+            .metrics
+            .keep_routes(route_names(&next.config));
     }
 
     /// Rebuilds the runtime from the current configuration, e.g. after a
@@ -474,4 +482,9 @@ impl Shared {
         let config = self.runtime.load().config.as_ref().clone();
         self.apply(config);
     }
+}
+
+/// The names of the routes `config` serves.
+fn route_names(config: &Config) -> impl Iterator<Item = &str> {
+    config.routes.iter().map(|r| r.name.as_str())
 }

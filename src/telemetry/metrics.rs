@@ -1,12 +1,15 @@
 //! Prometheus metrics. Families are registered once; the request path holds
 //! pre-resolved handles (`TargetMetrics`) so recording is a few atomic adds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::MetricConstructor;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -131,6 +134,141 @@ pub struct EgressSideLabels {
     pub side: String,
 }
 
+/// A label set that names a route.
+pub trait RouteLabel {
+    fn route(&self) -> &str;
+}
+
+impl RouteLabel for RequestLabels {
+    fn route(&self) -> &str {
+        &self.route
+    }
+}
+
+impl RouteLabel for TargetLabels {
+    fn route(&self) -> &str {
+        &self.route
+    }
+}
+
+impl RouteLabel for MirrorLabels {
+    fn route(&self) -> &str {
+        &self.route
+    }
+}
+
+impl RouteLabel for ReasonLabels {
+    fn route(&self) -> &str {
+        &self.route
+    }
+}
+
+impl RouteLabel for KindLabels {
+    fn route(&self) -> &str {
+        &self.route
+    }
+}
+
+impl RouteLabel for CompareLabels {
+    fn route(&self) -> &str {
+        &self.route
+    }
+}
+
+impl RouteLabel for PromotionLabels {
+    fn route(&self) -> &str {
+        &self.route
+    }
+}
+
+impl RouteLabel for GrpcLabels {
+    fn route(&self) -> &str {
+        &self.route
+    }
+}
+
+impl RouteLabel for RecordLabels {
+    fn route(&self) -> &str {
+        &self.route
+    }
+}
+
+impl RouteLabel for RecordDropLabels {
+    fn route(&self) -> &str {
+        &self.route
+    }
+}
+
+/// A metric family whose label sets each name a route. It remembers the
+/// label sets it has made, so that a route's series can be removed once
+/// the route is no longer configured (`Metrics::keep_routes`):
+/// prometheus-client's `Family` can remove a label set but not list them.
+/// Remembering costs nothing on the usual path: a series that exists is
+/// found as before, and only its first use takes the extra lock.
+pub struct RouteFamily<S, M, C = fn() -> M> {
+    family: Family<S, M, C>,
+    made: Arc<parking_lot::Mutex<HashSet<S>>>,
+}
+
+impl<S, M, C: Clone> Clone for RouteFamily<S, M, C> {
+    fn clone(&self) -> Self {
+        RouteFamily {
+            family: self.family.clone(),
+            made: self.made.clone(),
+        }
+    }
+}
+
+impl<S: Clone + Hash + Eq, M: Default> Default for RouteFamily<S, M> {
+    fn default() -> Self {
+        RouteFamily {
+            family: Family::default(),
+            made: Arc::default(),
+        }
+    }
+}
+
+impl<S, M, C> RouteFamily<S, M, C>
+where
+    S: Clone + Hash + Eq + RouteLabel,
+    C: MetricConstructor<M> + Clone,
+{
+    fn new_with_constructor(constructor: C) -> Self {
+        RouteFamily {
+            family: Family::new_with_constructor(constructor),
+            made: Arc::default(),
+        }
+    }
+
+    /// The family, to register.
+    fn family(&self) -> Family<S, M, C> {
+        self.family.clone()
+    }
+
+    /// The series of `labels`, made on first use.
+    pub fn get_or_create(&self, labels: &S) -> impl Deref<Target = M> + '_ {
+        if let Some(metric) = self.family.get(labels) {
+            return metric;
+        }
+        // Made and remembered under one lock, which `retain_routes` takes
+        // too: a series is never made unremembered.
+        let mut made = self.made.lock();
+        made.insert(labels.clone());
+        self.family.get_or_create(labels)
+    }
+
+    /// Removes the series of the routes `keep` refuses.
+    fn retain_routes(&self, keep: &dyn Fn(&str) -> bool) {
+        self.made.lock().retain(|labels| {
+            let kept = keep(labels.route());
+            if !kept {
+                self.family.remove(labels);
+            }
+            kept
+        });
+    }
+}
+
 fn duration_histogram() -> Histogram {
     // The windows' edges (0.1 ms … 62 s, about 1.1× apart), so Grafana's
     // p99 and the promotion gates' p99 come from the same buckets.
@@ -140,15 +278,15 @@ fn duration_histogram() -> Histogram {
 /// Every metric family shadowgate exports.
 pub struct Metrics {
     pub registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub duration: Family<TargetLabels, Histogram, fn() -> Histogram>,
-    pub mirror_dropped: Family<ReasonLabels, Counter>,
-    pub mirror_errors: Family<KindLabels, Counter>,
-    pub mirror_in_flight: Family<MirrorLabels, Gauge>,
-    pub grpc_errors: Family<GrpcLabels, Counter>,
+    pub requests: RouteFamily<RequestLabels, Counter>,
+    pub duration: RouteFamily<TargetLabels, Histogram, fn() -> Histogram>,
+    pub mirror_dropped: RouteFamily<ReasonLabels, Counter>,
+    pub mirror_errors: RouteFamily<KindLabels, Counter>,
+    pub mirror_in_flight: RouteFamily<MirrorLabels, Gauge>,
+    pub grpc_errors: RouteFamily<GrpcLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
-    pub promotions: Family<PromotionLabels, Counter>,
-    pub compare: Family<CompareLabels, Counter>,
+    pub promotions: RouteFamily<PromotionLabels, Counter>,
+    pub compare: RouteFamily<CompareLabels, Counter>,
     pub access_log_dropped: Counter,
     /// Bytes held for shadows now (body copies, captures, comparison queue).
     pub shadow_memory: Gauge,
@@ -162,18 +300,20 @@ pub struct Metrics {
     pub egress_evicted: Counter,
 
     /// Retries of primary requests (`routes[].retries`), by the outcome retried.
-    pub retries: Family<ReasonLabels, Counter>,
+    pub retries: RouteFamily<ReasonLabels, Counter>,
     /// Records written to a route's `record` file.
-    pub record_written: Family<RecordLabels, Counter>,
+    pub record_written: RouteFamily<RecordLabels, Counter>,
     /// Records not written, by route and reason.
-    pub record_dropped: Family<RecordDropLabels, Counter>,
+    pub record_dropped: RouteFamily<RecordDropLabels, Counter>,
     /// Admin (or metrics) connections closed at once, over the connection cap.
     pub admin_refused: Family<ListenerLabels, Counter>,
 
     /// Outbound calls left out of records (over `max_calls` or the budget).
-    pub record_calls_cut: Family<RecordLabels, Counter>,
+    pub record_calls_cut: RouteFamily<RecordLabels, Counter>,
     /// Sliding windows per target; kept across reloads.
     windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
+    /// The routes configured now (`keep_routes`); `None` until first set.
+    routes: parking_lot::Mutex<Option<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -191,43 +331,44 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("shadowgate");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = RouteFamily::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
             "Requests answered, by route, backend, role and status code",
-            requests.clone(),
+            requests.family(),
         );
-        let duration = Family::<TargetLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            duration_histogram,
-        );
+        let duration =
+            RouteFamily::<TargetLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
         registry.register(
             "request_duration_seconds",
             "Time from receiving a request to the end of the backend's response",
-            duration.clone(),
+            duration.family(),
         );
-        let mirror_dropped = Family::<ReasonLabels, Counter>::default();
+        let mirror_dropped = RouteFamily::<ReasonLabels, Counter>::default();
         registry.register(
             "mirror_dropped",
             "Mirror copies not sent, by reason",
-            mirror_dropped.clone(),
+            mirror_dropped.family(),
         );
-        let mirror_errors = Family::<KindLabels, Counter>::default();
+        let mirror_errors = RouteFamily::<KindLabels, Counter>::default();
         registry.register(
             "mirror_errors",
             "Mirror copies that failed, by kind",
-            mirror_errors.clone(),
+            mirror_errors.family(),
         );
-        let mirror_in_flight = Family::<MirrorLabels, Gauge>::default();
+        let mirror_in_flight = RouteFamily::<MirrorLabels, Gauge>::default();
         registry.register(
             "mirror_in_flight",
             "Mirror copies in flight",
-            mirror_in_flight.clone(),
+            mirror_in_flight.family(),
         );
-        let grpc_errors = Family::<GrpcLabels, Counter>::default();
+        let grpc_errors = RouteFamily::<GrpcLabels, Counter>::default();
         registry.register(
             "grpc_errors",
             "gRPC calls answered with a non-zero grpc-status, by route, backend, role and status (above 16 counted as 2, UNKNOWN)",
-            grpc_errors.clone(),
+            grpc_errors.family(),
         );
         let config_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -235,17 +376,17 @@ impl Metrics {
             "Configuration reloads, by result",
             config_reloads.clone(),
         );
-        let promotions = Family::<PromotionLabels, Counter>::default();
+        let promotions = RouteFamily::<PromotionLabels, Counter>::default();
         registry.register(
             "promotions",
             "Promotions, steps and rollbacks, by trigger",
-            promotions.clone(),
+            promotions.family(),
         );
-        let compare = Family::<CompareLabels, Counter>::default();
+        let compare = RouteFamily::<CompareLabels, Counter>::default();
         registry.register(
             "compare",
             "Shadow responses compared with the primary's, by result (compared, equal, different, noise_only, truncated, dropped, primary_failed, memory)",
-            compare.clone(),
+            compare.family(),
         );
         let access_log_dropped = Counter::default();
         registry.register(
@@ -286,29 +427,29 @@ impl Metrics {
             "Kept live exchanges evicted before `keep` was over, to stay within the bounds",
             egress_evicted.clone(),
         );
-        let record_written = Family::<RecordLabels, Counter>::default();
+        let record_written = RouteFamily::<RecordLabels, Counter>::default();
         registry.register(
             "record_written",
             "Records written to the route's record file (routes[].record)",
-            record_written.clone(),
+            record_written.family(),
         );
-        let record_dropped = Family::<RecordDropLabels, Counter>::default();
+        let record_dropped = RouteFamily::<RecordDropLabels, Counter>::default();
         registry.register(
             "record_dropped",
             "Records not written, by route and reason (queue_full: the writer is behind, write_failed: the file could not be opened or written, over_budget: the bodies did not fit in limits.shadow_memory, incomplete: the answer did not complete)",
-            record_dropped.clone(),
+            record_dropped.family(),
         );
-        let record_calls_cut = Family::<RecordLabels, Counter>::default();
+        let record_calls_cut = RouteFamily::<RecordLabels, Counter>::default();
         registry.register(
             "record_calls_cut",
             "Outbound calls left out of a route's records (over record.max_calls, or over limits.shadow_memory); each record also says how many in calls_cut",
-            record_calls_cut.clone(),
+            record_calls_cut.family(),
         );
-        let retries = Family::<ReasonLabels, Counter>::default();
+        let retries = RouteFamily::<ReasonLabels, Counter>::default();
         registry.register(
             "retries",
             "Primary requests retried under the route's retries, by route, backend and the outcome retried (a status code, connect_failure, timeout or reset); mirrors are never retried",
-            retries.clone(),
+            retries.family(),
         );
         let admin_refused = Family::<ListenerLabels, Counter>::default();
         registry.register(
@@ -339,11 +480,44 @@ impl Metrics {
             compare,
             access_log_dropped,
             windows: parking_lot::Mutex::new(HashMap::new()),
+            routes: parking_lot::Mutex::new(None),
         }
     }
 
     /// The text exposition.
+    /// The routes configured from now on: every series and latency window
+    /// of any other route is removed, now and at each scrape (a request
+    /// still in flight on a removed route may make a series again), so a
+    /// removed or renamed route leaves `/metrics`. Series of unrouted
+    /// requests (`route="none"`) stay.
+    pub fn keep_routes<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
+        *self.routes.lock() = Some(routes.into_iter().map(str::to_string).collect());
+        self.forget_other_routes();
+    }
+
+    fn forget_other_routes(&self) {
+        let routes = self.routes.lock();
+        let Some(routes) = routes.as_ref() else {
+            return;
+        };
+        let keep = |route: &str| route == Self::UNROUTED || routes.contains(route);
+        self.requests.retain_routes(&keep);
+        self.duration.retain_routes(&keep);
+        self.mirror_dropped.retain_routes(&keep);
+        self.mirror_errors.retain_routes(&keep);
+        self.mirror_in_flight.retain_routes(&keep);
+        self.grpc_errors.retain_routes(&keep);
+        self.promotions.retain_routes(&keep);
+        self.compare.retain_routes(&keep);
+        self.retries.retain_routes(&keep);
+        self.record_written.retain_routes(&keep);
+        self.record_dropped.retain_routes(&keep);
+        self.record_calls_cut.retain_routes(&keep);
+        self.windows.lock().retain(|labels, _| keep(&labels.route));
+    }
+
     pub fn encode(&self) -> String {
+        self.forget_other_routes();
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
@@ -512,5 +686,93 @@ impl TargetMetrics {
                 kind: kind.to_string(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series_of(text: &str, route: &str) -> usize {
+        let label = format!("route=\"{route}\"");
+        text.lines().filter(|l| l.contains(&label)).count()
+    }
+
+    /// A series in each route-labelled family, for `route`.
+    fn touch_all(m: &Arc<Metrics>, route: &str) -> TargetMetrics {
+        let t = m.target(route, "v2", Role::mirror);
+        t.answered(200, 0.01);
+        t.dropped("overload");
+        t.failed("timeout");
+        t.grpc_error(5);
+        m.retried(route, "v1", "503");
+        let r = || route.to_string();
+        m.promotions
+            .get_or_create(&PromotionLabels {
+                route: r(),
+                action: "promote".into(),
+                trigger: "api".into(),
+            })
+            .inc();
+        m.compare
+            .get_or_create(&CompareLabels {
+                route: r(),
+                backend: "v2".into(),
+                result: "equal".into(),
+            })
+            .inc();
+        m.record_written
+            .get_or_create(&RecordLabels { route: r() })
+            .inc();
+        m.record_calls_cut
+            .get_or_create(&RecordLabels { route: r() })
+            .inc();
+        m.record_dropped
+            .get_or_create(&RecordDropLabels {
+                route: r(),
+                reason: "queue_full".into(),
+            })
+            .inc();
+        t
+    }
+
+    #[test]
+    fn keeping_routes_removes_every_series_and_window_of_the_others() {
+        let m = Arc::new(Metrics::new());
+        let _a = touch_all(&m, "a");
+        let b = touch_all(&m, "b");
+        m.unrouted(404);
+        let text = m.encode();
+        // requests, duration (buckets, sum, count), in flight, dropped,
+        // errors, gRPC, retries, promotions, compare, three record ones.
+        assert!(series_of(&text, "b") > 12, "{text}");
+        let before_a = series_of(&text, "a");
+
+        m.keep_routes(["a"]);
+        let text = m.encode();
+        assert_eq!(series_of(&text, "b"), 0, "{text}");
+        assert_eq!(series_of(&text, "a"), before_a);
+        assert_eq!(series_of(&text, Metrics::UNROUTED), 1);
+        assert!(m.windows.lock().keys().all(|k| k.route == "a"));
+
+        // A request still in flight on `b` makes a series again: the next
+        // scrape removes it.
+        b.failed("reset");
+        assert_eq!(series_of(&m.encode(), "b"), 0);
+    }
+
+    #[test]
+    fn a_kept_series_keeps_counting_and_a_route_back_again_starts_at_zero() {
+        let m = Arc::new(Metrics::new());
+        let labels = |route: &str| RecordLabels {
+            route: route.into(),
+        };
+        m.record_written.get_or_create(&labels("a")).inc_by(2);
+        m.record_written.get_or_create(&labels("b")).inc_by(5);
+        m.keep_routes(["a"]);
+        m.record_written.get_or_create(&labels("a")).inc();
+        assert_eq!(m.record_written.get_or_create(&labels("a")).get(), 3);
+        m.keep_routes(["a", "b"]);
+        assert_eq!(m.record_written.get_or_create(&labels("b")).get(), 0);
     }
 }
