@@ -327,13 +327,34 @@ class RssSampler(threading.Thread):
 HZ = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_busy_ticks():
-    """(busy, niced) ticks over all CPUs since boot."""
+def need_tools(tools):
+    """Installs the Debian packages of the `tools` (command -> package)
+    that are missing (as root, or through sudo), as bench/run does; exits
+    naming them when that fails."""
+    missing = sorted({pkg for tool, pkg in tools.items() if not shutil.which(tool)})
+    if not missing:
+        return
+    print(f"bench: installing {' '.join(missing)} (apt)", flush=True)
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    ok = (subprocess.run(sudo + ["apt-get", "update", "-qq"], env=env).returncode == 0
+          and subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + missing,
+                             env=env).returncode == 0)
+    still = [tool for tool in tools if not shutil.which(tool)]
+    if not ok or still:
+        sys.exit(f"{', '.join(still or tools)} needed: install the Debian packages {' '.join(missing)}")
+
+
+def cpu_busy_ticks(interrupts=False):
+    """(busy, niced) ticks over all CPUs since boot; busy counts interrupt
+    time too only with `interrupts`."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:9]]
     # user nice system idle iowait irq softirq steal. Interrupt time is left
-    # out: loopback traffic is mostly softirq work that no process is billed for.
-    return v[0] + v[1] + v[2] + v[7], v[1]
+    # out by default: loopback traffic is mostly softirq work that no
+    # process is billed for.
+    busy = v[0] + v[1] + v[2] + v[7]
+    return (busy + v[5] + v[6] if interrupts else busy), v[1]
 
 
 def proc_ticks(pids):

@@ -33,7 +33,7 @@ Usage: bench/record.py [--bin target/release/shadowgate] [--rounds 10]
                        [--duration 3s] [--scenarios get,post]
                        [--record-dir DIR] [--doc]
 Writes its table into docs/benchmarks.md (section "Recording") only with
---doc. Standard library only (plus wrk); every process it starts is
+--doc. Standard library only (plus wrk, installed with apt when missing); every process it starts is
 stopped on exit; every load run is bounded in time.
 """
 import argparse
@@ -144,8 +144,7 @@ def main(argv):
     a.bin = os.path.abspath(a.bin)
     if not os.access(a.bin, os.X_OK):
         sys.exit(f"{a.bin}: not an executable (build it, or pass --bin)")
-    if not shutil.which("wrk"):
-        sys.exit("wrk is needed (bench/run installs it)")
+    driver.need_tools({"wrk": "wrk"})
     seconds = driver.duration_s(a.duration)
     scenarios = [s for s in a.scenarios.split(",") if s]
     run_dir = os.path.join(ROOT, "bench", "out", "record-" + time.strftime("%Y%m%d-%H%M%S"))

@@ -117,9 +117,8 @@ def main(argv):
     p.add_argument("--top", type=int, default=12, help="record functions listed (0: none)")
     a = p.parse_args(argv)
     a.bin = os.path.abspath(a.bin)
-    for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "wrk"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is needed (Debian: valgrind, wrk)")
+    driver.need_tools({"valgrind": "valgrind", "callgrind_control": "valgrind",
+                       "callgrind_annotate": "valgrind", "wrk": "wrk"})
     tmp = tempfile.mkdtemp(prefix="sg-record-instr-")
     procs = driver.Procs(tmp)
     try:

@@ -23,7 +23,7 @@ wake-ups).
 
 Usage: bench/record_profile.py [--bin target/release/shadowgate]
            [--scenario post] [--duration 8] [--rounds 2] [--top 30]
-Needs perf (Debian `linux-perf`) and wrk; run as root or with
+Needs perf (Debian `linux-perf`) and wrk, installed with apt when missing; run as root or with
 kernel.perf_event_paranoid <= 1. Every process it starts is stopped on
 exit; the load is bounded in time.
 """
@@ -87,9 +87,7 @@ def main(argv):
     p.add_argument("--top", type=int, default=30)
     a = p.parse_args(argv)
     a.bin = os.path.abspath(a.bin)
-    for tool in ("perf", "wrk"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is needed (Debian: linux-perf, wrk)")
+    driver.need_tools({"perf": "linux-perf", "wrk": "wrk"})
     tmp = tempfile.mkdtemp(prefix="sg-record-profile-")
     procs = driver.Procs(tmp)
     per_request = {"plain": {}, "record": {}}

@@ -30,7 +30,7 @@ goes to DIR (e.g. /dev/shm, to take the disk and its writeback out).
 
 Usage: bench/record_threads.py [--bin BIN]... [--scenario post]
            [--rounds 6] [--duration 4] [--record-dir DIR]...
-Standard library only (plus wrk); every process it starts is stopped on
+Standard library only (plus wrk, installed with apt when missing); every process it starts is stopped on
 exit; every load run is bounded in time.
 """
 import argparse
@@ -84,13 +84,10 @@ def thread_ticks(pid):
     return out
 
 
-def machine_ticks():
-    """Clock ticks the whole machine has been busy (every CPU; idle and
-    iowait not counted)."""
-    with open("/proc/stat") as f:
-        fields = f.readline().split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return user + nice + system + irq + softirq + steal
+def machine_busy():
+    """Ticks every CPU has been busy, interrupts included (the loopback
+    traffic's softirq work, which no process is billed for)."""
+    return driver.cpu_busy_ticks(interrupts=True)[0]
 
 
 def row_name(row):
@@ -112,8 +109,7 @@ def main(argv):
     for b in bins:
         if not os.access(b, os.X_OK):
             sys.exit(f"{b}: not an executable (build it, or pass --bin)")
-    if not shutil.which("wrk"):
-        sys.exit("wrk is needed (bench/run installs it)")
+    driver.need_tools({"wrk": "wrk"})
     tmp = tempfile.mkdtemp(prefix="sg-record-threads-")
     procs = driver.Procs(tmp)
     dirs = []
@@ -147,10 +143,10 @@ def main(argv):
         for n in range(a.rounds):
             for r in (rows if n % 2 == 0 else rows[::-1]):
                 pid = proxies[r][0].pid
-                before, done, busy = thread_ticks(pid), driver.served(stats), machine_ticks()
+                before, done, busy = thread_ticks(pid), driver.served(stats), machine_busy()
                 load(r, a.duration)
                 served[r] += driver.served(stats) - done
-                machine[r] += machine_ticks() - busy
+                machine[r] += machine_busy() - busy
                 ticks[r].update(thread_ticks(pid) - before)
             print(f"round {n + 1} of {a.rounds} done", flush=True)
     finally:
