@@ -1,6 +1,7 @@
 //! Promotion: gates refuse a bad candidate, promote and roll back under
 //! load with no failed request, `auto` mode promotes a good v2 and rolls
-//! back one that turns bad, and the state survives a restart.
+//! back one that turns bad (and stays paused after a restart), and the
+//! state survives a restart.
 
 mod support;
 
@@ -173,12 +174,21 @@ async fn failing_gates_refuse_with_409_unless_forced() {
 async fn auto_mode_promotes_a_good_v2_and_rolls_back_when_it_turns_bad() {
     let v1 = TestBackend::new().body("v1").spawn().await;
     let v2 = TestBackend::new().body("v2").spawn().await;
-    let proxy = start_proxy(&config(
-        v1.addr,
-        v2.addr,
-        "    promotion: { mode: auto, min_requests: 30, max_error_rate_delta: 1, max_p99_ratio: off, window: 10s, evaluate_every: 50ms }\n",
-    ))
-    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: {}\n{}",
+        dir.path().join("state.db").display(),
+        config(
+            v1.addr,
+            v2.addr,
+            "    promotion: { mode: auto, min_requests: 30, max_error_rate_delta: 1, max_p99_ratio: off, window: 10s, evaluate_every: 50ms }\n",
+        )
+    );
+    let start = || async {
+        let c = shadowgate::config::from_yaml("t.yaml", &yaml).unwrap();
+        app::start(c, StartOptions::default()).await.unwrap()
+    };
+    let proxy = start().await;
     let s = wait_for_state(&proxy, |s| s["state"] == "promoted").await;
     assert_eq!(s["history"][0]["trigger"], "auto");
     assert_eq!(
@@ -229,6 +239,27 @@ async fn auto_mode_promotes_a_good_v2_and_rolls_back_when_it_turns_bad() {
         }
     }
     assert_eq!(traffic(&proxy, 10).await, (10, 0), "v1 answers again");
+    proxy.shutdown().await;
+
+    // The pause is kept in the stored history: a restarted proxy does not
+    // promote v2 again on its own, though v2 is healthy again and well
+    // past `min_requests`; a person's promote lifts it.
+    v2.status.store(200, Ordering::SeqCst);
+    let proxy = start().await;
+    for _ in 0..6 {
+        traffic(&proxy, 20).await;
+        mirrors_settled(&proxy).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = api_call(&proxy, Method::GET, "/api/v1/routes/shop/promotion", "")
+        .await
+        .json();
+    assert_eq!(s["state"], "shadowing", "promoted again on its own: {s}");
+    assert_eq!(s["auto_held"], true, "{s}");
+    assert_eq!(s["verdict"], "ready", "the gates pass now: {s}");
+    let promoted = api_call(&proxy, Method::POST, "/api/v1/routes/shop/promote", "").await;
+    assert_eq!(promoted.status, 200, "{}", promoted.text());
+    assert_eq!(promoted.json()["auto_held"], false);
     proxy.shutdown().await;
 }
 

@@ -101,7 +101,37 @@ pub fn load_book(store: &Store, config: &Config) -> Book {
             Err(e) => tracing::error!(route = %route, error = %e, "cannot read stored promotion"),
         }
     }
+    book.held = held_routes(store, config);
     book
+}
+
+/// Whether automatic promotion is paused after this history: its last
+/// entry is an automatic rollback (a person's promote or rollback since
+/// then lifts the pause).
+fn holds(history: &[HistoryEntry]) -> bool {
+    history
+        .last()
+        .is_some_and(|e| e.action == "rollback" && e.trigger == "auto")
+}
+
+/// The configured routes whose automatic promotion is paused, read from
+/// the stored history: every replica of a fleet, whichever leads, and a
+/// replica that restarts agree on it. A history that cannot be read holds
+/// nothing (logged).
+fn held_routes(store: &Store, config: &Config) -> std::collections::BTreeSet<String> {
+    let mut held = std::collections::BTreeSet::new();
+    for route in &config.routes {
+        match store.events::<HistoryEntry>("promotion", &route.name) {
+            Ok(history) if holds(&history) => {
+                held.insert(route.name.clone());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(route = %route.name, error = %e, "cannot read the promotion history")
+            }
+        }
+    }
+    held
 }
 
 /// Shared store: when the fleet's promotion state is newer than this
@@ -129,6 +159,7 @@ pub fn follow_fleet(shared: &Shared, version: u64) -> bool {
             Err(_) => return false,
         }
     }
+    let held = held_routes(store, &shared.runtime.load().config);
     {
         let mut book = shared.book.lock();
         if book.version >= version {
@@ -141,6 +172,7 @@ pub fn follow_fleet(shared: &Shared, version: u64) -> bool {
             );
         }
         book.switches = switches;
+        book.held = held;
         book.version = version;
     }
     shared.rebuild();
@@ -525,6 +557,34 @@ fn parse_rfc3339(at: &str) -> Option<std::time::Duration> {
 mod tests {
     use super::*;
     use crate::telemetry::access::rfc3339;
+
+    fn entry(action: &str, trigger: &str) -> HistoryEntry {
+        HistoryEntry {
+            at: rfc3339(1_795_317_463, 0),
+            action: action.into(),
+            from: "v1".into(),
+            to: "v2".into(),
+            share: 100,
+            trigger: trigger.into(),
+            forced: false,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_an_automatic_rollback_as_the_last_entry_holds() {
+        let auto_back = entry("rollback", "auto");
+        assert!(!holds(&[]));
+        assert!(holds(&[entry("promote", "auto"), auto_back.clone()]));
+        for after in [
+            entry("promote", "manual"),
+            entry("rollback", "manual"),
+            entry("step", "auto"),
+        ] {
+            assert!(!holds(&[auto_back.clone(), after.clone()]), "{after:?}");
+        }
+        assert!(!holds(&[entry("promote", "auto")]));
+    }
 
     #[test]
     fn timestamps_round_trip() {
