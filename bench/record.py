@@ -25,12 +25,13 @@ slices together), and for `record` the records written and dropped (from
 slices (target: >= 0.90, i.e. at most 10% lost), with the per-round ratios
 and their median beside it.
 
-Scenarios: `get` (64-byte answers) and `post` (request bodies of
-`--body-bytes`, bench/post.lua). Both rows log nothing (`access_log:
+Scenarios: `get` (64-byte answers), `post` (request bodies of
+`--body-bytes`, one letter repeated, bench/post.lua) and `json` (a JSON
+document of that size: a quote every 7 bytes or so to escape). Both rows log nothing (`access_log:
 off`), so the difference is the recording alone.
 
 Usage: bench/record.py [--bin target/release/shadowgate] [--rounds 10]
-                       [--duration 3s] [--scenarios get,post]
+                       [--duration 3s] [--scenarios get,post,json]
                        [--record-dir DIR] [--doc]
 Writes its table into docs/benchmarks.md (section "Recording") only with
 --doc. Standard library only (plus wrk, installed with apt when missing); every process it starts is
@@ -84,12 +85,28 @@ def start_row(procs, d, capture_dir, row, backend, binary, name, wrap=(), ready_
     return proxy, ports
 
 
+# The scenarios: `get` (64-byte answers, no body), `post` (bodies of one
+# letter repeated: nothing to escape in a record) and `json` (a JSON
+# document of small objects, a quote every 7 bytes or so: an API's body).
+SCENARIOS = ("get", "post", "json")
+
+
+def scenario_load(scenario, body_bytes):
+    """wrk's Lua script for `scenario` (None for `get`) and the environment
+    it reads (bench/post.lua: BENCH_BODY_BYTES, BENCH_BODY_KIND)."""
+    if scenario not in SCENARIOS:
+        sys.exit(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
+    script = None if scenario == "get" else os.path.join(ROOT, "bench", "post.lua")
+    kind = "json" if scenario == "json" else "bytes"
+    return script, {"BENCH_BODY_BYTES": str(body_bytes), "BENCH_BODY_KIND": kind}
+
+
 def wrk_for(scenario, body_bytes, threads, connections):
     """wrk's arguments up to the duration, and its environment, for
-    `scenario`: `post` sends bodies of `body_bytes` (bench/post.lua)."""
-    script = ["-s", os.path.join(ROOT, "bench", "post.lua")] if scenario == "post" else []
-    env = dict(os.environ, BENCH_BODY_BYTES=str(body_bytes))
-    return ["wrk", f"-t{threads}", f"-c{connections}"] + script, env
+    `scenario` (`scenario_load`)."""
+    script, env = scenario_load(scenario, body_bytes)
+    argv = ["wrk", f"-t{threads}", f"-c{connections}"] + (["-s", script] if script else [])
+    return argv, dict(os.environ, **env)
 
 
 def slice_measure(procs, proxy, ports, stats, seconds, connections, script, env):
@@ -134,7 +151,7 @@ def main(argv):
     p.add_argument("--rounds", type=int, default=10, help="slices per row")
     p.add_argument("--duration", default="3s", help="length of one slice")
     p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--scenarios", default="get,post")
+    p.add_argument("--scenarios", default="get,post,json")
     p.add_argument("--body-bytes", type=int, default=4096)
     p.add_argument("--record-dir", default=None,
                    help="where the record files go (default: a new temporary directory); "
@@ -147,6 +164,8 @@ def main(argv):
     driver.need_tools({"wrk": "wrk"})
     seconds = driver.duration_s(a.duration)
     scenarios = [s for s in a.scenarios.split(",") if s]
+    for scn in scenarios:
+        scenario_load(scn, a.body_bytes)  # an unknown one exits before anything starts
     run_dir = os.path.join(ROOT, "bench", "out", "record-" + time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(run_dir, exist_ok=True)
     data_dir = tempfile.mkdtemp(prefix="sg-record-bench-")
@@ -157,8 +176,7 @@ def main(argv):
     try:
         backend, stats = driver.start_bench_backend(procs, a.bin)
         for scn in scenarios:
-            env = {"BENCH_BODY_BYTES": str(a.body_bytes)}
-            script = os.path.join(ROOT, "bench", "post.lua") if scn == "post" else None
+            script, env = scenario_load(scn, a.body_bytes)
             # Both proxies run for the whole scenario, idle but for their
             # own slices; the load alternates between them.
             proxies = {}
@@ -213,7 +231,11 @@ def main(argv):
 
     out = []
     for scn in scenarios:
-        title = "GET, 64-byte answers" if scn == "get" else f"POST, {a.body_bytes // 1024} KiB bodies"
+        title = {
+            "get": "GET, 64-byte answers",
+            "post": f"POST, {a.body_bytes // 1024} KiB bodies (one letter repeated)",
+            "json": f"POST, {a.body_bytes // 1024} KiB JSON bodies (a quote every 7 bytes or so)",
+        }[scn]
         out.append(f"**{title}** ({a.rounds} alternating slices of {a.duration} per row)\n")
         out.append("| row | req/s, all slices | req/s, median slice | p99, median slice "
                    "| proxy CPU per request | records written | dropped | errors |")

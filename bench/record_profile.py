@@ -80,7 +80,7 @@ def profile_row(a, procs, tmp, row, backend, stats, rounds_done):
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "shadowgate"))
-    p.add_argument("--scenario", default="post", choices=["get", "post"])
+    p.add_argument("--scenario", default="post", choices=record_bench.SCENARIOS)
     p.add_argument("--body-bytes", type=int, default=4096)
     p.add_argument("--duration", type=int, default=8, help="seconds sampled per round and row")
     p.add_argument("--rounds", type=int, default=2)

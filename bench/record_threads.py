@@ -98,7 +98,7 @@ def row_name(row):
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", action="append", help="a build (repeat to compare; default target/release)")
-    p.add_argument("--scenario", default="post", choices=["get", "post"])
+    p.add_argument("--scenario", default="post", choices=record_bench.SCENARIOS)
     p.add_argument("--body-bytes", type=int, default=4096)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--duration", type=int, default=4, help="seconds per slice")
@@ -123,8 +123,7 @@ def main(argv):
     served = collections.Counter()
     try:
         backend, stats = driver.start_bench_backend(procs, bins[0])
-        script = os.path.join(ROOT, "bench", "post.lua") if a.scenario == "post" else None
-        env = {"BENCH_BODY_BYTES": str(a.body_bytes)}
+        script, env = record_bench.scenario_load(a.scenario, a.body_bytes)
         proxies = {}
         for i, r in enumerate(rows):
             b, row, where = r

@@ -23,11 +23,26 @@ use crate::diff::Redactor;
 /// Format version of a line.
 pub const VERSION: u32 = 1;
 
-/// Whether `b` must be escaped in a JSON string (RFC 8259 §7: quotation
-/// mark, reverse solidus, control characters).
-fn needs_escape(b: u8) -> bool {
-    b < 0x20 || b == b'"' || b == b'\\'
-}
+/// How a byte is written in a JSON string (RFC 8259 §7), as serde_json
+/// writes it: 0 as it is; otherwise the letter after the backslash
+/// (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`), or `u` for the other
+/// control characters (`\u00XX`).
+const ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[0x08] = b'b';
+    t[0x0c] = b'f';
+    t[b'\n' as usize] = b'n';
+    t[b'\r' as usize] = b'r';
+    t[b'\t' as usize] = b't';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
 
 /// Bytes checked together for anything to escape.
 const WORD: usize = 8;
@@ -69,9 +84,33 @@ fn escaped(out: &mut Vec<u8>, s: &str) {
     escape_from(out, s.as_bytes(), false);
 }
 
+/// Appends `bytes[from..to]`. A short run, the usual one between two
+/// escapes in a JSON body, is one fixed-size 16-byte copy cut back rather
+/// than a `memcpy` call of its length.
+#[inline(always)]
+fn run(out: &mut Vec<u8>, bytes: &[u8], from: usize, to: usize) {
+    if to - from < 16 {
+        if let Some(Ok(block)) = bytes.get(from..from + 16).map(<&[u8; 16]>::try_from) {
+            out.extend_from_slice(block);
+            out.truncate(out.len() - (16 - (to - from)));
+            return;
+        }
+    }
+    out.extend_from_slice(&bytes[from..to]);
+}
+
 /// Writes `bytes` escaped into `out`. With `ascii_only`, stops at the
 /// first byte that is not ASCII and returns its index (all before it
 /// written); otherwise such bytes are copied as they are.
+///
+/// Chunks with nothing to escape are skipped whole and copied later in one
+/// run; in a chunk that has something, each word's flagged bytes are
+/// visited through its flag bits (no loop over its other bytes), and the
+/// runs between them are copied by `run`. A 4 KiB JSON document (a quote
+/// every 7 bytes) is escaped in 0.9–1.2 ns a byte against 1.8–2.8 for a
+/// byte loop over each flagged word, which this replaced, and 1.1–1.3 for
+/// serde_json; plain text stays at 0.07–0.1 (a standalone loop, `rustc
+/// -O`, docs/benchmarks.md "Recording, session 13").
 #[inline(always)]
 fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Option<usize> {
     // The word's high bits are looked at only for `ascii_only`.
@@ -80,6 +119,7 @@ fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Option<usiz
     } else {
         0
     };
+    out.reserve(bytes.len());
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -91,49 +131,54 @@ fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Option<usiz
             }
         }
         // Something in the next chunk, or less than a chunk left: word by
-        // word through it, copying runs at once. A string shorter than a
-        // word is padded with spaces (nothing to escape), so a short
-        // string is one test, not a byte loop (the byte loop over the tails
-        // was most of escaping a record's many short strings, callgrind).
+        // word through it. The last word of a string shorter than a word
+        // is padded with spaces (nothing to escape), so a short string is
+        // one test, not a byte loop.
         let stop = (i + CHUNK).min(bytes.len());
         while i < stop {
-            let word = match bytes.get(i..i + WORD).map(<[u8; WORD]>::try_from) {
-                Some(Ok(word)) => word,
-                // Fewer left: the string's last 8 bytes, when it has 8
-                // (some looked at already: the test is only a yes or no).
-                _ => match bytes.get(bytes.len().saturating_sub(WORD)..) {
-                    Some(last) if last.len() == WORD => {
-                        <[u8; WORD]>::try_from(last).unwrap_or([b'"'; WORD])
-                    }
-                    _ => {
-                        let rest = &bytes[i..];
-                        let mut word = [b' '; WORD];
-                        word[..rest.len()].copy_from_slice(rest);
-                        word
-                    }
-                },
+            let (word, len) = match bytes.get(i..i + WORD).map(<[u8; WORD]>::try_from) {
+                Some(Ok(word)) => (word, WORD),
+                _ => {
+                    let rest = &bytes[i..];
+                    let mut word = [b' '; WORD];
+                    word[..rest.len()].copy_from_slice(rest);
+                    (word, rest.len())
+                }
             };
-            if word_flags(u64::from_ne_bytes(word), high) == 0 {
-                i += WORD;
-                continue;
+            // The flag bits (`word_flags`), in the order of the bytes; none
+            // for the padding (a borrow from a control character before it
+            // could flag a space there).
+            let mut flags =
+                u64::from_le_bytes(word_flags(u64::from_ne_bytes(word), high).to_ne_bytes());
+            if len < WORD {
+                flags &= (1u64 << (8 * len)) - 1;
             }
-            let end = (i + WORD).min(bytes.len());
-            while i < end {
-                let b = bytes[i];
+            while flags != 0 {
+                let pos = i + (flags.trailing_zeros() / 8) as usize;
+                flags &= flags - 1;
+                let b = bytes[pos];
                 if ascii_only && !b.is_ascii() {
-                    out.extend_from_slice(&bytes[start..i]);
-                    return Some(i);
+                    run(out, bytes, start, pos);
+                    return Some(pos);
                 }
-                if needs_escape(b) {
-                    out.extend_from_slice(&bytes[start..i]);
-                    escape_byte(out, b);
-                    start = i + 1;
+                // The flags may also mark a byte next to one that needs
+                // escaping (the bit tricks are exact per word, not per
+                // byte): the table has the last word.
+                let e = ESCAPE[usize::from(b)];
+                if e != 0 {
+                    run(out, bytes, start, pos);
+                    if e == b'u' {
+                        escape_byte(out, b);
+                    } else {
+                        out.extend_from_slice(&[b'\\', e]);
+                    }
+                    start = pos + 1;
                 }
-                i += 1;
             }
+            i += len;
         }
     }
-    out.extend_from_slice(&bytes[start..]);
+    run(out, bytes, start, bytes.len());
     None
 }
 
@@ -491,6 +536,73 @@ mod tests {
             let quoted = serde_json::to_string(&s).unwrap();
             assert_eq!(body[1..], quoted.as_bytes()[1..quoted.len() - 1], "{s:?}");
         }
+    }
+
+    /// `s` through `string` and through `escaped_utf8` as serde_json
+    /// writes it.
+    fn same_as_serde_json(s: &str) {
+        let quoted = serde_json::to_string(s).unwrap();
+        let mut out = Vec::new();
+        string(&mut out, s);
+        assert_eq!(String::from_utf8(out).unwrap(), quoted, "{s:?}");
+        let mut body = b"x".to_vec();
+        assert!(escaped_utf8(&mut body, s.as_bytes()), "{s:?}");
+        assert_eq!(body[1..], quoted.as_bytes()[1..quoted.len() - 1], "{s:?}");
+    }
+
+    #[test]
+    fn dense_escapes_are_written_as_serde_json_writes_them() {
+        // Two escapes (or an escape and a byte next to it in the table)
+        // side by side and one apart, at every position around the words
+        // and the padded tail.
+        let specials = [
+            '"', '\\', '\n', '\u{1}', '\u{1f}', ' ', '!', '#', '\u{7f}', 'é',
+        ];
+        for a in specials {
+            for b in specials {
+                for gap in 0..2 {
+                    for len in [3, 11, 40] {
+                        for at in 0..len - 1 - gap {
+                            let mut s: Vec<char> = "a".repeat(len).chars().collect();
+                            s[at] = a;
+                            s[at + 1 + gap] = b;
+                            same_as_serde_json(&s.iter().collect::<String>());
+                        }
+                    }
+                }
+            }
+        }
+        // Random strings of those characters and plain ones (xorshift, a
+        // fixed seed: the same strings every run).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..5_000 {
+            let len = (next() % 70) as usize;
+            let s: String = (0..len)
+                .map(|_| match next() % 3 {
+                    0 => specials[(next() % specials.len() as u64) as usize],
+                    _ => 'a',
+                })
+                .collect();
+            same_as_serde_json(&s);
+        }
+        // A JSON document (a quote every few bytes, escaped quotes,
+        // newlines and tabs inside its strings, as JSON text has them),
+        // then with raw ones and other characters around it.
+        let doc: String = (0..60)
+            .map(|i| {
+                format!(
+                    "{{\"id\":{i},\"name\":\"item \\\"{i}\\\"\\n\",\"tags\":[\"a\",\"b\\t\"]}},"
+                )
+            })
+            .collect();
+        same_as_serde_json(&doc);
+        same_as_serde_json(&format!("{doc}é\n\t{doc}\u{2028}"));
     }
 
     #[test]
