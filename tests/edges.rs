@@ -192,22 +192,25 @@ fn has_series(text: &str, series: &str) -> bool {
         .any(|l| l.strip_prefix(series).is_some_and(|r| r.starts_with(' ')))
 }
 
+/// `backends:` v1 and v2 at the two addresses, then `routes:`.
+fn two_backends(v1: SocketAddr, v2: SocketAddr, routes: &str) -> String {
+    format!(
+        "backends:\n  v1: {{ endpoints: [\"{v1}\"] }}\n  v2: {{ endpoints: [\"{v2}\"] }}\nroutes:\n{routes}"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_drop_and_error_series_exist_at_zero_from_the_start_and_after_reload() {
     let v1 = TestBackend::new().spawn().await;
     let v2 = TestBackend::new().spawn().await;
     let body = |routes: &str| {
         format!(
-            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\nbackends:\n  v1: {{ endpoints: [\"{}\"] }}\n  v2: {{ endpoints: [\"{}\"] }}\nroutes:\n{routes}",
-            v1.addr, v2.addr
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\n{}",
+            two_backends(v1.addr, v2.addr, routes)
         )
     };
     let first = "  - { name: r, backend: v1, mirrors: [{ backend: v2 }] }\n";
-    let running = start_proxy(&body(first).replace(
-        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccess_log: off\nstore: memory\n",
-        "",
-    ))
-    .await;
+    let running = start_proxy(&two_backends(v1.addr, v2.addr, first)).await;
     let text = metrics(&running).await;
     let reasons = [
         "overload",
@@ -257,12 +260,7 @@ async fn mirror_drop_and_error_series_exist_at_zero_from_the_start_and_after_rel
 async fn a_removed_routes_series_leave_metrics_and_a_kept_routes_counts_stay() {
     let v1 = TestBackend::new().spawn().await;
     let v2 = TestBackend::new().spawn().await;
-    let body = |routes: &str| {
-        format!(
-            "backends:\n  v1: {{ endpoints: [\"{}\"] }}\n  v2: {{ endpoints: [\"{}\"] }}\nroutes:\n{routes}",
-            v1.addr, v2.addr
-        )
-    };
+    let body = |routes: &str| two_backends(v1.addr, v2.addr, routes);
     let kept = "  - { name: kept, backend: v1, mirrors: [{ backend: v2 }] }\n";
     let both =
         format!("  - {{ name: gone, match: {{ path_prefix: /gone }}, backend: v1, mirrors: [{{ backend: v2 }}] }}\n{kept}");

@@ -139,65 +139,29 @@ pub trait RouteLabel {
     fn route(&self) -> &str;
 }
 
-impl RouteLabel for RequestLabels {
-    fn route(&self) -> &str {
-        &self.route
-    }
+/// `RouteLabel` for label sets whose `route` field is the route.
+macro_rules! route_labels {
+    ($($labels:ty),* $(,)?) => {
+        $(impl RouteLabel for $labels {
+            fn route(&self) -> &str {
+                &self.route
+            }
+        })*
+    };
 }
 
-impl RouteLabel for TargetLabels {
-    fn route(&self) -> &str {
-        &self.route
-    }
-}
-
-impl RouteLabel for MirrorLabels {
-    fn route(&self) -> &str {
-        &self.route
-    }
-}
-
-impl RouteLabel for ReasonLabels {
-    fn route(&self) -> &str {
-        &self.route
-    }
-}
-
-impl RouteLabel for KindLabels {
-    fn route(&self) -> &str {
-        &self.route
-    }
-}
-
-impl RouteLabel for CompareLabels {
-    fn route(&self) -> &str {
-        &self.route
-    }
-}
-
-impl RouteLabel for PromotionLabels {
-    fn route(&self) -> &str {
-        &self.route
-    }
-}
-
-impl RouteLabel for GrpcLabels {
-    fn route(&self) -> &str {
-        &self.route
-    }
-}
-
-impl RouteLabel for RecordLabels {
-    fn route(&self) -> &str {
-        &self.route
-    }
-}
-
-impl RouteLabel for RecordDropLabels {
-    fn route(&self) -> &str {
-        &self.route
-    }
-}
+route_labels!(
+    RequestLabels,
+    TargetLabels,
+    MirrorLabels,
+    ReasonLabels,
+    KindLabels,
+    CompareLabels,
+    PromotionLabels,
+    GrpcLabels,
+    RecordLabels,
+    RecordDropLabels,
+);
 
 /// A metric family whose label sets each name a route. It remembers the
 /// label sets it has made, so that a route's series can be removed once
