@@ -163,7 +163,7 @@ fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Option<usiz
                 }
                 // The flags may also mark a byte next to one that needs
                 // escaping (the bit tricks are exact per word, not per
-                // byte): the table has the last word.
+                // byte): the table decides.
                 let e = ESCAPE[usize::from(b)];
                 if e != 0 {
                     run(out, bytes, start, pos);
