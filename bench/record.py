@@ -27,15 +27,17 @@ and their median beside it.
 
 Scenarios: `get` (64-byte answers), `post` (request bodies of
 `--body-bytes`, one letter repeated, bench/post.lua) and `json` (a JSON
-document of that size: a quote every 7 bytes or so to escape). Both rows log nothing (`access_log:
-off`), so the difference is the recording alone.
+document of that size: a quote every 7 bytes or so to escape). Both rows
+log nothing (`access_log: off`), so the difference is the recording
+alone.
 
 Usage: bench/record.py [--bin target/release/shadowgate] [--rounds 10]
                        [--duration 3s] [--scenarios get,post,json]
                        [--record-dir DIR] [--doc]
 Writes its table into docs/benchmarks.md (section "Recording") only with
---doc. Standard library only (plus wrk, installed with apt when missing); every process it starts is
-stopped on exit; every load run is bounded in time.
+--doc. Standard library only (plus wrk, installed with apt when
+missing); every process it starts is stopped on exit; every load run is
+bounded in time.
 """
 import argparse
 import json

@@ -23,8 +23,8 @@ wake-ups).
 
 Usage: bench/record_profile.py [--bin target/release/shadowgate]
            [--scenario post] [--duration 8] [--rounds 2] [--top 30]
-Needs perf (Debian `linux-perf`) and wrk, installed with apt when missing; run as root or with
-kernel.perf_event_paranoid <= 1. Every process it starts is stopped on
+Needs perf (Debian `linux-perf`) and wrk, installed with apt when
+missing; run as root or with kernel.perf_event_paranoid <= 1. Every process it starts is stopped on
 exit; the load is bounded in time.
 """
 import argparse

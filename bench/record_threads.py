@@ -30,8 +30,8 @@ goes to DIR (e.g. /dev/shm, to take the disk and its writeback out).
 
 Usage: bench/record_threads.py [--bin BIN]... [--scenario post]
            [--rounds 6] [--duration 4] [--record-dir DIR]...
-Standard library only (plus wrk, installed with apt when missing); every process it starts is stopped on
-exit; every load run is bounded in time.
+Standard library only (plus wrk, installed with apt when missing); every
+process it starts is stopped on exit; every load run is bounded in time.
 """
 import argparse
 import collections
@@ -115,7 +115,7 @@ def main(argv):
     dirs = []
     rows = []
     for b in bins:
-        rows += [(b, "plain", None), (b, "record", None)]
+        rows += [(b, row, None) for row in record_bench.ROWS]
         for d in a.record_dir:
             rows.append((b, "record", d))
     ticks = {r: collections.Counter() for r in rows}

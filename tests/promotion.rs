@@ -242,21 +242,29 @@ async fn auto_mode_promotes_a_good_v2_and_rolls_back_when_it_turns_bad() {
     proxy.shutdown().await;
 
     // The pause is kept in the stored history: a restarted proxy does not
-    // promote v2 again on its own, though v2 is healthy again and well
-    // past `min_requests`; a person's promote lifts it.
+    // promote v2 again on its own, though v2 is healthy again and its
+    // gates pass; a person's promote lifts it.
     v2.status.store(200, Ordering::SeqCst);
     let proxy = start().await;
-    for _ in 0..6 {
-        traffic(&proxy, 20).await;
-        mirrors_settled(&proxy).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let s = wait_for_state(&proxy, |s| s["verdict"] == "ready").await;
+    assert_eq!(s["auto_held"], true, "{s}");
+    // One pass of the controller, run here so that it surely ran with the
+    // gates passing (the proxy's own runs every 250 ms besides).
+    let shared = proxy.shared.clone();
+    tokio::task::spawn_blocking(move || {
+        shadowgate::promote::ops::auto_pass(
+            &shared,
+            tokio::time::Instant::now(),
+            &mut std::collections::HashMap::new(),
+        )
+    })
+    .await
+    .unwrap();
     let s = api_call(&proxy, Method::GET, "/api/v1/routes/shop/promotion", "")
         .await
         .json();
     assert_eq!(s["state"], "shadowing", "promoted again on its own: {s}");
     assert_eq!(s["auto_held"], true, "{s}");
-    assert_eq!(s["verdict"], "ready", "the gates pass now: {s}");
     let promoted = api_call(&proxy, Method::POST, "/api/v1/routes/shop/promote", "").await;
     assert_eq!(promoted.status, 200, "{}", promoted.text());
     assert_eq!(promoted.json()["auto_held"], false);

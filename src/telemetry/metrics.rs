@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::family::MetricConstructor;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use super::window::{Window, LATENCY_EDGES_SECONDS};
 
@@ -204,11 +204,6 @@ where
         }
     }
 
-    /// The family, to register.
-    fn family(&self) -> Family<S, M, C> {
-        self.family.clone()
-    }
-
     /// The series of `labels`, made on first use.
     pub fn get_or_create(&self, labels: &S) -> impl Deref<Target = M> + '_ {
         if let Some(metric) = self.family.get(labels) {
@@ -220,8 +215,20 @@ where
         made.insert(labels.clone());
         self.family.get_or_create(labels)
     }
+}
 
+/// What `Metrics::keep_routes` asks of each route-labelled family.
+trait Routed: Send + Sync {
     /// Removes the series of the routes `keep` refuses.
+    fn retain_routes(&self, keep: &dyn Fn(&str) -> bool);
+}
+
+impl<S, M, C> Routed for RouteFamily<S, M, C>
+where
+    S: Clone + Hash + Eq + RouteLabel + Send + Sync,
+    M: Send + Sync,
+    C: MetricConstructor<M> + Clone + Send + Sync,
+{
     fn retain_routes(&self, keep: &dyn Fn(&str) -> bool) {
         self.made.lock().retain(|labels| {
             let kept = keep(labels.route());
@@ -231,6 +238,25 @@ where
             kept
         });
     }
+}
+
+/// Registers a route-labelled family and adds it to those `keep_routes`
+/// sweeps, so that no such family can be left out of the sweep.
+fn register_routed<S, M, C>(
+    registry: &mut Registry,
+    routed: &mut Vec<Box<dyn Routed>>,
+    name: &str,
+    help: &str,
+    family: RouteFamily<S, M, C>,
+) -> RouteFamily<S, M, C>
+where
+    Family<S, M, C>: Metric,
+    RouteFamily<S, M, C>: Routed + 'static,
+    C: Clone,
+{
+    registry.register(name, help, family.family.clone());
+    routed.push(Box::new(family.clone()));
+    family
 }
 
 fn duration_histogram() -> Histogram {
@@ -278,6 +304,8 @@ pub struct Metrics {
     windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
     /// The routes configured now (`keep_routes`); `None` until first set.
     routes: parking_lot::Mutex<Option<HashSet<String>>>,
+    /// Every route-labelled family above (`register_routed`).
+    routed: Vec<Box<dyn Routed>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -295,44 +323,50 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("shadowgate");
-        let requests = RouteFamily::<RequestLabels, Counter>::default();
-        registry.register(
+        let mut routed = Vec::new();
+        let requests = register_routed(
+            &mut registry,
+            &mut routed,
             "requests",
             "Requests answered, by route, backend, role and status code",
-            requests.family(),
+            RouteFamily::<RequestLabels, Counter>::default(),
         );
-        let duration =
-            RouteFamily::<TargetLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                duration_histogram,
-            );
-        registry.register(
+        let duration = register_routed(
+            &mut registry,
+            &mut routed,
             "request_duration_seconds",
             "Time from receiving a request to the end of the backend's response",
-            duration.family(),
+            RouteFamily::<TargetLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            ),
         );
-        let mirror_dropped = RouteFamily::<ReasonLabels, Counter>::default();
-        registry.register(
+        let mirror_dropped = register_routed(
+            &mut registry,
+            &mut routed,
             "mirror_dropped",
             "Mirror copies not sent, by reason",
-            mirror_dropped.family(),
+            RouteFamily::<ReasonLabels, Counter>::default(),
         );
-        let mirror_errors = RouteFamily::<KindLabels, Counter>::default();
-        registry.register(
+        let mirror_errors = register_routed(
+            &mut registry,
+            &mut routed,
             "mirror_errors",
             "Mirror copies that failed, by kind",
-            mirror_errors.family(),
+            RouteFamily::<KindLabels, Counter>::default(),
         );
-        let mirror_in_flight = RouteFamily::<MirrorLabels, Gauge>::default();
-        registry.register(
+        let mirror_in_flight = register_routed(
+            &mut registry,
+            &mut routed,
             "mirror_in_flight",
             "Mirror copies in flight",
-            mirror_in_flight.family(),
+            RouteFamily::<MirrorLabels, Gauge>::default(),
         );
-        let grpc_errors = RouteFamily::<GrpcLabels, Counter>::default();
-        registry.register(
+        let grpc_errors = register_routed(
+            &mut registry,
+            &mut routed,
             "grpc_errors",
             "gRPC calls answered with a non-zero grpc-status, by route, backend, role and status (above 16 counted as 2, UNKNOWN)",
-            grpc_errors.family(),
+            RouteFamily::<GrpcLabels, Counter>::default(),
         );
         let config_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -340,17 +374,19 @@ impl Metrics {
             "Configuration reloads, by result",
             config_reloads.clone(),
         );
-        let promotions = RouteFamily::<PromotionLabels, Counter>::default();
-        registry.register(
+        let promotions = register_routed(
+            &mut registry,
+            &mut routed,
             "promotions",
             "Promotions, steps and rollbacks, by trigger",
-            promotions.family(),
+            RouteFamily::<PromotionLabels, Counter>::default(),
         );
-        let compare = RouteFamily::<CompareLabels, Counter>::default();
-        registry.register(
+        let compare = register_routed(
+            &mut registry,
+            &mut routed,
             "compare",
             "Shadow responses compared with the primary's, by result (compared, equal, different, noise_only, truncated, dropped, primary_failed, memory)",
-            compare.family(),
+            RouteFamily::<CompareLabels, Counter>::default(),
         );
         let access_log_dropped = Counter::default();
         registry.register(
@@ -391,29 +427,33 @@ impl Metrics {
             "Kept live exchanges evicted before `keep` was over, to stay within the bounds",
             egress_evicted.clone(),
         );
-        let record_written = RouteFamily::<RecordLabels, Counter>::default();
-        registry.register(
+        let record_written = register_routed(
+            &mut registry,
+            &mut routed,
             "record_written",
             "Records written to the route's record file (routes[].record)",
-            record_written.family(),
+            RouteFamily::<RecordLabels, Counter>::default(),
         );
-        let record_dropped = RouteFamily::<RecordDropLabels, Counter>::default();
-        registry.register(
+        let record_dropped = register_routed(
+            &mut registry,
+            &mut routed,
             "record_dropped",
             "Records not written, by route and reason (queue_full: the writer is behind, write_failed: the file could not be opened or written, over_budget: the bodies did not fit in limits.shadow_memory, incomplete: the answer did not complete)",
-            record_dropped.family(),
+            RouteFamily::<RecordDropLabels, Counter>::default(),
         );
-        let record_calls_cut = RouteFamily::<RecordLabels, Counter>::default();
-        registry.register(
+        let record_calls_cut = register_routed(
+            &mut registry,
+            &mut routed,
             "record_calls_cut",
             "Outbound calls left out of a route's records (over record.max_calls, or over limits.shadow_memory); each record also says how many in calls_cut",
-            record_calls_cut.family(),
+            RouteFamily::<RecordLabels, Counter>::default(),
         );
-        let retries = RouteFamily::<ReasonLabels, Counter>::default();
-        registry.register(
+        let retries = register_routed(
+            &mut registry,
+            &mut routed,
             "retries",
             "Primary requests retried under the route's retries, by route, backend and the outcome retried (a status code, connect_failure, timeout or reset); mirrors are never retried",
-            retries.family(),
+            RouteFamily::<ReasonLabels, Counter>::default(),
         );
         let admin_refused = Family::<ListenerLabels, Counter>::default();
         registry.register(
@@ -445,10 +485,10 @@ impl Metrics {
             access_log_dropped,
             windows: parking_lot::Mutex::new(HashMap::new()),
             routes: parking_lot::Mutex::new(None),
+            routed,
         }
     }
 
-    /// The text exposition.
     /// The routes configured from now on: every series and latency window
     /// of any other route is removed, now and at each scrape (a request
     /// still in flight on a removed route may make a series again), so a
@@ -465,21 +505,13 @@ impl Metrics {
             return;
         };
         let keep = |route: &str| route == Self::UNROUTED || routes.contains(route);
-        self.requests.retain_routes(&keep);
-        self.duration.retain_routes(&keep);
-        self.mirror_dropped.retain_routes(&keep);
-        self.mirror_errors.retain_routes(&keep);
-        self.mirror_in_flight.retain_routes(&keep);
-        self.grpc_errors.retain_routes(&keep);
-        self.promotions.retain_routes(&keep);
-        self.compare.retain_routes(&keep);
-        self.retries.retain_routes(&keep);
-        self.record_written.retain_routes(&keep);
-        self.record_dropped.retain_routes(&keep);
-        self.record_calls_cut.retain_routes(&keep);
+        for family in &self.routed {
+            family.retain_routes(&keep);
+        }
         self.windows.lock().retain(|labels, _| keep(&labels.route));
     }
 
+    /// The text exposition.
     pub fn encode(&self) -> String {
         self.forget_other_routes();
         let mut out = String::new();
