@@ -109,7 +109,7 @@ fn run(out: &mut Vec<u8>, bytes: &[u8], from: usize, to: usize) {
 /// runs between them are copied by `run`. A 4 KiB JSON document (a quote
 /// every 7 bytes) is escaped in 0.9–1.25 ns a byte against 1.6–2.8 for a
 /// byte loop over each flagged word, which this replaced, and 1.1–1.6 for
-/// serde_json; plain text stays at 0.07–0.13 (a standalone loop, `rustc
+/// serde_json; plain text stays at 0.09–0.15 (a standalone loop, `rustc
 /// -O`, docs/benchmarks.md "Recording, session 13").
 #[inline(always)]
 fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Option<usize> {
