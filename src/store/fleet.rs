@@ -128,7 +128,7 @@ async fn heartbeats(
             c.execute(&sql, &[&info.id, &info.admin, &info.version])
                 .await
                 .map_err(|e| e.to_string())?;
-            if beats % 600 == 0 {
+            if beats.is_multiple_of(600) {
                 let _ = c.execute(&prune, &[]).await;
             }
             Ok::<_, String>(())

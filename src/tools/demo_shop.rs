@@ -145,7 +145,7 @@ pub async fn checkout(
                 .trim_start_matches(|c: char| !c.is_ascii_digit())
                 .parse()
                 .unwrap_or(1);
-            if version == "v2" && number % 100 == 0 {
+            if version == "v2" && number.is_multiple_of(100) {
                 // Only v2 does this: a side effect v1 never had.
                 let _ = call("/fraud-checks", json!({ "order": id })).await;
             }

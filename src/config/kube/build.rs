@@ -120,7 +120,7 @@ pub fn parse_k8s_duration(text: &str) -> Result<Duration, String> {
 /// Writes a duration the way the native config reads it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_nanos().div_ceil(1_000_000);
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
