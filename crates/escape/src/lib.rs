@@ -10,7 +10,7 @@
 //! time escaper of [`scalar`]. Neither serde_json (4.4–7.3 µs for that
 //! document) nor `json-escape-simd` (3.9 µs; it takes each escape in turn)
 //! does better, as each pays per escape. With AVX-512 VBMI2 the escapes of
-//! 32 bytes are written at once, whatever their number ([`avx512`]): 0.3 µs
+//! 32 bytes are written at once, whatever their number ([`avx512`]): 0.5 µs
 //! for the same document (docs/benchmarks.md, "Recording, session 14").
 //! That needs `unsafe` (the intrinsics load and store through pointers),
 //! which shadowgate's own crate forbids; it is kept here, in one module,
