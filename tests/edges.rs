@@ -317,6 +317,42 @@ async fn a_removed_routes_series_leave_metrics_and_a_kept_routes_counts_stay() {
     running.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_mirror_taken_off_a_kept_route_leaves_metrics_and_the_primarys_counts_stay() {
+    let v1 = TestBackend::new().spawn().await;
+    let v2 = TestBackend::new().spawn().await;
+    let body = |routes: &str| two_backends(v1.addr, v2.addr, routes);
+    let mirrored = "  - { name: items, backend: v1, mirrors: [{ backend: v2 }] }\n";
+    let running = start_proxy(&body(mirrored)).await;
+    let addr = running.listen_addrs[0];
+    let c = client();
+    for path in ["/a", "/b"] {
+        assert_eq!(get(&c, addr, "x", path).await.status, 200);
+    }
+    mirrors_settled(&running).await;
+    let primary =
+        "shadowgate_requests_total{route=\"items\",backend=\"v1\",role=\"primary\",code=\"200\"}";
+    let of_v2 = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains("route=\"items\"") && l.contains("backend=\"v2\""))
+            .count()
+    };
+    let text = metrics(&running).await;
+    assert!(of_v2(&text) > 0, "{text}");
+
+    // Reloaded without the mirror: none of v2's series of this route is
+    // left, of any family; the primary's keep counting.
+    running.shared.apply(
+        shadowgate::config::from_yaml("test.yaml", &body("  - { name: items, backend: v1 }\n"))
+            .unwrap(),
+    );
+    assert_eq!(get(&c, addr, "x", "/c").await.status, 200);
+    let text = metrics(&running).await;
+    assert_eq!(of_v2(&text), 0, "{text}");
+    assert_eq!(metric(&text, primary), 3.0, "{text}");
+    running.shutdown().await;
+}
+
 /// The proxy binary, run with its access log going to a file.
 struct Binary {
     child: std::process::Child,

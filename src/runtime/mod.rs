@@ -431,7 +431,9 @@ impl Shared {
     ) -> Arc<Self> {
         let started = Arc::new(config.clone());
         let runtime = Runtime::build(config, &book, None, &telemetry.metrics);
-        telemetry.metrics.keep_routes(route_names(&runtime.config));
+        telemetry
+            .metrics
+            .keep_routes(route_backends(&runtime.config));
         let comparison = Engine::start(
             &runtime.config.comparison,
             telemetry.metrics.clone(),
@@ -472,7 +474,7 @@ impl Shared {
         // removes.
         self.telemetry
             .metrics
-            .keep_routes(route_names(&next.config));
+            .keep_routes(route_backends(&next.config));
     }
 
     /// Rebuilds the runtime from the current configuration, e.g. after a
@@ -484,7 +486,16 @@ impl Shared {
     }
 }
 
-/// The names of the routes `config` serves.
-fn route_names(config: &Config) -> impl Iterator<Item = &str> {
-    config.routes.iter().map(|r| r.name.as_str())
+/// The routes `config` serves, each with the backends it names: its
+/// primary, its split's shares, its mirrors (a promotion's candidate is
+/// one) and its secondary.
+fn route_backends(config: &Config) -> impl Iterator<Item = (&str, Vec<&str>)> {
+    config.routes.iter().map(|r| {
+        let backends = std::iter::once(r.backend.as_str())
+            .chain(r.split.iter().map(|(b, _)| b.as_str()))
+            .chain(r.mirrors.iter().map(|m| m.backend.as_str()))
+            .chain(r.secondary.as_deref())
+            .collect();
+        (r.name.as_str(), backends)
+    })
 }

@@ -134,15 +134,28 @@ pub struct EgressSideLabels {
     pub side: String,
 }
 
-/// A label set that names a route.
+/// A label set that names a route, and maybe one of its backends.
 pub trait RouteLabel {
     fn route(&self) -> &str;
+    /// The backend named, for label sets that name one.
+    fn backend(&self) -> Option<&str> {
+        None
+    }
 }
 
-/// `RouteLabel` for label sets whose `route` field is the route.
+/// `RouteLabel` for label sets whose `route` field is the route (and, in
+/// the first list, whose `backend` field is one of its backends).
 macro_rules! route_labels {
-    ($($labels:ty),* $(,)?) => {
-        $(impl RouteLabel for $labels {
+    (with backend: $($with:ty),* ; route only: $($only:ty),* $(,)?) => {
+        $(impl RouteLabel for $with {
+            fn route(&self) -> &str {
+                &self.route
+            }
+            fn backend(&self) -> Option<&str> {
+                Some(&self.backend)
+            }
+        })*
+        $(impl RouteLabel for $only {
             fn route(&self) -> &str {
                 &self.route
             }
@@ -151,21 +164,15 @@ macro_rules! route_labels {
 }
 
 route_labels!(
-    RequestLabels,
-    TargetLabels,
-    MirrorLabels,
-    ReasonLabels,
-    KindLabels,
-    CompareLabels,
-    PromotionLabels,
-    GrpcLabels,
-    RecordLabels,
-    RecordDropLabels,
+    with backend: RequestLabels, TargetLabels, MirrorLabels, ReasonLabels, KindLabels,
+        CompareLabels, GrpcLabels;
+    route only: PromotionLabels, RecordLabels, RecordDropLabels,
 );
 
 /// A metric family whose label sets each name a route. It remembers the
 /// label sets it has made, so that a route's series can be removed once
-/// the route is no longer configured (`Metrics::keep_routes`):
+/// the route, or the backend they name, is no longer configured
+/// (`Metrics::keep_routes`):
 /// prometheus-client's `Family` can remove a label set but not list them.
 /// Remembering costs nothing on the usual path: a series that exists is
 /// found as before, and only its first use takes the extra lock.
@@ -219,8 +226,8 @@ where
 
 /// What `Metrics::keep_routes` asks of each route-labelled family.
 trait Routed: Send + Sync {
-    /// Removes the series of the routes `keep` refuses.
-    fn retain_routes(&self, keep: &dyn Fn(&str) -> bool);
+    /// Removes the series whose route and backend `keep` refuses.
+    fn retain_routes(&self, keep: &dyn Fn(&str, Option<&str>) -> bool);
 }
 
 impl<S, M, C> Routed for RouteFamily<S, M, C>
@@ -229,9 +236,9 @@ where
     M: Send + Sync,
     C: MetricConstructor<M> + Clone + Send + Sync,
 {
-    fn retain_routes(&self, keep: &dyn Fn(&str) -> bool) {
+    fn retain_routes(&self, keep: &dyn Fn(&str, Option<&str>) -> bool) {
         self.made.lock().retain(|labels| {
-            let kept = keep(labels.route());
+            let kept = keep(labels.route(), labels.backend());
             if !kept {
                 self.family.remove(labels);
             }
@@ -303,7 +310,7 @@ pub struct Metrics {
     /// Sliding windows per target; kept across reloads.
     windows: parking_lot::Mutex<HashMap<TargetLabels, Arc<Window>>>,
     /// The routes configured now (`keep_routes`); `None` until first set.
-    routes: parking_lot::Mutex<Option<HashSet<String>>>,
+    routes: parking_lot::Mutex<Option<HashMap<String, HashSet<String>>>>,
     /// Every route-labelled family above (`register_routed`).
     routed: Vec<Box<dyn Routed>>,
 }
@@ -489,13 +496,25 @@ impl Metrics {
         }
     }
 
-    /// The routes configured from now on: every series and latency window
-    /// of any other route is removed, now and at each scrape (a request
-    /// still in flight on a removed route may make a series again), so a
-    /// removed or renamed route leaves `/metrics`. Series of unrouted
-    /// requests (`route="none"`) stay.
-    pub fn keep_routes<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
-        *self.routes.lock() = Some(routes.into_iter().map(str::to_string).collect());
+    /// The routes configured from now on, each with its backends (primary,
+    /// split, mirrors, secondary): every series and latency window of any
+    /// other route, or of a backend a kept route no longer has, is removed,
+    /// now and at each scrape (a request still in flight on the previous
+    /// configuration may make a series again), so a removed or renamed
+    /// route or backend leaves `/metrics`. Series of unrouted requests
+    /// (`route="none"`) stay.
+    pub fn keep_routes<'a, B>(&self, routes: impl IntoIterator<Item = (&'a str, B)>)
+    where
+        B: IntoIterator<Item = &'a str>,
+    {
+        let routes = routes
+            .into_iter()
+            .map(|(route, backends)| {
+                let backends = backends.into_iter().map(str::to_string).collect();
+                (route.to_string(), backends)
+            })
+            .collect();
+        *self.routes.lock() = Some(routes);
         self.forget_other_routes();
     }
 
@@ -504,11 +523,18 @@ impl Metrics {
         let Some(routes) = routes.as_ref() else {
             return;
         };
-        let keep = |route: &str| route == Self::UNROUTED || routes.contains(route);
+        let keep = |route: &str, backend: Option<&str>| {
+            route == Self::UNROUTED
+                || routes.get(route).is_some_and(|backends: &HashSet<String>| {
+                    backend.is_none_or(|b| b == Self::UNROUTED || backends.contains(b))
+                })
+        };
         for family in &self.routed {
             family.retain_routes(&keep);
         }
-        self.windows.lock().retain(|labels, _| keep(&labels.route));
+        self.windows
+            .lock()
+            .retain(|labels, _| keep(&labels.route, Some(&labels.backend)));
     }
 
     /// The text exposition.
@@ -744,7 +770,7 @@ mod tests {
         assert!(series_of(&text, "b") > 12, "{text}");
         let before_a = series_of(&text, "a");
 
-        m.keep_routes(["a"]);
+        m.keep_routes([("a", ["v1", "v2"])]);
         let text = m.encode();
         assert_eq!(series_of(&text, "b"), 0, "{text}");
         assert_eq!(series_of(&text, "a"), before_a);
@@ -758,6 +784,45 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_a_kept_route_no_longer_has_leaves_and_the_routes_other_series_stay() {
+        let m = Arc::new(Metrics::new());
+        let _t = touch_all(&m, "a");
+        let text = m.encode();
+        let with_v2 = |text: &str| {
+            text.lines()
+                .filter(|l| l.contains("route=\"a\"") && l.contains("backend=\"v2\""))
+                .count()
+        };
+        assert!(with_v2(&text) > 8, "{text}");
+        let without_v2 = series_of(&text, "a") - with_v2(&text);
+        assert!(without_v2 > 0, "{text}");
+
+        // The mirror `v2` is taken off route `a`: its series leave; the
+        // primary's retries and the route's own series stay.
+        m.keep_routes([("a", ["v1"])]);
+        let text = m.encode();
+        assert_eq!(with_v2(&text), 0, "{text}");
+        assert_eq!(series_of(&text, "a"), without_v2, "{text}");
+        assert!(text.contains("backend=\"v1\""), "{text}");
+        assert!(m.windows.lock().keys().all(|k| k.backend != "v2"));
+
+        // Back again: it counts from zero.
+        m.keep_routes([("a", ["v1", "v2"])]);
+        m.compare
+            .get_or_create(&CompareLabels {
+                route: "a".into(),
+                backend: "v2".into(),
+                result: "equal".into(),
+            })
+            .inc();
+        let text = m.encode();
+        assert!(
+            text.contains(r#"shadowgate_compare_total{route="a",backend="v2",result="equal"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_kept_series_keeps_counting_and_a_route_back_again_starts_at_zero() {
         let m = Arc::new(Metrics::new());
         let labels = |route: &str| RecordLabels {
@@ -765,10 +830,10 @@ mod tests {
         };
         m.record_written.get_or_create(&labels("a")).inc_by(2);
         m.record_written.get_or_create(&labels("b")).inc_by(5);
-        m.keep_routes(["a"]);
+        m.keep_routes([("a", ["v1"])]);
         m.record_written.get_or_create(&labels("a")).inc();
         assert_eq!(m.record_written.get_or_create(&labels("a")).get(), 3);
-        m.keep_routes(["a", "b"]);
+        m.keep_routes([("a", ["v1"]), ("b", ["v1"])]);
         assert_eq!(m.record_written.get_or_create(&labels("b")).get(), 0);
     }
 }
