@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use shadowgate::app::Running;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -199,6 +200,37 @@ fn two_backends(v1: SocketAddr, v2: SocketAddr, routes: &str) -> String {
     )
 }
 
+/// The lines of the metrics text that have every one of `labels`.
+fn lines_with<'a>(text: &'a str, labels: &[&str]) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .collect()
+}
+
+/// Backends v1 and v2 and a proxy serving `routes` over them.
+struct OverTwoBackends {
+    v1: BackendHandle,
+    v2: BackendHandle,
+    running: Running,
+}
+
+impl OverTwoBackends {
+    async fn start(routes: &str) -> Self {
+        let v1 = TestBackend::new().spawn().await;
+        let v2 = TestBackend::new().spawn().await;
+        let running = start_proxy(&two_backends(v1.addr, v2.addr, routes)).await;
+        OverTwoBackends { v1, v2, running }
+    }
+
+    /// Reloads with `routes` over the same backends.
+    fn reload(&self, routes: &str) {
+        let yaml = two_backends(self.v1.addr, self.v2.addr, routes);
+        self.running
+            .shared
+            .apply(shadowgate::config::from_yaml("test.yaml", &yaml).unwrap());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_drop_and_error_series_exist_at_zero_from_the_start_and_after_reload() {
     let v1 = TestBackend::new().spawn().await;
@@ -258,44 +290,37 @@ async fn mirror_drop_and_error_series_exist_at_zero_from_the_start_and_after_rel
 
 #[tokio::test]
 async fn a_removed_routes_series_leave_metrics_and_a_kept_routes_counts_stay() {
-    let v1 = TestBackend::new().spawn().await;
-    let v2 = TestBackend::new().spawn().await;
-    let body = |routes: &str| two_backends(v1.addr, v2.addr, routes);
     let kept = "  - { name: kept, backend: v1, mirrors: [{ backend: v2 }] }\n";
     let both =
         format!("  - {{ name: gone, match: {{ path_prefix: /gone }}, backend: v1, mirrors: [{{ backend: v2 }}] }}\n{kept}");
-    let running = start_proxy(&body(&both)).await;
+    let proxy = OverTwoBackends::start(&both).await;
+    let running = &proxy.running;
     let addr = running.listen_addrs[0];
     let c = client();
     for path in ["/gone/a", "/kept/a", "/kept/b"] {
         assert_eq!(get(&c, addr, "x", path).await.status, 200);
     }
-    mirrors_settled(&running).await;
+    mirrors_settled(running).await;
     let series = |route: &str, role: &str| {
         format!("shadowgate_requests_total{{route=\"{route}\",backend=\"{}\",role=\"{role}\",code=\"200\"}}",
             if role == "primary" { "v1" } else { "v2" })
     };
-    let text = metrics(&running).await;
+    let text = metrics(running).await;
     assert_eq!(metric(&text, &series("gone", "primary")), 1.0, "{text}");
     assert_eq!(metric(&text, &series("gone", "mirror")), 1.0, "{text}");
     assert!(text.contains("shadowgate_request_duration_seconds_count{route=\"gone\""));
 
     // Reloaded without `gone`: none of its series is left, of any family;
     // `kept` keeps its counts (no reset), and the unrouted series stay.
-    running
-        .shared
-        .apply(shadowgate::config::from_yaml("test.yaml", &body(kept)).unwrap());
+    proxy.reload(kept);
     assert_eq!(
         get(&c, addr, "x", "/gone/b").await.status,
         200,
         "now served by kept"
     );
-    mirrors_settled(&running).await;
-    let text = metrics(&running).await;
-    let left: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("route=\"gone\""))
-        .collect();
+    mirrors_settled(running).await;
+    let text = metrics(running).await;
+    let left = lines_with(&text, &["route=\"gone\""]);
     assert!(
         left.is_empty(),
         "{} series of the removed route are left, e.g. {:?}",
@@ -306,51 +331,41 @@ async fn a_removed_routes_series_leave_metrics_and_a_kept_routes_counts_stay() {
     assert_eq!(metric(&text, &series("kept", "mirror")), 3.0, "{text}");
 
     // Back again: it starts from zero, like any new route.
-    running
-        .shared
-        .apply(shadowgate::config::from_yaml("test.yaml", &body(&both)).unwrap());
+    proxy.reload(&both);
     assert_eq!(get(&c, addr, "x", "/gone/c").await.status, 200);
-    mirrors_settled(&running).await;
-    let text = metrics(&running).await;
+    mirrors_settled(running).await;
+    let text = metrics(running).await;
     assert_eq!(metric(&text, &series("gone", "primary")), 1.0, "{text}");
     assert_eq!(metric(&text, &series("kept", "primary")), 3.0, "{text}");
-    running.shutdown().await;
+    proxy.running.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_mirror_taken_off_a_kept_route_leaves_metrics_and_the_primarys_counts_stay() {
-    let v1 = TestBackend::new().spawn().await;
-    let v2 = TestBackend::new().spawn().await;
-    let body = |routes: &str| two_backends(v1.addr, v2.addr, routes);
-    let mirrored = "  - { name: items, backend: v1, mirrors: [{ backend: v2 }] }\n";
-    let running = start_proxy(&body(mirrored)).await;
+    let proxy =
+        OverTwoBackends::start("  - { name: items, backend: v1, mirrors: [{ backend: v2 }] }\n")
+            .await;
+    let running = &proxy.running;
     let addr = running.listen_addrs[0];
     let c = client();
     for path in ["/a", "/b"] {
         assert_eq!(get(&c, addr, "x", path).await.status, 200);
     }
-    mirrors_settled(&running).await;
+    mirrors_settled(running).await;
     let primary =
         "shadowgate_requests_total{route=\"items\",backend=\"v1\",role=\"primary\",code=\"200\"}";
-    let of_v2 = |text: &str| {
-        text.lines()
-            .filter(|l| l.contains("route=\"items\"") && l.contains("backend=\"v2\""))
-            .count()
-    };
-    let text = metrics(&running).await;
+    let of_v2 = |text: &str| lines_with(text, &["route=\"items\"", "backend=\"v2\""]).len();
+    let text = metrics(running).await;
     assert!(of_v2(&text) > 0, "{text}");
 
     // Reloaded without the mirror: none of v2's series of this route is
     // left, of any family; the primary's keep counting.
-    running.shared.apply(
-        shadowgate::config::from_yaml("test.yaml", &body("  - { name: items, backend: v1 }\n"))
-            .unwrap(),
-    );
+    proxy.reload("  - { name: items, backend: v1 }\n");
     assert_eq!(get(&c, addr, "x", "/c").await.status, 200);
-    let text = metrics(&running).await;
+    let text = metrics(running).await;
     assert_eq!(of_v2(&text), 0, "{text}");
     assert_eq!(metric(&text, primary), 3.0, "{text}");
-    running.shutdown().await;
+    proxy.running.shutdown().await;
 }
 
 /// The proxy binary, run with its access log going to a file.

@@ -105,13 +105,22 @@ pub fn load_book(store: &Store, config: &Config) -> Book {
     book
 }
 
-/// Whether automatic promotion is paused after this history: its last
-/// entry is an automatic rollback (a person's promote or rollback since
-/// then lifts the pause).
-fn holds(history: &[HistoryEntry]) -> bool {
-    history
-        .last()
-        .is_some_and(|e| e.action == "rollback" && e.trigger == "auto")
+/// Whether automatic promotion is paused after `entry`, the last of a
+/// route's history: it is an automatic rollback (any entry after it, which
+/// can only be a person's promote or rollback, lifts the pause). The one
+/// rule for the book's `held` set, whether it is kept as entries are
+/// recorded (`note_hold`) or read back from the store (`held_routes`).
+fn holds(entry: &HistoryEntry) -> bool {
+    entry.action == "rollback" && entry.trigger == "auto"
+}
+
+/// Keeps `held` as `holds` says after `entry`, just recorded for `route`.
+fn note_hold(held: &mut std::collections::BTreeSet<String>, route: &str, entry: &HistoryEntry) {
+    if holds(entry) {
+        held.insert(route.to_string());
+    } else {
+        held.remove(route);
+    }
 }
 
 /// The configured routes whose automatic promotion is paused, read from
@@ -122,7 +131,7 @@ fn held_routes(store: &Store, config: &Config) -> std::collections::BTreeSet<Str
     let mut held = std::collections::BTreeSet::new();
     for route in &config.routes {
         match store.events::<HistoryEntry>("promotion", &route.name) {
-            Ok(history) if holds(&history) => {
+            Ok(history) if history.last().is_some_and(holds) => {
                 held.insert(route.name.clone());
             }
             Ok(_) => {}
@@ -437,9 +446,7 @@ pub fn promote(
         // history under it too, so nobody sees one without the other.
         record(shared, route, &entry, Some(&switch), &mut book)?;
         book.switches.insert(route.to_string(), switch.clone());
-        if trigger == "manual" {
-            book.held.remove(route);
-        }
+        note_hold(&mut book.held, route, &entry);
         drop(book);
     }
     shared.rebuild();
@@ -477,11 +484,7 @@ pub fn rollback(
         // Under the book's lock, as in `promote`.
         record(shared, route, &entry, None, &mut book)?;
         book.switches.remove(route);
-        if trigger == "auto" {
-            book.held.insert(route.to_string());
-        } else {
-            book.held.remove(route);
-        }
+        note_hold(&mut book.held, route, &entry);
         drop(book);
     }
     shared.rebuild();
@@ -574,16 +577,26 @@ mod tests {
     #[test]
     fn only_an_automatic_rollback_as_the_last_entry_holds() {
         let auto_back = entry("rollback", "auto");
-        assert!(!holds(&[]));
-        assert!(holds(&[entry("promote", "auto"), auto_back.clone()]));
+        let last_holds = |history: &[HistoryEntry]| history.last().is_some_and(holds);
+        assert!(!last_holds(&[]));
+        assert!(last_holds(&[entry("promote", "auto"), auto_back.clone()]));
         for after in [
             entry("promote", "manual"),
             entry("rollback", "manual"),
             entry("step", "auto"),
         ] {
-            assert!(!holds(&[auto_back.clone(), after.clone()]), "{after:?}");
+            assert!(
+                !last_holds(&[auto_back.clone(), after.clone()]),
+                "{after:?}"
+            );
         }
-        assert!(!holds(&[entry("promote", "auto")]));
+        assert!(!last_holds(&[entry("promote", "auto")]));
+        // Kept as entries are recorded, by the same rule.
+        let mut held = std::collections::BTreeSet::new();
+        note_hold(&mut held, "r", &auto_back);
+        assert!(held.contains("r"));
+        note_hold(&mut held, "r", &entry("promote", "manual"));
+        assert!(held.is_empty());
     }
 
     #[test]

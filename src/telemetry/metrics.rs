@@ -715,9 +715,15 @@ impl TargetMetrics {
 mod tests {
     use super::*;
 
+    /// Lines of the text with every one of `labels`.
+    fn count_with(text: &str, labels: &[&str]) -> usize {
+        text.lines()
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
+            .count()
+    }
+
     fn series_of(text: &str, route: &str) -> usize {
-        let label = format!("route=\"{route}\"");
-        text.lines().filter(|l| l.contains(&label)).count()
+        count_with(text, &[&format!("route=\"{route}\"")])
     }
 
     /// A series in each route-labelled family, for `route`.
@@ -788,11 +794,7 @@ mod tests {
         let m = Arc::new(Metrics::new());
         let _t = touch_all(&m, "a");
         let text = m.encode();
-        let with_v2 = |text: &str| {
-            text.lines()
-                .filter(|l| l.contains("route=\"a\"") && l.contains("backend=\"v2\""))
-                .count()
-        };
+        let with_v2 = |text: &str| count_with(text, &["route=\"a\"", "backend=\"v2\""]);
         assert!(with_v2(&text) > 8, "{text}");
         let without_v2 = series_of(&text, "a") - with_v2(&text);
         assert!(without_v2 > 0, "{text}");

@@ -26,9 +26,9 @@
 //! docs/benchmarks.md "Recording, session 14").
 
 use std::arch::x86_64::{
-    __m256i, _mm256_cmpeq_epi8_mask, _mm256_cmplt_epu8_mask, _mm256_mask_mov_epi8,
-    _mm256_maskz_loadu_epi8, _mm256_movepi8_mask, _mm256_permutexvar_epi8, _mm256_set1_epi8,
-    _mm256_setr_epi8, _mm512_castsi256_si512, _mm512_mask_mov_epi8, _mm512_maskz_expand_epi8,
+    __m256i, _mm256_cmpeq_epi8_mask, _mm256_cmplt_epu8_mask, _mm256_loadu_si256,
+    _mm256_mask_mov_epi8, _mm256_maskz_loadu_epi8, _mm256_movepi8_mask, _mm256_permutexvar_epi8,
+    _mm256_set1_epi8, _mm512_castsi256_si512, _mm512_mask_mov_epi8, _mm512_maskz_expand_epi8,
     _mm512_set1_epi8, _mm512_storeu_si512, _pdep_u64, _pext_u64,
 };
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -69,6 +69,21 @@ pub(crate) fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> 
     unsafe { escape_chunks(out, bytes, ascii_only) }
 }
 
+/// The letter of each control character's two-byte escape (`ESCAPE`'s
+/// first 32 entries), 0 for those written `\u00XX`: a constant, so the
+/// register is loaded, not built, on each call.
+const LETTERS: [i8; CHUNK] = {
+    let mut t = [0i8; CHUNK];
+    let mut b = 0;
+    while b < CHUNK {
+        if ESCAPE[b] != b'u' {
+            t[b] = ESCAPE[b] as i8;
+        }
+        b += 1;
+    }
+    t
+};
+
 /// Output bytes kept free past the end of `out` for every chunk: a chunk
 /// writes a whole 64-byte register, of which up to 64 bytes are its own.
 const SLACK: usize = 64;
@@ -92,19 +107,8 @@ unsafe fn escape_chunks(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Op
     let backslash = _mm256_set1_epi8(b'\\' as i8);
     let space = _mm256_set1_epi8(0x20);
     let fill = _mm512_set1_epi8(b'\\' as i8);
-    // The letter of each control character's two-byte escape, 0 for those
-    // written `\u00XX`.
-    let letters = {
-        let t: [i8; CHUNK] = std::array::from_fn(|b| match ESCAPE[b] {
-            b'u' => 0,
-            letter => letter as i8,
-        });
-        _mm256_setr_epi8(
-            t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[12], t[13],
-            t[14], t[15], t[16], t[17], t[18], t[19], t[20], t[21], t[22], t[23], t[24], t[25],
-            t[26], t[27], t[28], t[29], t[30], t[31],
-        )
-    };
+    // SAFETY: reads the 32 bytes of `LETTERS`, an array of 32.
+    let letters = unsafe { _mm256_loadu_si256(LETTERS.as_ptr().cast()) };
     let zero = _mm256_set1_epi8(0);
     room(out, bytes.len());
     // Input from `run` to `i` has nothing to escape and is not written yet:

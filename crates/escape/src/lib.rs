@@ -78,15 +78,5 @@ fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Option<usiz
     scalar::escape_from(out, bytes, ascii_only)
 }
 
-/// Which escaper [`escape_str`] and [`escape_utf8`] use on this CPU:
-/// `"avx512"` or `"scalar"` (for logs and benchmarks).
-pub fn path() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
-        return "avx512";
-    }
-    "scalar"
-}
-
 #[cfg(test)]
 mod tests;
