@@ -123,6 +123,9 @@ fn message_head(out: &mut Vec<u8>, start: Start<'_>, headers: &HeaderMap, redact
 pub struct BodyBytes<'a> {
     pub bytes: &'a [u8],
     pub truncated: bool,
+    /// `bytes` are already a JSON string's contents (the body was UTF-8
+    /// and escaped as it streamed, `tap`): copied as they are.
+    pub escaped: bool,
 }
 
 impl CapturedBody {
@@ -130,6 +133,7 @@ impl CapturedBody {
         BodyBytes {
             bytes: &self.bytes,
             truncated: self.truncated,
+            escaped: false,
         }
     }
 }
@@ -140,7 +144,9 @@ impl CapturedBody {
 fn message_end(out: &mut Vec<u8>, body: BodyBytes<'_>) {
     let mark = out.len();
     out.extend_from_slice(b",\"body\":\"");
-    if !escaped_utf8(out, body.bytes) {
+    if body.escaped {
+        out.extend_from_slice(body.bytes);
+    } else if !escaped_utf8(out, body.bytes) {
         out.truncate(mark);
         out.extend_from_slice(b",\"body_b64\":\"");
         let b64 = base64::engine::general_purpose::STANDARD.encode(body.bytes);
@@ -407,14 +413,19 @@ mod tests {
         request_part(&mut request, &head, time, redact);
         let mut response = Vec::new();
         response_part(&mut response, 201, &HeaderMap::new(), redact);
+        // The request's body as the tap leaves it (escaped as it came),
+        // the answer's as raw bytes that are not UTF-8.
+        let text = serde_json::to_string("{\"a\":\"line\\nbreak\"}").unwrap();
         let end = Ending {
             request_body: BodyBytes {
-                bytes: b"{\"a\":\"line\\nbreak\"}",
+                bytes: &text.as_bytes()[1..text.len() - 1],
                 truncated: false,
+                escaped: true,
             },
             response_body: BodyBytes {
                 bytes: &[0xff, 0x00, 0x10],
                 truncated: true,
+                escaped: false,
             },
             duration: Duration::from_micros(2_500),
             calls: &Default::default(),
