@@ -24,6 +24,8 @@
 #![warn(missing_docs)]
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 mod scalar;
 
@@ -74,6 +76,10 @@ fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Option<usiz
     #[cfg(target_arch = "x86_64")]
     if avx512::available() {
         return avx512::escape_from(out, bytes, ascii_only);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        return avx2::escape_from(out, bytes, ascii_only);
     }
     scalar::escape_from(out, bytes, ascii_only)
 }

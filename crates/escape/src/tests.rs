@@ -1,11 +1,15 @@
-//! Both escapers (the AVX-512 one where this CPU has it) held to
-//! serde_json's output.
+//! Every escaper this CPU can run (scalar; AVX2 and AVX-512 where it has
+//! them) held to serde_json's output.
 
 use super::{scalar, utf8_with, Escaper};
 
 /// The escapers this CPU can run, by name.
 fn escapers() -> Vec<(&'static str, Escaper)> {
     let mut all: Vec<(&'static str, Escaper)> = vec![("scalar", scalar::escape_from)];
+    #[cfg(target_arch = "x86_64")]
+    if super::avx2::available() {
+        all.push(("avx2", super::avx2::escape_from));
+    }
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() {
         all.push(("avx512", super::avx512::escape_from));
@@ -184,12 +188,18 @@ fn the_public_functions_use_this_cpus_escaper() {
     assert!(super::escape_utf8(&mut out, "\n\u{1}é".as_bytes()));
     assert!(!super::escape_utf8(&mut out, b"\xff"));
     assert_eq!(out, b"a\\\"b\\n\\u0001\xc3\xa9");
-    // The CPUs this project builds and tests on have AVX-512 VBMI2; when
-    // one has it, the fast path must be the one chosen.
+    // The CPUs this project builds and tests on have AVX2 (AMD Zen 3) or
+    // AVX-512 VBMI2 (Zen 4); where one has it, its path must be the one
+    // that can be chosen.
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512vbmi2")
-        && std::arch::is_x86_feature_detected!("bmi2")
     {
-        assert!(super::avx512::available());
+        if std::arch::is_x86_feature_detected!("avx512vbmi2")
+            && std::arch::is_x86_feature_detected!("bmi2")
+        {
+            assert!(super::avx512::available());
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(super::avx2::available());
+        }
     }
 }
