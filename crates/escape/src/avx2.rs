@@ -30,26 +30,18 @@ use std::arch::x86_64::{
     _mm256_or_si256, _mm256_set1_epi8, _mm256_shuffle_epi8, _mm_loadu_si128, _mm_set1_epi8,
     _mm_shuffle_epi8, _mm_storeu_si128, _mm_unpackhi_epi64, _mm_unpacklo_epi64,
 };
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::scalar::{self, CHUNK, ESCAPE};
+use crate::{room, Detected};
 
-/// Whether this CPU has every feature [`escape_chunks`] uses: 0 not looked
-/// at yet, 1 no, 2 yes.
-static AVAILABLE: AtomicU8 = AtomicU8::new(0);
+static AVAILABLE: Detected = Detected::new();
 
 /// Whether the AVX2 path can run here (looked at once).
 #[inline]
 pub(crate) fn available() -> bool {
-    match AVAILABLE.load(Ordering::Relaxed) {
-        0 => {
-            let yes = std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("popcnt");
-            AVAILABLE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-            yes
-        }
-        n => n == 2,
-    }
+    AVAILABLE.get(|| {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("popcnt")
+    })
 }
 
 /// As [`scalar::escape_from`], on a CPU where [`available`] is true.
@@ -109,13 +101,6 @@ const SHUFFLES: [[u8; 2 * GROUP]; 256] = {
 /// writes a whole 16-byte register.
 const SLACK: usize = 2 * GROUP;
 
-/// Makes room for `rest` more input bytes at two output bytes each (the
-/// most a chunk taken here writes) and one register's store past them.
-#[inline(always)]
-fn room(out: &mut Vec<u8>, rest: usize) {
-    out.reserve(2 * rest + SLACK);
-}
-
 /// # Safety
 ///
 /// The CPU must have the target features enabled here.
@@ -129,7 +114,7 @@ unsafe fn escape_chunks(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Op
     let backslashes = _mm_set1_epi8(b'\\' as i8);
     // SAFETY: reads the 32 bytes of `LETTERS`, an array of 32.
     let letters = unsafe { _mm256_loadu_si256(LETTERS.as_ptr().cast()) };
-    room(out, bytes.len());
+    room(out, bytes.len(), SLACK);
     // Input from `run` to `i` has nothing to escape and is not written yet
     // (copied in one `memcpy` when something else comes).
     let mut run = 0;
@@ -173,7 +158,7 @@ unsafe fn escape_chunks(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Op
                 }
                 i += CHUNK;
                 run = i;
-                room(out, bytes.len() - i);
+                room(out, bytes.len() - i, SLACK);
                 continue;
             }
             v = _mm256_blendv_epi8(v, letter, control);

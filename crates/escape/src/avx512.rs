@@ -31,31 +31,24 @@ use std::arch::x86_64::{
     _mm256_set1_epi8, _mm512_castsi256_si512, _mm512_mask_mov_epi8, _mm512_maskz_expand_epi8,
     _mm512_set1_epi8, _mm512_storeu_si512, _pdep_u64, _pext_u64,
 };
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::scalar::{self, CHUNK, ESCAPE};
+use crate::{room, Detected};
 
-/// Whether this CPU has every feature [`escape_chunks`] uses: 0 not looked
-/// at yet, 1 no, 2 yes.
-static AVAILABLE: AtomicU8 = AtomicU8::new(0);
+static AVAILABLE: Detected = Detected::new();
 
 /// Whether the AVX-512 path can run here (looked at once).
 #[inline]
 pub(crate) fn available() -> bool {
-    match AVAILABLE.load(Ordering::Relaxed) {
-        0 => {
-            let yes = std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512vbmi")
-                && std::arch::is_x86_feature_detected!("avx512vbmi2")
-                && std::arch::is_x86_feature_detected!("bmi2")
-                && std::arch::is_x86_feature_detected!("popcnt");
-            AVAILABLE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-            yes
-        }
-        n => n == 2,
-    }
+    AVAILABLE.get(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512vbmi")
+            && std::arch::is_x86_feature_detected!("avx512vbmi2")
+            && std::arch::is_x86_feature_detected!("bmi2")
+            && std::arch::is_x86_feature_detected!("popcnt")
+    })
 }
 
 /// As [`scalar::escape_from`], on a CPU where [`available`] is true.
@@ -88,13 +81,6 @@ const LETTERS: [i8; CHUNK] = {
 /// writes a whole 64-byte register, of which up to 64 bytes are its own.
 const SLACK: usize = 64;
 
-/// Makes room for `rest` more input bytes at two output bytes each (the
-/// most a chunk taken here writes) and one register's store past them.
-#[inline(always)]
-fn room(out: &mut Vec<u8>, rest: usize) {
-    out.reserve(2 * rest + SLACK);
-}
-
 /// # Safety
 ///
 /// The CPU must have the target features enabled here.
@@ -110,7 +96,7 @@ unsafe fn escape_chunks(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Op
     // SAFETY: reads the 32 bytes of `LETTERS`, an array of 32.
     let letters = unsafe { _mm256_loadu_si256(LETTERS.as_ptr().cast()) };
     let zero = _mm256_set1_epi8(0);
-    room(out, bytes.len());
+    room(out, bytes.len(), SLACK);
     // Input from `run` to `i` has nothing to escape and is not written yet:
     // it is copied in one `memcpy` when something else comes (whose
     // `rep movsb` writes a long run faster than registers stored one by
@@ -156,7 +142,7 @@ unsafe fn escape_chunks(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Op
                 }
                 i += len;
                 run = i;
-                room(out, bytes.len() - i);
+                room(out, bytes.len() - i, SLACK);
                 continue;
             }
             v = _mm256_mask_mov_epi8(v, control, letter);

@@ -12,13 +12,17 @@
 //! does better, as each pays per escape. With AVX-512 VBMI2 the escapes of
 //! 32 bytes are written at once, whatever their number ([`avx512`]): 0.5 µs
 //! for the same document (docs/benchmarks.md, "Recording, session 14").
+//! Without it, with AVX2 (AMD Zen 1–3, Intel before Ice Lake), each 8
+//! bytes are written by one shuffle ([`avx2`]): 0.94 µs against the scalar
+//! escaper's 5.7 on a Zen 3 ("Recording, session 15").
 //! That needs `unsafe` (the intrinsics load and store through pointers),
-//! which shadowgate's own crate forbids; it is kept here, in one module,
-//! with the tests that hold both paths to serde_json's output.
+//! which shadowgate's own crate forbids; it is kept here, one module per
+//! instruction set, with the tests that hold every path to serde_json's
+//! output.
 //!
-//! The AVX-512 path is chosen at run time, once, when the CPU has it
-//! (`is_x86_feature_detected!`); elsewhere the scalar escaper runs, so one
-//! binary serves every x86-64 and other architectures.
+//! The path is chosen at run time, once, by what the CPU has
+//! (`is_x86_feature_detected!`): AVX-512 VBMI2, else AVX2, else the scalar
+//! escaper, so one binary serves every x86-64 and other architectures.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -42,6 +46,41 @@ pub fn escape_str(out: &mut Vec<u8>, s: &str) {
 /// 0.6 µs a record, `perf`, shadowgate's `bench/record.py`).
 pub fn escape_utf8(out: &mut Vec<u8>, bytes: &[u8]) -> bool {
     utf8_with(escape_from, out, bytes)
+}
+
+/// Whether the CPU has what a vector path needs, looked at once: 0 not
+/// yet, 1 no, 2 yes.
+#[cfg(target_arch = "x86_64")]
+struct Detected(std::sync::atomic::AtomicU8);
+
+#[cfg(target_arch = "x86_64")]
+impl Detected {
+    const fn new() -> Self {
+        Detected(std::sync::atomic::AtomicU8::new(0))
+    }
+
+    /// `detect()`'s answer, asked on the first call only.
+    #[inline]
+    fn get(&self, detect: fn() -> bool) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.0.load(Relaxed) {
+            0 => {
+                let yes = detect();
+                self.0.store(if yes { 2 } else { 1 }, Relaxed);
+                yes
+            }
+            n => n == 2,
+        }
+    }
+}
+
+/// Makes room in `out` for `rest` more input bytes at two output bytes
+/// each (the most a vector path writes for a chunk it takes) and `slack`
+/// bytes past them (its last register store).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn room(out: &mut Vec<u8>, rest: usize, slack: usize) {
+    out.reserve(2 * rest + slack);
 }
 
 /// An escaper: [`escape_from`]'s signature.
