@@ -32,7 +32,7 @@ use std::arch::x86_64::{
 };
 
 use crate::scalar::{self, CHUNK, ESCAPE};
-use crate::{room, Detected};
+use crate::{room, scalar_chunk, Detected};
 
 static AVAILABLE: Detected = Detected::new();
 
@@ -153,12 +153,11 @@ unsafe fn escape_chunks(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Op
             let long = controls & !lettered;
             if long | high != 0 {
                 // Left to the scalar escaper, this chunk only.
-                if let Some(at) = scalar::escape_from(out, &bytes[i..i + CHUNK], ascii_only) {
-                    return Some(i + at);
+                if let Some(stop) = scalar_chunk(out, bytes, (i, CHUNK), ascii_only, SLACK) {
+                    return Some(stop);
                 }
                 i += CHUNK;
                 run = i;
-                room(out, bytes.len() - i, SLACK);
                 continue;
             }
             v = _mm256_blendv_epi8(v, letter, control);

@@ -32,8 +32,8 @@ use std::arch::x86_64::{
     _mm512_set1_epi8, _mm512_storeu_si512, _pdep_u64, _pext_u64,
 };
 
-use crate::scalar::{self, CHUNK, ESCAPE};
-use crate::{room, Detected};
+use crate::scalar::{CHUNK, ESCAPE};
+use crate::{room, scalar_chunk, Detected};
 
 static AVAILABLE: Detected = Detected::new();
 
@@ -137,12 +137,11 @@ unsafe fn escape_chunks(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Op
             let long = control & _mm256_cmpeq_epi8_mask(letter, zero);
             if long | high != 0 {
                 // Left to the scalar escaper, this chunk only.
-                if let Some(at) = scalar::escape_from(out, &bytes[i..i + len], ascii_only) {
-                    return Some(i + at);
+                if let Some(stop) = scalar_chunk(out, bytes, (i, len), ascii_only, SLACK) {
+                    return Some(stop);
                 }
                 i += len;
                 run = i;
-                room(out, bytes.len() - i, SLACK);
                 continue;
             }
             v = _mm256_mask_mov_epi8(v, control, letter);

@@ -83,6 +83,25 @@ fn room(out: &mut Vec<u8>, rest: usize, slack: usize) {
     out.reserve(2 * rest + slack);
 }
 
+/// A chunk a vector path leaves to the scalar escaper (a control
+/// character written `\u00XX`, or a byte that is not ASCII):
+/// `bytes[at..at + len]` escaped, then room made again for the rest.
+/// `Some` index where it stopped, as [`escape_from`] returns.
+#[cfg(target_arch = "x86_64")]
+fn scalar_chunk(
+    out: &mut Vec<u8>,
+    bytes: &[u8],
+    (at, len): (usize, usize),
+    ascii_only: bool,
+    slack: usize,
+) -> Option<usize> {
+    if let Some(stop) = scalar::escape_from(out, &bytes[at..at + len], ascii_only) {
+        return Some(at + stop);
+    }
+    room(out, bytes.len() - at - len, slack);
+    None
+}
+
 /// An escaper: [`escape_from`]'s signature.
 type Escaper = fn(&mut Vec<u8>, &[u8], bool) -> Option<usize>;
 
