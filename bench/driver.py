@@ -1201,16 +1201,34 @@ def sh(argv):
         return ""
 
 
-def machine(args, bench):
-    cpu = "unknown CPU"
+def cpu_summary():
+    """The CPU as a bench's table should name it: model, family and model
+    number (a VM often shows only "AMD EPYC"), and which of the record
+    escaper's vector paths it can run (crates/escape: AVX-512 VBMI2, else
+    AVX2, else scalar), which decides what a JSON body costs to record."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                if not line.strip():
+                    break  # the first CPU's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
+        return "unknown CPU"
+    flags = set(fields.get("flags", "").split())
+    if "avx512vbmi2" in flags:
+        escaper = "AVX-512 VBMI2"
+    elif "avx2" in flags:
+        escaper = "AVX2, no AVX-512 VBMI2"
+    else:
+        escaper = "neither AVX2 nor AVX-512"
+    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')}; {escaper})")
+
+
+def machine(args, bench):
+    cpu = cpu_summary()
     mem = "?"
     try:
         with open("/proc/meminfo") as f:

@@ -164,6 +164,7 @@ def main(argv):
     if not os.access(a.bin, os.X_OK):
         sys.exit(f"{a.bin}: not an executable (build it, or pass --bin)")
     driver.need_tools({"wrk": "wrk"})
+    print(f"CPU: {driver.cpu_summary()}", flush=True)
     seconds = driver.duration_s(a.duration)
     scenarios = [s for s in a.scenarios.split(",") if s]
     for scn in scenarios:
@@ -270,7 +271,7 @@ def main(argv):
     print("\n" + report)
     if a.doc:
         body = (f"## Recording\n\n`bench/record.py --rounds {a.rounds} --duration {a.duration}`, "
-                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs shared by every "
+                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs ({driver.cpu_summary()}) shared by every "
                 f"process (proxy, wrk -t2 -c{a.connections}, the backend); `access_log: off` in both rows; "
                 f"`record: {{percent: 100}}` to a local file against the same route without it; both "
                 f"proxies up throughout, the load alternating between them slice by slice.\n\n{report}")
