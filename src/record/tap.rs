@@ -32,11 +32,14 @@ use crate::memory::{BoundedBuf, BufRefused, MemoryBudget};
 /// The copy is the line's text for the body: each chunk is escaped as a
 /// JSON string's contents as it passes, while it is still in the cache,
 /// and the line copies the text as it is. Escaping the whole copy when the
-/// answer had ended read it back from memory (1.3 µs of a recorded 4 KiB
-/// POST in `bench/record_profile.py`; `record_threads.py` put the serving
-/// threads' added time at +9.9 µs against +7.3 without that pass). From the
-/// first chunk that is not UTF-8 on, the copy holds the body's raw bytes
-/// (the text so far turned back into them), and the line writes base64.
+/// answer had ended read it back from memory that had gone cold (1.3 µs
+/// of a recorded 4 KiB POST of letters, which need no escape at all, in
+/// `bench/record_profile.py`; docs/benchmarks.md, "Recording, session
+/// 15"). The escape's time moves from the answer's last frame to the
+/// request body's way to the primary; it was on the serving thread either
+/// way. From the first chunk that is not UTF-8 on, the copy holds the
+/// body's raw bytes (the text so far turned back into them), and the line
+/// writes base64.
 #[derive(Debug, Clone, Copy)]
 struct Capped {
     base: usize,
@@ -102,44 +105,56 @@ impl Capped {
         // buffer's capacity is reserved before it grows, and an escape's
         // length is known only once written.
         with_scratch(|text| {
-            let mut data = data;
-            if self.split.len > 0 {
-                // The character the last chunk began.
-                let need = self.split.width() - usize::from(self.split.len);
-                let (more, rest) = data.split_at(need.min(data.len()));
-                let at = usize::from(self.split.len);
-                self.split.bytes[at..at + more.len()].copy_from_slice(more);
-                self.split.len += more.len() as u8;
-                data = rest;
-                if more.len() < need {
-                    return Ok(());
-                }
-                let split = std::mem::take(&mut self.split);
-                match std::str::from_utf8(split.as_slice()) {
-                    Ok(c) => shadowgate_escape::escape_str(text, c),
-                    Err(_) => return self.turn_raw(buf, split.as_slice(), data),
-                }
+            let not_text = self.escape_chunk(text, data);
+            buf.extend(text)?;
+            match not_text {
+                Ok(()) => Ok(()),
+                Err((split, rest)) => self.turn_raw(buf, split.as_slice(), rest),
             }
-            if !shadowgate_escape::escape_utf8(text, data) {
-                let mark = text.len();
-                match std::str::from_utf8(data) {
-                    // Text up to a character this chunk cuts in two.
-                    Err(e) if e.error_len().is_none() => {
-                        let (whole, begun) = data.split_at(e.valid_up_to());
-                        let whole = std::str::from_utf8(whole).unwrap_or_default();
-                        shadowgate_escape::escape_str(text, whole);
-                        self.split.bytes[..begun.len()].copy_from_slice(begun);
-                        self.split.len = begun.len() as u8;
-                    }
-                    _ => {
-                        text.truncate(mark);
-                        buf.extend(text)?;
-                        return self.turn_raw(buf, &[], data);
-                    }
-                }
-            }
-            buf.extend(text)
         })
+    }
+
+    /// Escapes `data` into `text`, after the character the last chunk
+    /// began (a character `data` leaves begun is kept in `split`). `Err`
+    /// with the bytes from where the body stops being UTF-8 (a begun
+    /// character's bytes, and the rest of `data`); `text` then holds what
+    /// came before them.
+    fn escape_chunk<'a>(
+        &mut self,
+        text: &mut Vec<u8>,
+        mut data: &'a [u8],
+    ) -> Result<(), (Split, &'a [u8])> {
+        if self.split.len > 0 {
+            let need = self.split.width() - usize::from(self.split.len);
+            let (more, rest) = data.split_at(need.min(data.len()));
+            let at = usize::from(self.split.len);
+            self.split.bytes[at..at + more.len()].copy_from_slice(more);
+            self.split.len += more.len() as u8;
+            data = rest;
+            if more.len() < need {
+                return Ok(());
+            }
+            let split = std::mem::take(&mut self.split);
+            match std::str::from_utf8(split.as_slice()) {
+                Ok(c) => shadowgate_escape::escape_str(text, c),
+                Err(_) => return Err((split, data)),
+            }
+        }
+        if shadowgate_escape::escape_utf8(text, data) {
+            return Ok(());
+        }
+        match std::str::from_utf8(data) {
+            // Text up to a character this chunk cuts in two.
+            Err(e) if e.error_len().is_none() => {
+                let (whole, begun) = data.split_at(e.valid_up_to());
+                let whole = std::str::from_utf8(whole).unwrap_or_default();
+                shadowgate_escape::escape_str(text, whole);
+                self.split.bytes[..begun.len()].copy_from_slice(begun);
+                self.split.len = begun.len() as u8;
+                Ok(())
+            }
+            _ => Err((Split::default(), data)),
+        }
     }
 
     /// The copy turned into the body's raw bytes: its text so far read
@@ -382,9 +397,8 @@ impl Pending {
             RequestCopy::Empty => Some(BodyBytes::default()),
             // Never read: kept out, as a body cut short.
             RequestCopy::Untapped => Some(BodyBytes {
-                bytes: &[],
                 truncated: true,
-                escaped: true,
+                ..BodyBytes::default()
             }),
             RequestCopy::Tapped(copy) => {
                 tapped = copy.lock();
