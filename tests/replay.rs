@@ -3,7 +3,8 @@
 //! (v1 with a secondary: passes; v2 with a seeded change: fails, the field
 //! named on its endpoint, the noise marked noise), the report in the live
 //! API's shape; `--limit`, `--filter`, `--rate`, Host, bad lines, exit 2
-//! on bad input, the error-rate gate.
+//! on bad input, the error-rate gate; memory that does not grow with the
+//! capture (JSON lines and HAR).
 
 mod support;
 
@@ -922,4 +923,105 @@ async fn an_https_target_is_trusted_through_ca_file_or_insecure() {
     args.extend(gate);
     let run = replay(&args).await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+}
+
+/// Peak resident memory (KiB, GNU time's `%M`) of the real binary's
+/// `replay` of `file` against `target`, after checking that it sent all
+/// `n` exchanges and passed.
+async fn replay_peak_kib(file: &Path, target: &str, n: usize) -> u64 {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("/usr/bin/time")
+            .args([
+                "-f",
+                "peak-rss-kib %M",
+                env!("CARGO_BIN_EXE_shadowgate"),
+                "replay",
+            ])
+            .arg(file)
+            .args(["--target", target])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("replay finished within 120 s")
+    .expect("/usr/bin/time ran (Debian `time`)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("replayed {n} of {n}")),
+        "{stdout}\n{stderr}"
+    );
+    stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("peak-rss-kib ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak in {stderr}"))
+}
+
+/// "Large captures stream": replaying a capture eight times larger (about
+/// 52 MB of JSON lines, and as a HAR) takes no more memory than a small
+/// one, give or take the allocator's slack. A reader that held the file,
+/// or a report that kept every exchange, would grow by the file's size.
+#[tokio::test]
+async fn memory_does_not_grow_with_the_capture() {
+    const BODY: usize = 32 << 10;
+    const SMALL: usize = 200;
+    const LARGE: usize = 1600;
+    let body = "a".repeat(BODY);
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = |name: &str, n: usize| {
+        let lines: Vec<String> = (0..n)
+            .map(|i| line("r", "POST", &format!("/big/{i}"), &[], &body))
+            .collect();
+        write_capture(&dir, name, &lines)
+    };
+    let small = jsonl("small.jsonl", SMALL);
+    let large = jsonl("large.jsonl", LARGE);
+    let entries: Vec<serde_json::Value> = (0..LARGE)
+        .map(|i| {
+            serde_json::json!({
+                "startedDateTime": "2026-11-30T02:41:59.123Z",
+                "time": 1.0,
+                "request": {"method": "POST", "url": format!("http://h.test/big/{i}"),
+                            "httpVersion": "HTTP/1.1", "headers": [], "queryString": [],
+                            "cookies": [], "headersSize": -1, "bodySize": BODY,
+                            "postData": {"mimeType": "text/plain", "text": body}},
+                "response": {"status": 200, "statusText": "OK", "httpVersion": "HTTP/1.1",
+                             "headers": [{"name": "content-type", "value": "text/plain"}],
+                             "cookies": [],
+                             "content": {"size": 2, "mimeType": "text/plain", "text": "ok"},
+                             "redirectURL": "", "headersSize": -1, "bodySize": 2},
+                "cache": {}, "timings": {"send": 0, "wait": 1, "receive": 0}
+            })
+        })
+        .collect();
+    let har = dir.path().join("large.har");
+    let doc = serde_json::json!({"log": {"version": "1.2",
+        "creator": {"name": "test", "version": "1"}, "entries": entries}});
+    std::fs::write(&har, serde_json::to_vec(&doc).unwrap()).unwrap();
+    drop(doc);
+    let file_mib = std::fs::metadata(&large).unwrap().len() >> 20;
+    assert!(file_mib >= 48, "the large capture is {file_mib} MiB");
+
+    let backend = TestBackend::new().spawn().await;
+    let target = format!("http://{}", backend.addr);
+    let small_kib = replay_peak_kib(&small, &target, SMALL).await;
+    let large_kib = replay_peak_kib(&large, &target, LARGE).await;
+    let har_kib = replay_peak_kib(&har, &target, LARGE).await;
+    assert_eq!(backend.received(), SMALL + 2 * LARGE);
+    eprintln!(
+        "peak: {small_kib} KiB ({SMALL} exchanges), {large_kib} KiB ({LARGE}, {file_mib} MiB), \
+         {har_kib} KiB (HAR)"
+    );
+    // The allowance is well under the 45 MiB the large file adds.
+    let allowance = 16 << 10;
+    for (what, kib) in [("JSON lines", large_kib), ("HAR", har_kib)] {
+        assert!(
+            kib <= small_kib + allowance,
+            "{what}: {kib} KiB at peak replaying {LARGE} exchanges ({file_mib} MiB), \
+             {small_kib} KiB replaying {SMALL}"
+        );
+    }
 }
