@@ -142,5 +142,39 @@ fn escape_from(out: &mut Vec<u8>, bytes: &[u8], ascii_only: bool) -> Option<usiz
     scalar::escape_from(out, bytes, ascii_only)
 }
 
+/// One of the escapers this CPU can run, for benches that compare them
+/// (the `speed` example); shadowgate itself calls [`escape_utf8`], which
+/// picks the fastest.
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct Path {
+    /// `scalar`, `avx2` or `avx512`.
+    pub name: &'static str,
+    escape: Escaper,
+}
+
+impl Path {
+    /// [`escape_utf8`] by this escaper.
+    pub fn escape_utf8(&self, out: &mut Vec<u8>, bytes: &[u8]) -> bool {
+        utf8_with(self.escape, out, bytes)
+    }
+}
+
+/// The escapers this CPU can run, the scalar one first.
+#[doc(hidden)]
+pub fn paths() -> Vec<Path> {
+    let path = |name, escape| Path { name, escape };
+    let mut all = vec![path("scalar", scalar::escape_from as Escaper)];
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        all.push(path("avx2", avx2::escape_from));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        all.push(path("avx512", avx512::escape_from));
+    }
+    all
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,20 +1,14 @@
 //! Every escaper this CPU can run (scalar; AVX2 and AVX-512 where it has
 //! them) held to serde_json's output.
 
-use super::{scalar, utf8_with, Escaper};
+use super::{utf8_with, Escaper};
 
 /// The escapers this CPU can run, by name.
 fn escapers() -> Vec<(&'static str, Escaper)> {
-    let mut all: Vec<(&'static str, Escaper)> = vec![("scalar", scalar::escape_from)];
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2::available() {
-        all.push(("avx2", super::avx2::escape_from));
-    }
-    #[cfg(target_arch = "x86_64")]
-    if super::avx512::available() {
-        all.push(("avx512", super::avx512::escape_from));
-    }
-    all
+    super::paths()
+        .into_iter()
+        .map(|p| (p.name, p.escape))
+        .collect()
 }
 
 /// `s` escaped by every escaper, as a string and as a body, is what
