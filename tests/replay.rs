@@ -84,18 +84,29 @@ struct Run {
 /// Runs the real binary's `replay` with `args` (the in-process backends
 /// keep serving meanwhile).
 async fn replay(args: &[&str]) -> Run {
+    replay_under(&[], args).await
+}
+
+/// [`replay`] started by `wrapper` (a program and its arguments, such as
+/// GNU time; none: the binary itself).
+async fn replay_under(wrapper: &[&str], args: &[&str]) -> Run {
+    let argv: Vec<&str> = wrapper
+        .iter()
+        .copied()
+        .chain([env!("CARGO_BIN_EXE_shadowgate"), "replay"])
+        .chain(args.iter().copied())
+        .collect();
     let started = Instant::now();
     let out = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_shadowgate"))
-            .arg("replay")
-            .args(args)
+        tokio::process::Command::new(argv[0])
+            .args(&argv[1..])
             .kill_on_drop(true)
             .output(),
     )
     .await
     .expect("replay finished within 120 s")
-    .expect("replay ran");
+    .unwrap_or_else(|e| panic!("{} ran: {e}", argv[0]));
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -925,39 +936,24 @@ async fn an_https_target_is_trusted_through_ca_file_or_insecure() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
 }
 
-/// Peak resident memory (KiB, GNU time's `%M`) of the real binary's
-/// `replay` of `file` against `target`, after checking that it sent all
-/// `n` exchanges and passed.
+/// Peak resident memory (KiB, GNU time's `%M`; Debian `time`) of the real
+/// binary's `replay` of `file` against `target`, after checking that it
+/// sent all `n` exchanges and passed.
 async fn replay_peak_kib(file: &Path, target: &str, n: usize) -> u64 {
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new("/usr/bin/time")
-            .args([
-                "-f",
-                "peak-rss-kib %M",
-                env!("CARGO_BIN_EXE_shadowgate"),
-                "replay",
-            ])
-            .arg(file)
-            .args(["--target", target])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("replay finished within 120 s")
-    .expect("/usr/bin/time ran (Debian `time`)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let time = ["/usr/bin/time", "-f", "peak-rss-kib %M"];
+    let run = replay_under(&time, &[file.to_str().unwrap(), "--target", target]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(
-        stdout.contains(&format!("replayed {n} of {n}")),
-        "{stdout}\n{stderr}"
+        run.stdout.contains(&format!("replayed {n} of {n}")),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
     );
-    stderr
+    run.stderr
         .lines()
         .rev()
         .find_map(|l| l.strip_prefix("peak-rss-kib ")?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no peak in {stderr}"))
+        .unwrap_or_else(|| panic!("no peak in {}", run.stderr))
 }
 
 /// "Large captures stream": replaying a capture eight times larger (about

@@ -68,12 +68,34 @@ impl Split {
 
     /// The character's length, from its first byte.
     fn width(&self) -> usize {
-        match self.bytes[0] {
-            0xF0.. => 4,
-            0xE0.. => 3,
-            _ => 2,
+        width(self.bytes[0])
+    }
+}
+
+/// The length of the UTF-8 character a byte begins; 1 for ASCII and for
+/// a byte that begins none (a continuation byte, or one no character
+/// starts with).
+fn width(first: u8) -> usize {
+    match first {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => 1,
+    }
+}
+
+/// Where the character that `data` begins but does not end starts; the
+/// length of `data` when it ends with a whole character, or with bytes
+/// that begin none (those are for the UTF-8 check to refuse).
+fn begun_at(data: &[u8]) -> usize {
+    let n = data.len();
+    for back in 1..=n.min(3) {
+        let b = data[n - back];
+        if b & 0xC0 != 0x80 {
+            return if width(b) > back { n - back } else { n };
         }
     }
+    n
 }
 
 impl Capped {
@@ -140,21 +162,17 @@ impl Capped {
                 Err(_) => return Err((split, data)),
             }
         }
-        if shadowgate_escape::escape_utf8(text, data) {
-            return Ok(());
+        // One pass: a character this chunk cuts in two is set aside first
+        // (escaping the whole chunk, failing at its end, then checking it
+        // and escaping it again took three passes over a chunk of text
+        // that is not ASCII).
+        let (whole, begun) = data.split_at(begun_at(data));
+        if !shadowgate_escape::escape_utf8(text, whole) {
+            return Err((Split::default(), data));
         }
-        match std::str::from_utf8(data) {
-            // Text up to a character this chunk cuts in two.
-            Err(e) if e.error_len().is_none() => {
-                let (whole, begun) = data.split_at(e.valid_up_to());
-                let whole = std::str::from_utf8(whole).unwrap_or_default();
-                shadowgate_escape::escape_str(text, whole);
-                self.split.bytes[..begun.len()].copy_from_slice(begun);
-                self.split.len = begun.len() as u8;
-                Ok(())
-            }
-            _ => Err((Split::default(), data)),
-        }
+        self.split.bytes[..begun.len()].copy_from_slice(begun);
+        self.split.len = begun.len() as u8;
+        Ok(())
     }
 
     /// The copy turned into the body's raw bytes: its text so far read
@@ -639,6 +657,9 @@ mod tests {
         out.push("ab\"🦀".bytes().take(6).collect());
         out.push(b"ab\xe6\x97x\"y".to_vec());
         out.push(b"\xc0\xafab".to_vec());
+        // A byte no character begins with, at the end; a surrogate's form.
+        out.push(b"ab\"\xf5\x80".to_vec());
+        out.push(b"a\xed\xa0\x80b".to_vec());
         out
     }
 
