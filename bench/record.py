@@ -44,6 +44,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,6 +110,32 @@ def wrk_for(scenario, body_bytes, threads, connections):
     script, env = scenario_load(scenario, body_bytes)
     argv = ["wrk", f"-t{threads}", f"-c{connections}"] + (["-s", script] if script else [])
     return argv, dict(os.environ, **env)
+
+
+def perf_slice(a, procs, tmp, row, backend, stats, name, perf, probe=None):
+    """One slice of `a.scenario`'s load (`wrk -t2 -c32`, `a.duration`
+    seconds after one second of warm-up) on a fresh proxy of `row`, with
+    the command `perf(pid, seconds)` attached to it meanwhile: (that
+    command's stderr, requests served, and `probe()`'s values after the
+    slice less before it, `{}` without one). The proxy is stopped and its
+    captures deleted afterwards. For the benches that watch one slice
+    with `perf` (`record_profile.py`, `record_counts.py`)."""
+    proxy, ports = start_row(procs, tmp, tmp, row, backend, a.bin, name)
+    try:
+        url = f"http://{HOST}:{ports['listen']}/bench"
+        wrk, env = wrk_for(a.scenario, a.body_bytes, 2, 32)
+        subprocess.run(wrk + ["-d1s", url], capture_output=True, env=env, timeout=60)
+        before, probed = driver.served(stats), probe() if probe else {}
+        watcher = subprocess.Popen(perf(proxy.pid, a.duration), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        subprocess.run(wrk + [f"-d{a.duration}s", url], capture_output=True, env=env, timeout=a.duration + 60)
+        _, err = watcher.communicate(timeout=a.duration + 60)
+        served = driver.served(stats) - before
+        after = probe() if probe else {}
+        return err, served, {k: v - probed.get(k, 0) for k, v in after.items()}
+    finally:
+        procs.stop(proxy)
+        shutil.rmtree(os.path.join(tmp, "captures"), ignore_errors=True)
 
 
 def slice_measure(procs, proxy, ports, stats, seconds, connections, script, env):

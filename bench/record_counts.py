@@ -102,28 +102,6 @@ def futex_callers(data):
     return tally
 
 
-def load(a, procs, tmp, row, backend, stats, name, wrap_perf):
-    """One slice of load on `row`'s proxy with `wrap_perf(pid, seconds)`
-    (a `perf` command) attached: (its stderr, requests served, the
-    interrupts' deltas)."""
-    proxy, ports = record_bench.start_row(procs, tmp, tmp, row, backend, a.bin, name)
-    try:
-        url = f"http://{driver.HOST}:{ports['listen']}/bench"
-        wrk, env = record_bench.wrk_for(a.scenario, a.body_bytes, 2, 32)
-        subprocess.run(wrk + ["-d1s", url], capture_output=True, env=env, timeout=60)
-        before, irq = driver.served(stats), interrupts()
-        perf = subprocess.Popen(wrap_perf(proxy.pid, a.duration), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        subprocess.run(wrk + [f"-d{a.duration}s", url], capture_output=True, env=env, timeout=a.duration + 60)
-        _, err = perf.communicate(timeout=a.duration + 60)
-        served = driver.served(stats) - before
-        after = interrupts()
-        return err, served, {k: after.get(k, 0) - irq.get(k, 0) for k in IRQS}
-    finally:
-        procs.stop(proxy)
-        shutil.rmtree(os.path.join(tmp, "captures"), ignore_errors=True)
-
-
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "shadowgate"))
@@ -149,7 +127,8 @@ def main(argv):
                 def stat(pid, seconds):
                     return ["perf", "stat", "-x,", "--per-thread", "-e", ",".join(EVENTS), "-p", str(pid),
                             "--", "sleep", str(seconds)]
-                err, requests, irq = load(a, procs, tmp, row, backend, stats, f"{row}-{n}", stat)
+                err, requests, irq = record_bench.perf_slice(a, procs, tmp, row, backend, stats, f"{row}-{n}",
+                                                             stat, probe=interrupts)
                 counts[row].update(per_thread(err))
                 irqs[row].update(irq)
                 served[row] += requests
@@ -161,7 +140,8 @@ def main(argv):
                 def record(pid, seconds, data=data):
                     return ["perf", "record", "-q", "-e", "syscalls:sys_enter_futex", "--call-graph",
                             "dwarf,16384", "-o", data, "-p", str(pid), "--", "sleep", str(seconds)]
-                _, requests, _ = load(a, procs, tmp, row, backend, stats, f"futex-{row}", record)
+                _, requests, _ = record_bench.perf_slice(a, procs, tmp, row, backend, stats, f"futex-{row}",
+                                                         record)
                 callers[row] = (futex_callers(data), requests)
     finally:
         procs.stop_all()

@@ -58,22 +58,12 @@ def samples_by_function(data):
 
 
 def profile_row(a, procs, tmp, row, backend, stats, rounds_done):
-    proxy, ports = record_bench.start_row(procs, tmp, tmp, row, backend, a.bin, f"{row}-{rounds_done}")
-    try:
-        url = f"http://{driver.HOST}:{ports['listen']}/bench"
-        wrk, env = record_bench.wrk_for(a.scenario, a.body_bytes, 2, 32)
-        subprocess.run(wrk + ["-d1s", url], capture_output=True, env=env, timeout=60)
-        data = os.path.join(tmp, f"{row}-{rounds_done}.data")
-        before = driver.served(stats)
-        perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(FREQUENCY), "-o", data,
-                                 "-p", str(proxy.pid), "--", "sleep", str(a.duration)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        subprocess.run(wrk + [f"-d{a.duration}s", url], capture_output=True, env=env, timeout=a.duration + 60)
-        perf.wait(timeout=a.duration + 60)
-        requests = driver.served(stats) - before
-    finally:
-        procs.stop(proxy)
-    shutil.rmtree(os.path.join(tmp, "captures"), ignore_errors=True)
+    data = os.path.join(tmp, f"{row}-{rounds_done}.data")
+
+    def perf(pid, seconds):
+        return ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(FREQUENCY), "-o", data,
+                "-p", str(pid), "--", "sleep", str(seconds)]
+    _, requests, _ = record_bench.perf_slice(a, procs, tmp, row, backend, stats, f"{row}-{rounds_done}", perf)
     return samples_by_function(data), requests
 
 
